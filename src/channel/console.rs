@@ -1,0 +1,1 @@
+//! The console channel (`clawbox chat`). Placeholder.

@@ -1,0 +1,1 @@
+//! Telegram Bot API long-polling channel. Placeholder until implemented.

@@ -1,0 +1,432 @@
+//! The configuration: one strict TOML file, or none at all (embedded defaults: the echo agent).
+//!
+//! Parsing is strict (`deny_unknown_fields` everywhere, exact types) and every error names the
+//! file, line and column and says what would be valid. Semantic checks (E.164 numbers, secret
+//! files, agent names) live in [`check`]. A bad config makes `run` and `config check` exit 78
+//! (EX_CONFIG), which the systemd unit does not restart on.
+
+pub mod check;
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// sysexits' EX_CONFIG: the unit's `RestartPreventExitStatus=78` stops a crash loop on it.
+pub const EXIT_CONFIG: i32 = 78;
+
+/// Where `run` looks when no `--config` is given, in order.
+pub const DEFAULT_PATHS: [&str; 2] = ["/etc/clawbox/clawbox.toml", "./clawbox.toml"];
+
+/// A config file larger than this is not a config file (and is not read into memory).
+pub const MAX_CONFIG_BYTES: u64 = 256 * 1024;
+
+/// Loopback port of `/healthz` and `/metrics` unless configured.
+pub const DEFAULT_HEALTH_PORT: u16 = 8787;
+
+/// An error in the configuration, with where it is and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: Option<PathBuf>,
+    /// 1-based line and column, when the error has a place in the file.
+    pub line_col: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = self
+            .path
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "<config>".into());
+        match self.line_col {
+            Some((l, c)) => write!(f, "{path}:{l}:{c}: {}", self.message),
+            None => write!(f, "{path}: {}", self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A secret read from a file or the environment. Never printed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Self {
+        Secret(s)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub router: RouterConfig,
+    #[serde(default)]
+    pub pacing: PacingConfig,
+    #[serde(default)]
+    pub agents: BTreeMap<String, AgentConfig>,
+    #[serde(default)]
+    pub channels: ChannelsConfig,
+    /// The file this came from (None: embedded defaults).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Where the store lives. Default: `$STATE_DIRECTORY` (systemd) or `./state`.
+    pub state_dir: Option<PathBuf>,
+    /// Loopback address of `/healthz` and `/metrics`.
+    pub health_listen: Spanned<String>,
+    /// `error`, `warn`, `info`, `debug` or `trace`.
+    pub log_level: Spanned<String>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            state_dir: None,
+            health_listen: Spanned::new(0..0, format!("127.0.0.1:{DEFAULT_HEALTH_PORT}")),
+            log_level: Spanned::new(0..0, "info".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Writes arriving within this window share one commit (and one fsync).
+    pub commit_window_ms: u64,
+    /// redb page cache. redb's own default is 1 GiB: far too much for a Pi.
+    pub cache_kib: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            commit_window_ms: 5,
+            cache_kib: 2048,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionScope {
+    #[default]
+    PerChat,
+    PerUser,
+    PerUserPerChat,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    pub session_scope: SessionScope,
+    /// The `<prefix>` in `agent:<agent_id>:<prefix>-<id>`.
+    pub session_prefix: String,
+    /// Seconds for the agent to be reached and accept the turn.
+    pub ack_timeout_s: u64,
+    /// Seconds without progress after which a turn is given up.
+    pub accumulation_timeout_s: u64,
+    /// Turns running at once across all chats.
+    pub max_concurrent_turns: usize,
+    pub reset_reply: String,
+    pub timeout_reply: String,
+    pub error_reply: String,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            session_scope: SessionScope::PerChat,
+            session_prefix: "clawbox".into(),
+            ack_timeout_s: 10,
+            accumulation_timeout_s: 120,
+            max_concurrent_turns: 8,
+            reset_reply: "🗑️ Done — I've started a fresh conversation.".into(),
+            timeout_reply:
+                "Sorry, this is taking longer than expected. Please try again in a moment.".into(),
+            error_reply:
+                "Sorry, I couldn't reach the assistant just now. Please try again in a moment."
+                    .into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PacingConfig {
+    /// Off only for benchmarks and tests: real accounts need it.
+    pub enabled: bool,
+    pub typing_base_ms: u64,
+    pub typing_per_char_ms: u64,
+    pub typing_max_ms: u64,
+    /// Random minimum gap between two sends on one account, [low, high] milliseconds.
+    pub min_gap_ms: [u64; 2],
+    /// Random gap between the chunks of one long reply, [low, high] milliseconds.
+    pub chunk_gap_ms: [u64; 2],
+    /// Global send budget per channel account: sustained rate and burst.
+    pub global_per_minute: u32,
+    pub global_burst: u32,
+}
+
+impl Default for PacingConfig {
+    fn default() -> Self {
+        PacingConfig {
+            enabled: true,
+            typing_base_ms: 800,
+            typing_per_char_ms: 30,
+            typing_max_ms: 4000,
+            min_gap_ms: [1500, 3500],
+            chunk_gap_ms: [300, 1000],
+            global_per_minute: 20,
+            global_burst: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentKind {
+    Echo,
+    Openai,
+    Openclaw,
+}
+
+/// One `[agents.<name>]` table. Fields that do not belong to its `kind` are rejected by [`check`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub kind: Spanned<AgentKind>,
+    /// openai: base URL ending in `/v1`; openclaw: `ws://` or `wss://` gateway URL.
+    pub url: Option<Spanned<String>>,
+    /// openai: model name.
+    pub model: Option<Spanned<String>>,
+    /// openai: bearer key; openclaw: gateway token. From a file (first line) or an env variable.
+    pub api_key_file: Option<Spanned<PathBuf>>,
+    pub api_key_env: Option<Spanned<String>>,
+    pub token_file: Option<Spanned<PathBuf>>,
+    pub token_env: Option<Spanned<String>>,
+    /// openai: system prompt sent first in every turn.
+    pub system_prompt: Option<Spanned<String>>,
+    /// openai: how many past messages (user + assistant) are sent with each turn.
+    pub history_messages: Option<Spanned<usize>>,
+    /// openai: `max_tokens` of the request.
+    pub max_tokens: Option<Spanned<u32>>,
+    /// openclaw: the agent id in session keys (`agent:<agent_id>:…`).
+    pub agent_id: Option<Spanned<String>>,
+    /// openclaw: session key prefix (default `clawbox`).
+    pub session_prefix: Option<Spanned<String>>,
+    /// Per-agent overrides of the router's timeouts.
+    pub ack_timeout_s: Option<Spanned<u64>>,
+    pub accumulation_timeout_s: Option<Spanned<u64>>,
+    #[serde(skip)]
+    pub secret: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DmPolicy {
+    #[default]
+    Allowlist,
+    Open,
+    Disabled,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelsConfig {
+    pub telegram: Option<TelegramConfig>,
+    pub whatsapp: Option<WhatsAppConfig>,
+    pub console: Option<ConsoleConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelegramConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub agent: Option<Spanned<String>>,
+    pub token_file: Option<Spanned<PathBuf>>,
+    pub token_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pub dm_policy: DmPolicy,
+    /// Numeric Telegram user ids.
+    #[serde(default)]
+    pub allow_from: Vec<Spanned<i64>>,
+    #[serde(default = "default_poll_timeout")]
+    pub poll_timeout_s: Spanned<u64>,
+    /// Bot API root; a local Bot API server or a test fake.
+    #[serde(default = "default_telegram_root")]
+    pub api_root: Spanned<String>,
+    /// Answer edits of earlier messages as new messages.
+    #[serde(default)]
+    pub handle_edits: bool,
+    #[serde(skip)]
+    pub token: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhatsAppConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub agent: Option<Spanned<String>>,
+    #[serde(default)]
+    pub dm_policy: DmPolicy,
+    /// E.164 numbers, `+` and digits.
+    #[serde(default)]
+    pub allow_from: Vec<Spanned<String>>,
+    /// The owner's own "message yourself" chat talks to the assistant.
+    #[serde(default = "yes")]
+    pub self_chat: bool,
+    #[serde(default = "default_self_prefix")]
+    pub self_prefix: String,
+    #[serde(default = "yes")]
+    pub read_receipts: bool,
+    /// WebSocket endpoint; tests point it at the fake server.
+    #[serde(default = "default_whatsapp_url")]
+    pub server_url: Spanned<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    pub agent: Option<Spanned<String>>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_poll_timeout() -> Spanned<u64> {
+    Spanned::new(0..0, 50)
+}
+fn default_telegram_root() -> Spanned<String> {
+    Spanned::new(0..0, "https://api.telegram.org".into())
+}
+fn default_whatsapp_url() -> Spanned<String> {
+    Spanned::new(0..0, "wss://web.whatsapp.com/ws/chat".into())
+}
+fn default_self_prefix() -> String {
+    "🤖 ".into()
+}
+
+/// The built-in agent used when no `[agents.*]` is declared.
+pub const BUILTIN_AGENT: &str = "echo";
+
+impl Config {
+    /// Reads, parses and checks `path`. Secrets are loaded here, so a missing token file is a
+    /// config error at start-up, not a surprise hours later.
+    pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let at = |message: String| {
+            vec![ConfigError {
+                path: Some(path.to_path_buf()),
+                line_col: None,
+                message,
+            }]
+        };
+        let meta =
+            std::fs::metadata(path).map_err(|e| at(format!("cannot read the config file: {e}")))?;
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(at(format!(
+                "the file is {} bytes; a config is at most {MAX_CONFIG_BYTES}",
+                meta.len()
+            )));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| at(format!("cannot read the config file: {e}")))?;
+        Config::parse(&text, Some(path))
+    }
+
+    /// Parses and checks config text. `path` is only used in messages.
+    pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, Vec<ConfigError>> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
+            vec![ConfigError {
+                path: path.map(Path::to_path_buf),
+                line_col: e.span().map(|s| line_col(text, s.start)),
+                message: e.message().trim_end().to_string(),
+            }]
+        })?;
+        cfg.source = path.map(Path::to_path_buf);
+        check::check(&mut cfg, text)?;
+        Ok(cfg)
+    }
+
+    /// Finds the config: `explicit`, else the first of [`DEFAULT_PATHS`] that exists, else none
+    /// (embedded defaults).
+    pub fn discover(explicit: Option<&Path>) -> Result<Config, Vec<ConfigError>> {
+        if let Some(p) = explicit {
+            return Config::load(p);
+        }
+        for p in DEFAULT_PATHS {
+            let p = Path::new(p);
+            if p.exists() {
+                return Config::load(p);
+            }
+        }
+        Ok(Config::default())
+    }
+
+    /// The state directory: configured, else `$STATE_DIRECTORY` (set by systemd's
+    /// `StateDirectory=`; the first entry if several), else `./state`.
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(d) = &self.gateway.state_dir {
+            return d.clone();
+        }
+        if let Some(d) = std::env::var_os("STATE_DIRECTORY") {
+            if let Some(first) = std::env::split_paths(&d).next() {
+                return first;
+            }
+        }
+        PathBuf::from("./state")
+    }
+
+    /// The agent a channel uses: its `agent = …`, else the only declared agent, else the built-in echo.
+    pub fn agent_for(&self, named: Option<&Spanned<String>>) -> String {
+        if let Some(n) = named {
+            return n.get_ref().clone();
+        }
+        if self.agents.len() == 1 {
+            if let Some(k) = self.agents.keys().next() {
+                return k.clone();
+            }
+        }
+        BUILTIN_AGENT.to_string()
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, col)
+}

@@ -1,0 +1,51 @@
+//! clawbox: keeps a person's WhatsApp account and Telegram bot connected to their own AI assistant,
+//! from a Raspberry Pi-class box, for months, unattended.
+//!
+//! # Layout
+//!
+//! Data flows one way: **channel → policy → router → agent → pacing → channel**.
+//!
+//! - [`cli`]: parses the command line; nothing else.
+//! - [`config`]: the strict TOML schema and its semantic checks ([`config::ConfigError`] → exit 78).
+//! - [`daemon`]: wires every task together, owns shutdown and readiness.
+//! - [`supervisor`]: runs each channel in its own task and restarts it (capped, jittered backoff)
+//!   after an error or a panic, while the others carry on.
+//! - [`systemd`]: `READY=1`, `WATCHDOG=1`, `STATUS=`, `STOPPING=1`; a no-op without `NOTIFY_SOCKET`.
+//! - [`store`]: the redb file: inbox, outbox, sessions, cursors, channel auth. The only code that
+//!   commits, in grouped transactions.
+//! - [`channel`]: the [`channel::Inbound`] / [`channel::ChannelCommand`] boundary every connector
+//!   speaks; [`channel::console`] and [`channel::telegram`] implement it.
+//! - [`policy`]: the DM allowlist. Pure: a message in, allow or drop out.
+//! - [`router`]: intake (dedupe, durability), [`router::session`] (session keys, 🗑️ resets),
+//!   [`router::turns`] (one turn in flight per session, batching; pure), the turn runner with the
+//!   ack and accumulation timeouts.
+//! - [`agent`]: the [`agent::Agent`] boundary; [`agent::echo`], [`agent::openai`] (+ [`agent::sse`]),
+//!   [`agent::openclaw`].
+//! - [`pacing`]: human-like send timing (pure: given `now`, when to type and send);
+//!   [`chunk`] splits long replies; [`delivery`] is the per-channel send loop that applies both.
+//! - [`health`]: loopback `/healthz` and `/metrics`; [`metrics`]: the counters; [`status`]: each
+//!   component's state, shared by health, `STATUS=` and the watchdog.
+//! - [`backoff`]: the one reconnect/restart policy (capped, jittered exponential).
+//! - [`http`]: the bounded hyper + rustls client shared by the agents and channels.
+
+pub mod agent;
+pub mod backoff;
+pub mod channel;
+pub mod chunk;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod delivery;
+pub mod fault;
+pub mod health;
+pub mod http;
+pub mod logging;
+pub mod metrics;
+pub mod pacing;
+pub mod policy;
+pub mod router;
+pub mod shutdown;
+pub mod status;
+pub mod store;
+pub mod supervisor;
+pub mod systemd;

@@ -1,0 +1,1 @@
+//! Human-like send timing. Placeholder until implemented.

@@ -1,0 +1,1 @@
+//! The DM allowlist. Placeholder.
