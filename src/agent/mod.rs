@@ -11,6 +11,8 @@ pub mod sse;
 
 use crate::config::{AgentConfig, AgentKind};
 use crate::http::HttpClient;
+use crate::status::Reporter;
+use crate::store::Store;
 use std::fmt;
 use tokio::sync::watch;
 
@@ -94,6 +96,20 @@ pub enum ResetOutcome {
     NewGeneration,
 }
 
+/// The outcome of `clawbox providers test` for one agent.
+#[derive(Debug, Clone)]
+pub struct ProbeReport {
+    pub agent: String,
+    pub kind: &'static str,
+    pub ok: bool,
+    /// What was learned, in order: ("server version", "2026.9.6"), ("protocol", "4"), …
+    pub facts: Vec<(&'static str, String)>,
+    /// Plain words for the owner when `ok` is false: what failed and what to do.
+    pub error: Option<String>,
+    /// Time of the handshake or request that was measured.
+    pub latency_ms: u64,
+}
+
 pub enum Agent {
     Echo(echo::Echo),
     OpenAi(openai::OpenAi),
@@ -102,11 +118,36 @@ pub enum Agent {
 
 impl Agent {
     /// Builds the agent `name` from its config (already checked, secrets loaded).
-    pub fn from_config(name: &str, cfg: &AgentConfig, http: &HttpClient) -> Agent {
+    /// `reporter` is the agent's row on the status board.
+    pub fn from_config(
+        name: &str,
+        cfg: &AgentConfig,
+        http: &HttpClient,
+        store: &Store,
+        reporter: Reporter,
+    ) -> Agent {
         match cfg.kind.get_ref() {
             AgentKind::Echo => Agent::Echo(echo::Echo),
             AgentKind::Openai => Agent::OpenAi(openai::OpenAi::new(name, cfg, http.clone())),
-            AgentKind::Openclaw => Agent::OpenClaw(openclaw::OpenClaw::new(name, cfg)),
+            AgentKind::Openclaw => {
+                Agent::OpenClaw(openclaw::OpenClaw::new(name, cfg, store.clone(), reporter))
+            }
+        }
+    }
+
+    /// `clawbox providers test`: really exercises the agent (handshake, auth, a tiny request).
+    pub async fn probe(&self, name: &str) -> ProbeReport {
+        match self {
+            Agent::Echo(_) => ProbeReport {
+                agent: name.to_string(),
+                kind: "echo",
+                ok: true,
+                facts: vec![("note", "built-in; answers with the text it got".into())],
+                error: None,
+                latency_ms: 0,
+            },
+            Agent::OpenAi(a) => a.probe(name).await,
+            Agent::OpenClaw(a) => a.probe(name).await,
         }
     }
 

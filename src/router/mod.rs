@@ -34,13 +34,46 @@ impl std::fmt::Display for IntakeError {
     }
 }
 
+/// One message offered through a test intake, with the slot for its answer.
+pub struct Submission {
+    pub msg: Inbound,
+    pub reply: tokio::sync::oneshot::Sender<Result<Submitted, IntakeError>>,
+}
+
+#[derive(Clone)]
+enum IntakeInner {
+    /// Test seam: submissions go to whoever holds the receiver, who answers them.
+    Test(tokio::sync::mpsc::Sender<Submission>),
+}
+
 /// The channels' way in. Cheap to clone.
 #[derive(Clone)]
-pub struct Intake;
+pub struct Intake {
+    inner: IntakeInner,
+}
 
 impl Intake {
+    /// An intake whose submissions arrive on the returned receiver, for testing a channel alone.
+    pub fn test_channel(capacity: usize) -> (Intake, tokio::sync::mpsc::Receiver<Submission>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+        (
+            Intake {
+                inner: IntakeInner::Test(tx),
+            },
+            rx,
+        )
+    }
+
     /// Policy, dedupe, durable write, then hand to the turn scheduler. Returns once durable.
-    pub async fn submit(&self, _msg: Inbound) -> Result<Submitted, IntakeError> {
-        Err(IntakeError::ShuttingDown)
+    pub async fn submit(&self, msg: Inbound) -> Result<Submitted, IntakeError> {
+        match &self.inner {
+            IntakeInner::Test(tx) => {
+                let (reply, rx) = tokio::sync::oneshot::channel();
+                tx.send(Submission { msg, reply })
+                    .await
+                    .map_err(|_| IntakeError::ShuttingDown)?;
+                rx.await.map_err(|_| IntakeError::ShuttingDown)?
+            }
+        }
     }
 }

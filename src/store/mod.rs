@@ -1,6 +1,9 @@
 //! The durable store: one redb file in the state directory. Placeholder API; see the real module.
 
+use crate::config::StoreConfig;
+use crate::metrics::Metrics;
 use std::path::Path;
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub enum StoreError {
@@ -20,7 +23,12 @@ impl std::error::Error for StoreError {}
 pub struct Store;
 
 impl Store {
-    pub fn open(_dir: &Path) -> Result<Store, StoreError> {
+    /// Opens (or creates) `<dir>/clawbox.redb`; the directory is created 0700, the file 0600.
+    pub fn open(
+        _dir: &Path,
+        _cfg: &StoreConfig,
+        _metrics: Arc<Metrics>,
+    ) -> Result<Store, StoreError> {
         Ok(Store)
     }
     /// A channel's cursor (e.g. Telegram's next offset), if one was saved.
