@@ -1,1 +1,129 @@
-//! The DM allowlist. Placeholder.
+//! The DM allowlist: who may talk to the assistant, per channel. Pure: a message in, a verdict out.
+//!
+//! Runs first, before anything is stored, any agent is called, any receipt or typing is sent. A
+//! replay after a reconnect goes through the same check, so it cannot slip past.
+
+use crate::channel::{ChannelKind, Inbound};
+use crate::config::{Config, DmPolicy};
+use crate::metrics::DropReason;
+use std::collections::HashSet;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    Drop(DropReason),
+}
+
+/// One channel's rule.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    dm: DmPolicy,
+    allow: HashSet<String>,
+}
+
+impl Policy {
+    pub fn new(dm: DmPolicy, allow_from: impl IntoIterator<Item = String>) -> Policy {
+        Policy {
+            dm,
+            allow: allow_from.into_iter().collect(),
+        }
+    }
+
+    /// Lets everyone in: the local console, whose only user is the person at the keyboard.
+    pub fn open() -> Policy {
+        Policy::new(DmPolicy::Open, [])
+    }
+
+    pub fn check(&self, msg: &Inbound) -> Verdict {
+        if msg.is_group {
+            return Verdict::Drop(DropReason::Group);
+        }
+        match self.dm {
+            DmPolicy::Disabled => Verdict::Drop(DropReason::Disabled),
+            DmPolicy::Open => Verdict::Allow,
+            DmPolicy::Allowlist if self.allow.contains(&msg.sender) => Verdict::Allow,
+            DmPolicy::Allowlist => Verdict::Drop(DropReason::NotAllowed),
+        }
+    }
+}
+
+/// The rules of every channel. A channel without a rule lets nobody in.
+#[derive(Debug, Clone, Default)]
+pub struct Policies {
+    by_channel: [Option<Policy>; ChannelKind::ALL.len()],
+}
+
+impl Policies {
+    pub fn from_config(cfg: &Config) -> Policies {
+        let mut p = Policies::default();
+        p.set(ChannelKind::Console, Policy::open());
+        if let Some(t) = &cfg.channels.telegram {
+            p.set(
+                ChannelKind::Telegram,
+                Policy::new(
+                    t.dm_policy,
+                    t.allow_from.iter().map(|id| id.get_ref().to_string()),
+                ),
+            );
+        }
+        if let Some(w) = &cfg.channels.whatsapp {
+            p.set(
+                ChannelKind::WhatsApp,
+                Policy::new(
+                    w.dm_policy,
+                    w.allow_from.iter().map(|n| n.get_ref().clone()),
+                ),
+            );
+        }
+        p
+    }
+
+    pub fn set(&mut self, ch: ChannelKind, policy: Policy) {
+        self.by_channel[ch.index()] = Some(policy);
+    }
+
+    pub fn check(&self, msg: &Inbound) -> Verdict {
+        match &self.by_channel[msg.channel.index()] {
+            Some(p) => p.check(msg),
+            None => Verdict::Drop(DropReason::Disabled),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::Content;
+
+    fn msg(sender: &str, group: bool) -> Inbound {
+        Inbound {
+            channel: ChannelKind::Telegram,
+            id: "1".into(),
+            chat: "c".into(),
+            sender: sender.into(),
+            is_group: group,
+            content: Content::Text("hi".into()),
+            ts_ms: 0,
+        }
+    }
+
+    #[test]
+    fn allowlist_open_disabled_and_groups() {
+        let p = Policy::new(DmPolicy::Allowlist, ["42".to_string()]);
+        assert_eq!(p.check(&msg("42", false)), Verdict::Allow);
+        assert_eq!(
+            p.check(&msg("43", false)),
+            Verdict::Drop(DropReason::NotAllowed)
+        );
+        assert_eq!(p.check(&msg("42", true)), Verdict::Drop(DropReason::Group));
+        assert_eq!(Policy::open().check(&msg("anyone", false)), Verdict::Allow);
+        assert_eq!(
+            Policy::new(DmPolicy::Disabled, ["42".to_string()]).check(&msg("42", false)),
+            Verdict::Drop(DropReason::Disabled)
+        );
+        assert_eq!(
+            Policies::default().check(&msg("42", false)),
+            Verdict::Drop(DropReason::Disabled)
+        );
+    }
+}

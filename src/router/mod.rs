@@ -1,10 +1,24 @@
-//! The conversation router. Placeholder API; see the real module.
+//! The conversation router: the event loop between the channels' intake and the agents.
+//!
+//! [`intake`] makes each allowed message durable and sends it here; [`turns`] decides which turn
+//! runs next (one per session, batched, bounded); [`runner`] runs a turn against its agent with the
+//! ack and accumulation timeouts and queues the reply for [`crate::delivery`]. After a restart,
+//! [`Router::resume`] re-queues every unanswered message, so each is answered exactly once.
 
+pub mod intake;
+pub mod runner;
 pub mod session;
 pub mod turns;
 
-use crate::channel::Inbound;
+pub use intake::{Intake, Submission};
+
 use crate::metrics::DropReason;
+use crate::shutdown::Shutdown;
+use crate::store::InboxRecord;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 /// What became of a submitted message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,46 +48,109 @@ impl std::fmt::Display for IntakeError {
     }
 }
 
-/// One message offered through a test intake, with the slot for its answer.
-pub struct Submission {
-    pub msg: Inbound,
-    pub reply: tokio::sync::oneshot::Sender<Result<Submitted, IntakeError>>,
+/// What the router's loop hears from the intake.
+pub(crate) enum Event {
+    /// A message is durable in the inbox.
+    Inbound(u64, InboxRecord),
 }
 
-#[derive(Clone)]
-enum IntakeInner {
-    /// Test seam: submissions go to whoever holds the receiver, who answers them.
-    Test(tokio::sync::mpsc::Sender<Submission>),
+/// Inbound events waiting for the router; the intake waits (backpressure) beyond this.
+const EVENT_QUEUE: usize = 256;
+
+/// The router's loop: schedules turns and runs them as tasks.
+pub struct Router {
+    events: mpsc::Receiver<Event>,
+    turns: turns::Turns,
+    shared: Arc<runner::Shared>,
+    tasks: JoinSet<runner::Finished>,
+    /// Which session each running task serves, to recover if one dies.
+    running: HashMap<tokio::task::Id, String>,
 }
 
-/// The channels' way in. Cheap to clone.
-#[derive(Clone)]
-pub struct Intake {
-    inner: IntakeInner,
-}
-
-impl Intake {
-    /// An intake whose submissions arrive on the returned receiver, for testing a channel alone.
-    pub fn test_channel(capacity: usize) -> (Intake, tokio::sync::mpsc::Receiver<Submission>) {
-        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+impl Router {
+    /// Builds the router and the intake that feeds it.
+    pub fn new(
+        shared: Arc<runner::Shared>,
+        policies: crate::policy::Policies,
+        scope: crate::config::SessionScope,
+        agent_for: [String; crate::channel::ChannelKind::ALL.len()],
+    ) -> (Router, Intake) {
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let core = intake::Core {
+            policies,
+            store: shared.store.clone(),
+            events: tx,
+            metrics: shared.metrics.clone(),
+            scope,
+            agent_for,
+        };
+        let turns = turns::Turns::new(shared.cfg.max_concurrent_turns);
         (
-            Intake {
-                inner: IntakeInner::Test(tx),
+            Router {
+                events: rx,
+                turns,
+                shared,
+                tasks: JoinSet::new(),
+                running: HashMap::new(),
             },
-            rx,
+            Intake::new(Arc::new(core)),
         )
     }
 
-    /// Policy, dedupe, durable write, then hand to the turn scheduler. Returns once durable.
-    pub async fn submit(&self, msg: Inbound) -> Result<Submitted, IntakeError> {
-        match &self.inner {
-            IntakeInner::Test(tx) => {
-                let (reply, rx) = tokio::sync::oneshot::channel();
-                tx.send(Submission { msg, reply })
-                    .await
-                    .map_err(|_| IntakeError::ShuttingDown)?;
-                rx.await.map_err(|_| IntakeError::ShuttingDown)?
+    /// Re-queues messages that were accepted but not answered before a restart, in order.
+    pub fn resume(&mut self, pending: Vec<(u64, InboxRecord)>) {
+        for (seq, rec) in pending {
+            self.push(seq, rec);
+        }
+    }
+
+    fn push(&mut self, seq: u64, rec: InboxRecord) {
+        let session = rec.session.clone();
+        let is_reset = session::is_reset(&rec.text);
+        self.turns
+            .push(&session, turns::Queued { seq, rec, is_reset });
+    }
+
+    fn start_turns(&mut self) {
+        while let Some(turn) = self.turns.next_turn() {
+            let session = turn.session.clone();
+            let handle = self
+                .tasks
+                .spawn(runner::run_turn(self.shared.clone(), turn));
+            self.running.insert(handle.id(), session);
+        }
+        self.shared.metrics.queued_messages.store(
+            self.turns.queued() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    pub async fn run(mut self, mut shutdown: Shutdown) {
+        loop {
+            self.start_turns();
+            tokio::select! {
+                ev = self.events.recv() => match ev {
+                    Some(Event::Inbound(seq, rec)) => self.push(seq, rec),
+                    None => break,
+                },
+                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => match joined {
+                    Ok((id, finished)) => {
+                        self.running.remove(&id);
+                        self.turns.done(&finished.session, finished.more_in_store);
+                    }
+                    Err(e) => {
+                        // A bug in the runner itself; its messages stay pending in the store and
+                        // are answered after the next restart.
+                        if let Some(session) = self.running.remove(&e.id()) {
+                            tracing::error!(session = %session, error = %e, "turn task died");
+                            self.turns.done(&session, false);
+                        }
+                    }
+                },
+                _ = shutdown.wait() => break,
             }
         }
+        // Unfinished turns stay pending in the store and resume after the restart.
+        self.tasks.shutdown().await;
     }
 }

@@ -1,51 +1,266 @@
-//! The durable store: one redb file in the state directory. Placeholder API; see the real module.
+//! The durable store: one redb file, `<state_dir>/clawbox.redb` (directory 0700, file 0600).
+//!
+//! Holds the inbox (every accepted inbound message), the outbox (every reply and how far its sending
+//! got), per-session state with bounded history, channel cursors, and channel auth state. All
+//! writes go through one writer thread ([`writer`]) that groups the operations arriving within a
+//! short window into one transaction, and fsyncs that transaction only if one of its operations
+//! needs durability (an accepted message, a send about to happen, auth state). Everything else rides
+//! along and becomes durable with the next fsync. This is the only code that commits.
+//!
+//! The rules the rest of the daemon relies on:
+//! - [`Store::accept`] returns only once the message is durable: channels acknowledge upstream after.
+//! - [`Store::mark_in_flight`] is durable before a chunk is sent; after a crash a chunk marked in
+//!   flight is resent only on channels whose sends are idempotent, so no reply is sent twice.
+//! - A turn's completion (inbox rows answered, history, outbox row) is one atomic transaction.
+
+pub mod records;
+mod writer;
 
 use crate::config::StoreConfig;
 use crate::metrics::Metrics;
-use std::path::Path;
+pub use records::{HistoryItem, InboxRecord, OutboxRecord, SessionRecord};
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 
-#[derive(Debug, Clone)]
+/// The store's file name inside the state directory.
+pub const FILE_NAME: &str = "clawbox.redb";
+/// Operations waiting for the writer thread; senders wait (backpressure) beyond this.
+const QUEUE_DEPTH: usize = 1024;
+/// How often lazily committed writes are made durable while any are outstanding.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(2);
+/// How often old inbox rows and idle sessions are removed.
+pub const GC_INTERVAL: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {
+    /// The directory or file could not be created, opened or locked.
+    Open(String),
+    /// The file is damaged; the message says how to recover.
+    Corrupt(String),
+    /// A read or write failed (disk full, I/O error).
     Io(String),
+    /// The writer thread is gone (after shutdown, or it failed).
+    Closed,
 }
 
-impl std::fmt::Display for StoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StoreError::Io(e) => write!(f, "store: {e}"),
+            StoreError::Open(e) => write!(f, "cannot open the store: {e}"),
+            StoreError::Corrupt(e) => write!(f, "the store is damaged: {e}"),
+            StoreError::Io(e) => write!(f, "store I/O failed: {e}"),
+            StoreError::Closed => f.write_str("the store is closed"),
         }
     }
 }
+
 impl std::error::Error for StoreError {}
 
+/// Result of [`Store::accept`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// New and durable, with its inbox sequence number.
+    New(u64),
+    /// Already in the inbox (a redelivery).
+    Duplicate,
+}
+
+/// What a restarted daemon must finish.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Inbox rows not yet answered, in arrival order.
+    pub pending: Vec<(u64, InboxRecord)>,
+    /// Replies not completely sent, in creation order.
+    pub outbox: Vec<(u64, OutboxRecord)>,
+    /// Rows that could not be decoded and were skipped (counted, logged).
+    pub skipped: usize,
+}
+
+/// What a finished turn writes, atomically.
+#[derive(Debug, Clone)]
+pub struct TurnDone {
+    /// Inbox rows answered by this turn.
+    pub inbox: Vec<u64>,
+    /// Session to update, the user text and reply to append to its history (None: no history kept).
+    pub session: String,
+    pub history: Option<(String, String)>,
+    /// Clear the session's history (a 🗑️ reset).
+    pub reset: bool,
+    /// Also bump the session's generation, so agents see a new session key.
+    pub new_generation: bool,
+    /// The reply to send (None: nothing to send).
+    pub reply: Option<OutboxRecord>,
+}
+
+pub(crate) enum Op {
+    Accept(InboxRecord, oneshot::Sender<Result<Accepted, StoreError>>),
+    TurnDone(TurnDone, oneshot::Sender<Result<Option<u64>, StoreError>>),
+    InFlight(u64, oneshot::Sender<Result<(), StoreError>>),
+    Sent(u64, oneshot::Sender<Result<bool, StoreError>>),
+    Abandon(u64, oneshot::Sender<Result<(), StoreError>>),
+    SetCursor(String, Vec<u8>, oneshot::Sender<Result<(), StoreError>>),
+    SetAuth(String, Vec<u8>, oneshot::Sender<Result<(), StoreError>>),
+    DeleteAuthPrefix(String, oneshot::Sender<Result<usize, StoreError>>),
+    // Reads.
+    Cursor(String, oneshot::Sender<Result<Option<Vec<u8>>, StoreError>>),
+    Auth(String, oneshot::Sender<Result<Option<Vec<u8>>, StoreError>>),
+    Session(String, oneshot::Sender<Result<SessionRecord, StoreError>>),
+    Recover(oneshot::Sender<Result<Recovery, StoreError>>),
+    PendingFor(
+        String,
+        oneshot::Sender<Result<Vec<(u64, InboxRecord)>, StoreError>>,
+    ),
+    // Housekeeping.
+    Flush(oneshot::Sender<Result<(), StoreError>>),
+    Gc(u64),
+    Close(oneshot::Sender<()>),
+}
+
+impl Op {
+    pub(crate) fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Op::Cursor(..) | Op::Auth(..) | Op::Session(..) | Op::Recover(..) | Op::PendingFor(..)
+        )
+    }
+}
+
+/// Handle to the store. Cheap to clone; all clones talk to the same writer thread.
 #[derive(Clone)]
-pub struct Store;
+pub struct Store {
+    tx: mpsc::Sender<Op>,
+    path: Arc<PathBuf>,
+}
 
 impl Store {
-    /// Opens (or creates) `<dir>/clawbox.redb`; the directory is created 0700, the file 0600.
-    pub fn open(
-        _dir: &Path,
-        _cfg: &StoreConfig,
-        _metrics: Arc<Metrics>,
-    ) -> Result<Store, StoreError> {
-        Ok(Store)
+    /// Opens (or creates) `<dir>/clawbox.redb`; the directory is created 0700, the file 0600, and
+    /// wrong modes are fixed (with a warning).
+    pub fn open(dir: &Path, cfg: &StoreConfig, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
+        let path = writer::prepare_dir_and_file(dir)?;
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        writer::spawn(&path, cfg, metrics, rx)?;
+        Ok(Store {
+            tx,
+            path: Arc::new(path),
+        })
     }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Adds an inbound message to the inbox unless its (channel, id) was seen; durable on return.
+    pub async fn accept(&self, rec: InboxRecord) -> Result<Accepted, StoreError> {
+        self.call(|tx| Op::Accept(rec, tx)).await
+    }
+
+    /// Records a finished turn: inbox rows answered, history, the reply queued; returns the outbox
+    /// sequence number. Not fsynced on its own (a crash before the next fsync re-runs the turn).
+    pub async fn turn_done(&self, done: TurnDone) -> Result<Option<u64>, StoreError> {
+        self.call(|tx| Op::TurnDone(done, tx)).await
+    }
+
+    /// Marks the outbox row's next chunk as possibly sent; durable on return. Call just before sending.
+    pub async fn mark_in_flight(&self, outbox: u64) -> Result<(), StoreError> {
+        self.call(|tx| Op::InFlight(outbox, tx)).await
+    }
+
+    /// The in-flight chunk was confirmed sent; returns true when the reply is complete (row removed).
+    pub async fn mark_sent(&self, outbox: u64) -> Result<bool, StoreError> {
+        self.call(|tx| Op::Sent(outbox, tx)).await
+    }
+
+    /// Gives up on a reply (permanent send failure): removes the row.
+    pub async fn abandon(&self, outbox: u64) -> Result<(), StoreError> {
+        self.call(|tx| Op::Abandon(outbox, tx)).await
+    }
+
     /// A channel's cursor (e.g. Telegram's next offset), if one was saved.
-    pub async fn cursor(&self, _name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(None)
+    pub async fn cursor(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let name = name.to_string();
+        self.call(|tx| Op::Cursor(name, tx)).await
     }
+
     /// Saves a cursor. Not fsynced on its own: it becomes durable with the next durable commit,
     /// which is safe because inbound messages are deduplicated by id anyway.
-    pub async fn set_cursor(&self, _name: &str, _value: Vec<u8>) -> Result<(), StoreError> {
-        Ok(())
+    pub async fn set_cursor(&self, name: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.call(|tx| Op::SetCursor(name, value, tx)).await
     }
+
     /// A channel's auth/identity value (OpenClaw device key, WhatsApp creds), if present.
-    pub async fn auth(&self, _key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(None)
+    pub async fn auth(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_string();
+        self.call(|tx| Op::Auth(key, tx)).await
     }
+
     /// Saves an auth value durably (fsynced before this returns).
-    pub async fn set_auth(&self, _key: &str, _value: Vec<u8>) -> Result<(), StoreError> {
-        Ok(())
+    pub async fn set_auth(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        let key = key.to_string();
+        self.call(|tx| Op::SetAuth(key, value, tx)).await
     }
+
+    /// Deletes every auth value whose key starts with `prefix` (a logged-out channel), durably.
+    pub async fn delete_auth_prefix(&self, prefix: &str) -> Result<usize, StoreError> {
+        let prefix = prefix.to_string();
+        self.call(|tx| Op::DeleteAuthPrefix(prefix, tx)).await
+    }
+
+    /// The session's state (a fresh one if never seen).
+    pub async fn session(&self, session: &str) -> Result<SessionRecord, StoreError> {
+        let session = session.to_string();
+        self.call(|tx| Op::Session(session, tx)).await
+    }
+
+    /// Everything a restarted daemon must finish.
+    pub async fn recover(&self) -> Result<Recovery, StoreError> {
+        self.call(Op::Recover).await
+    }
+
+    /// Pending inbox rows of one session, in order (used when its in-memory queue overflowed).
+    pub async fn pending_for(&self, session: &str) -> Result<Vec<(u64, InboxRecord)>, StoreError> {
+        let session = session.to_string();
+        self.call(|tx| Op::PendingFor(session, tx)).await
+    }
+
+    /// Makes every lazily committed write durable now.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.call(Op::Flush).await
+    }
+
+    /// Removes answered inbox rows older than the retention and sessions idle past theirs.
+    pub async fn gc(&self, now_ms: u64) {
+        let _ = self.tx.send(Op::Gc(now_ms)).await;
+    }
+
+    /// Flushes and closes the file; later calls fail with [`StoreError::Closed`].
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Op::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

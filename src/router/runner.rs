@@ -1,0 +1,360 @@
+//! Runs one turn: builds the request (session key, joined text, history, idempotency key), calls
+//! the agent under the ack and accumulation timeouts, turns every failure into a polite reply, and
+//! records the outcome atomically before handing the reply to delivery. Never silent.
+
+use super::session;
+use super::turns::{Queued, Turn, batch_from};
+use crate::agent::{Agent, HistoryEntry, Progress, ResetOutcome, Role, TurnRequest};
+use crate::channel::{ChannelCommand, ChannelKind, ChannelSpec};
+use crate::config::RouterConfig;
+use crate::delivery::Job;
+use crate::metrics::{Metrics, TurnOutcome};
+use crate::store::{OutboxRecord, Store, TurnDone, records::INBOX_PENDING};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Wait after a store failure before the session's turn is retried.
+const STORE_RETRY_DELAY: Duration = Duration::from_secs(2);
+
+/// An agent with the settings the router needs around it.
+pub struct AgentEntry {
+    pub agent: Agent,
+    /// The `<agent_id>` in session keys.
+    pub agent_id: String,
+    pub prefix: String,
+    pub ack_timeout: Duration,
+    pub accumulation_timeout: Duration,
+}
+
+/// What every turn needs, shared.
+pub struct Shared {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub cfg: RouterConfig,
+    pub agents: HashMap<String, Arc<AgentEntry>>,
+    /// Fallback when a stored message names an agent that is no longer configured.
+    pub default_agent: String,
+    pub specs: [Option<ChannelSpec>; ChannelKind::ALL.len()],
+    pub delivery: [Option<mpsc::Sender<Job>>; ChannelKind::ALL.len()],
+    pub commands: [Option<mpsc::Sender<ChannelCommand>>; ChannelKind::ALL.len()],
+}
+
+/// How a turn ended, for the router's scheduler.
+pub struct Finished {
+    pub session: String,
+    pub more_in_store: bool,
+}
+
+#[derive(Debug)]
+enum Failure {
+    AckTimeout,
+    AccumulationTimeout,
+    Agent(String),
+}
+
+/// A stable key for the turn made of these messages: the same messages give the same key across
+/// retries and restarts, so an agent that dedupes by it never runs the turn twice.
+pub fn idempotency_key(channel: &str, msg_ids: &[&str]) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(channel.as_bytes());
+    for id in msg_ids {
+        ctx.update(b"\x1f");
+        ctx.update(id.as_bytes());
+    }
+    let digest = ctx.finish();
+    let hex: String = digest
+        .as_ref()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("clawbox-{hex}")
+}
+
+pub async fn run_turn(shared: Arc<Shared>, turn: Turn) -> Finished {
+    let session = turn.session.clone();
+    let (messages, more_in_store) = if turn.spilled {
+        match shared.store.pending_for(&session).await {
+            Ok(rows) => batch_from(
+                rows.into_iter()
+                    .filter(|(_, r)| r.state == INBOX_PENDING)
+                    .map(|(seq, rec)| Queued {
+                        seq,
+                        is_reset: session::is_reset(&rec.text),
+                        rec,
+                    })
+                    .collect(),
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read a spilled session from the store; retrying");
+                tokio::time::sleep(STORE_RETRY_DELAY).await;
+                return Finished {
+                    session,
+                    more_in_store: true,
+                };
+            }
+        }
+    } else {
+        (turn.messages, false)
+    };
+    let Some(first) = messages.first() else {
+        return Finished {
+            session,
+            more_in_store,
+        };
+    };
+    let route = first.rec.clone();
+    let Some(channel) = ChannelKind::parse(&route.channel) else {
+        tracing::error!(channel = %route.channel, "stored message names an unknown channel; skipping it");
+        let _ = shared
+            .store
+            .turn_done(TurnDone {
+                inbox: messages.iter().map(|m| m.seq).collect(),
+                session: session.clone(),
+                history: None,
+                reset: false,
+                new_generation: false,
+                reply: None,
+            })
+            .await;
+        return Finished {
+            session,
+            more_in_store,
+        };
+    };
+    let entry = shared
+        .agents
+        .get(&route.agent)
+        .or_else(|| shared.agents.get(&shared.default_agent))
+        .cloned();
+    let Some(entry) = entry else {
+        tracing::error!(agent = %route.agent, "no agent available");
+        return Finished {
+            session,
+            more_in_store: true,
+        };
+    };
+    let started = Instant::now();
+    let seqs: Vec<u64> = messages.iter().map(|m| m.seq).collect();
+    let ids: Vec<&str> = messages.iter().map(|m| m.rec.msg_id.as_str()).collect();
+    let key = idempotency_key(&route.channel, &ids);
+
+    let record = match shared.store.session(&session).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the session; retrying");
+            tokio::time::sleep(STORE_RETRY_DELAY).await;
+            return Finished {
+                session,
+                more_in_store: true,
+            };
+        }
+    };
+    let session_key = session::key(&entry.agent_id, &entry.prefix, &session, record.generation);
+
+    let (reply, history, reset, new_generation) = if first.is_reset {
+        let outcome = with_timeout(entry.ack_timeout, entry.agent.reset(&session_key)).await;
+        let mut text = shared.cfg.reset_reply.clone();
+        let outcome = match outcome {
+            Some(Ok(o)) => o,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "agent could not reset the session; starting a new one");
+                ResetOutcome::NewGeneration
+            }
+            None => ResetOutcome::NewGeneration,
+        };
+        if outcome == ResetOutcome::NewGeneration && matches!(entry.agent, Agent::OpenClaw(_)) {
+            text.push_str(" (The previous conversation stays on the gateway.)");
+        }
+        Metrics::inc(&shared.metrics.resets);
+        (text, None, true, outcome != ResetOutcome::Cleared)
+    } else {
+        if let Some(Some(cmd)) = shared.commands.get(channel.index()) {
+            let _ = cmd.try_send(ChannelCommand::Typing {
+                chat: route.chat.clone(),
+                on: true,
+            });
+        }
+        let text = messages
+            .iter()
+            .map(|m| m.rec.text.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let history = if entry.agent.wants_history() {
+            record
+                .history
+                .iter()
+                .map(|h| HistoryEntry {
+                    role: if h.role == 0 {
+                        Role::User
+                    } else {
+                        Role::Assistant
+                    },
+                    text: h.text.clone(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let req = TurnRequest {
+            session_key,
+            text: text.clone(),
+            history,
+            idempotency_key: key.clone(),
+        };
+        Metrics::inc(&shared.metrics.turns_in_flight);
+        let result = call_agent(entry.clone(), req).await;
+        shared
+            .metrics
+            .turns_in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let (outcome, reply) = match result {
+            Ok(r) if !r.trim().is_empty() => (TurnOutcome::Ok, r),
+            Ok(_) => (TurnOutcome::AgentError, shared.cfg.error_reply.clone()),
+            Err(Failure::AckTimeout) => (TurnOutcome::AckTimeout, shared.cfg.timeout_reply.clone()),
+            Err(Failure::AccumulationTimeout) => (
+                TurnOutcome::AccumulationTimeout,
+                shared.cfg.timeout_reply.clone(),
+            ),
+            Err(Failure::Agent(e)) => {
+                tracing::warn!(agent = %route.agent, error = %e, "turn failed");
+                (TurnOutcome::AgentError, shared.cfg.error_reply.clone())
+            }
+        };
+        if outcome != TurnOutcome::Ok {
+            tracing::warn!(outcome = outcome.as_str(), session = %session, "turn ended without an answer; sent the polite reply");
+        }
+        shared.metrics.turn(outcome, started.elapsed());
+        let history = (outcome == TurnOutcome::Ok).then(|| (text, reply.clone()));
+        (reply, history, false, false)
+    };
+
+    let max_chars = shared.specs[channel.index()]
+        .map(|s| s.max_chars)
+        .unwrap_or(4096);
+    let chunks = crate::chunk::split(&reply, max_chars);
+    let out = OutboxRecord {
+        channel: route.channel.clone(),
+        chat: route.chat.clone(),
+        chunks,
+        next: 0,
+        in_flight: false,
+        key,
+        created_ms: crate::store::now_ms(),
+    };
+    let done = TurnDone {
+        inbox: seqs,
+        session: session.clone(),
+        history,
+        reset,
+        new_generation,
+        reply: Some(out.clone()),
+    };
+    match shared.store.turn_done(done).await {
+        Ok(Some(seq)) => {
+            crate::fault::crash_point("after-turn");
+            if let Some(Some(tx)) = shared.delivery.get(channel.index()) {
+                Metrics::inc(&shared.metrics.outbox_pending);
+                if tx.send(Job { seq, rec: out }).await.is_err() {
+                    shared
+                        .metrics
+                        .outbox_pending
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            } else {
+                tracing::warn!(channel = %channel, "reply stored, but the channel is not running; it is sent when it is");
+            }
+            Finished {
+                session,
+                more_in_store,
+            }
+        }
+        Ok(None) => Finished {
+            session,
+            more_in_store,
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record the finished turn; it will run again");
+            tokio::time::sleep(STORE_RETRY_DELAY).await;
+            Finished {
+                session,
+                more_in_store: true,
+            }
+        }
+    }
+}
+
+async fn with_timeout<T>(d: Duration, fut: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(d, fut).await.ok()
+}
+
+/// Aborts the task when dropped (a timed-out or cancelled turn must not keep running).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs the agent's turn in its own task (a panic in agent code becomes an error, not a dead
+/// router) under the ack timeout (until the agent accepts) and the accumulation timeout (between
+/// progress reports after that).
+async fn call_agent(entry: Arc<AgentEntry>, req: TurnRequest) -> Result<String, Failure> {
+    let (progress, mut rx) = Progress::new();
+    let ack = entry.ack_timeout;
+    let accumulation = entry.accumulation_timeout;
+    let task = AbortOnDrop(tokio::spawn(async move {
+        entry.agent.turn(req, progress).await
+    }));
+    let mut task = task;
+    let mut deadline = Instant::now() + ack;
+    let mut accepted = false;
+    let mut progress_open = true;
+    loop {
+        tokio::select! {
+            joined = &mut task.0 => {
+                return match joined {
+                    Ok(Ok(text)) => Ok(text),
+                    Ok(Err(e)) => Err(Failure::Agent(e.to_string())),
+                    Err(e) if e.is_panic() => Err(Failure::Agent("the agent client crashed (a bug; please report it)".into())),
+                    Err(_) => Err(Failure::Agent("the turn was cancelled".into())),
+                };
+            }
+            changed = rx.changed(), if progress_open => {
+                if changed.is_err() {
+                    progress_open = false;
+                    continue;
+                }
+                if *rx.borrow_and_update() >= 1 {
+                    accepted = true;
+                    deadline = Instant::now() + accumulation;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(if accepted { Failure::AccumulationTimeout } else { Failure::AckTimeout });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_are_stable_and_distinct() {
+        let a = idempotency_key("telegram", &["1", "2"]);
+        assert_eq!(a, idempotency_key("telegram", &["1", "2"]));
+        assert_ne!(a, idempotency_key("telegram", &["1"]));
+        assert_ne!(a, idempotency_key("whatsapp", &["1", "2"]));
+        assert_ne!(
+            idempotency_key("t", &["1", "2"]),
+            idempotency_key("t", &["12"])
+        );
+        assert!(a.starts_with("clawbox-") && a.len() == "clawbox-".len() + 32);
+    }
+}

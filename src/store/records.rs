@@ -1,0 +1,77 @@
+//! The records kept in the store, encoded with prost (derive only, no build script). Field tags are
+//! the on-disk format: never reuse or renumber one; add new fields with new tags.
+
+/// State of an inbound message.
+pub const INBOX_PENDING: u32 = 0;
+pub const INBOX_ANSWERED: u32 = 1;
+
+/// One accepted inbound message.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InboxRecord {
+    #[prost(string, tag = "1")]
+    pub channel: String,
+    #[prost(string, tag = "2")]
+    pub msg_id: String,
+    #[prost(string, tag = "3")]
+    pub chat: String,
+    #[prost(string, tag = "4")]
+    pub sender: String,
+    /// The rendered text the agent sees (placeholders for media).
+    #[prost(string, tag = "5")]
+    pub text: String,
+    #[prost(uint64, tag = "6")]
+    pub ts_ms: u64,
+    /// The session's identity (see `router::session`), without its generation.
+    #[prost(string, tag = "7")]
+    pub session: String,
+    #[prost(uint32, tag = "8")]
+    pub state: u32,
+    /// When it was accepted (our clock), for retention.
+    #[prost(uint64, tag = "9")]
+    pub accepted_ms: u64,
+    /// The agent (by config name) this message's channel routes to.
+    #[prost(string, tag = "10")]
+    pub agent: String,
+}
+
+/// One reply, split into the chunks the channel will send, and how far sending got.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OutboxRecord {
+    #[prost(string, tag = "1")]
+    pub channel: String,
+    #[prost(string, tag = "2")]
+    pub chat: String,
+    #[prost(string, repeated, tag = "3")]
+    pub chunks: Vec<String>,
+    /// Index of the next chunk to send.
+    #[prost(uint32, tag = "4")]
+    pub next: u32,
+    /// True once chunk `next` may have left: set durably just before the send.
+    #[prost(bool, tag = "5")]
+    pub in_flight: bool,
+    /// Stable idempotency key of the reply; chunk keys are `<key>.<index>`.
+    #[prost(string, tag = "6")]
+    pub key: String,
+    #[prost(uint64, tag = "7")]
+    pub created_ms: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HistoryItem {
+    /// 0 = user, 1 = assistant.
+    #[prost(uint32, tag = "1")]
+    pub role: u32,
+    #[prost(string, tag = "2")]
+    pub text: String,
+}
+
+/// Per-session state: the generation (bumped by a 🗑️ reset) and bounded recent history.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SessionRecord {
+    #[prost(uint32, tag = "1")]
+    pub generation: u32,
+    #[prost(message, repeated, tag = "2")]
+    pub history: Vec<HistoryItem>,
+    #[prost(uint64, tag = "3")]
+    pub last_used_ms: u64,
+}

@@ -1,0 +1,707 @@
+//! The writer thread: the only place that opens transactions. Operations arriving within the
+//! commit window share one transaction; it is fsynced (`Durability::Immediate`) only when one of
+//! them needs it, otherwise committed with `Durability::None` and made durable by the next fsync.
+//! Replies are sent after the commit, so a caller told "durable" can rely on it.
+
+use super::records::{INBOX_ANSWERED, INBOX_PENDING};
+use super::{
+    Accepted, InboxRecord, Op, OutboxRecord, Recovery, SessionRecord, StoreError, TurnDone,
+};
+use crate::config::StoreConfig;
+use crate::metrics::Metrics;
+use prost::Message;
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+const INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("inbox");
+/// `<channel>\x1f<message id>` → inbox sequence: the dedupe index.
+const INBOX_IDS: TableDefinition<&str, u64> = TableDefinition::new("inbox_ids");
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+const CURSORS: TableDefinition<&str, &[u8]> = TableDefinition::new("cursors");
+const AUTH: TableDefinition<&str, &[u8]> = TableDefinition::new("auth");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Bumped when the layout changes incompatibly; an unknown newer version refuses to open.
+const SCHEMA_VERSION: u64 = 1;
+/// Operations folded into one transaction at most: bounds a transaction's size and latency.
+const MAX_BATCH_OPS: usize = 256;
+/// Answered inbox rows are kept this long for dedupe: longer than Telegram keeps unconfirmed
+/// updates (24 h) and than WhatsApp's offline queue replays.
+const INBOX_RETENTION_MS: u64 = 3 * 24 * 3600 * 1000;
+/// Answered inbox rows kept at most, whatever their age: bounds the file under heavy traffic.
+const MAX_INBOX_ROWS: u64 = 20_000;
+/// Sessions kept at most; the least recently used beyond this are forgotten.
+const MAX_SESSIONS: u64 = 5_000;
+/// History entries per session (user and assistant messages).
+pub const MAX_HISTORY_ENTRIES: usize = 40;
+/// History bytes per session; the oldest entries go first.
+pub const MAX_HISTORY_BYTES: usize = 32 * 1024;
+
+fn io(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+/// Creates the state directory (0700) and the store file (0600), fixing wrong modes.
+pub(super) fn prepare_dir_and_file(dir: &Path) -> Result<PathBuf, StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::create_dir_all(dir).map_err(|e| {
+        StoreError::Open(format!(
+            "cannot create the state directory {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let meta =
+        std::fs::metadata(dir).map_err(|e| StoreError::Open(format!("{}: {e}", dir.display())))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(dir = %dir.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777), "state directory was open to other users; setting it to 0700");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+            StoreError::Open(format!(
+                "cannot make {} private (chmod 0700): {e}",
+                dir.display()
+            ))
+        })?;
+    }
+    let path = dir.join(super::FILE_NAME);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| StoreError::Open(format!("cannot open {}: {e}", path.display())))?;
+    let fmeta = file
+        .metadata()
+        .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
+    if fmeta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(file = %path.display(), "store file was readable by other users; setting it to 0600");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| StoreError::Open(format!("cannot chmod 0600 {}: {e}", path.display())))?;
+    }
+    Ok(path)
+}
+
+fn recovery_hint(path: &Path) -> String {
+    format!(
+        "stop clawbox, move the file aside (`mv {p} {p}.broken`) and start again; messages not yet answered \
+         and the WhatsApp link are lost with it (pair again), the configuration is not",
+        p = path.display()
+    )
+}
+
+fn open_db(path: &Path, cfg: &StoreConfig) -> Result<Database, StoreError> {
+    let cache = (cfg.cache_kib as usize).saturating_mul(1024);
+    // redb may panic on some forms of damage; a damaged file must give a message, not a crash.
+    let opened =
+        std::panic::catch_unwind(|| Database::builder().set_cache_size(cache).create(path));
+    let db = match opened {
+        Ok(Ok(db)) => db,
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
+            return Err(StoreError::Open(format!(
+                "{} is in use by another clawbox process (is the service running? `systemctl stop clawbox` first)",
+                path.display()
+            )));
+        }
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))) => {
+            return Err(StoreError::Open(format!("{}: {e}", path.display())));
+        }
+        Ok(Err(e)) => {
+            return Err(StoreError::Corrupt(format!(
+                "{}: {e}; {}",
+                path.display(),
+                recovery_hint(path)
+            )));
+        }
+        Err(_) => {
+            return Err(StoreError::Corrupt(format!(
+                "{}: unreadable; {}",
+                path.display(),
+                recovery_hint(path)
+            )));
+        }
+    };
+    // Create every table and check the schema version in one durable transaction.
+    let init = || -> Result<(), StoreError> {
+        let tx = db.begin_write().map_err(io)?;
+        {
+            tx.open_table(INBOX).map_err(io)?;
+            tx.open_table(INBOX_IDS).map_err(io)?;
+            tx.open_table(OUTBOX).map_err(io)?;
+            tx.open_table(SESSIONS).map_err(io)?;
+            tx.open_table(CURSORS).map_err(io)?;
+            tx.open_table(AUTH).map_err(io)?;
+            let mut meta = tx.open_table(META).map_err(io)?;
+            let version = meta.get("schema_version").map_err(io)?.map(|v| v.value());
+            match version {
+                None => {
+                    meta.insert("schema_version", SCHEMA_VERSION).map_err(io)?;
+                }
+                Some(v) if v == SCHEMA_VERSION => {}
+                Some(v) => {
+                    return Err(StoreError::Open(format!(
+                        "{} was written by a newer clawbox (store schema {v}, this build reads {SCHEMA_VERSION}); \
+                         install that version again",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        tx.commit().map_err(io)
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(init)) {
+        Ok(r) => r.map(|()| db),
+        Err(_) => Err(StoreError::Corrupt(format!(
+            "{}: unreadable tables; {}",
+            path.display(),
+            recovery_hint(path)
+        ))),
+    }
+}
+
+pub(super) fn spawn(
+    path: &Path,
+    cfg: &StoreConfig,
+    metrics: Arc<Metrics>,
+    rx: mpsc::Receiver<Op>,
+) -> Result<(), StoreError> {
+    let db = open_db(path, cfg)?;
+    let window = Duration::from_millis(cfg.commit_window_ms);
+    let mut w = Writer {
+        db,
+        metrics,
+        window,
+        dirty: false,
+        next_inbox: 0,
+        next_outbox: 0,
+        path: path.to_path_buf(),
+    };
+    w.init_sequences()?;
+    std::thread::Builder::new()
+        .name("clawbox-store".into())
+        .spawn(move || w.run(rx))
+        .map_err(|e| StoreError::Open(format!("cannot start the store thread: {e}")))?;
+    Ok(())
+}
+
+/// A reply to send once the batch's commit outcome is known.
+type Reply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+
+fn reply<T: Send + 'static>(
+    tx: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
+    value: Result<T, StoreError>,
+) -> Reply {
+    Box::new(move |commit_err: Option<&StoreError>| {
+        let _ = tx.send(match commit_err {
+            Some(e) => Err(e.clone()),
+            None => value,
+        });
+    })
+}
+
+struct Writer {
+    db: Database,
+    metrics: Arc<Metrics>,
+    window: Duration,
+    /// Lazily committed writes not yet fsynced.
+    dirty: bool,
+    next_inbox: u64,
+    next_outbox: u64,
+    path: PathBuf,
+}
+
+fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|e| StoreError::Corrupt(format!("undecodable record: {e}")))
+}
+
+fn id_key(channel: &str, msg_id: &str) -> String {
+    format!("{channel}\u{1f}{msg_id}")
+}
+
+impl Writer {
+    fn init_sequences(&mut self) -> Result<(), StoreError> {
+        let tx = self.db.begin_read().map_err(io)?;
+        let inbox = tx.open_table(INBOX).map_err(io)?;
+        self.next_inbox = inbox
+            .last()
+            .map_err(io)?
+            .map(|(k, _)| k.value() + 1)
+            .unwrap_or(1);
+        let outbox = tx.open_table(OUTBOX).map_err(io)?;
+        self.next_outbox = outbox
+            .last()
+            .map_err(io)?
+            .map(|(k, _)| k.value() + 1)
+            .unwrap_or(1);
+        Ok(())
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        while let Some(first) = rx.blocking_recv() {
+            if let Op::Close(done) = first {
+                self.close(done);
+                return;
+            }
+            if first.is_read() {
+                self.read(first);
+                continue;
+            }
+            let mut batch = vec![first];
+            if !self.window.is_zero() {
+                std::thread::sleep(self.window);
+            }
+            let mut close = None;
+            let mut deferred = Vec::new();
+            while batch.len() < MAX_BATCH_OPS {
+                match rx.try_recv() {
+                    Ok(Op::Close(done)) => {
+                        close = Some(done);
+                        break;
+                    }
+                    // Whole-table scans read after the batch commits, from a read transaction.
+                    Ok(op @ (Op::Recover(_) | Op::PendingFor(..))) => deferred.push(op),
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.write_batch(batch);
+            for op in deferred {
+                self.read(op);
+            }
+            if let Some(done) = close {
+                self.close(done);
+                return;
+            }
+        }
+        // Every handle dropped: make lazy writes durable before the thread ends.
+        if self.dirty {
+            let _ = self.commit_empty_durable();
+        }
+    }
+
+    fn close(&mut self, done: tokio::sync::oneshot::Sender<()>) {
+        if self.dirty {
+            if let Err(e) = self.commit_empty_durable() {
+                tracing::error!(error = %e, "final store flush failed");
+            }
+        }
+        let _ = done.send(());
+    }
+
+    fn commit_empty_durable(&mut self) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(io)?;
+        tx.commit().map_err(io)?;
+        self.dirty = false;
+        Metrics::inc(&self.metrics.store_commits);
+        Metrics::inc(&self.metrics.store_fsyncs);
+        Ok(())
+    }
+
+    fn read(&mut self, op: Op) {
+        let tx = match self.db.begin_read() {
+            Ok(tx) => tx,
+            Err(e) => {
+                fail(op, io(e));
+                return;
+            }
+        };
+        match op {
+            Op::Cursor(name, r) => {
+                let v = (|| {
+                    let t = tx.open_table(CURSORS).map_err(io)?;
+                    Ok(t.get(name.as_str())
+                        .map_err(io)?
+                        .map(|v| v.value().to_vec()))
+                })();
+                let _ = r.send(v);
+            }
+            Op::Auth(key, r) => {
+                let v = (|| {
+                    let t = tx.open_table(AUTH).map_err(io)?;
+                    Ok(t.get(key.as_str()).map_err(io)?.map(|v| v.value().to_vec()))
+                })();
+                let _ = r.send(v);
+            }
+            Op::Session(s, r) => {
+                let v = (|| {
+                    let t = tx.open_table(SESSIONS).map_err(io)?;
+                    match t.get(s.as_str()).map_err(io)? {
+                        Some(v) => decode::<SessionRecord>(v.value()).or_else(|e| {
+                            tracing::warn!(error = %e, "session record unreadable; starting it afresh");
+                            Ok(SessionRecord::default())
+                        }),
+                        None => Ok(SessionRecord::default()),
+                    }
+                })();
+                let _ = r.send(v);
+            }
+            Op::Recover(r) => {
+                let v = (|| {
+                    let mut rec = Recovery::default();
+                    let inbox = tx.open_table(INBOX).map_err(io)?;
+                    for row in inbox.iter().map_err(io)? {
+                        let (k, v) = row.map_err(io)?;
+                        match decode::<InboxRecord>(v.value()) {
+                            Ok(m) if m.state == INBOX_PENDING => rec.pending.push((k.value(), m)),
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::error!(seq = k.value(), error = %e, "skipping an unreadable inbox row");
+                                rec.skipped += 1;
+                            }
+                        }
+                    }
+                    let outbox = tx.open_table(OUTBOX).map_err(io)?;
+                    for row in outbox.iter().map_err(io)? {
+                        let (k, v) = row.map_err(io)?;
+                        match decode::<OutboxRecord>(v.value()) {
+                            Ok(m) => rec.outbox.push((k.value(), m)),
+                            Err(e) => {
+                                tracing::error!(seq = k.value(), error = %e, "skipping an unreadable outbox row");
+                                rec.skipped += 1;
+                            }
+                        }
+                    }
+                    Ok(rec)
+                })();
+                let _ = r.send(v);
+            }
+            Op::PendingFor(s, r) => {
+                let v = (|| {
+                    let inbox = tx.open_table(INBOX).map_err(io)?;
+                    let mut out = Vec::new();
+                    for row in inbox.iter().map_err(io)? {
+                        let (k, v) = row.map_err(io)?;
+                        if let Ok(m) = decode::<InboxRecord>(v.value()) {
+                            if m.state == INBOX_PENDING && m.session == s {
+                                out.push((k.value(), m));
+                            }
+                        }
+                    }
+                    Ok(out)
+                })();
+                let _ = r.send(v);
+            }
+            other => fail(other, StoreError::Io("internal: not a read".into())),
+        }
+    }
+
+    fn write_batch(&mut self, batch: Vec<Op>) {
+        let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+        let mut durable = false;
+        let mut bytes = 0u64;
+        let result = (|| -> Result<(), StoreError> {
+            let mut tx = self.db.begin_write().map_err(io)?;
+            {
+                let mut inbox = tx.open_table(INBOX).map_err(io)?;
+                let mut ids = tx.open_table(INBOX_IDS).map_err(io)?;
+                let mut outbox = tx.open_table(OUTBOX).map_err(io)?;
+                let mut sessions = tx.open_table(SESSIONS).map_err(io)?;
+                let mut cursors = tx.open_table(CURSORS).map_err(io)?;
+                let mut auth = tx.open_table(AUTH).map_err(io)?;
+                for op in batch {
+                    match op {
+                        Op::Accept(rec, r) => {
+                            let key = id_key(&rec.channel, &rec.msg_id);
+                            if ids.get(key.as_str()).map_err(io)?.is_some() {
+                                replies.push(reply(r, Ok(Accepted::Duplicate)));
+                                continue;
+                            }
+                            let seq = self.next_inbox;
+                            self.next_inbox += 1;
+                            let buf = rec.encode_to_vec();
+                            bytes += buf.len() as u64 + key.len() as u64 + 16;
+                            inbox.insert(seq, buf.as_slice()).map_err(io)?;
+                            ids.insert(key.as_str(), seq).map_err(io)?;
+                            durable = true;
+                            replies.push(reply(r, Ok(Accepted::New(seq))));
+                        }
+                        Op::TurnDone(done, r) => {
+                            let TurnDone {
+                                inbox: seqs,
+                                session,
+                                history,
+                                reset,
+                                new_generation,
+                                reply: out,
+                            } = done;
+                            for seq in seqs {
+                                let rec = inbox
+                                    .get(seq)
+                                    .map_err(io)?
+                                    .map(|v| decode::<InboxRecord>(v.value()));
+                                if let Some(Ok(mut rec)) = rec {
+                                    rec.state = INBOX_ANSWERED;
+                                    let buf = rec.encode_to_vec();
+                                    bytes += buf.len() as u64;
+                                    inbox.insert(seq, buf.as_slice()).map_err(io)?;
+                                }
+                            }
+                            let mut s = match sessions.get(session.as_str()).map_err(io)? {
+                                Some(v) => decode::<SessionRecord>(v.value()).unwrap_or_default(),
+                                None => SessionRecord::default(),
+                            };
+                            if reset {
+                                s.history.clear();
+                            }
+                            if new_generation {
+                                s.generation = s.generation.wrapping_add(1);
+                            }
+                            if let Some((user, assistant)) = history {
+                                push_history(&mut s, user, assistant);
+                            }
+                            s.last_used_ms = super::now_ms();
+                            let buf = s.encode_to_vec();
+                            bytes += buf.len() as u64;
+                            sessions
+                                .insert(session.as_str(), buf.as_slice())
+                                .map_err(io)?;
+                            let seq = match out {
+                                Some(out) if !out.chunks.is_empty() => {
+                                    let seq = self.next_outbox;
+                                    self.next_outbox += 1;
+                                    let buf = out.encode_to_vec();
+                                    bytes += buf.len() as u64;
+                                    outbox.insert(seq, buf.as_slice()).map_err(io)?;
+                                    Some(seq)
+                                }
+                                _ => None,
+                            };
+                            replies.push(reply(r, Ok(seq)));
+                        }
+                        Op::InFlight(seq, r) => {
+                            let row = outbox
+                                .get(seq)
+                                .map_err(io)?
+                                .map(|v| decode::<OutboxRecord>(v.value()));
+                            match row {
+                                Some(Ok(mut o)) => {
+                                    o.in_flight = true;
+                                    let buf = o.encode_to_vec();
+                                    bytes += buf.len() as u64;
+                                    outbox.insert(seq, buf.as_slice()).map_err(io)?;
+                                    durable = true;
+                                    replies.push(reply(r, Ok(())));
+                                }
+                                Some(Err(e)) => replies.push(reply(r, Err(e))),
+                                None => replies.push(reply(
+                                    r,
+                                    Err(StoreError::Io(format!("no outbox row {seq}"))),
+                                )),
+                            }
+                        }
+                        Op::Sent(seq, r) => {
+                            let row = outbox
+                                .get(seq)
+                                .map_err(io)?
+                                .map(|v| decode::<OutboxRecord>(v.value()));
+                            match row {
+                                Some(Ok(mut o)) => {
+                                    o.next += 1;
+                                    o.in_flight = false;
+                                    if o.next as usize >= o.chunks.len() {
+                                        outbox.remove(seq).map_err(io)?;
+                                        replies.push(reply(r, Ok(true)));
+                                    } else {
+                                        let buf = o.encode_to_vec();
+                                        bytes += buf.len() as u64;
+                                        outbox.insert(seq, buf.as_slice()).map_err(io)?;
+                                        replies.push(reply(r, Ok(false)));
+                                    }
+                                }
+                                Some(Err(e)) => {
+                                    outbox.remove(seq).map_err(io)?;
+                                    replies.push(reply(r, Err(e)));
+                                }
+                                None => replies.push(reply(r, Ok(true))),
+                            }
+                        }
+                        Op::Abandon(seq, r) => {
+                            outbox.remove(seq).map_err(io)?;
+                            replies.push(reply(r, Ok(())));
+                        }
+                        Op::SetCursor(name, value, r) => {
+                            bytes += (name.len() + value.len()) as u64;
+                            cursors
+                                .insert(name.as_str(), value.as_slice())
+                                .map_err(io)?;
+                            replies.push(reply(r, Ok(())));
+                        }
+                        Op::SetAuth(key, value, r) => {
+                            bytes += (key.len() + value.len()) as u64;
+                            auth.insert(key.as_str(), value.as_slice()).map_err(io)?;
+                            durable = true;
+                            replies.push(reply(r, Ok(())));
+                        }
+                        Op::DeleteAuthPrefix(prefix, r) => {
+                            let mut n = 0usize;
+                            auth.retain(|k, _| {
+                                let hit = k.starts_with(prefix.as_str());
+                                n += usize::from(hit);
+                                !hit
+                            })
+                            .map_err(io)?;
+                            durable = true;
+                            replies.push(reply(r, Ok(n)));
+                        }
+                        Op::Flush(r) => {
+                            durable = true;
+                            replies.push(reply(r, Ok(())));
+                        }
+                        Op::Gc(now_ms) => {
+                            gc(&mut inbox, &mut ids, &mut sessions, now_ms)?;
+                        }
+                        // Reads inside a write batch see the batch's own writes.
+                        Op::Cursor(name, r) => {
+                            let v = cursors
+                                .get(name.as_str())
+                                .map_err(io)?
+                                .map(|v| v.value().to_vec());
+                            replies.push(reply(r, Ok(v)));
+                        }
+                        Op::Auth(key, r) => {
+                            let v = auth
+                                .get(key.as_str())
+                                .map_err(io)?
+                                .map(|v| v.value().to_vec());
+                            replies.push(reply(r, Ok(v)));
+                        }
+                        Op::Session(s, r) => {
+                            let v = match sessions.get(s.as_str()).map_err(io)? {
+                                Some(v) => decode::<SessionRecord>(v.value()).unwrap_or_default(),
+                                None => SessionRecord::default(),
+                            };
+                            replies.push(reply(r, Ok(v)));
+                        }
+                        // Never batched (see `run`); answered from a read transaction.
+                        op @ (Op::Recover(_) | Op::PendingFor(..) | Op::Close(_)) => {
+                            replies.push(Box::new(move |_| {
+                                fail(op, StoreError::Io("internal: misrouted read".into()))
+                            }));
+                        }
+                    }
+                }
+            }
+            let durability = if durable {
+                Durability::Immediate
+            } else {
+                Durability::None
+            };
+            tx.set_durability(durability).map_err(io)?;
+            tx.commit().map_err(io)?;
+            Ok(())
+        })();
+        match &result {
+            Ok(()) => {
+                Metrics::inc(&self.metrics.store_commits);
+                self.metrics.store_bytes_written.fetch_add(bytes, Relaxed);
+                if durable {
+                    Metrics::inc(&self.metrics.store_fsyncs);
+                    self.dirty = false;
+                } else {
+                    self.dirty = true;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, file = %self.path.display(), "store commit failed");
+                // Sequence numbers handed out in the failed transaction are simply skipped.
+            }
+        }
+        let err = result.err();
+        for r in replies {
+            r(err.as_ref());
+        }
+    }
+}
+
+fn push_history(s: &mut SessionRecord, user: String, assistant: String) {
+    use super::HistoryItem;
+    s.history.push(HistoryItem {
+        role: 0,
+        text: user,
+    });
+    s.history.push(HistoryItem {
+        role: 1,
+        text: assistant,
+    });
+    let excess = s.history.len().saturating_sub(MAX_HISTORY_ENTRIES);
+    s.history.drain(..excess);
+    while s.history.iter().map(|h| h.text.len()).sum::<usize>() > MAX_HISTORY_BYTES
+        && s.history.len() > 2
+    {
+        s.history.drain(..2);
+    }
+}
+
+fn gc(
+    inbox: &mut redb::Table<u64, &[u8]>,
+    ids: &mut redb::Table<&str, u64>,
+    sessions: &mut redb::Table<&str, &[u8]>,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let total = inbox.len().map_err(io)?;
+    let mut over = total.saturating_sub(MAX_INBOX_ROWS);
+    let mut doomed: Vec<(u64, String)> = Vec::new();
+    for row in inbox.iter().map_err(io)? {
+        let (k, v) = row.map_err(io)?;
+        match decode::<InboxRecord>(v.value()) {
+            Ok(m) if m.state == INBOX_ANSWERED => {
+                let old = now_ms.saturating_sub(m.accepted_ms) > INBOX_RETENTION_MS;
+                if old || over > 0 {
+                    over = over.saturating_sub(1);
+                    doomed.push((k.value(), id_key(&m.channel, &m.msg_id)));
+                }
+            }
+            Ok(_) => {}
+            Err(_) => doomed.push((k.value(), String::new())),
+        }
+    }
+    for (seq, id) in &doomed {
+        inbox.remove(*seq).map_err(io)?;
+        if !id.is_empty() {
+            ids.remove(id.as_str()).map_err(io)?;
+        }
+    }
+    let n = sessions.len().map_err(io)?;
+    if n > MAX_SESSIONS {
+        let mut all: Vec<(u64, String)> = Vec::new();
+        for row in sessions.iter().map_err(io)? {
+            let (k, v) = row.map_err(io)?;
+            let used = decode::<SessionRecord>(v.value())
+                .map(|s| s.last_used_ms)
+                .unwrap_or(0);
+            all.push((used, k.value().to_string()));
+        }
+        all.sort();
+        for (_, k) in all.iter().take((n - MAX_SESSIONS) as usize) {
+            sessions.remove(k.as_str()).map_err(io)?;
+        }
+    }
+    if !doomed.is_empty() {
+        tracing::debug!(removed = doomed.len(), "inbox retention");
+    }
+    Ok(())
+}
+
+fn fail(op: Op, e: StoreError) {
+    match op {
+        Op::Accept(_, r) => drop(r.send(Err(e))),
+        Op::TurnDone(_, r) => drop(r.send(Err(e))),
+        Op::InFlight(_, r)
+        | Op::Abandon(_, r)
+        | Op::SetCursor(_, _, r)
+        | Op::SetAuth(_, _, r)
+        | Op::Flush(r) => drop(r.send(Err(e))),
+        Op::Sent(_, r) => drop(r.send(Err(e))),
+        Op::DeleteAuthPrefix(_, r) => drop(r.send(Err(e))),
+        Op::Cursor(_, r) | Op::Auth(_, r) => drop(r.send(Err(e))),
+        Op::Session(_, r) => drop(r.send(Err(e))),
+        Op::Recover(r) => drop(r.send(Err(e))),
+        Op::PendingFor(_, r) => drop(r.send(Err(e))),
+        Op::Gc(_) => {}
+        Op::Close(r) => drop(r.send(())),
+    }
+}
