@@ -1,31 +1,720 @@
-//! OpenAI-compatible `/v1/chat/completions` client, streamed (SSE). Placeholder until implemented.
+//! The OpenAI-compatible agent: `POST {url}/chat/completions` with `stream: true`, the reply read
+//! as Server-Sent Events; `GET {url}/models` for `clawbox providers test`.
+//!
+//! Works with OpenAI, llama.cpp's server, Ollama, vLLM and anything else that speaks that API.
+//! [`ReplyStream`] is the sans-io core (stream bytes in, progress and the reply out); [`OpenAi`] is
+//! the thin driver that owns the HTTP exchange. The endpoint is stateless, so each turn carries the
+//! session's recent history. It never retries (the router decides), never applies the router's
+//! timeouts itself (it is cancel-safe: dropping the future closes the connection), and never logs
+//! the API key or any message text above debug.
 
-use super::{AgentError, ProbeReport, Progress, TurnRequest};
-use crate::config::AgentConfig;
-use crate::http::HttpClient;
+use super::sse::{PUSH_SLICE_BYTES, SseParser};
+use super::{AgentError, HistoryEntry, ProbeReport, Progress, Role, TurnRequest};
+use crate::config::{AgentConfig, Secret};
+use crate::http::{HttpClient, HttpError};
+use bytes::Bytes;
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio::time::Instant;
 
-pub struct OpenAi {
-    #[allow(dead_code)]
+/// Past messages sent with each turn unless `history_messages` is configured: ten exchanges keep
+/// a conversation coherent and the prompt small for a local model on a Pi-class box.
+pub const DEFAULT_HISTORY_MESSAGES: usize = 20;
+/// The longest reply accepted. A WhatsApp or Telegram message is ~4096 characters; 256 KiB is
+/// already dozens of messages, so more is a runaway generation, not an answer.
+pub const MAX_REPLY_BYTES: usize = 256 * 1024;
+/// A server that ignores `stream: true` answers with one JSON document: the reply plus JSON
+/// escaping and metadata.
+const MAX_JSON_REPLY_BODY_BYTES: usize = 2 * MAX_REPLY_BYTES;
+/// Of an error response we keep only enough to show the server's message.
+const MAX_ERROR_BODY_BYTES: usize = 4 * 1024;
+/// How much of the server's error message goes into the error we return (and so into logs).
+const MAX_ERROR_MESSAGE_CHARS: usize = 200;
+/// Deadline for the response head. The router's ack timeout is shorter and is what normally
+/// fires; this only bounds a caller without one (a slow local model loading its weights can take
+/// a minute before it answers).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(300);
+/// Deadline for reading an error body or a non-streamed reply once the head arrived.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// `clawbox providers test` waits this long for `/models`.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Model lists can be long (hosted routers list hundreds of models with descriptions).
+const MAX_MODELS_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Boxed so the [`super::Agent`] enum stays small (the HTTP client alone is a few hundred bytes).
+pub struct OpenAi(Box<Inner>);
+
+struct Inner {
     http: HttpClient,
+    /// The API base, without a trailing `/` (`http://127.0.0.1:11434/v1`).
+    url: String,
+    model: String,
+    key: Option<Secret>,
+    system_prompt: Option<String>,
+    history_messages: usize,
+    max_tokens: Option<u32>,
 }
 
 impl OpenAi {
-    pub fn new(_name: &str, _cfg: &AgentConfig, http: HttpClient) -> Self {
-        OpenAi { http }
+    /// `cfg` has been checked: `url` and `model` are present. Were they not, requests fail with a
+    /// clear error instead of a panic.
+    pub fn new(_name: &str, cfg: &AgentConfig, http: HttpClient) -> Self {
+        OpenAi(Box::new(Inner {
+            http,
+            url: cfg
+                .url
+                .as_ref()
+                .map(|u| u.get_ref().trim_end_matches('/').to_string())
+                .unwrap_or_default(),
+            model: cfg
+                .model
+                .as_ref()
+                .map(|m| m.get_ref().clone())
+                .unwrap_or_default(),
+            key: cfg.secret.clone(),
+            system_prompt: cfg.system_prompt.as_ref().map(|s| s.get_ref().clone()),
+            history_messages: cfg
+                .history_messages
+                .as_ref()
+                .map(|h| *h.get_ref())
+                .unwrap_or(DEFAULT_HISTORY_MESSAGES),
+            max_tokens: cfg.max_tokens.as_ref().map(|m| *m.get_ref()),
+        }))
     }
+
+    /// Runs one turn. Cancel-safe: dropping the future drops the connection and nothing else.
+    pub async fn turn(&self, req: TurnRequest, progress: Progress) -> Result<String, AgentError> {
+        self.0.turn(req, progress).await
+    }
+
+    /// `clawbox providers test`: lists the models, checks the key and the configured model.
     pub async fn probe(&self, name: &str) -> ProbeReport {
-        ProbeReport {
-            agent: name.into(),
+        self.0.probe(name).await
+    }
+}
+
+impl Inner {
+    /// The JSON body of one streamed chat completion request.
+    fn request_body(&self, req: &TurnRequest) -> Value {
+        let mut messages = Vec::with_capacity(self.history_messages.min(req.history.len()) + 2);
+        if let Some(s) = &self.system_prompt {
+            messages.push(json!({"role": "system", "content": s}));
+        }
+        let skip = req.history.len().saturating_sub(self.history_messages);
+        for HistoryEntry { role, text } in &req.history[skip..] {
+            let role = match role {
+                Role::User => "user",
+                Role::Assistant => "assistant",
+            };
+            messages.push(json!({"role": role, "content": text}));
+        }
+        messages.push(json!({"role": "user", "content": req.text}));
+        let mut body = json!({"model": self.model, "messages": messages, "stream": true});
+        if let (Some(m), Some(obj)) = (self.max_tokens, body.as_object_mut()) {
+            obj.insert("max_tokens".into(), m.into());
+        }
+        body
+    }
+
+    fn request(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>, AgentError> {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.url));
+        if let Some(k) = &self.key {
+            let mut v =
+                header::HeaderValue::from_str(&format!("Bearer {}", k.expose())).map_err(|_| {
+                    AgentError::Failed(
+                        "the API key contains characters not allowed in an HTTP header".into(),
+                    )
+                })?;
+            // Kept out of hyper's and our Debug output.
+            v.set_sensitive(true);
+            b = b.header(header::AUTHORIZATION, v);
+        }
+        if !body.is_empty() {
+            b = b
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::ACCEPT, "text/event-stream");
+        }
+        b.body(Full::new(body)).map_err(|e| {
+            AgentError::Failed(format!(
+                "cannot build a request to `{}{path}`: {e}",
+                self.url
+            ))
+        })
+    }
+
+    /// Runs one turn. Cancel-safe: dropping the future drops the connection and nothing else.
+    async fn turn(&self, req: TurnRequest, progress: Progress) -> Result<String, AgentError> {
+        let body = serde_json::to_vec(&self.request_body(&req))
+            .map_err(|e| AgentError::Failed(format!("cannot encode the request: {e}")))?;
+        let request = self.request(http::Method::POST, "/chat/completions", body.into())?;
+        tracing::debug!(url = %self.url, model = %self.model, "openai: sending a turn");
+        let resp = self
+            .http
+            .stream(request, HEAD_TIMEOUT)
+            .await
+            .map_err(|e| match e {
+                HttpError::Request(e) => {
+                    AgentError::Failed(format!("bad endpoint URL `{}`: {e}", self.url))
+                }
+                HttpError::Timeout => AgentError::Unreachable(format!(
+                    "no response from {} within {} s",
+                    self.url,
+                    HEAD_TIMEOUT.as_secs()
+                )),
+                e => AgentError::Unreachable(format!("{}: {e}", self.url)),
+            })?;
+        let status = resp.status();
+        let is_json = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("application/json"));
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = read_capped(&mut body, MAX_ERROR_BODY_BYTES).await;
+            return Err(AgentError::Failed(http_error(status, &bytes)));
+        }
+        progress.accepted();
+        if is_json {
+            // The server ignored `stream: true` and sent the whole completion at once.
+            let bytes = read_json_reply(&mut body).await?;
+            progress.delta();
+            return parse_completion(&bytes);
+        }
+        let mut stream = ReplyStream::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                AgentError::Unreachable(format!("the connection broke mid-reply: {e}"))
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            for slice in data.chunks(PUSH_SLICE_BYTES) {
+                let fed = stream.feed(slice)?;
+                for _ in 0..fed.deltas {
+                    progress.delta();
+                }
+                if fed.done {
+                    return stream.finish();
+                }
+            }
+        }
+        stream.finish()
+    }
+
+    /// `clawbox providers test`: lists the models, checks the key and the configured model.
+    async fn probe(&self, name: &str) -> ProbeReport {
+        let mut report = ProbeReport {
+            agent: name.to_string(),
             kind: "openai",
             ok: false,
-            facts: vec![],
-            error: Some("not built yet".into()),
+            facts: vec![("endpoint", self.url.clone())],
+            error: None,
             latency_ms: 0,
+        };
+        let request = match self.request(http::Method::GET, "/models", Bytes::new()) {
+            Ok(r) => r,
+            Err(e) => {
+                report.error = Some(e.to_string());
+                return report;
+            }
+        };
+        let started = Instant::now();
+        let result = self
+            .http
+            .request(request, PROBE_TIMEOUT, MAX_MODELS_BODY_BYTES)
+            .await;
+        report.latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                report.error = Some(self.transport_words(&e));
+                return report;
+            }
+        };
+        let status = resp.status();
+        if !status.is_success() {
+            let detail = http_error(status, resp.body());
+            report.error = Some(match status {
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if self.key.is_some() => {
+                    format!("the API key was rejected ({detail}); check api_key_file / api_key_env")
+                }
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => format!(
+                    "the server wants an API key ({detail}); set api_key_file or api_key_env"
+                ),
+                StatusCode::NOT_FOUND => format!(
+                    "{}/models was not found ({detail}); `url` should be the API base, usually ending in /v1",
+                    self.url
+                ),
+                _ => format!("the server answered with an error: {detail}"),
+            });
+            return report;
+        }
+        let list: ModelList = match serde_json::from_slice(resp.body()) {
+            Ok(l) => l,
+            Err(e) => {
+                report.error = Some(format!(
+                    "{}/models did not answer with an OpenAI model list ({e}); is `url` the API base, usually ending in /v1?",
+                    self.url
+                ));
+                return report;
+            }
+        };
+        let listed = list.data.iter().any(|m| {
+            m.id.as_deref().is_some_and(|id| {
+                // Ollama lists `llama3.2:latest` for a model configured as `llama3.2`.
+                id == self.model || id.strip_suffix(":latest") == Some(&self.model)
+            })
+        });
+        report.facts.push(("models", list.data.len().to_string()));
+        report.facts.push((
+            "model configured",
+            if listed {
+                format!("{} (listed by the server)", self.model)
+            } else {
+                format!(
+                    "{} (NOT listed by the server: check `model`; some servers load models on demand)",
+                    self.model
+                )
+            },
+        ));
+        report.ok = true;
+        report
+    }
+
+    /// A transport failure in words the owner can act on.
+    fn transport_words(&self, e: &HttpError) -> String {
+        let url = &self.url;
+        match e {
+            HttpError::Timeout => format!(
+                "no answer from {url} within {} s — is the server overloaded or the address wrong?",
+                PROBE_TIMEOUT.as_secs()
+            ),
+            HttpError::TooLarge(n) => {
+                format!(
+                    "{url}/models answered with more than {n} bytes; is this an OpenAI-compatible API?"
+                )
+            }
+            HttpError::Request(e) => format!("`{url}` is not a usable URL: {e}"),
+            HttpError::Transport(t) => {
+                let lower = t.to_ascii_lowercase();
+                if lower.contains("connection refused") {
+                    format!("cannot connect to {url} — is the server running? ({t})")
+                } else if lower.contains("dns") || lower.contains("lookup") {
+                    format!("cannot find the host of {url} — check the name in `url` ({t})")
+                } else if lower.contains("certificate")
+                    || lower.contains("tls")
+                    || lower.contains("handshake")
+                {
+                    format!(
+                        "the TLS connection to {url} failed — check the certificate and that the port speaks https ({t})"
+                    )
+                } else {
+                    format!("cannot connect to {url} ({t})")
+                }
+            }
         }
     }
-    pub async fn turn(&self, _req: TurnRequest, _progress: Progress) -> Result<String, AgentError> {
-        Err(AgentError::Failed(
-            "the openai agent is not built yet".into(),
-        ))
+}
+
+#[derive(Deserialize)]
+struct ModelList {
+    data: Vec<ModelEntry>,
+}
+
+#[derive(Deserialize)]
+struct ModelEntry {
+    id: Option<String>,
+}
+
+/// What one push of stream bytes did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Fed {
+    /// Chunks that carried content (or reasoning): each is progress for the router.
+    pub deltas: usize,
+    /// `data: [DONE]` was seen: the reply is complete.
+    pub done: bool,
+}
+
+/// Sans-io core of one streamed chat completion: the SSE bytes in, the reply out.
+pub struct ReplyStream {
+    parser: SseParser,
+    text: String,
+    chunks: usize,
+}
+
+#[derive(Deserialize)]
+struct Chunk {
+    #[serde(default)]
+    choices: Vec<ChunkChoice>,
+    error: Option<ApiError>,
+}
+
+#[derive(Deserialize)]
+struct ChunkChoice {
+    delta: Option<Delta>,
+}
+
+#[derive(Deserialize)]
+struct Delta {
+    content: Option<String>,
+    /// llama.cpp and DeepSeek stream a model's thinking here; not part of the reply, but progress.
+    reasoning_content: Option<String>,
+    /// Ollama's and OpenRouter's name for the same.
+    reasoning: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ApiError {
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorField,
+}
+
+/// OpenAI sends `{"error": {"message": …}}`; some servers send `{"error": "…"}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ErrorField {
+    Object(ApiError),
+    Text(String),
+}
+
+impl Default for ReplyStream {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ReplyStream {
+    pub fn new() -> Self {
+        ReplyStream {
+            parser: SseParser::new(),
+            text: String::new(),
+            chunks: 0,
+        }
+    }
+
+    /// Feeds stream bytes (at most [`PUSH_SLICE_BYTES`] at a time).
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Fed, AgentError> {
+        self.parser
+            .push(bytes)
+            .map_err(|e| AgentError::Protocol(format!("bad event stream: {e}")))?;
+        let mut fed = Fed::default();
+        while let Some(ev) = self.parser.next_event() {
+            let data = ev.data.trim();
+            if data == "[DONE]" {
+                fed.done = true;
+                return Ok(fed);
+            }
+            self.chunks += 1;
+            if ev.event.as_deref() == Some("error") {
+                return Err(AgentError::Failed(format!(
+                    "the server reported an error mid-reply: {}",
+                    clip(data)
+                )));
+            }
+            let chunk: Chunk = serde_json::from_str(data).map_err(|e| {
+                AgentError::Protocol(format!(
+                    "stream chunk {} is not a chat.completion.chunk: {e}",
+                    self.chunks
+                ))
+            })?;
+            if let Some(err) = chunk.error {
+                return Err(AgentError::Failed(format!(
+                    "the server reported an error mid-reply: {}",
+                    clip(err.message.as_deref().unwrap_or("(no message)"))
+                )));
+            }
+            // Only the first choice: we never ask for `n` > 1. Chunks without choices (usage
+            // reports) carry nothing for us.
+            let Some(delta) = chunk.choices.into_iter().next().and_then(|c| c.delta) else {
+                continue;
+            };
+            let content = delta.content.unwrap_or_default();
+            let thinking = delta
+                .reasoning_content
+                .or(delta.reasoning)
+                .is_some_and(|r| !r.is_empty());
+            if content.is_empty() && !thinking {
+                continue;
+            }
+            if self.text.len() + content.len() > MAX_REPLY_BYTES {
+                return Err(AgentError::Protocol(format!(
+                    "the reply is longer than {MAX_REPLY_BYTES} bytes"
+                )));
+            }
+            self.text.push_str(&content);
+            fed.deltas += 1;
+        }
+        Ok(fed)
+    }
+
+    /// The reply, once `[DONE]` was seen or the body ended.
+    pub fn finish(self) -> Result<String, AgentError> {
+        if self.text.is_empty() {
+            return Err(AgentError::Protocol(format!(
+                "the stream ended without any reply text ({} chunks received)",
+                self.chunks
+            )));
+        }
+        Ok(self.text)
+    }
+}
+
+/// Reads at most `max` bytes of `body` (within [`BODY_READ_TIMEOUT`]); the rest is left unread.
+/// Used for error bodies, where what we got is better than nothing.
+async fn read_capped(body: &mut Incoming, max: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let read = async {
+        while out.len() < max {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        let room = max - out.len();
+                        out.extend_from_slice(&data[..data.len().min(room)]);
+                    }
+                }
+                Some(Err(_)) | None => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(BODY_READ_TIMEOUT, read).await;
+    out
+}
+
+/// Reads a whole non-streamed reply, refusing more than [`MAX_JSON_REPLY_BODY_BYTES`].
+async fn read_json_reply(body: &mut Incoming) -> Result<Vec<u8>, AgentError> {
+    let mut out = Vec::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                AgentError::Unreachable(format!("the connection broke mid-reply: {e}"))
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if out.len() + data.len() > MAX_JSON_REPLY_BODY_BYTES {
+                    return Err(AgentError::Protocol(format!(
+                        "the reply is longer than {MAX_JSON_REPLY_BODY_BYTES} bytes"
+                    )));
+                }
+                out.extend_from_slice(&data);
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(BODY_READ_TIMEOUT, read)
+        .await
+        .map_err(|_| {
+            AgentError::Unreachable(format!(
+                "the reply did not finish within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            ))
+        })??;
+    Ok(out)
+}
+
+/// The reply of a non-streamed `chat.completion`.
+fn parse_completion(bytes: &[u8]) -> Result<String, AgentError> {
+    #[derive(Deserialize)]
+    struct Completion {
+        choices: Vec<Choice>,
+    }
+    #[derive(Deserialize)]
+    struct Choice {
+        message: Message,
+    }
+    #[derive(Deserialize)]
+    struct Message {
+        content: Option<String>,
+    }
+    let c: Completion = serde_json::from_slice(bytes)
+        .map_err(|e| AgentError::Protocol(format!("the reply is not a chat.completion: {e}")))?;
+    match c.choices.into_iter().next().and_then(|c| c.message.content) {
+        Some(t) if !t.is_empty() => Ok(t),
+        _ => Err(AgentError::Protocol("the reply has no text".into())),
+    }
+}
+
+/// `HTTP 401 Unauthorized: <the server's message>`.
+fn http_error(status: StatusCode, body: &[u8]) -> String {
+    let message = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(ErrorBody {
+            error: ErrorField::Object(ApiError { message: Some(m) }),
+        })
+        | Ok(ErrorBody {
+            error: ErrorField::Text(m),
+        }) => m,
+        _ => String::from_utf8_lossy(body).trim().to_string(),
+    };
+    let reason = status.canonical_reason().unwrap_or("");
+    if message.is_empty() {
+        format!("HTTP {} {reason}", status.as_u16())
+    } else {
+        format!("HTTP {} {reason}: {}", status.as_u16(), clip(&message))
+    }
+}
+
+/// The first [`MAX_ERROR_MESSAGE_CHARS`] characters of a server's message.
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(MAX_ERROR_MESSAGE_CHARS) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(content: &str) -> String {
+        format!(
+            "data: {}\n\n",
+            json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"m",
+                   "choices":[{"index":0,"delta":{"content":content},"finish_reason":null}]})
+        )
+    }
+
+    #[test]
+    fn accumulates_content_and_stops_at_done() {
+        let mut s = ReplyStream::new();
+        let role = "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":null}}]}\n\n";
+        assert_eq!(s.feed(role.as_bytes()).unwrap(), Fed::default());
+        assert_eq!(
+            s.feed(chunk("Hel").as_bytes()).unwrap(),
+            Fed {
+                deltas: 1,
+                done: false
+            }
+        );
+        let rest = format!(
+            "{}data: {{\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}]}}\n\ndata: [DONE]\n\n",
+            chunk("lo")
+        );
+        assert_eq!(
+            s.feed(rest.as_bytes()).unwrap(),
+            Fed {
+                deltas: 1,
+                done: true
+            }
+        );
+        assert_eq!(s.finish().unwrap(), "Hello");
+    }
+
+    #[test]
+    fn usage_chunks_and_keepalive_comments_are_not_progress() {
+        let mut s = ReplyStream::new();
+        let fed = s
+            .feed(b": keep-alive\n\ndata: {\"choices\":[],\"usage\":{\"total_tokens\":3}}\n\n")
+            .unwrap();
+        assert_eq!(fed, Fed::default());
+        assert!(matches!(s.finish(), Err(AgentError::Protocol(_))));
+    }
+
+    #[test]
+    fn reasoning_is_progress_but_not_reply() {
+        let mut s = ReplyStream::new();
+        let fed = s
+            .feed(b"data: {\"choices\":[{\"delta\":{\"reasoning_content\":\"hmm\"}}]}\n\n")
+            .unwrap();
+        assert_eq!(fed.deltas, 1);
+        s.feed(chunk("ok").as_bytes()).unwrap();
+        assert_eq!(s.finish().unwrap(), "ok");
+    }
+
+    #[test]
+    fn error_object_mid_stream_is_failed() {
+        let mut s = ReplyStream::new();
+        let e = s
+            .feed(b"data: {\"error\":{\"message\":\"model overloaded\",\"type\":\"server_error\"}}\n\n")
+            .unwrap_err();
+        assert_eq!(
+            e,
+            AgentError::Failed("the server reported an error mid-reply: model overloaded".into())
+        );
+    }
+
+    #[test]
+    fn error_event_is_failed_even_when_not_json() {
+        let mut s = ReplyStream::new();
+        let e = s
+            .feed(b"event: error\ndata: backend crashed\n\n")
+            .unwrap_err();
+        assert_eq!(
+            e,
+            AgentError::Failed("the server reported an error mid-reply: backend crashed".into())
+        );
+    }
+
+    #[test]
+    fn malformed_json_names_the_chunk() {
+        let mut s = ReplyStream::new();
+        s.feed(chunk("a").as_bytes()).unwrap();
+        match s.feed(b"data: {\"choices\": [\n\n") {
+            Err(AgentError::Protocol(m)) => assert!(m.contains("chunk 2"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn reply_size_is_capped() {
+        let mut s = ReplyStream::new();
+        let big = "x".repeat(60_000);
+        let mut r = Ok(Fed::default());
+        for _ in 0..5 {
+            let c = chunk(&big);
+            for slice in c.as_bytes().chunks(PUSH_SLICE_BYTES) {
+                r = r.and_then(|_| s.feed(slice));
+            }
+        }
+        assert!(
+            matches!(&r, Err(AgentError::Protocol(m)) if m.contains("longer than")),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn http_error_shapes() {
+        let openai = br#"{"error":{"message":"Incorrect API key provided: sk-wrong.","type":"invalid_request_error","code":"invalid_api_key"}}"#;
+        assert_eq!(
+            http_error(StatusCode::UNAUTHORIZED, openai),
+            "HTTP 401 Unauthorized: Incorrect API key provided: sk-wrong."
+        );
+        assert_eq!(
+            http_error(StatusCode::NOT_FOUND, br#"{"error":"model 'x' not found"}"#),
+            "HTTP 404 Not Found: model 'x' not found"
+        );
+        assert_eq!(
+            http_error(StatusCode::BAD_GATEWAY, b""),
+            "HTTP 502 Bad Gateway"
+        );
+        let long = "é".repeat(500);
+        let m = http_error(StatusCode::INTERNAL_SERVER_ERROR, long.as_bytes());
+        assert_eq!(
+            m.chars().count(),
+            "HTTP 500 Internal Server Error: ".len() + MAX_ERROR_MESSAGE_CHARS + 1
+        );
+    }
+
+    #[test]
+    fn non_streamed_completion() {
+        let body = br#"{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}"#;
+        assert_eq!(parse_completion(body).unwrap(), "hi");
+        assert!(matches!(
+            parse_completion(b"{}"),
+            Err(AgentError::Protocol(_))
+        ));
     }
 }
