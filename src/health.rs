@@ -66,6 +66,16 @@ pub async fn serve(
             // Never wait here: one non-blocking write of a short answer, then close.
             let busy = encode(&Response::text(503, "too many connections\n"), false);
             let _ = stream.try_write(&busy);
+            // Swallow what already arrived so the close is a FIN, not a reset that could destroy
+            // the answer in flight.
+            let mut sink = [0u8; 1024];
+            let mut total = 0;
+            while total < MAX_HEAD {
+                match stream.try_read(&mut sink) {
+                    Ok(n) if n > 0 => total += n,
+                    _ => break,
+                }
+            }
             continue;
         };
         let board = board.clone();
