@@ -188,7 +188,14 @@ async fn poll_loop(
     );
 
     loop {
-        let reply = api.call("getMe", &serde_json::Map::new(), CALL_TIMEOUT, MAX_GETME_BODY).await;
+        let reply = api
+            .call(
+                "getMe",
+                &serde_json::Map::new(),
+                CALL_TIMEOUT,
+                MAX_GETME_BODY,
+            )
+            .await;
         match poller.handle_get_me(reply.fetched()) {
             StartStep::Ready { status } => {
                 report(ctx, Some(status));
@@ -285,11 +292,7 @@ async fn deliver(ctx: &ChannelContext, poller: &mut Poller) -> Option<Duration> 
 }
 
 /// Carries out the core's commands until its sender is dropped.
-async fn command_loop(
-    api: &Api,
-    ctx: &ChannelContext,
-    rx: &mut mpsc::Receiver<ChannelCommand>,
-) {
+async fn command_loop(api: &Api, ctx: &ChannelContext, rx: &mut mpsc::Receiver<ChannelCommand>) {
     let mut limiter = RateLimiter::default();
     let mut typing = TypingSchedule::default();
     loop {

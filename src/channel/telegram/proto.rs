@@ -229,9 +229,11 @@ pub fn classify<T: DeserializeOwned>(fetched: Fetched<'_>) -> Result<T, ApiError
             Err(error_for(code, description, retry_after))
         }
         // Not JSON: a proxy's or load balancer's page. The status alone still says a lot.
-        Err(e) if !(200..300).contains(&status) => {
-            Err(error_for(i64::from(status), format!("HTTP {status}: {e}"), None))
-        }
+        Err(e) if !(200..300).contains(&status) => Err(error_for(
+            i64::from(status),
+            format!("HTTP {status}: {e}"),
+            None,
+        )),
         Err(e) => Err(ApiError::Malformed(format!(
             "line {} column {}: {}",
             e.line(),
@@ -273,7 +275,15 @@ fn error_for(code: i64, description: String, retry_after: Option<u64>) -> ApiErr
 pub fn send_outcome(fetched: Fetched<'_>) -> Result<(), SendError> {
     match classify::<IgnoredAny>(fetched) {
         Ok(_) => Ok(()),
-        Err(ApiError::Malformed(_)) if matches!(fetched, Fetched::Body { status: 200..=299, .. }) => {
+        Err(ApiError::Malformed(_))
+            if matches!(
+                fetched,
+                Fetched::Body {
+                    status: 200..=299,
+                    ..
+                }
+            ) =>
+        {
             Ok(())
         }
         Err(ApiError::RetryAfter(d)) => Err(SendError::RetryAfter(d)),
@@ -663,9 +673,7 @@ impl RateLimiter {
         while self.recent.len() > GLOBAL_PER_SECOND {
             self.recent.pop_front();
         }
-        if self.last_per_chat.len() >= MAX_TRACKED_CHATS
-            && !self.last_per_chat.contains_key(chat)
-        {
+        if self.last_per_chat.len() >= MAX_TRACKED_CHATS && !self.last_per_chat.contains_key(chat) {
             self.last_per_chat
                 .retain(|_, t| now.saturating_duration_since(*t) < PER_CHAT_INTERVAL);
         }
@@ -771,14 +779,18 @@ mod tests {
         });
         assert_eq!(r.unwrap_err(), ApiError::RetryAfter(Duration::from_secs(7)));
 
-        let b = body(json!({"ok": false, "error_code": 409, "description": "Conflict: terminated by other getUpdates request"}));
+        let b = body(
+            json!({"ok": false, "error_code": 409, "description": "Conflict: terminated by other getUpdates request"}),
+        );
         let r = classify::<Value>(Fetched::Body {
             status: 409,
             body: &b,
         });
         assert_eq!(r.unwrap_err(), ApiError::Conflict);
 
-        let b = body(json!({"ok": false, "error_code": 400, "description": "Bad Request: chat not found"}));
+        let b = body(
+            json!({"ok": false, "error_code": 400, "description": "Bad Request: chat not found"}),
+        );
         let r = classify::<Value>(Fetched::Body {
             status: 400,
             body: &b,
@@ -803,7 +815,9 @@ mod tests {
         });
         assert!(matches!(r, Err(ApiError::Malformed(_))));
         // A huge retry_after is capped.
-        let b = body(json!({"ok": false, "error_code": 429, "description": "x", "parameters": {"retry_after": 999_999}}));
+        let b = body(
+            json!({"ok": false, "error_code": 429, "description": "x", "parameters": {"retry_after": 999_999}}),
+        );
         let r = classify::<Value>(Fetched::Body {
             status: 429,
             body: &b,
@@ -813,8 +827,10 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_accepted() {
-        let b = ok(json!({"id": 1, "is_bot": true, "first_name": "B", "username": "b_bot",
-            "can_join_groups": true, "some_future_field": {"x": 1}}));
+        let b = ok(
+            json!({"id": 1, "is_bot": true, "first_name": "B", "username": "b_bot",
+            "can_join_groups": true, "some_future_field": {"x": 1}}),
+        );
         let me: User = classify(Fetched::Body {
             status: 200,
             body: &b,
@@ -825,7 +841,9 @@ mod tests {
 
     #[test]
     fn send_outcomes_map_to_what_delivery_does() {
-        let b = body(json!({"ok": false, "error_code": 403, "description": "Forbidden: bot was blocked by the user"}));
+        let b = body(
+            json!({"ok": false, "error_code": 403, "description": "Forbidden: bot was blocked by the user"}),
+        );
         assert_eq!(
             send_outcome(Fetched::Body {
                 status: 403,
@@ -835,7 +853,9 @@ mod tests {
                 "Forbidden: bot was blocked by the user".into()
             ))
         );
-        let b = body(json!({"ok": false, "error_code": 429, "description": "Too Many Requests: retry after 3", "parameters": {"retry_after": 3}}));
+        let b = body(
+            json!({"ok": false, "error_code": 429, "description": "Too Many Requests: retry after 3", "parameters": {"retry_after": 3}}),
+        );
         assert_eq!(
             send_outcome(Fetched::Body {
                 status: 429,
@@ -850,11 +870,14 @@ mod tests {
         assert!(matches!(
             send_outcome(Fetched::Body {
                 status: 500,
-                body: b"{\"ok\":false,\"error_code\":500,\"description\":\"Internal Server Error\"}"
+                body:
+                    b"{\"ok\":false,\"error_code\":500,\"description\":\"Internal Server Error\"}"
             }),
             Err(SendError::Retry(_))
         ));
-        let b = ok(json!({"message_id": 5, "date": 1, "chat": {"id": 1, "type": "private"}, "text": "hi"}));
+        let b = ok(
+            json!({"message_id": 5, "date": 1, "chat": {"id": 1, "type": "private"}, "text": "hi"}),
+        );
         assert_eq!(
             send_outcome(Fetched::Body {
                 status: 200,
@@ -973,7 +996,9 @@ mod tests {
     #[test]
     fn failures_map_to_waits_and_statuses() {
         let mut p = poller();
-        let b = body(json!({"ok": false, "error_code": 409, "description": "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"}));
+        let b = body(
+            json!({"ok": false, "error_code": 409, "description": "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"}),
+        );
         match p.handle_updates(Fetched::Body {
             status: 409,
             body: &b,
@@ -984,7 +1009,9 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let b = body(json!({"ok": false, "error_code": 429, "description": "Too Many Requests: retry after 7", "parameters": {"retry_after": 7}}));
+        let b = body(
+            json!({"ok": false, "error_code": 429, "description": "Too Many Requests: retry after 7", "parameters": {"retry_after": 7}}),
+        );
         match p.handle_updates(Fetched::Body {
             status: 429,
             body: &b,
@@ -1073,7 +1100,10 @@ mod tests {
 
     #[test]
     fn offsets_round_trip() {
-        assert_eq!(decode_offset(&encode_offset(123_456_789)), Some(123_456_789));
+        assert_eq!(
+            decode_offset(&encode_offset(123_456_789)),
+            Some(123_456_789)
+        );
         assert_eq!(encode_offset(1), vec![0, 0, 0, 0, 0, 0, 0, 1]);
         assert_eq!(decode_offset(&[1, 2, 3]), None);
     }
@@ -1106,7 +1136,10 @@ mod tests {
         t.set("a", true, t0);
         assert_eq!(t.next_due(), Some(t0));
         assert_eq!(t.take_due(t0), vec!["a".to_string()]);
-        assert_eq!(t.take_due(t0 + Duration::from_secs(1)), Vec::<String>::new());
+        assert_eq!(
+            t.take_due(t0 + Duration::from_secs(1)),
+            Vec::<String>::new()
+        );
         assert_eq!(t.next_due(), Some(t0 + TYPING_REPEAT));
         assert_eq!(t.take_due(t0 + TYPING_REPEAT), vec!["a".to_string()]);
         t.set("a", false, t0 + TYPING_REPEAT);
