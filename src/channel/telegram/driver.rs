@@ -239,11 +239,10 @@ async fn poll_loop(
                 if malformed > 0 {
                     tracing::warn!(count = malformed, "telegram: skipped unreadable updates");
                 }
-                if let Some(wait) = deliver(ctx, &mut poller).await {
-                    save_offset(ctx, &mut poller).await;
+                let failed = deliver(ctx, &mut poller).await;
+                save_offset(ctx, &mut poller).await;
+                if let Some(wait) = failed {
                     sleep(wait).await;
-                } else {
-                    save_offset(ctx, &mut poller).await;
                 }
             }
             PollStep::Wait {
