@@ -1,1 +1,24 @@
-//! Telegram Bot API long-polling channel. Placeholder until implemented.
+//! The Telegram channel: a bot over the Bot API's `getUpdates` long poll.
+//!
+//! [`proto`] is the sans-io core (envelopes, offsets, error classification, update conversion,
+//! send limits, typing schedule); [`driver`] is the thin async shell that the supervisor runs via
+//! [`run`]. Every private message is reported faithfully; who may talk to the assistant is the
+//! core's policy, never decided here. Group chats are submitted with `is_group = true` and the
+//! policy drops them: groups are not handled yet.
+//!
+//! Never logs the token (it lives in the URL path `/bot<token>/<method>`, and URLs are not logged)
+//! and never logs message bodies.
+
+pub mod driver;
+pub mod proto;
+
+use crate::channel::{ChannelKind, ChannelSpec};
+
+pub use driver::run;
+
+/// Telegram: 4096 characters per message; a resent sendMessage makes a second message.
+pub const SPEC: ChannelSpec = ChannelSpec {
+    kind: ChannelKind::Telegram,
+    max_chars: 4096,
+    idempotent_send: false,
+};

@@ -1,0 +1,360 @@
+//! The Telegram channel's async shell: runs the long poll and the command loop side by side, does
+//! the HTTP, the sleeping and the store/intake calls that [`super::proto`] decides on.
+//!
+//! Holds no protocol logic of its own. Never logs a URL (it carries the token) and never logs a
+//! message body; only method names, update ids, status codes and error words.
+
+use super::proto::{
+    self, Fetched, MAX_ACTION_BODY, MAX_GETME_BODY, MAX_SEND_BODY, MAX_UPDATES_BODY, PollStep,
+    Poller, RateLimiter, StartStep, Status, TypingSchedule,
+};
+use crate::channel::{ChannelCommand, ChannelContext, ChannelError, ChannelKind};
+use crate::config::{Secret, TelegramConfig};
+use crate::http::{HttpClient, HttpError};
+use crate::metrics::Metrics;
+use crate::status::State;
+use bytes::Bytes;
+use http_body_util::Full;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep, sleep_until};
+
+/// How often the row beats while anything (a long poll, a backoff) is pending: well inside any
+/// watchdog window.
+const BEAT_EVERY: Duration = Duration::from_secs(2);
+/// Deadline of getMe, sendMessage and sendChatAction.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The cursor name of the next getUpdates offset in the store.
+const OFFSET_CURSOR: &str = "telegram.offset";
+
+const KIND: ChannelKind = ChannelKind::Telegram;
+
+/// The Bot API endpoint: `<api_root>/bot<token>/<method>`. The URL is never logged.
+struct Api {
+    http: HttpClient,
+    root: String,
+    token: Secret,
+}
+
+/// What a call returned, owned, so it can be lent to the core as [`Fetched`].
+enum Reply {
+    Body(u16, Bytes),
+    TooLarge,
+    Failed(String),
+    Invalid(String),
+}
+
+impl Reply {
+    fn fetched(&self) -> Fetched<'_> {
+        match self {
+            Reply::Body(status, body) => Fetched::Body {
+                status: *status,
+                body,
+            },
+            Reply::TooLarge => Fetched::TooLarge,
+            Reply::Failed(e) => Fetched::Failed(e),
+            Reply::Invalid(e) => Fetched::Invalid(e),
+        }
+    }
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: &str,
+        body: &impl Serialize,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Reply {
+        let json = match serde_json::to_vec(body) {
+            Ok(j) => j,
+            Err(e) => return Reply::Invalid(e.to_string()),
+        };
+        let url = format!("{}/bot{}/{method}", self.root, self.token.expose());
+        let req = match http::Request::post(url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(json)))
+        {
+            Ok(r) => r,
+            // http's error words name the problem, never the URL itself.
+            Err(e) => return Reply::Invalid(e.to_string()),
+        };
+        match self.http.request(req, timeout, max_body).await {
+            Ok(resp) => Reply::Body(resp.status().as_u16(), resp.into_body()),
+            Err(HttpError::TooLarge(_)) => Reply::TooLarge,
+            Err(HttpError::Request(e)) => Reply::Invalid(e),
+            Err(e) => Reply::Failed(e.to_string()),
+        }
+    }
+}
+
+/// Runs the Telegram channel until shutdown (`Ok`), a rejected token (`Ok`, row NeedsOwner), or an
+/// error worth a restart (`Err`).
+pub async fn run(cfg: Arc<TelegramConfig>, ctx: ChannelContext) -> Result<(), ChannelError> {
+    let mut shutdown = ctx.shutdown.clone();
+    let Some(token) = cfg.token.clone() else {
+        ctx.reporter.set(
+            State::NeedsOwner,
+            "no bot token — set token_file or token_env",
+        );
+        return Ok(());
+    };
+    let api = Api {
+        http: ctx.http.clone(),
+        root: cfg.api_root.get_ref().trim_end_matches('/').to_string(),
+        token,
+    };
+    // The queue outlives this task; hold it for as long as this run lives.
+    let commands = ctx.commands.clone();
+    let mut rx = tokio::select! {
+        g = commands.lock() => g,
+        _ = shutdown.wait() => return Ok(()),
+    };
+
+    let poll = poll_loop(&cfg, &ctx, &api);
+    let send = command_loop(&api, &ctx, &mut rx);
+    tokio::pin!(poll, send);
+    let mut beat = tokio::time::interval(BEAT_EVERY);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut send_open = true;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => {
+                ctx.reporter.set(State::Off, "stopped");
+                return Ok(());
+            }
+            _ = beat.tick() => ctx.reporter.beat(),
+            r = &mut poll => return r,
+            _ = &mut send, if send_open => {
+                // The core dropped its sender: nothing more to send, but keep receiving.
+                send_open = false;
+            }
+        }
+    }
+}
+
+fn report(ctx: &ChannelContext, status: Option<Status>) {
+    if let Some((state, detail)) = status {
+        ctx.reporter.set(state, detail);
+    }
+}
+
+async fn load_offset(ctx: &ChannelContext) -> Option<i64> {
+    match ctx.store.cursor(OFFSET_CURSOR).await {
+        Ok(Some(bytes)) => {
+            let o = proto::decode_offset(&bytes);
+            if o.is_none() {
+                tracing::warn!(
+                    len = bytes.len(),
+                    "telegram: saved offset is not 8 bytes; starting from Telegram's"
+                );
+            }
+            o
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "telegram: could not read the saved offset");
+            None
+        }
+    }
+}
+
+async fn save_offset(ctx: &ChannelContext, poller: &mut Poller) {
+    if let Some(o) = poller.take_offset_to_save() {
+        // Not fatal: the intake dedupes by update_id, so a lost cursor only replays updates.
+        if let Err(e) = ctx
+            .store
+            .set_cursor(OFFSET_CURSOR, proto::encode_offset(o))
+            .await
+        {
+            tracing::warn!(error = %e, "telegram: could not save the offset");
+        }
+    }
+}
+
+async fn poll_loop(
+    cfg: &TelegramConfig,
+    ctx: &ChannelContext,
+    api: &Api,
+) -> Result<(), ChannelError> {
+    let saved = load_offset(ctx).await;
+    let mut poller = Poller::new(
+        *cfg.poll_timeout_s.get_ref(),
+        cfg.handle_edits,
+        saved,
+        fastrand::u64(..),
+    );
+
+    loop {
+        let reply = api
+            .call(
+                "getMe",
+                &serde_json::Map::new(),
+                CALL_TIMEOUT,
+                MAX_GETME_BODY,
+            )
+            .await;
+        match poller.handle_get_me(reply.fetched()) {
+            StartStep::Ready { status } => {
+                report(ctx, Some(status));
+                break;
+            }
+            StartStep::Wait { delay, status } => {
+                tracing::warn!(method = "getMe", detail = %status.1, "telegram: retrying");
+                report(ctx, Some(status));
+                sleep(delay).await;
+            }
+            StartStep::Stop { status } => {
+                report(ctx, Some(status));
+                return Ok(());
+            }
+        }
+    }
+
+    loop {
+        let request = poller.request();
+        let reply = api
+            .call(
+                "getUpdates",
+                &request,
+                poller.request_deadline(),
+                MAX_UPDATES_BODY,
+            )
+            .await;
+        match poller.handle_updates(reply.fetched()) {
+            PollStep::Deliver {
+                status,
+                recovered,
+                malformed,
+            } => {
+                report(ctx, status);
+                if recovered {
+                    Metrics::inc(&ctx.metrics.reconnects[KIND.index()]);
+                }
+                for _ in 0..malformed {
+                    Metrics::inc(&ctx.metrics.malformed[KIND.index()]);
+                }
+                if malformed > 0 {
+                    tracing::warn!(count = malformed, "telegram: skipped unreadable updates");
+                }
+                let failed = deliver(ctx, &mut poller).await;
+                save_offset(ctx, &mut poller).await;
+                if let Some(wait) = failed {
+                    sleep(wait).await;
+                }
+            }
+            PollStep::Wait {
+                delay,
+                status,
+                malformed,
+            } => {
+                if malformed {
+                    Metrics::inc(&ctx.metrics.malformed[KIND.index()]);
+                    tracing::warn!(
+                        "telegram: unreadable getUpdates answer; retrying the same offset"
+                    );
+                } else if let Some((_, detail)) = &status {
+                    tracing::warn!(method = "getUpdates", detail = %detail, "telegram: retrying");
+                }
+                report(ctx, status);
+                sleep(delay).await;
+            }
+            PollStep::Stop { status } => {
+                tracing::warn!(detail = %status.1, "telegram: polling stopped");
+                report(ctx, Some(status));
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Submits the batch in order. `Some(wait)` when the intake failed: the rest waits for the next
+/// poll from the same offset.
+async fn deliver(ctx: &ChannelContext, poller: &mut Poller) -> Option<Duration> {
+    while let Some(inbound) = poller.next_submission() {
+        let inbound = inbound.clone();
+        let id = inbound.id.clone();
+        match ctx.intake.submit(inbound).await {
+            Ok(outcome) => {
+                tracing::debug!(update_id = %id, ?outcome, "telegram: update handed on");
+                poller.confirm();
+            }
+            Err(e) => {
+                tracing::warn!(update_id = %id, error = %e, "telegram: intake failed; will retry");
+                return Some(poller.submit_failed());
+            }
+        }
+    }
+    None
+}
+
+/// Carries out the core's commands until its sender is dropped.
+async fn command_loop(api: &Api, ctx: &ChannelContext, rx: &mut mpsc::Receiver<ChannelCommand>) {
+    let mut limiter = RateLimiter::default();
+    let mut typing = TypingSchedule::default();
+    loop {
+        let due = typing.next_due().map(Instant::from_std);
+        let cmd = tokio::select! {
+            c = rx.recv() => match c {
+                Some(c) => c,
+                None => return,
+            },
+            _ = sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                for chat in typing.take_due(Instant::now().into_std()) {
+                    send_typing(api, &chat).await;
+                }
+                continue;
+            }
+        };
+        match cmd {
+            ChannelCommand::Typing { chat, on } => {
+                typing.set(&chat, on, Instant::now().into_std());
+            }
+            ChannelCommand::Send {
+                chat, text, done, ..
+            } => {
+                let ready = limiter.ready_at(&chat, Instant::now().into_std());
+                sleep_until(Instant::from_std(ready)).await;
+                limiter.record(&chat, Instant::now().into_std());
+                let body = proto::SendMessage {
+                    chat_id: proto::chat_id_json(&chat),
+                    text: &text,
+                };
+                let reply = api
+                    .call("sendMessage", &body, CALL_TIMEOUT, MAX_SEND_BODY)
+                    .await;
+                if matches!(reply, Reply::Body(200..=299, _))
+                    && proto::classify::<serde::de::IgnoredAny>(reply.fetched()).is_err()
+                {
+                    Metrics::inc(&ctx.metrics.malformed[KIND.index()]);
+                }
+                let outcome = proto::send_outcome(reply.fetched());
+                match &outcome {
+                    Ok(()) => Metrics::inc(&ctx.metrics.messages_out[KIND.index()]),
+                    Err(e) => {
+                        Metrics::inc(&ctx.metrics.send_failures[KIND.index()]);
+                        tracing::warn!(error = %e, "telegram: sendMessage failed");
+                    }
+                }
+                // The delivery loop may have given up waiting; nothing to do then.
+                let _ = done.send(outcome);
+            }
+        }
+    }
+}
+
+/// Best effort: a failed typing indicator is only logged.
+async fn send_typing(api: &Api, chat: &str) {
+    let body = proto::SendChatAction {
+        chat_id: proto::chat_id_json(chat),
+        action: "typing",
+    };
+    let reply = api
+        .call("sendChatAction", &body, CALL_TIMEOUT, MAX_ACTION_BODY)
+        .await;
+    if let Err(e) = proto::classify::<serde::de::IgnoredAny>(reply.fetched()) {
+        tracing::debug!(error = ?e, "telegram: sendChatAction failed");
+    }
+}

@@ -1,0 +1,1155 @@
+//! The Telegram Bot API, sans-io: response envelopes and their classification, the long-poll state
+//! machine (offset over the contiguous confirmed prefix, backoff, status words), update → [`Inbound`]
+//! conversion, the per-chat/global send limiter and the typing repeat schedule.
+//!
+//! Bytes and `now` in, decisions out. Never opens a socket, reads a clock, sleeps or logs a body:
+//! [`super::driver`] does the I/O and the waiting.
+
+use crate::backoff::Backoff;
+use crate::channel::{ChannelKind, Content, Inbound, MediaKind, SendError};
+use crate::status::State;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Updates asked for per getUpdates: Telegram's own maximum; a full batch of ordinary messages is
+/// far below [`MAX_UPDATES_BODY`].
+pub const UPDATES_LIMIT: u8 = 100;
+/// Largest getUpdates response read: 100 updates of at most 4096-character texts plus metadata fit
+/// several times over; anything bigger is not a Bot API answer.
+pub const MAX_UPDATES_BODY: usize = 4 * 1024 * 1024;
+/// Largest getMe response read: one User object.
+pub const MAX_GETME_BODY: usize = 16 * 1024;
+/// Largest sendMessage response read: one Message echoing at most 4096 characters and entities.
+pub const MAX_SEND_BODY: usize = 256 * 1024;
+/// Largest sendChatAction response read: `{"ok":true,"result":true}`.
+pub const MAX_ACTION_BODY: usize = 16 * 1024;
+/// The getUpdates HTTP deadline is the long-poll timeout plus this grace, so the server always
+/// answers an idle poll before the client gives up on it.
+pub const POLL_GRACE: Duration = Duration::from_secs(10);
+/// First retry delay after a failed poll; doubles per failure (with jitter).
+pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// Longest wait between poll retries: a box that lost its network is back within 10 s of it.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(10);
+/// A `retry_after` beyond this is capped: an hour-long flood ban is re-asked hourly, which is
+/// harmless, and a garbage value cannot park the channel for days.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// Telegram allows about one message per second in one chat.
+pub const PER_CHAT_INTERVAL: Duration = Duration::from_secs(1);
+/// Telegram allows about 30 messages per second over all chats.
+pub const GLOBAL_PER_SECOND: usize = 30;
+/// Per-chat send times kept before stale ones (older than [`PER_CHAT_INTERVAL`]) are pruned; at
+/// most [`GLOBAL_PER_SECOND`] can be fresh, so the map never grows past this.
+pub const MAX_TRACKED_CHATS: usize = 64;
+/// Telegram shows "typing…" for about 5 s; repeat a little sooner so it never flickers off.
+pub const TYPING_REPEAT: Duration = Duration::from_millis(4500);
+/// Typing indicators shown at once; more are ignored (typing is best effort).
+pub const MAX_TYPING_CHATS: usize = 64;
+/// Typing stops on its own after this even if the core never says `on: false` (a lost turn).
+pub const MAX_TYPING_DURATION: Duration = Duration::from_secs(600);
+
+/// Status detail for a 409 Conflict.
+pub const CONFLICT_DETAIL: &str =
+    "another bot instance or a webhook is using this token — retrying";
+/// Status detail when Telegram refuses the token.
+pub const TOKEN_REJECTED_DETAIL: &str = "token rejected by Telegram — check token_file";
+
+// ---------------------------------------------------------------------------------------------
+// Wire types. Never `deny_unknown_fields`: Bot API objects gain fields over time.
+
+/// `{"ok":true,"result":…}` or `{"ok":false,"error_code":N,"description":S,"parameters":{…}}`.
+#[derive(Deserialize, Debug)]
+pub struct Envelope<T> {
+    pub ok: bool,
+    pub result: Option<T>,
+    pub error_code: Option<i64>,
+    pub description: Option<String>,
+    pub parameters: Option<ResponseParameters>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+pub struct ResponseParameters {
+    pub retry_after: Option<u64>,
+    pub migrate_to_chat_id: Option<i64>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct User {
+    pub id: i64,
+    #[serde(default)]
+    pub is_bot: bool,
+    #[serde(default)]
+    pub first_name: String,
+    pub username: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct Chat {
+    pub id: i64,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+#[derive(Deserialize, Debug)]
+pub struct Update {
+    pub update_id: i64,
+    pub message: Option<Message>,
+    pub edited_message: Option<Message>,
+}
+
+/// The fields of a Message this bridge reads; the media fields are only checked for presence.
+#[derive(Deserialize, Debug)]
+pub struct Message {
+    pub message_id: i64,
+    pub date: i64,
+    pub chat: Chat,
+    pub from: Option<User>,
+    pub sender_chat: Option<Chat>,
+    pub text: Option<String>,
+    pub caption: Option<String>,
+    pub photo: Option<IgnoredAny>,
+    pub video: Option<IgnoredAny>,
+    pub video_note: Option<IgnoredAny>,
+    pub animation: Option<IgnoredAny>,
+    pub voice: Option<IgnoredAny>,
+    pub audio: Option<IgnoredAny>,
+    pub document: Option<IgnoredAny>,
+    pub sticker: Option<IgnoredAny>,
+    /// Everything else, to name an unsupported kind.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, Value>,
+}
+
+/// Message kinds reported as `[unsupported message: KIND]`, checked in this order.
+const UNSUPPORTED_KINDS: &[&str] = &[
+    "location",
+    "venue",
+    "contact",
+    "poll",
+    "dice",
+    "game",
+    "invoice",
+    "story",
+    "paid_media",
+    "giveaway",
+    "giveaway_winners",
+    "checklist",
+    "successful_payment",
+    "new_chat_members",
+    "left_chat_member",
+    "pinned_message",
+    "web_app_data",
+];
+
+/// The body of a getUpdates request.
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub struct GetUpdates {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<i64>,
+    pub timeout: u64,
+    pub limit: u8,
+    pub allowed_updates: Vec<&'static str>,
+}
+
+/// The body of a sendMessage request.
+#[derive(Serialize, Debug)]
+pub struct SendMessage<'a> {
+    pub chat_id: Value,
+    pub text: &'a str,
+}
+
+/// The body of a sendChatAction request.
+#[derive(Serialize, Debug)]
+pub struct SendChatAction {
+    pub chat_id: Value,
+    pub action: &'static str,
+}
+
+/// A chat id as the Bot API wants it: an integer when it is one, else the string (`@channel`).
+pub fn chat_id_json(chat: &str) -> Value {
+    match chat.parse::<i64>() {
+        Ok(n) => Value::from(n),
+        Err(_) => Value::from(chat),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Classification.
+
+/// What the HTTP client returned, in terms the core understands.
+#[derive(Debug, Clone, Copy)]
+pub enum Fetched<'a> {
+    /// A response: status and body.
+    Body { status: u16, body: &'a [u8] },
+    /// The body exceeded its limit.
+    TooLarge,
+    /// Network failure or timeout (the words carry no URL and no token).
+    Failed(&'a str),
+    /// The request could not be built: api_root or the token makes no valid URL.
+    Invalid(&'a str),
+}
+
+/// Why a Bot API call did not return a result, and so what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// 429: wait exactly this long, then resend the same request.
+    RetryAfter(Duration),
+    /// 409: another getUpdates poller, or a webhook, holds the token.
+    Conflict,
+    /// 401/404: the token is wrong or revoked; retrying will not help.
+    TokenRejected,
+    /// 5xx, network, timeout: retry with backoff.
+    Transient(String),
+    /// Any other 4xx: this request will never succeed.
+    Rejected { code: i64, description: String },
+    /// Not the Bot API's JSON (or the wrong shape).
+    Malformed(String),
+    /// No valid URL could be built from api_root and the token.
+    Invalid(String),
+}
+
+/// Turns a raw reply into the call's result or what went wrong.
+pub fn classify<T: DeserializeOwned>(fetched: Fetched<'_>) -> Result<T, ApiError> {
+    let (status, body) = match fetched {
+        Fetched::Body { status, body } => (status, body),
+        Fetched::TooLarge => return Err(ApiError::Malformed("response body too large".into())),
+        Fetched::Failed(e) => return Err(ApiError::Transient(e.to_string())),
+        Fetched::Invalid(e) => return Err(ApiError::Invalid(e.to_string())),
+    };
+    match serde_json::from_slice::<Envelope<T>>(body) {
+        Ok(env) if env.ok => env
+            .result
+            .ok_or_else(|| ApiError::Malformed("\"ok\":true without a result".into())),
+        Ok(env) => {
+            let code = env.error_code.unwrap_or(i64::from(status));
+            let description = env.description.unwrap_or_else(|| format!("HTTP {status}"));
+            let retry_after = env.parameters.and_then(|p| p.retry_after);
+            Err(error_for(code, description, retry_after))
+        }
+        // Not JSON: a proxy's or load balancer's page. The status alone still says a lot.
+        Err(e) if !(200..300).contains(&status) => Err(error_for(
+            i64::from(status),
+            format!("HTTP {status}: {e}"),
+            None,
+        )),
+        Err(e) => Err(ApiError::Malformed(format!(
+            "line {} column {}: {}",
+            e.line(),
+            e.column(),
+            e.classify_name()
+        ))),
+    }
+}
+
+trait ClassifyName {
+    fn classify_name(&self) -> &'static str;
+}
+impl ClassifyName for serde_json::Error {
+    fn classify_name(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "read error",
+            serde_json::error::Category::Syntax => "not JSON",
+            serde_json::error::Category::Data => "unexpected JSON shape",
+            serde_json::error::Category::Eof => "truncated JSON",
+        }
+    }
+}
+
+fn error_for(code: i64, description: String, retry_after: Option<u64>) -> ApiError {
+    match code {
+        429 => ApiError::RetryAfter(
+            Duration::from_secs(retry_after.unwrap_or(1).max(1)).min(MAX_RETRY_AFTER),
+        ),
+        409 => ApiError::Conflict,
+        401 | 404 => ApiError::TokenRejected,
+        400..=499 => ApiError::Rejected { code, description },
+        _ => ApiError::Transient(description),
+    }
+}
+
+/// The outcome of a sendMessage, as the delivery loop wants it. A 2xx whose body cannot be read
+/// still counts as sent: Telegram answers 2xx only after the message exists, and repeating it
+/// would show the user the chunk twice.
+pub fn send_outcome(fetched: Fetched<'_>) -> Result<(), SendError> {
+    match classify::<IgnoredAny>(fetched) {
+        Ok(_) => Ok(()),
+        Err(ApiError::Malformed(_))
+            if matches!(
+                fetched,
+                Fetched::Body {
+                    status: 200..=299,
+                    ..
+                }
+            ) =>
+        {
+            Ok(())
+        }
+        Err(ApiError::RetryAfter(d)) => Err(SendError::RetryAfter(d)),
+        Err(ApiError::Rejected { description, .. }) => Err(SendError::Permanent(description)),
+        Err(ApiError::Invalid(e)) => Err(SendError::Permanent(format!("bad Bot API URL: {e}"))),
+        Err(ApiError::TokenRejected) => Err(SendError::Retry(TOKEN_REJECTED_DETAIL.into())),
+        Err(ApiError::Conflict) => Err(SendError::Retry("conflict".into())),
+        Err(ApiError::Transient(e)) => Err(SendError::Retry(e)),
+        Err(ApiError::Malformed(e)) => Err(SendError::Retry(format!("malformed response: {e}"))),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Update → Inbound.
+
+/// One update of a batch, in update_id order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub update_id: i64,
+    /// `None`: nothing to submit (an unreadable update, or a kind we do not handle); it is
+    /// confirmed as soon as everything before it is.
+    pub inbound: Option<Inbound>,
+}
+
+/// Converts one update; `Err` when it is unreadable (its id, if readable, is still returned).
+pub fn convert(raw: Value, handle_edits: bool) -> Result<Item, Option<i64>> {
+    let id_hint = raw.get("update_id").and_then(Value::as_i64);
+    let update: Update = serde_json::from_value(raw).map_err(|_| id_hint)?;
+    let message = match (update.message, update.edited_message) {
+        (Some(m), _) => Some(m),
+        (None, Some(m)) if handle_edits => Some(m),
+        _ => None,
+    };
+    let inbound = message.map(|m| message_to_inbound(update.update_id, m));
+    Ok(Item {
+        update_id: update.update_id,
+        inbound,
+    })
+}
+
+fn message_to_inbound(update_id: i64, m: Message) -> Inbound {
+    let sender = m
+        .from
+        .as_ref()
+        .map(|u| u.id)
+        .or(m.sender_chat.as_ref().map(|c| c.id))
+        .unwrap_or(m.chat.id);
+    let media = |kind| Content::Media {
+        kind,
+        caption: m.caption.clone(),
+    };
+    let content = if let Some(t) = &m.text {
+        Content::Text(t.clone())
+    } else if m.photo.is_some() {
+        media(MediaKind::Image)
+    } else if m.video.is_some() || m.video_note.is_some() || m.animation.is_some() {
+        media(MediaKind::Video)
+    } else if m.voice.is_some() || m.audio.is_some() {
+        media(MediaKind::Audio)
+    } else if m.document.is_some() {
+        media(MediaKind::Document)
+    } else if m.sticker.is_some() {
+        media(MediaKind::Sticker)
+    } else {
+        let kind = UNSUPPORTED_KINDS
+            .iter()
+            .find(|k| m.other.contains_key(**k))
+            .copied()
+            .unwrap_or("unknown");
+        Content::Text(format!("[unsupported message: {kind}]"))
+    };
+    Inbound {
+        channel: ChannelKind::Telegram,
+        id: update_id.to_string(),
+        chat: m.chat.id.to_string(),
+        sender: sender.to_string(),
+        is_group: m.chat.kind != "private",
+        content,
+        ts_ms: u64::try_from(m.date).unwrap_or(0).saturating_mul(1000),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The long-poll state machine.
+
+/// A status change for the channel's row.
+pub type Status = (State, String);
+
+/// What the driver does after a getMe.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StartStep {
+    /// Known: go on polling.
+    Ready { status: Status },
+    /// Wait, then ask again.
+    Wait { delay: Duration, status: Status },
+    /// Stop for good (return Ok): the owner must act.
+    Stop { status: Status },
+}
+
+/// What the driver does after a getUpdates.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PollStep {
+    /// A batch was stored: submit [`Poller::next_submission`] until it returns `None`.
+    Deliver {
+        status: Option<Status>,
+        /// Polling works again after a failure: count a reconnect.
+        recovered: bool,
+        /// Updates that could not be read and were skipped.
+        malformed: usize,
+    },
+    /// Wait, then poll again with the same offset.
+    Wait {
+        delay: Duration,
+        status: Option<Status>,
+        /// The whole response was unreadable: count one malformed.
+        malformed: bool,
+    },
+    /// Stop for good (return Ok): the owner must act.
+    Stop { status: Status },
+}
+
+/// The long poller's memory: the next offset, the batch being submitted, the backoff.
+pub struct Poller {
+    timeout_s: u64,
+    handle_edits: bool,
+    /// The offset of the next getUpdates: everything below it is confirmed.
+    offset: Option<i64>,
+    /// Last offset handed out by [`Poller::take_offset_to_save`].
+    saved: Option<i64>,
+    batch: VecDeque<Item>,
+    backoff: Backoff,
+    /// A poll failed since the last success.
+    failing: bool,
+    /// `@username`, once getMe answered.
+    up_detail: String,
+    /// Set after a TooLarge answer: ask for one update at a time until one poll succeeds.
+    small_batches: bool,
+}
+
+impl Poller {
+    pub fn new(timeout_s: u64, handle_edits: bool, saved_offset: Option<i64>, seed: u64) -> Self {
+        Poller {
+            timeout_s,
+            handle_edits,
+            offset: saved_offset,
+            saved: saved_offset,
+            batch: VecDeque::new(),
+            backoff: Backoff::new(BACKOFF_BASE, BACKOFF_CAP, seed),
+            failing: false,
+            up_detail: String::new(),
+            small_batches: false,
+        }
+    }
+
+    /// The offset of the next getUpdates.
+    pub fn offset(&self) -> Option<i64> {
+        self.offset
+    }
+
+    /// Handles the getMe answer.
+    pub fn handle_get_me(&mut self, fetched: Fetched<'_>) -> StartStep {
+        match classify::<User>(fetched) {
+            Ok(me) => {
+                self.backoff.reset();
+                self.up_detail = match me.username {
+                    Some(u) => format!("@{u}"),
+                    None => me.first_name,
+                };
+                StartStep::Ready {
+                    status: (State::Up, self.up_detail.clone()),
+                }
+            }
+            Err(ApiError::TokenRejected) => StartStep::Stop {
+                status: (State::NeedsOwner, TOKEN_REJECTED_DETAIL.into()),
+            },
+            Err(ApiError::Invalid(_)) => StartStep::Stop {
+                status: (
+                    State::NeedsOwner,
+                    "no valid Bot API URL from api_root and the token — check both".into(),
+                ),
+            },
+            Err(ApiError::RetryAfter(d)) => StartStep::Wait {
+                delay: d,
+                status: (State::Degraded, rate_limited_detail(d)),
+            },
+            Err(e) => StartStep::Wait {
+                delay: self.backoff.next_delay(),
+                status: (State::Degraded, failure_detail(&e)),
+            },
+        }
+    }
+
+    /// The next getUpdates request.
+    pub fn request(&self) -> GetUpdates {
+        let mut allowed_updates = vec!["message"];
+        if self.handle_edits {
+            allowed_updates.push("edited_message");
+        }
+        GetUpdates {
+            offset: self.offset,
+            timeout: self.timeout_s,
+            limit: if self.small_batches { 1 } else { UPDATES_LIMIT },
+            allowed_updates,
+        }
+    }
+
+    /// The HTTP deadline of a getUpdates.
+    pub fn request_deadline(&self) -> Duration {
+        Duration::from_secs(self.timeout_s) + POLL_GRACE
+    }
+
+    /// Handles a getUpdates answer. Any batch still pending is discarded (it was not confirmed,
+    /// so Telegram sends it again).
+    pub fn handle_updates(&mut self, fetched: Fetched<'_>) -> PollStep {
+        self.batch.clear();
+        let raw = match classify::<Vec<Value>>(fetched) {
+            Ok(raw) => raw,
+            Err(e) => return self.poll_failed(e, matches!(fetched, Fetched::TooLarge)),
+        };
+        let recovered = std::mem::take(&mut self.failing);
+        self.small_batches = false;
+        self.backoff.reset();
+        let mut malformed = 0;
+        let mut items = Vec::with_capacity(raw.len());
+        for update in raw {
+            match convert(update, self.handle_edits) {
+                Ok(item) => items.push(item),
+                Err(Some(update_id)) => {
+                    malformed += 1;
+                    items.push(Item {
+                        update_id,
+                        inbound: None,
+                    });
+                }
+                // No readable id: it cannot be skipped on its own; a later good update moves the
+                // offset past it.
+                Err(None) => malformed += 1,
+            }
+        }
+        items.sort_by_key(|i| i.update_id);
+        let floor = self.offset.unwrap_or(i64::MIN);
+        self.batch
+            .extend(items.into_iter().filter(|i| i.update_id >= floor));
+        PollStep::Deliver {
+            status: recovered.then(|| (State::Up, self.up_detail.clone())),
+            recovered,
+            malformed,
+        }
+    }
+
+    fn poll_failed(&mut self, e: ApiError, too_large: bool) -> PollStep {
+        self.failing = true;
+        match e {
+            ApiError::TokenRejected => PollStep::Stop {
+                status: (State::NeedsOwner, TOKEN_REJECTED_DETAIL.into()),
+            },
+            ApiError::Invalid(_) => PollStep::Stop {
+                status: (
+                    State::NeedsOwner,
+                    "no valid Bot API URL from api_root and the token — check both".into(),
+                ),
+            },
+            ApiError::RetryAfter(d) => PollStep::Wait {
+                delay: d,
+                status: Some((State::Degraded, rate_limited_detail(d))),
+                malformed: false,
+            },
+            ApiError::Conflict => PollStep::Wait {
+                delay: self.backoff.next_delay(),
+                status: Some((State::Degraded, CONFLICT_DETAIL.into())),
+                malformed: false,
+            },
+            ApiError::Malformed(_) => {
+                if too_large {
+                    self.small_batches = true;
+                }
+                PollStep::Wait {
+                    delay: self.backoff.next_delay(),
+                    status: None,
+                    malformed: true,
+                }
+            }
+            e @ (ApiError::Transient(_) | ApiError::Rejected { .. }) => PollStep::Wait {
+                delay: self.backoff.next_delay(),
+                status: Some((State::Degraded, failure_detail(&e))),
+                malformed: false,
+            },
+        }
+    }
+
+    /// The next message of the batch to submit. Skippable updates at the front are confirmed on
+    /// the way. The same message is returned until [`Poller::confirm`] or
+    /// [`Poller::submit_failed`].
+    pub fn next_submission(&mut self) -> Option<&Inbound> {
+        while let Some(front) = self.batch.front() {
+            if front.inbound.is_some() {
+                break;
+            }
+            self.confirm();
+        }
+        self.batch.front().and_then(|i| i.inbound.as_ref())
+    }
+
+    /// The front of the batch is durable (or deliberately skipped): move the offset past it.
+    pub fn confirm(&mut self) {
+        if let Some(item) = self.batch.pop_front() {
+            let next = item.update_id.saturating_add(1);
+            self.offset = Some(self.offset.map_or(next, |o| o.max(next)));
+        }
+    }
+
+    /// The intake could not make the front durable: drop the rest of the batch (it comes again
+    /// from the same offset) and say how long to wait.
+    pub fn submit_failed(&mut self) -> Duration {
+        self.batch.clear();
+        self.backoff.next_delay()
+    }
+
+    /// The offset to persist, if it moved since the last call.
+    pub fn take_offset_to_save(&mut self) -> Option<i64> {
+        if self.offset != self.saved {
+            self.saved = self.offset;
+            self.offset
+        } else {
+            None
+        }
+    }
+}
+
+fn rate_limited_detail(d: Duration) -> String {
+    format!("rate limited by Telegram — retrying in {} s", d.as_secs())
+}
+
+fn failure_detail(e: &ApiError) -> String {
+    match e {
+        ApiError::Transient(why) => format!("cannot reach Telegram ({why}) — retrying"),
+        ApiError::Rejected { code, description } => {
+            format!("Telegram refused the poll ({code} {description}) — retrying")
+        }
+        ApiError::Conflict => CONFLICT_DETAIL.into(),
+        ApiError::Malformed(why) => format!("unreadable answer from Telegram ({why}) — retrying"),
+        ApiError::RetryAfter(d) => rate_limited_detail(*d),
+        ApiError::TokenRejected => TOKEN_REJECTED_DETAIL.into(),
+        ApiError::Invalid(why) => format!("bad Bot API URL ({why})"),
+    }
+}
+
+/// The saved offset's bytes: 8-byte big-endian i64.
+pub fn encode_offset(offset: i64) -> Vec<u8> {
+    offset.to_be_bytes().to_vec()
+}
+
+/// Reads a saved offset; `None` if it is not 8 bytes.
+pub fn decode_offset(bytes: &[u8]) -> Option<i64> {
+    <[u8; 8]>::try_from(bytes).ok().map(i64::from_be_bytes)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Send pacing and typing.
+
+/// Telegram's own send limits, on top of the core's human pacing.
+#[derive(Default, Debug)]
+pub struct RateLimiter {
+    last_per_chat: HashMap<String, Instant>,
+    /// Send times of the last [`GLOBAL_PER_SECOND`] messages.
+    recent: VecDeque<Instant>,
+}
+
+impl RateLimiter {
+    /// The earliest instant a message to `chat` may go.
+    pub fn ready_at(&self, chat: &str, now: Instant) -> Instant {
+        let mut at = now;
+        if let Some(last) = self.last_per_chat.get(chat) {
+            at = at.max(*last + PER_CHAT_INTERVAL);
+        }
+        if self.recent.len() >= GLOBAL_PER_SECOND {
+            if let Some(oldest) = self.recent.front() {
+                at = at.max(*oldest + Duration::from_secs(1));
+            }
+        }
+        at
+    }
+
+    /// A message to `chat` is going now.
+    pub fn record(&mut self, chat: &str, now: Instant) {
+        self.recent.push_back(now);
+        while self.recent.len() > GLOBAL_PER_SECOND {
+            self.recent.pop_front();
+        }
+        if self.last_per_chat.len() >= MAX_TRACKED_CHATS && !self.last_per_chat.contains_key(chat) {
+            self.last_per_chat
+                .retain(|_, t| now.saturating_duration_since(*t) < PER_CHAT_INTERVAL);
+        }
+        self.last_per_chat.insert(chat.to_string(), now);
+    }
+
+    /// Chats remembered (for the bound's test).
+    pub fn tracked(&self) -> usize {
+        self.last_per_chat.len()
+    }
+}
+
+#[derive(Debug)]
+struct TypingEntry {
+    due: Instant,
+    started: Instant,
+}
+
+/// Which chats show "typing…" and when each needs its next sendChatAction.
+#[derive(Default, Debug)]
+pub struct TypingSchedule {
+    chats: HashMap<String, TypingEntry>,
+}
+
+impl TypingSchedule {
+    /// `on`: show typing now and keep it up; `off`: stop repeating.
+    pub fn set(&mut self, chat: &str, on: bool, now: Instant) {
+        if !on {
+            self.chats.remove(chat);
+        } else if let Some(e) = self.chats.get_mut(chat) {
+            e.due = now;
+        } else if self.chats.len() < MAX_TYPING_CHATS {
+            self.chats.insert(
+                chat.to_string(),
+                TypingEntry {
+                    due: now,
+                    started: now,
+                },
+            );
+        }
+    }
+
+    /// When the next action is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.chats.values().map(|e| e.due).min()
+    }
+
+    /// The chats whose action is due at `now`; each is rescheduled [`TYPING_REPEAT`] later, and
+    /// chats typing for longer than [`MAX_TYPING_DURATION`] are dropped.
+    pub fn take_due(&mut self, now: Instant) -> Vec<String> {
+        self.chats
+            .retain(|_, e| now.saturating_duration_since(e.started) < MAX_TYPING_DURATION);
+        let mut due: Vec<String> = Vec::new();
+        for (chat, e) in self.chats.iter_mut() {
+            if e.due <= now {
+                e.due = now + TYPING_REPEAT;
+                due.push(chat.clone());
+            }
+        }
+        due.sort();
+        due
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(v: Value) -> Vec<u8> {
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    fn ok(v: Value) -> Vec<u8> {
+        body(json!({"ok": true, "result": v}))
+    }
+
+    fn text_update(id: i64, chat: i64, text: &str) -> Value {
+        json!({"update_id": id, "message": {
+            "message_id": id * 10, "date": 1_700_000_000,
+            "from": {"id": 42, "is_bot": false, "first_name": "Ann"},
+            "chat": {"id": chat, "type": "private", "first_name": "Ann"},
+            "text": text}})
+    }
+
+    fn poller() -> Poller {
+        let mut p = Poller::new(50, false, None, 1);
+        let me = ok(json!({"id": 1, "is_bot": true, "first_name": "B", "username": "b_bot"}));
+        p.handle_get_me(Fetched::Body {
+            status: 200,
+            body: &me,
+        });
+        p
+    }
+
+    #[test]
+    fn classify_reads_errors_in_the_real_shape() {
+        let b = body(json!({"ok": false, "error_code": 429,
+            "description": "Too Many Requests: retry after 7", "parameters": {"retry_after": 7}}));
+        let r = classify::<Value>(Fetched::Body {
+            status: 429,
+            body: &b,
+        });
+        assert_eq!(r.unwrap_err(), ApiError::RetryAfter(Duration::from_secs(7)));
+
+        let b = body(
+            json!({"ok": false, "error_code": 409, "description": "Conflict: terminated by other getUpdates request"}),
+        );
+        let r = classify::<Value>(Fetched::Body {
+            status: 409,
+            body: &b,
+        });
+        assert_eq!(r.unwrap_err(), ApiError::Conflict);
+
+        let b = body(
+            json!({"ok": false, "error_code": 400, "description": "Bad Request: chat not found"}),
+        );
+        let r = classify::<Value>(Fetched::Body {
+            status: 400,
+            body: &b,
+        });
+        assert_eq!(
+            r.unwrap_err(),
+            ApiError::Rejected {
+                code: 400,
+                description: "Bad Request: chat not found".into()
+            }
+        );
+
+        // A proxy's HTML 502 page is transient; an unreadable 200 is malformed.
+        let r = classify::<Value>(Fetched::Body {
+            status: 502,
+            body: b"<html>bad gateway</html>",
+        });
+        assert!(matches!(r, Err(ApiError::Transient(_))));
+        let r = classify::<Value>(Fetched::Body {
+            status: 200,
+            body: b"{\"ok\":tr",
+        });
+        assert!(matches!(r, Err(ApiError::Malformed(_))));
+        // A huge retry_after is capped.
+        let b = body(
+            json!({"ok": false, "error_code": 429, "description": "x", "parameters": {"retry_after": 999_999}}),
+        );
+        let r = classify::<Value>(Fetched::Body {
+            status: 429,
+            body: &b,
+        });
+        assert_eq!(r.unwrap_err(), ApiError::RetryAfter(MAX_RETRY_AFTER));
+    }
+
+    #[test]
+    fn unknown_fields_are_accepted() {
+        let b = ok(
+            json!({"id": 1, "is_bot": true, "first_name": "B", "username": "b_bot",
+            "can_join_groups": true, "some_future_field": {"x": 1}}),
+        );
+        let me: User = classify(Fetched::Body {
+            status: 200,
+            body: &b,
+        })
+        .unwrap();
+        assert_eq!(me.username.as_deref(), Some("b_bot"));
+    }
+
+    #[test]
+    fn send_outcomes_map_to_what_delivery_does() {
+        let b = body(
+            json!({"ok": false, "error_code": 403, "description": "Forbidden: bot was blocked by the user"}),
+        );
+        assert_eq!(
+            send_outcome(Fetched::Body {
+                status: 403,
+                body: &b
+            }),
+            Err(SendError::Permanent(
+                "Forbidden: bot was blocked by the user".into()
+            ))
+        );
+        let b = body(
+            json!({"ok": false, "error_code": 429, "description": "Too Many Requests: retry after 3", "parameters": {"retry_after": 3}}),
+        );
+        assert_eq!(
+            send_outcome(Fetched::Body {
+                status: 429,
+                body: &b
+            }),
+            Err(SendError::RetryAfter(Duration::from_secs(3)))
+        );
+        assert!(matches!(
+            send_outcome(Fetched::Failed("connection refused")),
+            Err(SendError::Retry(_))
+        ));
+        assert!(matches!(
+            send_outcome(Fetched::Body {
+                status: 500,
+                body:
+                    b"{\"ok\":false,\"error_code\":500,\"description\":\"Internal Server Error\"}"
+            }),
+            Err(SendError::Retry(_))
+        ));
+        let b = ok(
+            json!({"message_id": 5, "date": 1, "chat": {"id": 1, "type": "private"}, "text": "hi"}),
+        );
+        assert_eq!(
+            send_outcome(Fetched::Body {
+                status: 200,
+                body: &b
+            }),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn updates_convert_to_inbound() {
+        let item = convert(text_update(7, 99, "hello"), false).unwrap();
+        let ib = item.inbound.unwrap();
+        assert_eq!(ib.id, "7");
+        assert_eq!(ib.chat, "99");
+        assert_eq!(ib.sender, "42");
+        assert!(!ib.is_group);
+        assert_eq!(ib.content, Content::Text("hello".into()));
+        assert_eq!(ib.ts_ms, 1_700_000_000_000);
+
+        let photo = json!({"update_id": 8, "message": {"message_id": 1, "date": 2,
+            "from": {"id": 42, "is_bot": false, "first_name": "Ann"},
+            "chat": {"id": -100, "type": "supergroup", "title": "G"},
+            "photo": [{"file_id": "a", "file_unique_id": "b", "width": 1, "height": 1}],
+            "caption": "look"}});
+        let ib = convert(photo, false).unwrap().inbound.unwrap();
+        assert!(ib.is_group);
+        assert_eq!(
+            ib.content,
+            Content::Media {
+                kind: MediaKind::Image,
+                caption: Some("look".into())
+            }
+        );
+
+        for (field, kind) in [
+            ("video_note", MediaKind::Video),
+            ("animation", MediaKind::Video),
+            ("voice", MediaKind::Audio),
+            ("document", MediaKind::Document),
+            ("sticker", MediaKind::Sticker),
+        ] {
+            let u = json!({"update_id": 9, "message": {"message_id": 1, "date": 2,
+                "chat": {"id": 5, "type": "private"}, "from": {"id": 5, "first_name": "x"},
+                field: {"file_id": "a"}}});
+            let ib = convert(u, false).unwrap().inbound.unwrap();
+            assert_eq!(
+                ib.content,
+                Content::Media {
+                    kind,
+                    caption: None
+                },
+                "{field}"
+            );
+        }
+
+        let loc = json!({"update_id": 10, "message": {"message_id": 1, "date": 2,
+            "chat": {"id": 5, "type": "private"}, "from": {"id": 5, "first_name": "x"},
+            "location": {"latitude": 1.0, "longitude": 2.0}}});
+        let ib = convert(loc, false).unwrap().inbound.unwrap();
+        assert_eq!(
+            ib.content,
+            Content::Text("[unsupported message: location]".into())
+        );
+    }
+
+    #[test]
+    fn edits_are_ignored_unless_asked_for() {
+        let u = json!({"update_id": 11, "edited_message": {"message_id": 1, "date": 2, "edit_date": 3,
+            "chat": {"id": 5, "type": "private"}, "from": {"id": 5, "first_name": "x"}, "text": "fixed"}});
+        assert_eq!(convert(u.clone(), false).unwrap().inbound, None);
+        let ib = convert(u, true).unwrap().inbound.unwrap();
+        assert_eq!(ib.content, Content::Text("fixed".into()));
+        assert_eq!(ib.id, "11");
+    }
+
+    #[test]
+    fn the_offset_moves_only_over_the_confirmed_prefix() {
+        let mut p = poller();
+        assert_eq!(p.request().offset, None);
+        let b = ok(json!([
+            text_update(1, 5, "a"),
+            {"update_id": 2, "message": "not a message"},
+            text_update(3, 5, "c"),
+            text_update(4, 5, "d"),
+        ]));
+        let step = p.handle_updates(Fetched::Body {
+            status: 200,
+            body: &b,
+        });
+        assert_eq!(
+            step,
+            PollStep::Deliver {
+                status: None,
+                recovered: false,
+                malformed: 1
+            }
+        );
+        assert_eq!(p.next_submission().unwrap().id, "1");
+        // Not confirmed yet: the same one again, offset unmoved.
+        assert_eq!(p.next_submission().unwrap().id, "1");
+        assert_eq!(p.offset(), None);
+        p.confirm();
+        // The unreadable update 2 is skipped past on the way to 3.
+        assert_eq!(p.next_submission().unwrap().id, "3");
+        assert_eq!(p.offset(), Some(3));
+        let wait = p.submit_failed();
+        assert!(wait <= BACKOFF_CAP);
+        assert_eq!(p.next_submission(), None);
+        assert_eq!(p.offset(), Some(3));
+        assert_eq!(p.request().offset, Some(3));
+        assert_eq!(p.take_offset_to_save(), Some(3));
+        assert_eq!(p.take_offset_to_save(), None);
+    }
+
+    #[test]
+    fn failures_map_to_waits_and_statuses() {
+        let mut p = poller();
+        let b = body(
+            json!({"ok": false, "error_code": 409, "description": "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"}),
+        );
+        match p.handle_updates(Fetched::Body {
+            status: 409,
+            body: &b,
+        }) {
+            PollStep::Wait { delay, status, .. } => {
+                assert!(delay <= BACKOFF_CAP);
+                assert_eq!(status, Some((State::Degraded, CONFLICT_DETAIL.into())));
+            }
+            other => panic!("{other:?}"),
+        }
+        let b = body(
+            json!({"ok": false, "error_code": 429, "description": "Too Many Requests: retry after 7", "parameters": {"retry_after": 7}}),
+        );
+        match p.handle_updates(Fetched::Body {
+            status: 429,
+            body: &b,
+        }) {
+            PollStep::Wait { delay, .. } => assert_eq!(delay, Duration::from_secs(7)),
+            other => panic!("{other:?}"),
+        }
+        match p.handle_updates(Fetched::Body {
+            status: 200,
+            body: b"<<garbage>>",
+        }) {
+            PollStep::Wait {
+                malformed, status, ..
+            } => {
+                assert!(malformed);
+                assert_eq!(status, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        for _ in 0..20 {
+            match p.handle_updates(Fetched::Failed("connection refused")) {
+                PollStep::Wait { delay, status, .. } => {
+                    assert!(delay <= BACKOFF_CAP);
+                    assert_eq!(status.unwrap().0, State::Degraded);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let b = ok(json!([]));
+        assert_eq!(
+            p.handle_updates(Fetched::Body {
+                status: 200,
+                body: &b
+            }),
+            PollStep::Deliver {
+                status: Some((State::Up, "@b_bot".into())),
+                recovered: true,
+                malformed: 0
+            }
+        );
+        let b = body(json!({"ok": false, "error_code": 401, "description": "Unauthorized"}));
+        assert_eq!(
+            p.handle_updates(Fetched::Body {
+                status: 401,
+                body: &b
+            }),
+            PollStep::Stop {
+                status: (State::NeedsOwner, TOKEN_REJECTED_DETAIL.into())
+            }
+        );
+    }
+
+    #[test]
+    fn too_large_asks_for_one_update_at_a_time() {
+        let mut p = poller();
+        assert_eq!(p.request().limit, UPDATES_LIMIT);
+        p.handle_updates(Fetched::TooLarge);
+        assert_eq!(p.request().limit, 1);
+        let b = ok(json!([]));
+        p.handle_updates(Fetched::Body {
+            status: 200,
+            body: &b,
+        });
+        assert_eq!(p.request().limit, UPDATES_LIMIT);
+    }
+
+    #[test]
+    fn get_me_rejected_token_stops() {
+        let mut p = Poller::new(50, true, Some(10), 1);
+        let b = body(json!({"ok": false, "error_code": 401, "description": "Unauthorized"}));
+        assert_eq!(
+            p.handle_get_me(Fetched::Body {
+                status: 401,
+                body: &b
+            }),
+            StartStep::Stop {
+                status: (State::NeedsOwner, TOKEN_REJECTED_DETAIL.into())
+            }
+        );
+        let r = p.request();
+        assert_eq!(r.offset, Some(10));
+        assert_eq!(r.allowed_updates, vec!["message", "edited_message"]);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["timeout"], 50);
+    }
+
+    #[test]
+    fn offsets_round_trip() {
+        assert_eq!(
+            decode_offset(&encode_offset(123_456_789)),
+            Some(123_456_789)
+        );
+        assert_eq!(encode_offset(1), vec![0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(decode_offset(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn limiter_spaces_one_chat_and_caps_the_total() {
+        let t0 = Instant::now();
+        let mut l = RateLimiter::default();
+        assert_eq!(l.ready_at("a", t0), t0);
+        l.record("a", t0);
+        assert_eq!(l.ready_at("a", t0), t0 + PER_CHAT_INTERVAL);
+        assert_eq!(l.ready_at("b", t0), t0);
+        let mut l = RateLimiter::default();
+        for i in 0..GLOBAL_PER_SECOND {
+            l.record(&format!("c{i}"), t0 + Duration::from_millis(i as u64));
+        }
+        let now = t0 + Duration::from_millis(100);
+        assert_eq!(l.ready_at("new", now), t0 + Duration::from_secs(1));
+        // Many chats over time: the memory stays bounded.
+        for i in 0..1000u64 {
+            l.record(&format!("x{i}"), t0 + Duration::from_millis(100 * i));
+        }
+        assert!(l.tracked() <= MAX_TRACKED_CHATS);
+    }
+
+    #[test]
+    fn typing_repeats_until_off_and_expires() {
+        let t0 = Instant::now();
+        let mut t = TypingSchedule::default();
+        t.set("a", true, t0);
+        assert_eq!(t.next_due(), Some(t0));
+        assert_eq!(t.take_due(t0), vec!["a".to_string()]);
+        assert_eq!(
+            t.take_due(t0 + Duration::from_secs(1)),
+            Vec::<String>::new()
+        );
+        assert_eq!(t.next_due(), Some(t0 + TYPING_REPEAT));
+        assert_eq!(t.take_due(t0 + TYPING_REPEAT), vec!["a".to_string()]);
+        t.set("a", false, t0 + TYPING_REPEAT);
+        assert_eq!(t.next_due(), None);
+        t.set("b", true, t0);
+        assert!(t.take_due(t0 + MAX_TYPING_DURATION).is_empty());
+        assert_eq!(t.next_due(), None);
+        for i in 0..(MAX_TYPING_CHATS + 10) {
+            t.set(&i.to_string(), true, t0);
+        }
+        assert_eq!(t.take_due(t0).len(), MAX_TYPING_CHATS);
+    }
+}

@@ -1,0 +1,802 @@
+//! A fake Telegram Bot API on a loopback socket, speaking the real wire protocol: HTTP/1.1,
+//! `POST /bot<TOKEN>/<method>` (or GET with a query string) with JSON or form bodies, answered with
+//! the real `{"ok":…}` envelopes, real Message/User/Chat shapes and real error words.
+//!
+//! getUpdates long-polls like the real server (held up to `timeout` seconds, a newer getUpdates
+//! terminates a held one with 409, an offset confirms and deletes every update below it). Tests push
+//! updates, inject faults per method and read back what the client sent. Never a mock of our own
+//! client: anything that talks the Bot API can be pointed at it, the clawbox binary included.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Request bodies above this are refused, as a real server would (the Bot API's text limit is far
+/// below it).
+const MAX_REQUEST_BODY: usize = 1024 * 1024;
+/// The first update_id handed out; real ids are large numbers.
+const FIRST_UPDATE_ID: i64 = 700_000_001;
+/// Telegram's longest message text, in characters.
+const MAX_TEXT_CHARS: usize = 4096;
+/// Telegram returns at most this many updates per getUpdates.
+const MAX_LIMIT: usize = 100;
+/// What a Garbage fault sends back: a cut-off 200 body.
+pub const GARBAGE_BODY: &str = "{\"ok\":true,\"result\":[{\"update_id\":7000";
+
+/// A fault to answer the next call(s) of a method with, in the real server's shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FakeError {
+    /// 409: "Conflict: terminated by other getUpdates request; …".
+    Conflict,
+    /// 429 with `parameters.retry_after`.
+    TooManyRequests(u64),
+    /// 401 "Unauthorized".
+    Unauthorized,
+    /// 500 "Internal Server Error".
+    ServerError,
+    /// 200 with a cut-off, unparseable body.
+    Garbage,
+    /// 400 "Bad Request: chat not found".
+    ChatNotFound,
+    /// 403 "Forbidden: bot was blocked by the user".
+    Blocked,
+}
+
+/// A message the client sent with sendMessage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SentMessage {
+    pub chat_id: i64,
+    pub text: String,
+    pub message_id: i64,
+    pub at: Instant,
+}
+
+/// A sendChatAction the client made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatAction {
+    pub chat_id: i64,
+    pub action: String,
+    pub at: Instant,
+}
+
+/// One call as received: when, and its parameters (JSON, form or query, as a JSON object).
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub at: Instant,
+    pub params: Value,
+}
+
+struct State {
+    token: String,
+    bot_id: i64,
+    next_update_id: i64,
+    /// Unconfirmed updates, ascending by update_id.
+    updates: VecDeque<Value>,
+    confirmed_offset: i64,
+    /// Chats the bot has seen (from pushed updates), by id: sendMessage to others is "chat not found".
+    chats: HashMap<i64, Value>,
+    next_message_id: i64,
+    sent: Vec<SentMessage>,
+    actions: Vec<ChatAction>,
+    faults: HashMap<String, VecDeque<FakeError>>,
+    calls: HashMap<String, Vec<Call>>,
+    /// Generation of the newest getUpdates: an older held one is terminated with 409.
+    poll_generation: u64,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    /// Bumped on every change, so waiters (long polls, `wait_*`) wake.
+    version: watch::Sender<u64>,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn bump(&self) {
+        self.version.send_modify(|v| *v += 1);
+    }
+}
+
+/// The running fake. Dropping it stops accepting connections.
+pub struct FakeTelegram {
+    inner: Arc<Inner>,
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for FakeTelegram {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn token_is_well_formed(t: &str) -> bool {
+    match t.split_once(':') {
+        Some((id, secret)) => {
+            !id.is_empty()
+                && id.bytes().all(|b| b.is_ascii_digit())
+                && !secret.is_empty()
+                && secret
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        }
+        None => false,
+    }
+}
+
+impl FakeTelegram {
+    /// Starts the fake on 127.0.0.1:<free port>, accepting `token` (e.g. `123456:ABC-def…`).
+    pub async fn start(token: &str) -> FakeTelegram {
+        let bot_id = token
+            .split_once(':')
+            .and_then(|(id, _)| id.parse().ok())
+            .unwrap_or(1);
+        let (version, _) = watch::channel(0);
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State {
+                token: token.to_string(),
+                bot_id,
+                next_update_id: FIRST_UPDATE_ID,
+                updates: VecDeque::new(),
+                confirmed_offset: 0,
+                chats: HashMap::new(),
+                next_message_id: 1,
+                sent: Vec::new(),
+                actions: Vec::new(),
+                faults: HashMap::new(),
+                calls: HashMap::new(),
+                poll_generation: 0,
+            }),
+            version,
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accept_inner = inner.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let inner = accept_inner.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(inner.clone(), req));
+                    let _ = http1::Builder::new()
+                        .header_read_timeout(None)
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        FakeTelegram { inner, addr, task }
+    }
+
+    /// `http://127.0.0.1:PORT`, for `api_root`.
+    pub fn api_root(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The bot's own user id (the number before the token's colon).
+    pub fn bot_id(&self) -> i64 {
+        self.inner.lock().bot_id
+    }
+
+    fn push_message(&self, key: &str, chat: Value, from: Value, fill: Value) -> i64 {
+        let mut st = self.inner.lock();
+        let id = st.next_update_id;
+        st.next_update_id += 1;
+        let message_id = st.next_message_id;
+        st.next_message_id += 1;
+        if let Some(cid) = chat["id"].as_i64() {
+            st.chats.insert(cid, chat.clone());
+        }
+        let mut msg = json!({
+            "message_id": message_id,
+            "from": from,
+            "chat": chat,
+            "date": now_unix(),
+        });
+        if let (Some(m), Some(f)) = (msg.as_object_mut(), fill.as_object()) {
+            for (k, v) in f {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+        st.updates.push_back(json!({"update_id": id, key: msg}));
+        drop(st);
+        self.inner.bump();
+        id
+    }
+
+    fn user(id: i64) -> Value {
+        json!({"id": id, "is_bot": false, "first_name": "Test", "last_name": "User",
+               "username": format!("user{id}"), "language_code": "en"})
+    }
+
+    fn private_chat(id: i64) -> Value {
+        json!({"id": id, "first_name": "Test", "last_name": "User",
+               "username": format!("user{id}"), "type": "private"})
+    }
+
+    /// A private text message from `from_user_id` in chat `chat_id`; returns its update_id.
+    pub fn push_text(&self, from_user_id: i64, chat_id: i64, text: &str) -> i64 {
+        self.push_message(
+            "message",
+            Self::private_chat(chat_id),
+            Self::user(from_user_id),
+            json!({"text": text}),
+        )
+    }
+
+    /// A text message in a group (`chat_id` negative, like real groups).
+    pub fn push_group_text(&self, from_user_id: i64, chat_id: i64, text: &str) -> i64 {
+        self.push_message(
+            "message",
+            json!({"id": chat_id, "title": "Test Group", "type": "supergroup"}),
+            Self::user(from_user_id),
+            json!({"text": text}),
+        )
+    }
+
+    /// An `edited_message` update carrying the new text.
+    pub fn push_edit(&self, from_user_id: i64, chat_id: i64, text: &str) -> i64 {
+        self.push_message(
+            "edited_message",
+            Self::private_chat(chat_id),
+            Self::user(from_user_id),
+            json!({"text": text, "edit_date": now_unix()}),
+        )
+    }
+
+    /// A private media message. `kind` is the Bot API field: photo, video, video_note, animation,
+    /// voice, audio, document, sticker (or location, contact, … for unsupported kinds).
+    pub fn push_media(
+        &self,
+        from_user_id: i64,
+        chat_id: i64,
+        kind: &str,
+        caption: Option<&str>,
+    ) -> i64 {
+        let file = |extra: Value| {
+            let mut f = json!({"file_id": "AgACAgIAAxkBAAIBZ2X", "file_unique_id": "AQADx7Ex"});
+            if let (Some(m), Some(e)) = (f.as_object_mut(), extra.as_object()) {
+                m.extend(e.clone());
+            }
+            f
+        };
+        let media = match kind {
+            "photo" => json!([
+                file(json!({"width": 90, "height": 60, "file_size": 1200})),
+                file(json!({"width": 1280, "height": 853, "file_size": 98_000})),
+            ]),
+            "video" | "animation" => {
+                file(json!({"width": 640, "height": 360, "duration": 5, "mime_type": "video/mp4"}))
+            }
+            "video_note" => file(json!({"length": 240, "duration": 4})),
+            "voice" => file(json!({"duration": 3, "mime_type": "audio/ogg", "file_size": 9000})),
+            "audio" => file(json!({"duration": 180, "mime_type": "audio/mpeg", "title": "Song"})),
+            "document" => file(
+                json!({"file_name": "report.pdf", "mime_type": "application/pdf", "file_size": 52000}),
+            ),
+            "sticker" => file(
+                json!({"type": "regular", "width": 512, "height": 512, "is_animated": false, "is_video": false, "emoji": "👍"}),
+            ),
+            "location" => json!({"latitude": 52.52, "longitude": 13.405}),
+            "contact" => json!({"phone_number": "+4915100000000", "first_name": "Bob"}),
+            other => json!({"unknown_kind": other}),
+        };
+        let mut fill = json!({ kind: media });
+        if let Some(c) = caption {
+            fill["caption"] = json!(c);
+        }
+        self.push_message(
+            "message",
+            Self::private_chat(chat_id),
+            Self::user(from_user_id),
+            fill,
+        )
+    }
+
+    /// Any update JSON, delivered as is (malformed ones included). Without an `update_id` it
+    /// gets the next one; returns the update_id used.
+    pub fn push_raw(&self, mut update: Value) -> i64 {
+        let mut st = self.inner.lock();
+        let id = match update.get("update_id").and_then(Value::as_i64) {
+            Some(id) => id,
+            None => {
+                let id = st.next_update_id;
+                if let Some(m) = update.as_object_mut() {
+                    m.insert("update_id".into(), json!(id));
+                }
+                id
+            }
+        };
+        st.next_update_id = st.next_update_id.max(id + 1);
+        let pos = st
+            .updates
+            .iter()
+            .position(|u| u["update_id"].as_i64().unwrap_or(i64::MIN) > id)
+            .unwrap_or(st.updates.len());
+        st.updates.insert(pos, update);
+        drop(st);
+        self.inner.bump();
+        id
+    }
+
+    /// Lets sendMessage reach a chat no pushed update mentioned.
+    pub fn add_chat(&self, chat_id: i64) {
+        self.inner
+            .lock()
+            .chats
+            .insert(chat_id, Self::private_chat(chat_id));
+    }
+
+    /// Answers the next `n` calls of `method` with `err`.
+    pub fn fail_next(&self, method: &str, n: usize, err: FakeError) {
+        let mut st = self.inner.lock();
+        let q = st.faults.entry(method.to_ascii_lowercase()).or_default();
+        q.extend(std::iter::repeat_n(err, n));
+    }
+
+    pub fn sent(&self) -> Vec<SentMessage> {
+        self.inner.lock().sent.clone()
+    }
+
+    pub fn chat_actions(&self) -> Vec<ChatAction> {
+        self.inner.lock().actions.clone()
+    }
+
+    /// The highest offset a getUpdates confirmed: every update below it is gone.
+    pub fn confirmed_offset(&self) -> i64 {
+        self.inner.lock().confirmed_offset
+    }
+
+    /// Updates pushed and not confirmed yet.
+    pub fn pending_updates(&self) -> usize {
+        self.inner.lock().updates.len()
+    }
+
+    /// How many times `method` was called (faulted calls included).
+    pub fn calls(&self, method: &str) -> usize {
+        self.calls_of(method).len()
+    }
+
+    /// Every call of `method`, in arrival order.
+    pub fn calls_of(&self, method: &str) -> Vec<Call> {
+        self.inner
+            .lock()
+            .calls
+            .get(&method.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    async fn wait_until<T>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut check: impl FnMut(&State) -> Option<T>,
+    ) -> T {
+        let mut rx = self.inner.version.subscribe();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(t) = check(&self.inner.lock()) {
+                return t;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => panic!("fake telegram: timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+    }
+
+    /// Waits until at least `n` messages were sent; returns all of them.
+    pub async fn wait_sent(&self, n: usize, timeout: Duration) -> Vec<SentMessage> {
+        self.wait_until(timeout, &format!("{n} sent messages"), |st| {
+            (st.sent.len() >= n).then(|| st.sent.clone())
+        })
+        .await
+    }
+
+    /// Waits until at least `n` chat actions were made; returns all of them.
+    pub async fn wait_actions(&self, n: usize, timeout: Duration) -> Vec<ChatAction> {
+        self.wait_until(timeout, &format!("{n} chat actions"), |st| {
+            (st.actions.len() >= n).then(|| st.actions.clone())
+        })
+        .await
+    }
+
+    /// Waits until `method` was called at least `n` times; returns the calls.
+    pub async fn wait_calls(&self, method: &str, n: usize, timeout: Duration) -> Vec<Call> {
+        let key = method.to_ascii_lowercase();
+        self.wait_until(timeout, &format!("{n} calls of {method}"), |st| {
+            let calls = st.calls.get(&key)?;
+            (calls.len() >= n).then(|| calls.clone())
+        })
+        .await
+    }
+
+    /// Waits until the confirmed offset reaches `offset`.
+    pub async fn wait_confirmed(&self, offset: i64, timeout: Duration) {
+        self.wait_until(timeout, &format!("offset {offset} confirmed"), |st| {
+            (st.confirmed_offset >= offset).then_some(())
+        })
+        .await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server side.
+
+fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        hyper::header::SERVER,
+        hyper::header::HeaderValue::from_static("nginx/1.18.0"),
+    );
+    r
+}
+
+fn ok(result: Value) -> Response<Full<Bytes>> {
+    reply(StatusCode::OK, json!({"ok": true, "result": result}))
+}
+
+fn error(code: u16, description: &str) -> Response<Full<Bytes>> {
+    reply(
+        StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
+        json!({"ok": false, "error_code": code, "description": description}),
+    )
+}
+
+fn fault_response(err: &FakeError) -> Response<Full<Bytes>> {
+    match err {
+        FakeError::Conflict => error(
+            409,
+            "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running",
+        ),
+        FakeError::TooManyRequests(secs) => reply(
+            StatusCode::TOO_MANY_REQUESTS,
+            json!({"ok": false, "error_code": 429,
+                   "description": format!("Too Many Requests: retry after {secs}"),
+                   "parameters": {"retry_after": secs}}),
+        ),
+        FakeError::Unauthorized => error(401, "Unauthorized"),
+        FakeError::ServerError => error(500, "Internal Server Error"),
+        FakeError::ChatNotFound => error(400, "Bad Request: chat not found"),
+        FakeError::Blocked => error(403, "Forbidden: bot was blocked by the user"),
+        FakeError::Garbage => {
+            let mut r = Response::new(Full::new(Bytes::from_static(GARBAGE_BODY.as_bytes())));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn form_params(s: &str) -> Value {
+    let mut m = serde_json::Map::new();
+    for pair in s.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        m.insert(percent_decode(k), Value::String(percent_decode(v)));
+    }
+    Value::Object(m)
+}
+
+/// A parameter as an integer, whether it came as a JSON number or a form string.
+fn int_param(params: &Value, key: &str) -> Option<i64> {
+    match params.get(key)? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn str_param(params: &Value, key: &str) -> Option<String> {
+    match params.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// `allowed_updates`: a JSON array, or (form/query) a JSON-serialized array.
+fn list_param(params: &Value, key: &str) -> Option<Vec<String>> {
+    let v = match params.get(key)? {
+        Value::String(s) => serde_json::from_str(s).ok()?,
+        v => v.clone(),
+    };
+    Some(
+        v.as_array()?
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect(),
+    )
+}
+
+async fn handle(
+    inner: Arc<Inner>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let content_type = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let body = match Limited::new(req.into_body(), MAX_REQUEST_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return Ok(error(413, "Request Entity Too Large")),
+    };
+
+    let Some(rest) = path.strip_prefix("/bot") else {
+        return Ok(error(404, "Not Found"));
+    };
+    let Some((token, method)) = rest.split_once('/') else {
+        return Ok(error(404, "Not Found"));
+    };
+    {
+        let st = inner.lock();
+        if token != st.token {
+            // Telegram: a malformed token is 404, a well-formed unknown or revoked one 401.
+            return Ok(if token_is_well_formed(token) {
+                error(401, "Unauthorized")
+            } else {
+                error(404, "Not Found")
+            });
+        }
+    }
+
+    let mut params = form_params(&query);
+    if !body.is_empty() {
+        let from_body = if content_type.starts_with("application/json") {
+            match serde_json::from_slice::<Value>(&body) {
+                Ok(v @ Value::Object(_)) => v,
+                Ok(_) => return Ok(error(400, "Bad Request: parameters must be a JSON object")),
+                Err(_) => return Ok(error(400, "Bad Request: can't parse JSON object")),
+            }
+        } else if content_type.starts_with("application/x-www-form-urlencoded") {
+            form_params(&String::from_utf8_lossy(&body))
+        } else {
+            json!({})
+        };
+        if let (Some(p), Some(b)) = (params.as_object_mut(), from_body.as_object()) {
+            p.extend(b.clone());
+        }
+    }
+
+    let method = method.to_ascii_lowercase();
+    let fault = {
+        let mut st = inner.lock();
+        st.calls.entry(method.clone()).or_default().push(Call {
+            at: Instant::now(),
+            params: params.clone(),
+        });
+        st.faults.get_mut(&method).and_then(VecDeque::pop_front)
+    };
+    inner.bump();
+    if let Some(f) = fault {
+        return Ok(fault_response(&f));
+    }
+
+    Ok(match method.as_str() {
+        "getme" => get_me(&inner),
+        "getupdates" => get_updates(&inner, &params).await,
+        "sendmessage" => send_message(&inner, &params),
+        "sendchataction" => send_chat_action(&inner, &params),
+        "deletewebhook" => ok(json!(true)),
+        _ => error(404, "Not Found"),
+    })
+}
+
+fn bot_user(st: &State) -> Value {
+    json!({"id": st.bot_id, "is_bot": true, "first_name": "Clawbox Test",
+           "username": "clawbox_test_bot"})
+}
+
+fn get_me(inner: &Inner) -> Response<Full<Bytes>> {
+    let st = inner.lock();
+    let mut me = bot_user(&st);
+    if let Some(m) = me.as_object_mut() {
+        m.insert("can_join_groups".into(), json!(true));
+        m.insert("can_read_all_group_messages".into(), json!(false));
+        m.insert("supports_inline_queries".into(), json!(false));
+        m.insert("can_connect_to_business".into(), json!(false));
+        m.insert("has_main_web_app".into(), json!(false));
+    }
+    ok(me)
+}
+
+fn update_kind(u: &Value) -> Option<String> {
+    u.as_object()?
+        .keys()
+        .find(|k| k.as_str() != "update_id")
+        .cloned()
+}
+
+async fn get_updates(inner: &Inner, params: &Value) -> Response<Full<Bytes>> {
+    let offset = int_param(params, "offset").filter(|o| *o > 0);
+    let limit = int_param(params, "limit")
+        .map(|l| l.clamp(1, MAX_LIMIT as i64) as usize)
+        .unwrap_or(MAX_LIMIT);
+    let timeout = Duration::from_secs(int_param(params, "timeout").unwrap_or(0).max(0) as u64);
+    let allowed = list_param(params, "allowed_updates").filter(|l| !l.is_empty());
+    let deadline = Instant::now() + timeout;
+    let mut rx = inner.version.subscribe();
+
+    let generation = {
+        let mut st = inner.lock();
+        if let Some(o) = offset {
+            while st
+                .updates
+                .front()
+                .and_then(|u| u["update_id"].as_i64())
+                .is_some_and(|id| id < o)
+            {
+                st.updates.pop_front();
+            }
+            st.confirmed_offset = st.confirmed_offset.max(o);
+        }
+        if let Some(allowed) = &allowed {
+            // Telegram never even records update kinds a bot did not ask for.
+            st.updates
+                .retain(|u| update_kind(u).is_none_or(|k| allowed.contains(&k)));
+        }
+        st.poll_generation += 1;
+        st.poll_generation
+    };
+    inner.bump();
+
+    loop {
+        {
+            let st = inner.lock();
+            if st.poll_generation != generation {
+                return fault_response(&FakeError::Conflict);
+            }
+            if !st.updates.is_empty() {
+                let batch: Vec<Value> = st.updates.iter().take(limit).cloned().collect();
+                return ok(Value::Array(batch));
+            }
+        }
+        if Instant::now() >= deadline {
+            return ok(json!([]));
+        }
+        if tokio::time::timeout_at(deadline, rx.changed())
+            .await
+            .is_err()
+        {
+            return ok(json!([]));
+        }
+    }
+}
+
+/// The chat named by `chat_id`, or the real server's description of why not.
+fn chat_param(st: &State, params: &Value) -> Result<(i64, Value), &'static str> {
+    let Some(raw) = str_param(params, "chat_id") else {
+        return Err("Bad Request: chat_id is empty");
+    };
+    let chat = raw
+        .parse::<i64>()
+        .ok()
+        .and_then(|id| st.chats.get(&id).map(|c| (id, c.clone())));
+    chat.ok_or("Bad Request: chat not found")
+}
+
+fn send_message(inner: &Inner, params: &Value) -> Response<Full<Bytes>> {
+    let mut st = inner.lock();
+    let (chat_id, chat) = match chat_param(&st, params) {
+        Ok(c) => c,
+        Err(why) => return error(400, why),
+    };
+    let text = str_param(params, "text").unwrap_or_default();
+    if text.trim().is_empty() {
+        return error(400, "Bad Request: message text is empty");
+    }
+    if text.chars().count() > MAX_TEXT_CHARS {
+        return error(400, "Bad Request: message is too long");
+    }
+    let message_id = st.next_message_id;
+    st.next_message_id += 1;
+    st.sent.push(SentMessage {
+        chat_id,
+        text: text.clone(),
+        message_id,
+        at: Instant::now(),
+    });
+    let message = json!({
+        "message_id": message_id,
+        "from": bot_user(&st),
+        "chat": chat,
+        "date": now_unix(),
+        "text": text,
+    });
+    drop(st);
+    inner.bump();
+    ok(message)
+}
+
+fn send_chat_action(inner: &Inner, params: &Value) -> Response<Full<Bytes>> {
+    let mut st = inner.lock();
+    let (chat_id, _) = match chat_param(&st, params) {
+        Ok(c) => c,
+        Err(why) => return error(400, why),
+    };
+    let Some(action) = str_param(params, "action") else {
+        return error(400, "Bad Request: action is empty");
+    };
+    const ACTIONS: [&str; 10] = [
+        "typing",
+        "upload_photo",
+        "record_video",
+        "upload_video",
+        "record_voice",
+        "upload_voice",
+        "upload_document",
+        "choose_sticker",
+        "find_location",
+        "upload_video_note",
+    ];
+    if !ACTIONS.contains(&action.as_str()) {
+        return error(400, "Bad Request: wrong type of action");
+    }
+    st.actions.push(ChatAction {
+        chat_id,
+        action,
+        at: Instant::now(),
+    });
+    drop(st);
+    inner.bump();
+    ok(json!(true))
+}
