@@ -43,6 +43,7 @@ pub mod logging;
 pub mod metrics;
 pub mod pacing;
 pub mod policy;
+pub mod providers;
 pub mod router;
 pub mod shutdown;
 pub mod status;

@@ -1,1 +1,119 @@
-fn main() {}
+//! The `clawbox` binary: parse the command line, load the config, run the command, map the outcome
+//! to an exit code. Everything else lives in the library.
+
+use clawbox::cli::{self, Command};
+use clawbox::config::{Config, ConfigError, EXIT_CONFIG};
+use std::process::ExitCode;
+
+/// sysexits' EX_USAGE.
+const EXIT_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cmd = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("clawbox: {}\n\n{}", e.0, cli::USAGE);
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match cmd {
+        Command::Help => {
+            println!("{}", cli::USAGE);
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!("clawbox {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::ConfigCheck { path } => match Config::discover(path.as_deref()) {
+            Ok(cfg) => {
+                match &cfg.source {
+                    Some(p) => println!("{}: ok", p.display()),
+                    None => println!("no config file found; the embedded defaults are valid"),
+                }
+                ExitCode::SUCCESS
+            }
+            Err(errors) => config_failed(&errors),
+        },
+        Command::Run { config } => daemon(config, clawbox::daemon::Mode::Run),
+        Command::Chat { config } => daemon(config, clawbox::daemon::Mode::Chat),
+        Command::Status { config } => {
+            let cfg = match Config::discover(config.as_deref()) {
+                Ok(c) => c,
+                Err(errors) => return config_failed(&errors),
+            };
+            let addr = match cfg.gateway.health_listen.get_ref().parse() {
+                Ok(a) => a,
+                Err(_) => return ExitCode::from(EXIT_CONFIG as u8),
+            };
+            let code = runtime()
+                .map(|rt| rt.block_on(clawbox::health::status_command(addr)))
+                .unwrap_or(70);
+            ExitCode::from(code.clamp(0, 255) as u8)
+        }
+        Command::ProvidersTest { name, json, config } => {
+            let cfg = match Config::discover(config.as_deref()) {
+                Ok(c) => c,
+                Err(errors) => return config_failed(&errors),
+            };
+            let code = runtime()
+                .map(|rt| rt.block_on(clawbox::providers::test(&cfg, name.as_deref(), json)))
+                .unwrap_or(70);
+            ExitCode::from(code.clamp(0, 255) as u8)
+        }
+    }
+}
+
+fn config_failed(errors: &[ConfigError]) -> ExitCode {
+    for e in errors {
+        eprintln!("error: {e}");
+    }
+    eprintln!("clawbox: the configuration is not valid; nothing was started (exit {EXIT_CONFIG})");
+    ExitCode::from(EXIT_CONFIG as u8)
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("clawbox: cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
+fn daemon(config: Option<std::path::PathBuf>, mode: clawbox::daemon::Mode) -> ExitCode {
+    let cfg = match Config::discover(config.as_deref()) {
+        Ok(c) => c,
+        Err(errors) => return config_failed(&errors),
+    };
+    let level = match (mode, std::env::var_os("CLAWBOX_LOG")) {
+        // A terminal conversation is not the place for info logs unless asked for.
+        (clawbox::daemon::Mode::Chat, None) => "warn".to_string(),
+        _ => cfg.gateway.log_level.get_ref().clone(),
+    };
+    clawbox::logging::init(&level);
+    match &cfg.source {
+        Some(p) => {
+            tracing::info!(config = %p.display(), version = env!("CARGO_PKG_VERSION"), "starting")
+        }
+        None => tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            "starting on embedded defaults (no config file)"
+        ),
+    }
+    let Some(rt) = runtime() else {
+        return ExitCode::from(70);
+    };
+    match rt.block_on(clawbox::daemon::run(cfg, mode)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "clawbox stopped");
+            eprintln!("clawbox: {e}");
+            ExitCode::from(e.exit_code().clamp(0, 255) as u8)
+        }
+    }
+}

@@ -331,12 +331,9 @@ async fn command_loop(api: &Api, ctx: &ChannelContext, rx: &mut mpsc::Receiver<C
                     Metrics::inc(&ctx.metrics.malformed[KIND.index()]);
                 }
                 let outcome = proto::send_outcome(reply.fetched());
-                match &outcome {
-                    Ok(()) => Metrics::inc(&ctx.metrics.messages_out[KIND.index()]),
-                    Err(e) => {
-                        Metrics::inc(&ctx.metrics.send_failures[KIND.index()]);
-                        tracing::warn!(error = %e, "telegram: sendMessage failed");
-                    }
+                // Sent/failed counts are kept by the delivery loop, once for every channel.
+                if let Err(e) = &outcome {
+                    tracing::warn!(error = %e, "telegram: sendMessage failed");
                 }
                 // The delivery loop may have given up waiting; nothing to do then.
                 let _ = done.send(outcome);

@@ -1,0 +1,82 @@
+//! `clawbox providers test`: really exercises each configured agent (handshake, auth, a request)
+//! and reports in plain words; exit 0 only if all pass.
+
+use crate::agent::{Agent, ProbeReport};
+use crate::config::Config;
+use crate::http::HttpClient;
+use crate::status::Board;
+use crate::store::Store;
+
+pub async fn test(cfg: &Config, only: Option<&str>, json: bool) -> i32 {
+    let http = HttpClient::new();
+    let board = Board::default();
+    // The probe of an OpenClaw agent reads its stored device identity; open the store read-write
+    // only if the daemon is not holding it, else probe without it.
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+    let store_dir = cfg.state_dir();
+    let store = match Store::open(&store_dir, &cfg.store, metrics.clone()) {
+        Ok(s) => s,
+        Err(_) => match Store::open(
+            &std::env::temp_dir().join(format!("clawbox-probe-{}", std::process::id())),
+            &cfg.store,
+            metrics,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("clawbox: {e}");
+                return 70;
+            }
+        },
+    };
+    let mut reports: Vec<ProbeReport> = Vec::new();
+    let names: Vec<&String> = cfg
+        .agents
+        .keys()
+        .filter(|n| only.is_none_or(|o| o == n.as_str()))
+        .collect();
+    if let Some(o) = only {
+        if names.is_empty() && o != crate::config::BUILTIN_AGENT {
+            eprintln!("clawbox: no agent named `{o}` in the config");
+            return 64;
+        }
+    }
+    if names.is_empty() {
+        let echo = Agent::Echo(crate::agent::echo::Echo);
+        reports.push(echo.probe(crate::config::BUILTIN_AGENT).await);
+    }
+    for name in names {
+        let acfg = &cfg.agents[name];
+        let agent = Agent::from_config(name, acfg, &http, &store, board.register(name, false));
+        reports.push(agent.probe(name).await);
+    }
+    store.close().await;
+    let ok = reports.iter().all(|r| r.ok);
+    if json {
+        let arr: Vec<serde_json::Value> = reports
+            .iter()
+            .map(|r| {
+                let facts: serde_json::Map<String, serde_json::Value> =
+                    r.facts.iter().map(|(k, v)| ((*k).to_string(), serde_json::Value::String(v.clone()))).collect();
+                serde_json::json!({"agent": r.agent, "kind": r.kind, "ok": r.ok, "latency_ms": r.latency_ms, "facts": facts, "error": r.error})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(arr));
+    } else {
+        for r in &reports {
+            println!(
+                "{} {} ({}) {} ms",
+                if r.ok { "PASS" } else { "FAIL" },
+                r.agent,
+                r.kind,
+                r.latency_ms
+            );
+            for (k, v) in &r.facts {
+                println!("    {k}: {v}");
+            }
+            if let Some(e) = &r.error {
+                println!("    error: {e}");
+            }
+        }
+    }
+    if ok { 0 } else { 1 }
+}
