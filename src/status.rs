@@ -148,13 +148,19 @@ impl Reporter {
             }
             row.state = state;
             row.detail = detail;
-            row.last_beat = Instant::now();
+            if !crate::fault::stalled(&row.name) {
+                row.last_beat = Instant::now();
+            }
         }
     }
 
     /// The component's loop made progress (a poll returned, a frame arrived, a tick fired).
     pub fn beat(&self) {
         if let Some(row) = self.board.lock().rows.get_mut(self.index) {
+            // `CLAWBOX_FAULT=stall:<name>` freezes this row, as a hung loop would (watchdog test).
+            if crate::fault::stalled(&row.name) {
+                return;
+            }
             row.last_beat = Instant::now();
         }
     }

@@ -363,7 +363,7 @@ impl Config {
             vec![ConfigError {
                 path: path.map(Path::to_path_buf),
                 line_col: e.span().map(|s| line_col(text, s.start)),
-                message: e.message().trim_end().to_string(),
+                message: plain_words(e.message().trim_end()),
             }]
         })?;
         cfg.source = path.map(Path::to_path_buf);
@@ -412,6 +412,22 @@ impl Config {
         }
         BUILTIN_AGENT.to_string()
     }
+}
+
+/// serde names Rust types in its messages; an owner editing a config needs TOML words.
+fn plain_words(msg: &str) -> String {
+    let mut out = msg.to_string();
+    for (rust, toml) in [
+        ("expected u64", "expected a whole number (e.g. 10)"),
+        ("expected u32", "expected a whole number (e.g. 10)"),
+        ("expected usize", "expected a whole number (e.g. 10)"),
+        ("expected i64", "expected a whole number (e.g. 123456789)"),
+        ("expected a boolean", "expected true or false"),
+        ("expected a string", "expected a quoted string"),
+    ] {
+        out = out.replace(rust, toml);
+    }
+    out
 }
 
 /// 1-based line and column (in characters) of a byte offset.

@@ -51,6 +51,7 @@ fn io(e: impl std::fmt::Display) -> StoreError {
 /// Creates the state directory (0700) and the store file (0600), fixing wrong modes.
 pub(super) fn prepare_dir_and_file(dir: &Path) -> Result<PathBuf, StoreError> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let existed = dir.exists();
     std::fs::create_dir_all(dir).map_err(|e| {
         StoreError::Open(format!(
             "cannot create the state directory {}: {e}",
@@ -59,7 +60,14 @@ pub(super) fn prepare_dir_and_file(dir: &Path) -> Result<PathBuf, StoreError> {
     })?;
     let meta =
         std::fs::metadata(dir).map_err(|e| StoreError::Open(format!("{}: {e}", dir.display())))?;
-    if meta.permissions().mode() & 0o077 != 0 {
+    if !existed {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+            StoreError::Open(format!(
+                "cannot make {} private (chmod 0700): {e}",
+                dir.display()
+            ))
+        })?;
+    } else if meta.permissions().mode() & 0o077 != 0 {
         tracing::warn!(dir = %dir.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777), "state directory was open to other users; setting it to 0700");
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
             StoreError::Open(format!(
@@ -107,7 +115,12 @@ fn open_db(path: &Path, cfg: &StoreConfig) -> Result<Database, StoreError> {
                 path.display()
             )));
         }
-        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))) => {
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
+            if !matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
             return Err(StoreError::Open(format!("{}: {e}", path.display())));
         }
         Ok(Err(e)) => {
@@ -393,7 +406,7 @@ impl Writer {
         let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
         let mut durable = false;
         let mut bytes = 0u64;
-        let result = (|| -> Result<(), StoreError> {
+        let result = (|| -> Result<bool, StoreError> {
             let mut tx = self.db.begin_write().map_err(io)?;
             {
                 let mut inbox = tx.open_table(INBOX).map_err(io)?;
@@ -503,6 +516,7 @@ impl Writer {
                                     o.next += 1;
                                     o.in_flight = false;
                                     if o.next as usize >= o.chunks.len() {
+                                        bytes += 1;
                                         outbox.remove(seq).map_err(io)?;
                                         replies.push(reply(r, Ok(true)));
                                     } else {
@@ -520,6 +534,7 @@ impl Writer {
                             }
                         }
                         Op::Abandon(seq, r) => {
+                            bytes += 1;
                             outbox.remove(seq).map_err(io)?;
                             replies.push(reply(r, Ok(())));
                         }
@@ -545,14 +560,16 @@ impl Writer {
                             })
                             .map_err(io)?;
                             durable = true;
+                            bytes += n as u64;
                             replies.push(reply(r, Ok(n)));
                         }
                         Op::Flush(r) => {
-                            durable = true;
+                            // Only if something is waiting to be made durable: an idle box writes nothing.
+                            durable |= self.dirty;
                             replies.push(reply(r, Ok(())));
                         }
                         Op::Gc(now_ms) => {
-                            gc(&mut inbox, &mut ids, &mut sessions, now_ms)?;
+                            bytes += gc(&mut inbox, &mut ids, &mut sessions, now_ms)?;
                         }
                         // Reads inside a write batch see the batch's own writes.
                         Op::Cursor(name, r) => {
@@ -585,6 +602,11 @@ impl Writer {
                     }
                 }
             }
+            if bytes == 0 && !durable {
+                // Nothing changed (duplicates, reads, an idle GC): write nothing at all.
+                tx.abort().map_err(io)?;
+                return Ok(false);
+            }
             let durability = if durable {
                 Durability::Immediate
             } else {
@@ -592,10 +614,11 @@ impl Writer {
             };
             tx.set_durability(durability).map_err(io)?;
             tx.commit().map_err(io)?;
-            Ok(())
+            Ok(true)
         })();
         match &result {
-            Ok(()) => {
+            Ok(false) => {}
+            Ok(true) => {
                 Metrics::inc(&self.metrics.store_commits);
                 self.metrics.store_bytes_written.fetch_add(bytes, Relaxed);
                 if durable {
@@ -641,7 +664,7 @@ fn gc(
     ids: &mut redb::Table<&str, u64>,
     sessions: &mut redb::Table<&str, &[u8]>,
     now_ms: u64,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     let total = inbox.len().map_err(io)?;
     let mut over = total.saturating_sub(MAX_INBOX_ROWS);
     let mut doomed: Vec<(u64, String)> = Vec::new();
@@ -665,6 +688,7 @@ fn gc(
             ids.remove(id.as_str()).map_err(io)?;
         }
     }
+    let mut sessions_removed = 0u64;
     let n = sessions.len().map_err(io)?;
     if n > MAX_SESSIONS {
         let mut all: Vec<(u64, String)> = Vec::new();
@@ -678,12 +702,13 @@ fn gc(
         all.sort();
         for (_, k) in all.iter().take((n - MAX_SESSIONS) as usize) {
             sessions.remove(k.as_str()).map_err(io)?;
+            sessions_removed += 1;
         }
     }
     if !doomed.is_empty() {
         tracing::debug!(removed = doomed.len(), "inbox retention");
     }
-    Ok(())
+    Ok(doomed.len() as u64 + sessions_removed)
 }
 
 fn fail(op: Op, e: StoreError) {

@@ -1,0 +1,171 @@
+//! Helpers for tests that run the real `clawbox` binary: spawn it, read its stdout/stderr line by
+//! line, wait for a line with a deadline (a deadline is a failure bound, never a sleep), kill it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_clawbox");
+
+/// Generous bound for anything that should happen "soon" on a loaded 2-core CI machine.
+pub const SOON: Duration = Duration::from_secs(20);
+
+pub struct Proc {
+    pub child: Child,
+    pub stdin: Option<ChildStdin>,
+    pub out: Arc<Mutex<Vec<String>>>,
+    pub err: Arc<Mutex<Vec<String>>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+pub fn command(args: &[&str], envs: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("STATE_DIRECTORY")
+        .env_remove("CLAWBOX_FAULT")
+        .env("CLAWBOX_LOG", "info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c
+}
+
+pub fn spawn(args: &[&str], envs: &[(&str, &str)], cwd: &Path) -> Proc {
+    let mut c = command(args, envs);
+    c.current_dir(cwd);
+    let mut child = c.spawn().expect("spawn clawbox");
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let err = Arc::new(Mutex::new(Vec::new()));
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let o = out.clone();
+    let r1 = tokio::spawn(async move {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            o.lock().unwrap().push(l);
+        }
+    });
+    let e = err.clone();
+    let r2 = tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            e.lock().unwrap().push(l);
+        }
+    });
+    let stdin = child.stdin.take();
+    Proc {
+        child,
+        stdin,
+        out,
+        err,
+        readers: vec![r1, r2],
+    }
+}
+
+impl Proc {
+    pub fn stdout(&self) -> Vec<String> {
+        self.out.lock().unwrap().clone()
+    }
+    pub fn stderr(&self) -> Vec<String> {
+        self.err.lock().unwrap().clone()
+    }
+
+    pub async fn write_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Waits until `pred` holds for the captured stdout (or stderr), failing after `SOON`.
+    pub async fn wait_stdout(&self, what: &str, pred: impl Fn(&[String]) -> bool) {
+        wait_for(
+            what,
+            || pred(&self.stdout()),
+            || format!("stdout: {:#?}\nstderr: {:#?}", self.stdout(), self.stderr()),
+        )
+        .await
+    }
+    pub async fn wait_stderr(&self, what: &str, pred: impl Fn(&[String]) -> bool) {
+        wait_for(
+            what,
+            || pred(&self.stderr()),
+            || format!("stderr: {:#?}", self.stderr()),
+        )
+        .await
+    }
+
+    pub async fn kill9(&mut self) {
+        self.child.start_kill().unwrap();
+        let _ = self.child.wait().await;
+        for r in self.readers.drain(..) {
+            let _ = tokio::time::timeout(SOON, r).await;
+        }
+    }
+
+    pub fn sigterm(&self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
+
+    /// Waits for the process to exit and for its output to be read to the end.
+    pub async fn exit_code(&mut self) -> Option<i32> {
+        let code = tokio::time::timeout(SOON, self.child.wait())
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .and_then(|s| s.code());
+        for r in self.readers.drain(..) {
+            let _ = tokio::time::timeout(SOON, r).await;
+        }
+        code
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds; panics with `context()` after `SOON`.
+pub async fn wait_for(what: &str, cond: impl Fn() -> bool, context: impl Fn() -> String) {
+    let deadline = tokio::time::Instant::now() + SOON;
+    while !cond() {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}\n{}", context());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A scratch directory with a config file written into it.
+pub fn scratch(config: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("clawbox.toml");
+    std::fs::write(&path, config).unwrap();
+    (dir, path)
+}
+
+/// A free loopback port (bound and released; fine for tests that bind it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
