@@ -28,6 +28,9 @@ const COMMAND_QUEUE: usize = 64;
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 /// Watchdog/STATUS period when systemd did not ask for a watchdog.
 const STATUS_PERIOD: Duration = Duration::from_secs(5);
+/// A channel counts as stalled after this long without a beat at the least (channels beat every
+/// couple of seconds).
+const MIN_STALL: Duration = Duration::from_secs(3);
 /// A console session waits this often for its last replies after stdin closed.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
 
@@ -363,11 +366,11 @@ pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
                 tracing::error!(%addr, error = %e, "cannot serve /healthz and /metrics; carrying on without them")
             }
         }
+        // Pings every WatchdogSec/2 while every channel beat within one period (floor: a few
+        // seconds, so a beat every 2 s always counts): a stalled channel stops the pings and
+        // systemd restarts the service within WatchdogSec.
         let period = crate::systemd::watchdog_interval();
-        let stall_after = period
-            .map(|p| p * 2)
-            .unwrap_or(STATUS_PERIOD * 6)
-            .max(Duration::from_secs(10));
+        let stall_after = period.unwrap_or(STATUS_PERIOD * 6).max(MIN_STALL);
         tasks.push(tokio::spawn(crate::systemd::watchdog_loop(
             board.clone(),
             period.unwrap_or(STATUS_PERIOD),
