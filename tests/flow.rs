@@ -186,15 +186,6 @@ async fn start_gateway(tg: &FakeTelegram, ai: &FakeOpenAi, allow: &str) -> Gatew
     }
 }
 
-async fn http_get(url: &str) -> String {
-    let out = tokio::process::Command::new("curl")
-        .args(["-s", url])
-        .output()
-        .await
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_causes_no_agent_call_no_typing_no_reply() {
     let tg = FakeTelegram::start(TOKEN).await;

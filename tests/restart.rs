@@ -74,7 +74,7 @@ async fn sigkill_mid_turn_then_restart_answers_every_accepted_message_once() {
     first.kill9().await;
     let out1 = first.stdout();
     assert_eq!(
-        count(&[out1.clone()], "msg-3"),
+        count(std::slice::from_ref(&out1), "msg-3"),
         0,
         "msg-3 was not answered before the kill"
     );

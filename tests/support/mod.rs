@@ -169,3 +169,15 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// GET `url` with the project's own HTTP client; the body as text.
+pub async fn http_get(url: &str) -> String {
+    let req = http::Request::get(url)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = clawbox::http::HttpClient::new()
+        .request(req, SOON, 1 << 20)
+        .await
+        .unwrap();
+    String::from_utf8_lossy(resp.body()).to_string()
+}

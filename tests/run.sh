@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The test command (README, and .ci/run): installs what the suite needs on a fresh Debian-like
+# machine, then runs every test. Extra arguments go to `cargo test` (e.g. `tests/run.sh --test flow`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# systemd-analyze checks the unit file (tests/systemd_unit.rs).
+missing=()
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "tests/run.sh: installing ${missing[*]}" >&2
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+exec cargo test --locked "$@"
