@@ -3,7 +3,7 @@
 //! configuration and the seeded random sequence say.
 
 use clawbox::channel::{ChannelCommand, ChannelKind, ChannelSpec};
-use clawbox::config::{PacingConfig, StoreConfig};
+use clawbox::config::PacingConfig;
 use clawbox::delivery::{Delivery, Job};
 use clawbox::metrics::Metrics;
 use clawbox::pacing::Pacer;
@@ -53,9 +53,8 @@ async fn queue(store: &Store, text: &str, key: &str) -> Job {
 
 #[tokio::test(start_paused = true)]
 async fn typing_gaps_and_chunks_are_exactly_as_configured() {
-    let dir = tempfile::tempdir().unwrap();
     let metrics = Arc::new(Metrics::default());
-    let store = Store::open(dir.path(), &StoreConfig::default(), metrics.clone()).unwrap();
+    let store = Store::open_in_memory(metrics.clone()).unwrap();
     let cfg = PacingConfig::default();
     let (cmd_tx, mut cmd_rx) = mpsc::channel(16);
     let seen: Arc<Mutex<Vec<(Instant, Seen)>>> = Arc::default();

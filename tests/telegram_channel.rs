@@ -11,7 +11,7 @@ use clawbox::channel::{
     ChannelCommand, ChannelContext, ChannelError, ChannelKind, Content, Inbound, MediaKind,
     SendError,
 };
-use clawbox::config::{Secret, StoreConfig, TelegramConfig};
+use clawbox::config::{Secret, TelegramConfig};
 use clawbox::http::HttpClient;
 use clawbox::metrics::Metrics;
 use clawbox::router::{Intake, IntakeError, Submission, Submitted};
@@ -52,7 +52,7 @@ fn config(api_root: &str, token: &str) -> TelegramConfig {
 async fn start_with(fake: FakeTelegram, cfg: TelegramConfig) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let metrics = Arc::new(Metrics::default());
-    let store = Store::open(dir.path(), &StoreConfig::default(), metrics.clone()).unwrap();
+    let store = Store::open_in_memory(metrics.clone()).unwrap();
     let (intake, subs) = Intake::test_channel(16);
     let board = Board::default();
     let reporter = board.register("telegram", true);
@@ -191,10 +191,6 @@ async fn private_text_is_submitted_confirmed_and_answered_with_typing() {
     assert_eq!(sent[0].chat_id, USER);
     assert_eq!(sent[0].text, "hi back");
     assert_eq!(done.await.unwrap(), Ok(()));
-    assert_eq!(
-        h.metrics.messages_out[ChannelKind::Telegram.index()].load(Relaxed),
-        1
-    );
 
     // Typing shows now and is repeated every 4.5 s while on.
     h.cmds
@@ -439,10 +435,6 @@ async fn send_errors_map_to_what_delivery_should_do() {
         Err(SendError::Permanent("Bad Request: chat not found".into()))
     );
     assert!(h.fake.sent().is_empty());
-    assert_eq!(
-        h.metrics.send_failures[ChannelKind::Telegram.index()].load(Relaxed),
-        4
-    );
     h.stop().await.unwrap();
 }
 

@@ -128,10 +128,18 @@ impl Op {
     }
 }
 
-/// Handle to the store. Cheap to clone; all clones talk to the same writer thread.
+#[derive(Clone)]
+enum Backend {
+    /// The writer thread over the file.
+    Thread(mpsc::Sender<Op>),
+    /// In memory, each operation handled inline (tests under a paused clock).
+    Inline(Arc<std::sync::Mutex<writer::Writer>>),
+}
+
+/// Handle to the store. Cheap to clone; all clones talk to the same writer.
 #[derive(Clone)]
 pub struct Store {
-    tx: mpsc::Sender<Op>,
+    backend: Backend,
     path: Arc<PathBuf>,
 }
 
@@ -143,9 +151,31 @@ impl Store {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         writer::spawn(&path, cfg, metrics, rx)?;
         Ok(Store {
-            tx,
+            backend: Backend::Thread(tx),
             path: Arc::new(path),
         })
+    }
+
+    /// A store in memory whose operations run inline in the caller's task: the same tables and
+    /// transactions as the file, gone when dropped. For tests under tokio's paused clock, where
+    /// waiting on the writer thread would let virtual time jump ahead.
+    pub fn open_in_memory(metrics: Arc<Metrics>) -> Result<Store, StoreError> {
+        let w = writer::in_memory(metrics)?;
+        Ok(Store {
+            backend: Backend::Inline(Arc::new(std::sync::Mutex::new(w))),
+            path: Arc::new(PathBuf::from("<memory>")),
+        })
+    }
+
+    async fn send(&self, op: Op) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Thread(tx) => tx.send(op).await.map_err(|_| StoreError::Closed),
+            Backend::Inline(w) => {
+                // A poisoned lock means a panic mid-operation; redb itself stays consistent.
+                w.lock().unwrap_or_else(|p| p.into_inner()).handle(op);
+                Ok(())
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -157,10 +187,7 @@ impl Store {
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op,
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(make(tx))
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        self.send(make(tx)).await?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -245,13 +272,13 @@ impl Store {
 
     /// Removes answered inbox rows older than the retention and sessions idle past theirs.
     pub async fn gc(&self, now_ms: u64) {
-        let _ = self.tx.send(Op::Gc(now_ms)).await;
+        let _ = self.send(Op::Gc(now_ms)).await;
     }
 
     /// Flushes and closes the file; later calls fail with [`StoreError::Closed`].
     pub async fn close(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Op::Close(tx)).await.is_ok() {
+        if self.send(Op::Close(tx)).await.is_ok() {
             let _ = rx.await;
         }
     }

@@ -107,6 +107,13 @@ fn open_db(path: &Path, cfg: &StoreConfig) -> Result<Database, StoreError> {
     // redb may panic on some forms of damage; a damaged file must give a message, not a crash.
     let opened =
         std::panic::catch_unwind(|| Database::builder().set_cache_size(cache).create(path));
+    init_db(opened, path)
+}
+
+fn init_db(
+    opened: std::thread::Result<Result<Database, redb::DatabaseError>>,
+    path: &Path,
+) -> Result<Database, StoreError> {
     let db = match opened {
         Ok(Ok(db)) => db,
         Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
@@ -184,16 +191,7 @@ pub(super) fn spawn(
 ) -> Result<(), StoreError> {
     let db = open_db(path, cfg)?;
     let window = Duration::from_millis(cfg.commit_window_ms);
-    let mut w = Writer {
-        db,
-        metrics,
-        window,
-        dirty: false,
-        next_inbox: 0,
-        next_outbox: 0,
-        path: path.to_path_buf(),
-    };
-    w.init_sequences()?;
+    let w = Writer::new(db, metrics, window, path.to_path_buf())?;
     std::thread::Builder::new()
         .name("clawbox-store".into())
         .spawn(move || w.run(rx))
@@ -216,7 +214,7 @@ fn reply<T: Send + 'static>(
     })
 }
 
-struct Writer {
+pub(super) struct Writer {
     db: Database,
     metrics: Arc<Metrics>,
     window: Duration,
@@ -235,7 +233,45 @@ fn id_key(channel: &str, msg_id: &str) -> String {
     format!("{channel}\u{1f}{msg_id}")
 }
 
+/// A writer over an in-memory database that handles each operation inline, in the caller's task:
+/// the same transactions, no thread, no commit window. For tests under a paused clock, where
+/// waiting on another thread would let virtual time jump.
+pub(super) fn in_memory(metrics: Arc<Metrics>) -> Result<Writer, StoreError> {
+    let backend = redb::backends::InMemoryBackend::new();
+    let opened = std::panic::catch_unwind(|| Database::builder().create_with_backend(backend));
+    let db = init_db(opened, Path::new("<memory>"))?;
+    Writer::new(db, metrics, Duration::ZERO, PathBuf::from("<memory>"))
+}
+
 impl Writer {
+    fn new(
+        db: Database,
+        metrics: Arc<Metrics>,
+        window: Duration,
+        path: PathBuf,
+    ) -> Result<Writer, StoreError> {
+        let mut w = Writer {
+            db,
+            metrics,
+            window,
+            dirty: false,
+            next_inbox: 0,
+            next_outbox: 0,
+            path,
+        };
+        w.init_sequences()?;
+        Ok(w)
+    }
+
+    /// Handles one operation at once (the in-memory mode).
+    pub(super) fn handle(&mut self, op: Op) {
+        match op {
+            Op::Close(done) => self.close(done),
+            op if op.is_read() => self.read(op),
+            op => self.write_batch(vec![op]),
+        }
+    }
+
     fn init_sequences(&mut self) -> Result<(), StoreError> {
         let tx = self.db.begin_read().map_err(io)?;
         let inbox = tx.open_table(INBOX).map_err(io)?;

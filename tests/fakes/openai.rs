@@ -137,6 +137,9 @@ impl FakeOpenAi {
                 let Ok((tcp, _)) = listener.accept().await else {
                     break; // the listener is broken: stop rather than spin
                 };
+                // Small frames must leave at once: Nagle would hold them for real milliseconds
+                // while a paused test clock jumps ahead.
+                let _ = tcp.set_nodelay(true);
                 let st = st.clone();
                 conns.spawn(async move {
                     let svc = service_fn(move |req| handle(st.clone(), req));

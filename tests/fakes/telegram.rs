@@ -176,6 +176,9 @@ impl FakeTelegram {
         let accept_inner = inner.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                // Small frames must leave at once: Nagle would hold them for real milliseconds
+                // while a paused test clock jumps ahead.
+                let _ = stream.set_nodelay(true);
                 let inner = accept_inner.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(inner.clone(), req));
