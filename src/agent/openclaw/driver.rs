@@ -63,12 +63,8 @@ pub async fn open(url: &str) -> Result<Ws, String> {
     } else {
         Some(Connector::Plain)
     };
-    let fut = tokio_tungstenite::connect_async_tls_with_config(
-        url,
-        Some(ws_config()),
-        true,
-        connector,
-    );
+    let fut =
+        tokio_tungstenite::connect_async_tls_with_config(url, Some(ws_config()), true, connector);
     match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
         Err(_) => Err(format!(
             "no connection to {url} within {} s",
@@ -248,7 +244,12 @@ impl Shared {
 
     /// The device identity, loaded or created once.
     pub async fn identity(&self) -> Result<Arc<DeviceIdentity>, AgentError> {
-        if let Some(id) = self.identity.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        if let Some(id) = self
+            .identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
             return Ok(id);
         }
         let id = Arc::new(identity::load_or_create(&self.store, &self.name).await?);
@@ -280,8 +281,7 @@ impl Shared {
                         None
                     }
                 };
-                *self.device_token.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(stored.clone());
+                *self.device_token.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored.clone());
                 stored
             }
         };
@@ -410,7 +410,9 @@ impl Shared {
                 }
             }
             let deadline = Instant::from_std(conn.poll_timeout());
+            // Biased: a frame that is already there counts before the silence timer is judged.
             tokio::select! {
+                biased;
                 _ = shutdown.wait() => return Ended::Shutdown,
                 msg = ws.next() => {
                     self.reporter.beat();
@@ -429,13 +431,13 @@ impl Shared {
                         return self.proto_ended(e);
                     }
                 }
+                _ = self.wake.notified(), if conn.is_ready() => {
+                    self.sync_ops(generation, conn);
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     if let Err(e) = conn.handle_timeout(Instant::now().into_std()) {
                         return self.proto_ended(e);
                     }
-                }
-                _ = self.wake.notified(), if conn.is_ready() => {
-                    self.sync_ops(generation, conn);
                 }
             }
         }
@@ -445,8 +447,7 @@ impl Shared {
         match e {
             ProtoError::PairingRequired { .. } => Ended::NeedsOwner(e.to_string()),
             ProtoError::AuthRejected {
-                device_token: true,
-                ..
+                device_token: true, ..
             } => {
                 // A revoked or rotated device token: retry with the shared token.
                 self.forget_device_token();

@@ -96,9 +96,7 @@ impl OpenClaw {
                 Some(OpDone::Reply(text)) => return Ok(text),
                 Some(OpDone::Error(e)) => return Err(e),
                 Some(other) => {
-                    return Err(AgentError::Protocol(format!(
-                        "a turn ended as {other:?}"
-                    )));
+                    return Err(AgentError::Protocol(format!("a turn ended as {other:?}")));
                 }
                 None => {}
             }
@@ -248,7 +246,10 @@ impl From<ProtoError> for ProbeError {
     }
 }
 
-async fn probe_loop(ws: &mut driver::Ws, conn: &mut Connection) -> Result<proto::Hello, ProbeError> {
+async fn probe_loop(
+    ws: &mut driver::Ws,
+    conn: &mut Connection,
+) -> Result<proto::Hello, ProbeError> {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     loop {
@@ -262,6 +263,7 @@ async fn probe_loop(ws: &mut driver::Ws, conn: &mut Connection) -> Result<proto:
         }
         let deadline = Instant::from_std(conn.poll_timeout());
         tokio::select! {
+            biased;
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(t))) => conn.handle_frame(t.as_str(), Instant::now().into_std())?,
                 Some(Ok(Message::Close(c))) => {

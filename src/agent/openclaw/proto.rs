@@ -105,7 +105,9 @@ impl fmt::Debug for Hello {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProtoError {
     /// The device must be approved by the owner on the gateway host.
-    PairingRequired { request_id: Option<String> },
+    PairingRequired {
+        request_id: Option<String>,
+    },
     /// The token (or device token) was rejected. `device_token` says which one was sent.
     AuthRejected {
         message: String,
@@ -114,10 +116,16 @@ pub enum ProtoError {
     /// The gateway does not speak protocol 4.
     ProtocolMismatch(String),
     /// Any other refusal of `connect`.
-    Rejected { code: String, message: String },
+    Rejected {
+        code: String,
+        message: String,
+    },
     /// A frame that is not the gateway protocol.
     Malformed(String),
-    TooLarge { size: usize, limit: usize },
+    TooLarge {
+        size: usize,
+        limit: usize,
+    },
     HandshakeTimeout,
     /// No frame for two tick intervals.
     DeadLink(Duration),
@@ -489,7 +497,10 @@ impl Connection {
             .ok_or_else(|| ProtoError::Malformed("connect.challenge without a valid ts".into()))?;
         let (auth, sig_token) = match &self.creds.device_token {
             Some(dt) => (json!({"deviceToken": dt}), dt.as_str()),
-            None => (json!({"token": self.creds.token}), self.creds.token.as_str()),
+            None => (
+                json!({"token": self.creds.token}),
+                self.creds.token.as_str(),
+            ),
         };
         let mut params = Map::new();
         params.insert("minProtocol".into(), json!(PROTOCOL_VERSION));
