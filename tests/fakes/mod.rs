@@ -3,4 +3,5 @@
 #![allow(dead_code)]
 
 pub mod openai;
+pub mod openclaw;
 pub mod telegram;
