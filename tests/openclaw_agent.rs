@@ -7,7 +7,7 @@ mod fakes;
 
 use clawbox::agent::openclaw::OpenClaw;
 use clawbox::agent::{AgentError, Progress, ResetOutcome, TurnRequest};
-use clawbox::config::{AgentConfig, AgentKind, Secret, StoreConfig};
+use clawbox::config::{AgentConfig, AgentKind, Secret};
 use clawbox::metrics::Metrics;
 use clawbox::shutdown::{Shutdown, ShutdownTrigger};
 use clawbox::status::{Board, Reporter, State};
@@ -47,12 +47,8 @@ struct Harness {
 
 fn agent(url: &str, token: &str) -> (OpenClaw, Reporter, Board, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(
-        dir.path(),
-        &StoreConfig::default(),
-        Arc::new(Metrics::default()),
-    )
-    .unwrap();
+    // In memory, inline: waiting on the file store's writer thread would let the paused clock jump.
+    let store = Store::open_in_memory(Arc::new(Metrics::default())).unwrap();
     let board = Board::default();
     let reporter = board.register("agent:claw", false);
     let a = OpenClaw::new("claw", &config(url, token), store, reporter.clone());
