@@ -42,6 +42,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod pacing;
+pub mod pairing;
 pub mod policy;
 pub mod providers;
 pub mod router;
