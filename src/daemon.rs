@@ -184,6 +184,9 @@ pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
             slots.insert(ChannelKind::Console, slot(crate::channel::console::SPEC));
         }
         Mode::Run => {
+            if cfg.channels.console.as_ref().is_some_and(|c| c.enabled) {
+                slots.insert(ChannelKind::Console, slot(crate::channel::console::SPEC));
+            }
             if cfg.channels.telegram.as_ref().is_some_and(|t| t.enabled) {
                 slots.insert(ChannelKind::Telegram, slot(crate::channel::telegram::SPEC));
             }

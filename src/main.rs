@@ -5,6 +5,9 @@ use clawbox::cli::{self, Command};
 use clawbox::config::{Config, ConfigError, EXIT_CONFIG};
 use std::process::ExitCode;
 
+/// After the daemon returned, leftover blocking work (a pending stdin read) gets this long.
+const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// sysexits' EX_USAGE.
 const EXIT_USAGE: u8 = 64;
 
@@ -108,7 +111,10 @@ fn daemon(config: Option<std::path::PathBuf>, mode: clawbox::daemon::Mode) -> Ex
     let Some(rt) = runtime() else {
         return ExitCode::from(70);
     };
-    match rt.block_on(clawbox::daemon::run(cfg, mode)) {
+    let outcome = rt.block_on(clawbox::daemon::run(cfg, mode));
+    // A blocking stdin read (the console channel) never returns by itself: do not wait for it.
+    rt.shutdown_timeout(RUNTIME_SHUTDOWN);
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "clawbox stopped");

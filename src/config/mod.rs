@@ -312,6 +312,10 @@ pub struct WhatsAppConfig {
 #[serde(deny_unknown_fields)]
 pub struct ConsoleConfig {
     pub agent: Option<Spanned<String>>,
+    /// Also read stdin as a channel in `clawbox run` (foreground debugging); `clawbox chat`
+    /// always uses the console.
+    #[serde(default)]
+    pub enabled: bool,
 }
 
 fn yes() -> bool {
