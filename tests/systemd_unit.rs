@@ -124,7 +124,7 @@ fn the_unit_says_what_the_daemon_relies_on() {
         "ExecStart=/usr/bin/clawbox run",
         "WatchdogSec=30",
         "Restart=on-failure",
-        "RestartPreventExitStatus=78",
+        "RestartPreventExitStatus=78 65",
         "User=clawbox",
         "StateDirectory=clawbox",
         "StateDirectoryMode=0700",
