@@ -169,3 +169,17 @@ async fn a_truncated_store_file_is_a_clear_error_not_a_panic() {
         assert!(err.contains(".broken"), "{err}");
     }
 }
+
+#[tokio::test]
+async fn a_channel_naming_an_unknown_agent_is_located_and_rejected() {
+    let (code, err) = check(&data("unknown_agent.toml")).await;
+    assert_eq!(code, Some(78));
+    assert!(
+        err.contains(&format!("{}:5:9:", data("unknown_agent.toml"))),
+        "{err}"
+    );
+    assert!(
+        err.contains("no agent named `helpr`; declared: helper, echo"),
+        "{err}"
+    );
+}

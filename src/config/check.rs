@@ -217,19 +217,25 @@ pub(super) fn check(cfg: &mut Config, text: &str) -> Result<(), Vec<ConfigError>
         }
         all.join(", ")
     };
-    if let Some(t) = cfg.channels.telegram.as_mut() {
-        if let Some(a) = &t.agent {
-            if !known(a.get_ref()) {
-                c.err_at(
-                    a,
-                    format!(
-                        "no agent named `{}`; declared: {}",
-                        a.get_ref(),
-                        names_list()
-                    ),
-                );
-            }
+    // Every channel's `agent = …` must name a declared agent (or the built-in echo).
+    let agent_refs = [
+        cfg.channels.telegram.as_ref().and_then(|t| t.agent.clone()),
+        cfg.channels.whatsapp.as_ref().and_then(|w| w.agent.clone()),
+        cfg.channels.console.as_ref().and_then(|c| c.agent.clone()),
+    ];
+    for a in agent_refs.iter().flatten() {
+        if !known(a.get_ref()) {
+            c.err_at(
+                a,
+                format!(
+                    "no agent named `{}`; declared: {}",
+                    a.get_ref(),
+                    names_list()
+                ),
+            );
         }
+    }
+    if let Some(t) = cfg.channels.telegram.as_mut() {
         if t.enabled {
             t.token = c.secret(
                 "the bot token",
@@ -266,18 +272,6 @@ pub(super) fn check(cfg: &mut Config, text: &str) -> Result<(), Vec<ConfigError>
         }
     }
     if let Some(w) = cfg.channels.whatsapp.as_ref() {
-        if let Some(a) = &w.agent {
-            if !known(a.get_ref()) {
-                c.err_at(
-                    a,
-                    format!(
-                        "no agent named `{}`; declared: {}",
-                        a.get_ref(),
-                        names_list()
-                    ),
-                );
-            }
-        }
         for n in &w.allow_from {
             if !is_e164(n.get_ref()) {
                 c.err_at(
@@ -292,20 +286,6 @@ pub(super) fn check(cfg: &mut Config, text: &str) -> Result<(), Vec<ConfigError>
                 &w.server_url,
                 "server_url must start with wss:// (or ws:// for a local test server)",
             );
-        }
-    }
-    if let Some(con) = cfg.channels.console.as_ref() {
-        if let Some(a) = &con.agent {
-            if !known(a.get_ref()) {
-                c.err_at(
-                    a,
-                    format!(
-                        "no agent named `{}`; declared: {}",
-                        a.get_ref(),
-                        names_list()
-                    ),
-                );
-            }
         }
     }
 
