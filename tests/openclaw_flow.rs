@@ -175,6 +175,23 @@ async fn scenario(url: &str, token: &str, peer: Peer) {
     );
     p.sigterm();
     assert_eq!(p.exit_code().await, Some(0));
+    // Info-level logs carry neither secrets nor what people wrote.
+    let logs = p.stderr().join("\n");
+    assert!(logs.contains(" INFO "), "logs were captured");
+    for secret in [
+        token,
+        TG_TOKEN,
+        "TEST-token_abc",
+        "apple",
+        "banana",
+        "cherry",
+        "damson",
+    ] {
+        assert!(
+            !logs.contains(secret),
+            "the log contains {secret:?}:\n{logs}"
+        );
+    }
 }
 
 fn health_addr(cfg: &std::path::Path) -> String {
