@@ -251,6 +251,10 @@ pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
             "resuming unfinished work"
         );
     }
+    metrics.inbox_pending.store(
+        recovery.pending.len() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     router.resume(recovery.pending);
 
     let (eof_tx, mut eof_rx) = watch::channel(false);

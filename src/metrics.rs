@@ -86,6 +86,7 @@ pub struct Metrics {
     pub resets: AtomicU64,
     pub turns_in_flight: AtomicU64,
     pub queued_messages: AtomicU64,
+    pub inbox_pending: AtomicU64,
     pub outbox_pending: AtomicU64,
     pub store_commits: AtomicU64,
     pub store_fsyncs: AtomicU64,
@@ -238,6 +239,13 @@ impl Metrics {
             "gauge",
             "Agent turns running now.",
             &self.turns_in_flight,
+        );
+        scalar(
+            &mut out,
+            "inbox_pending",
+            "gauge",
+            "Accepted messages not yet answered.",
+            &self.inbox_pending,
         );
         scalar(
             &mut out,

@@ -277,6 +277,10 @@ async fn garbage_from_the_bot_api_is_counted_and_nothing_is_lost() {
         m.contains("clawbox_messages_out_total{channel=\"telegram\"} 2"),
         "{m}"
     );
+    assert!(
+        m.contains("clawbox_inbox_pending 0"),
+        "everything answered: {m}"
+    );
     console_still_answers(&mut p, "console-fine").await;
     p.sigterm();
     assert_eq!(p.exit_code().await, Some(0));

@@ -14,6 +14,10 @@ use tokio::sync::mpsc;
 /// Longest message text handed to an agent, in characters; longer texts are cut with a marker.
 /// (WhatsApp allows ~65k characters, Telegram 4096; an agent turn is not a document upload.)
 pub const MAX_INBOUND_CHARS: usize = 16 * 1024;
+/// Accepted-but-unanswered messages at most; beyond this the intake answers `Busy` and channels
+/// leave new messages with the server, which redelivers them later. Half an hour of backlog at one
+/// turn a second, and a bound on the scheduler's memory whatever the senders do.
+pub const MAX_UNANSWERED: u64 = 2_000;
 
 /// One message offered through a test intake, with the slot for its answer.
 pub struct Submission {
@@ -101,6 +105,15 @@ impl Core {
             accepted_ms: crate::store::now_ms(),
             agent: self.agent_for[msg.channel.index()].clone(),
         };
+        if self
+            .metrics
+            .inbox_pending
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= MAX_UNANSWERED
+        {
+            tracing::warn!(channel = %msg.channel, "{MAX_UNANSWERED} messages already wait for an answer; leaving this one with the server for now");
+            return Err(IntakeError::Busy);
+        }
         match self.store.accept(rec.clone()).await {
             Ok(Accepted::Duplicate) => {
                 self.metrics.dropped(msg.channel, DropReason::Duplicate);
@@ -109,6 +122,7 @@ impl Core {
             }
             Ok(Accepted::New(seq)) => {
                 Metrics::inc(&self.metrics.messages_in[msg.channel.index()]);
+                Metrics::inc(&self.metrics.inbox_pending);
                 tracing::info!(channel = %msg.channel, id = %msg.id, seq, "accepted");
                 crate::fault::crash_point("after-accept");
                 // Durable already: if the router is gone (shutdown), the restart resumes it.

@@ -37,6 +37,9 @@ pub enum IntakeError {
     Store(String),
     /// The daemon is stopping: do not acknowledge.
     ShuttingDown,
+    /// Too many messages are waiting for an answer: do not acknowledge; the server redelivers
+    /// later. Keeps memory and the store bounded under a flood (e.g. `dm_policy = "open"`).
+    Busy,
 }
 
 impl std::fmt::Display for IntakeError {
@@ -44,6 +47,9 @@ impl std::fmt::Display for IntakeError {
         match self {
             IntakeError::Store(e) => write!(f, "could not store the message: {e}"),
             IntakeError::ShuttingDown => f.write_str("shutting down"),
+            IntakeError::Busy => {
+                f.write_str("too many messages are waiting for an answer; retrying later")
+            }
         }
     }
 }

@@ -109,17 +109,18 @@ pub async fn run_turn(shared: Arc<Shared>, turn: Turn) -> Finished {
     let route = first.rec.clone();
     let Some(channel) = ChannelKind::parse(&route.channel) else {
         tracing::error!(channel = %route.channel, "stored message names an unknown channel; skipping it");
-        let _ = shared
-            .store
-            .turn_done(TurnDone {
+        let _ = record_done(
+            &shared,
+            TurnDone {
                 inbox: messages.iter().map(|m| m.seq).collect(),
                 session: session.clone(),
                 history: None,
                 reset: false,
                 new_generation: false,
                 reply: None,
-            })
-            .await;
+            },
+        )
+        .await;
         return Finished {
             session,
             more_in_store,
@@ -253,7 +254,7 @@ pub async fn run_turn(shared: Arc<Shared>, turn: Turn) -> Finished {
         new_generation,
         reply: Some(out.clone()),
     };
-    match shared.store.turn_done(done).await {
+    match record_done(&shared, done).await {
         Ok(Some(seq)) => {
             crate::fault::crash_point("after-turn");
             if let Some(Some(tx)) = shared.delivery.get(channel.index()) {
@@ -285,6 +286,23 @@ pub async fn run_turn(shared: Arc<Shared>, turn: Turn) -> Finished {
             }
         }
     }
+}
+
+/// Records a finished turn; its messages stop counting as unanswered once that is stored.
+async fn record_done(
+    shared: &Shared,
+    done: TurnDone,
+) -> Result<Option<u64>, crate::store::StoreError> {
+    let answered = done.inbox.len() as u64;
+    let r = shared.store.turn_done(done).await;
+    if r.is_ok() {
+        let _ = shared.metrics.inbox_pending.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |v| Some(v.saturating_sub(answered)),
+        );
+    }
+    r
 }
 
 async fn with_timeout<T>(d: Duration, fut: impl std::future::Future<Output = T>) -> Option<T> {
