@@ -11,6 +11,8 @@ Usage:
   clawbox chat [--config PATH]             talk to your agent from this terminal
   clawbox config check [PATH]              check a config file; exit 0 if valid, 78 if not
   clawbox status [--config PATH]           ask the running gateway how each channel is doing
+  clawbox pair whatsapp [--phone +E164] [--config PATH]
+                                           link your WhatsApp (QR, or an 8-character code)
   clawbox providers test [NAME] [--json] [--config PATH]
                                            really connect to each configured agent
   clawbox --version | --help
@@ -37,6 +39,11 @@ pub enum Command {
         json: bool,
         config: Option<PathBuf>,
     },
+    /// `pair whatsapp`: link the WhatsApp account (stop the service first).
+    PairWhatsApp {
+        phone: Option<String>,
+        config: Option<PathBuf>,
+    },
     Help,
     Version,
 }
@@ -52,17 +59,22 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Comma
     let mut positional: Vec<String> = Vec::new();
     let mut config: Option<PathBuf> = None;
     let mut json = false;
+    let mut phone: Option<String> = None;
     while let Some(arg) = p.next().map_err(err)? {
         match arg {
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
             Short('c') | Long("config") => config = Some(PathBuf::from(p.value().map_err(err)?)),
             Long("json") => json = true,
+            Long("phone") => phone = Some(p.value().map_err(err)?.string().map_err(err)?),
             Value(v) => positional.push(v.string().map_err(err)?),
             other => return Err(UsageError(other.unexpected().to_string())),
         }
     }
     let words: Vec<&str> = positional.iter().map(String::as_str).collect();
+    if phone.is_some() && words.as_slice() != ["pair", "whatsapp"] {
+        return Err(UsageError("--phone only goes with `pair whatsapp`".into()));
+    }
     let no_json = |c: Command| {
         if json {
             Err(UsageError("--json only goes with `providers test`".into()))
@@ -89,6 +101,17 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Comma
             json,
             config,
         }),
+        ["pair", "whatsapp"] => {
+            if let Some(n) = &phone {
+                let digits = n.strip_prefix('+').unwrap_or_default();
+                if digits.len() < 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(UsageError(format!(
+                        "--phone {n}: write + then country code and number, e.g. +491701234567"
+                    )));
+                }
+            }
+            no_json(Command::PairWhatsApp { phone, config })
+        }
         ["help"] => Ok(Command::Help),
         other => Err(UsageError(format!("unknown command `{}`", other.join(" ")))),
     }
@@ -130,5 +153,21 @@ mod tests {
         assert!(p("run --bogus").is_err());
         assert!(p("fly").is_err());
         assert!(p("run --json").is_err());
+        assert_eq!(
+            p("pair whatsapp").unwrap(),
+            Command::PairWhatsApp {
+                phone: None,
+                config: None
+            }
+        );
+        assert_eq!(
+            p("pair whatsapp --phone +491701234567").unwrap(),
+            Command::PairWhatsApp {
+                phone: Some("+491701234567".into()),
+                config: None
+            }
+        );
+        assert!(p("pair whatsapp --phone 0170").is_err());
+        assert!(p("run --phone +491701234567").is_err());
     }
 }

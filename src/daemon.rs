@@ -190,6 +190,9 @@ pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
             if cfg.channels.telegram.as_ref().is_some_and(|t| t.enabled) {
                 slots.insert(ChannelKind::Telegram, slot(crate::channel::telegram::SPEC));
             }
+            if cfg.channels.whatsapp.as_ref().is_some_and(|w| w.enabled) {
+                slots.insert(ChannelKind::WhatsApp, slot(crate::channel::whatsapp::SPEC));
+            }
         }
     }
     let mut agent_for: [String; ChannelKind::ALL.len()] = Default::default();
@@ -257,6 +260,18 @@ pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
     );
     router.resume(recovery.pending);
 
+    // The WhatsApp pairing state; shown on the terminal when one is watching.
+    let (pairing, pairing_rx) = crate::pairing::PairingPublisher::new();
+    if mode == Mode::Run
+        && slots.contains_key(&ChannelKind::WhatsApp)
+        && std::io::IsTerminal::is_terminal(&std::io::stdout())
+    {
+        tasks.push(tokio::spawn(crate::channel::whatsapp::display(
+            pairing_rx,
+            shutdown.clone(),
+            crate::channel::whatsapp::Screen::Stderr,
+        )));
+    }
     let (eof_tx, mut eof_rx) = watch::channel(false);
     let pacing: PacingConfig = match mode {
         Mode::Run => cfg.pacing.clone(),
@@ -334,7 +349,21 @@ pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
                     move || crate::channel::telegram::run(tcfg.clone(), ctx.clone()),
                 ));
             }
-            ChannelKind::WhatsApp => {}
+            ChannelKind::WhatsApp => {
+                let Some(wcfg) = cfg.channels.whatsapp.clone() else {
+                    continue;
+                };
+                let wcfg = Arc::new(wcfg);
+                let pairing = pairing.clone();
+                tasks.push(crate::supervisor::supervise(
+                    name,
+                    metrics.clone(),
+                    shutdown.clone(),
+                    move || {
+                        crate::channel::whatsapp::run(wcfg.clone(), ctx.clone(), pairing.clone())
+                    },
+                ));
+            }
         }
     }
     drop(intake);

@@ -54,6 +54,20 @@ fn main() -> ExitCode {
                 .unwrap_or(70);
             ExitCode::from(code.clamp(0, 255) as u8)
         }
+        Command::PairWhatsApp { phone, config } => {
+            let cfg = match Config::discover(config.as_deref()) {
+                Ok(c) => c,
+                Err(errors) => return config_failed(&errors),
+            };
+            // Errors only: the QR and the outcome are the output.
+            clawbox::logging::init(
+                &std::env::var("CLAWBOX_LOG").unwrap_or_else(|_| "error".to_string()),
+            );
+            let code = runtime()
+                .map(|rt| rt.block_on(clawbox::channel::whatsapp::pair(&cfg, phone)))
+                .unwrap_or(70);
+            ExitCode::from(code.clamp(0, 255) as u8)
+        }
         Command::ProvidersTest { name, json, config } => {
             let cfg = match Config::discover(config.as_deref()) {
                 Ok(c) => c,

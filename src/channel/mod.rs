@@ -8,6 +8,7 @@
 
 pub mod console;
 pub mod telegram;
+pub mod whatsapp;
 
 use crate::http::HttpClient;
 use crate::metrics::Metrics;

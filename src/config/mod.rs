@@ -69,7 +69,7 @@ impl fmt::Debug for Secret {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -87,6 +87,26 @@ pub struct Config {
     /// The file this came from (None: embedded defaults).
     #[serde(skip)]
     pub source: Option<PathBuf>,
+}
+
+/// The embedded defaults (no config file): the echo agent and the WhatsApp channel for the owner's
+/// own "message yourself" chat, so a fresh box shows its pairing QR on first start. A config file
+/// that leaves `[channels.whatsapp]` out has no WhatsApp channel.
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            gateway: GatewayConfig::default(),
+            store: StoreConfig::default(),
+            router: RouterConfig::default(),
+            pacing: PacingConfig::default(),
+            agents: BTreeMap::new(),
+            channels: ChannelsConfig {
+                whatsapp: Some(WhatsAppConfig::default()),
+                ..ChannelsConfig::default()
+            },
+            source: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -306,6 +326,22 @@ pub struct WhatsAppConfig {
     /// WebSocket endpoint; tests point it at the fake server.
     #[serde(default = "default_whatsapp_url")]
     pub server_url: Spanned<String>,
+}
+
+/// On, allowlist policy with nobody listed: only the owner's self chat reaches the assistant.
+impl Default for WhatsAppConfig {
+    fn default() -> Self {
+        WhatsAppConfig {
+            enabled: true,
+            agent: None,
+            dm_policy: DmPolicy::default(),
+            allow_from: Vec::new(),
+            self_chat: true,
+            self_prefix: default_self_prefix(),
+            read_receipts: true,
+            server_url: default_whatsapp_url(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -13,6 +13,7 @@
 //!   flight is resent only on channels whose sends are idempotent, so no reply is sent twice.
 //! - A turn's completion (inbox rows answered, history, outbox row) is one atomic transaction.
 
+pub mod kv;
 pub mod records;
 mod writer;
 
@@ -113,6 +114,8 @@ pub(crate) enum Op {
         String,
         oneshot::Sender<Result<Vec<(u64, InboxRecord)>, StoreError>>,
     ),
+    /// The generic key-value tables ([`kv`]).
+    Kv(kv::KvOp),
     // Housekeeping.
     Flush(oneshot::Sender<Result<(), StoreError>>),
     Gc(u64),
@@ -121,10 +124,17 @@ pub(crate) enum Op {
 
 impl Op {
     pub(crate) fn is_read(&self) -> bool {
-        matches!(
-            self,
-            Op::Cursor(..) | Op::Auth(..) | Op::Session(..) | Op::Recover(..) | Op::PendingFor(..)
-        )
+        match self {
+            Op::Kv(op) => op.is_read(),
+            op => matches!(
+                op,
+                Op::Cursor(..)
+                    | Op::Auth(..)
+                    | Op::Session(..)
+                    | Op::Recover(..)
+                    | Op::PendingFor(..)
+            ),
+        }
     }
 }
 

@@ -155,6 +155,7 @@ fn init_db(
             tx.open_table(SESSIONS).map_err(io)?;
             tx.open_table(CURSORS).map_err(io)?;
             tx.open_table(AUTH).map_err(io)?;
+            super::kv::create_tables(&tx)?;
             let mut meta = tx.open_table(META).map_err(io)?;
             let version = meta.get("schema_version").map_err(io)?.map(|v| v.value());
             match version {
@@ -434,6 +435,7 @@ impl Writer {
                 })();
                 let _ = r.send(v);
             }
+            Op::Kv(op) => super::kv::read(&tx, op),
             other => fail(other, StoreError::Io("internal: not a read".into())),
         }
     }
@@ -599,6 +601,12 @@ impl Writer {
                             bytes += n as u64;
                             replies.push(reply(r, Ok(n)));
                         }
+                        Op::Kv(op) => {
+                            let a = super::kv::apply(&tx, op)?;
+                            bytes += a.bytes;
+                            durable |= a.durable;
+                            replies.push(a.reply);
+                        }
                         Op::Flush(r) => {
                             // Only if something is waiting to be made durable: an idle box writes nothing.
                             durable |= self.dirty;
@@ -762,6 +770,7 @@ fn fail(op: Op, e: StoreError) {
         Op::Session(_, r) => drop(r.send(Err(e))),
         Op::Recover(r) => drop(r.send(Err(e))),
         Op::PendingFor(_, r) => drop(r.send(Err(e))),
+        Op::Kv(op) => op.fail(e),
         Op::Gc(_) => {}
         Op::Close(r) => drop(r.send(())),
     }

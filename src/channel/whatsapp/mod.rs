@@ -1,0 +1,817 @@
+//! The WhatsApp channel: the owner's WhatsApp account as a linked device (WhatsApp Web
+//! multi-device), through the `whatsapp-rust` client, kept entirely behind this module.
+//!
+//! [`adapter`] is the sans-io core (message conversion, self chat, outgoing ids, reconnect
+//! policy); [`storage`] puts the client's keys and sessions in clawbox's store; [`transport`] and
+//! [`http`] give it a WebSocket and HTTP on our rustls config; [`qr`] draws the pairing code. This
+//! file is the thin driver the supervisor runs.
+//!
+//! Durability order: every decrypted message goes through the client's inbound durability hook,
+//! which submits it to [`crate::router::Intake`] (durable in the inbox on `Ok`) before the client
+//! acknowledges it to the server; a failed submit suppresses the ack and the server redelivers.
+//! The client buffers the decrypted copy in our store (`pin/` rows) before advancing the ratchet,
+//! so a crash anywhere replays the message instead of losing it. Redeliveries are deduped by id by
+//! the core.
+//!
+//! Reconnects are driven here, not by the client (its Fibonacci backoff reaches 900 s): each
+//! `Client::run` is one connection; [`adapter::decide`] says what comes next. Never logs message
+//! bodies, keys or the pairing payload.
+
+pub mod adapter;
+pub mod http;
+pub mod qr;
+pub mod storage;
+pub mod transport;
+
+use crate::backoff::Backoff;
+use crate::channel::{
+    ChannelCommand, ChannelContext, ChannelError, ChannelKind, ChannelSpec, SendError,
+};
+use crate::config::WhatsAppConfig;
+use crate::metrics::Metrics;
+use crate::pairing::{Pairing, PairingPublisher};
+use crate::router::{IntakeError, Submitted};
+use crate::status::State;
+use crate::store::kv::KvTable;
+use adapter::{Classified, Decision, Ending, Own, Rules, SentIds};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use storage::KvBackend;
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+use whatsapp_rust::prelude::*;
+use whatsapp_rust::types::events::{Event, EventHandler, InboundMessage};
+use whatsapp_rust::waproto::whatsapp as wa;
+use whatsapp_rust::{InboundDurabilityHook, Jid, TokioRuntime, anyhow, async_trait};
+
+/// WhatsApp allows ~65k characters; 4000 keeps a reply chunk readable on a phone and leaves room
+/// for the self-chat prefix. Sends are idempotent: the message id is derived from the chunk key.
+pub const SPEC: ChannelSpec = ChannelSpec {
+    kind: ChannelKind::WhatsApp,
+    max_chars: 4000,
+    idempotent_send: true,
+};
+
+/// The production endpoint; any other URL is a test server.
+pub const DEFAULT_SERVER_URL: &str = "wss://web.whatsapp.com/ws/chat";
+/// Web client version announced to a non-default (test) server, so no version page is fetched
+/// from the internet. Against the real server the client fetches the live version (cached 24 h in
+/// the device state): a pinned version ages into "client outdated" on a box left for months.
+pub const TEST_SERVER_VERSION: (u32, u32, u32) = (2, 3000, 1_026_131_876);
+/// QR codes shown before pairing pauses: WhatsApp rate-limits repeated link attempts.
+pub const MAX_QR_CODES: u32 = 3;
+/// The status row is beaten at least this often.
+const BEAT_EVERY: Duration = Duration::from_secs(2);
+/// A sent message counts as delivered to the server when its `<ack>` arrives within this; past it
+/// the send is retried (same id: no duplicate).
+pub const SEND_ACK_TIMEOUT: Duration = Duration::from_secs(20);
+/// Sends awaiting the server's ack at once (delivery sends one chunk at a time per channel).
+const MAX_PENDING_ACKS: usize = 32;
+/// Graceful disconnect (flushes the client's buffered state) must not hold shutdown.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Waiting for the socket before asking for a phone pairing code.
+const PAIR_CODE_SOCKET_WAIT: Duration = Duration::from_secs(30);
+
+/// How the pairing command wants the channel run.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Link with a phone number (8-character code) instead of a QR.
+    pub phone: Option<String>,
+    /// Stop once linked (`clawbox pair whatsapp`).
+    pub exit_when_linked: bool,
+}
+
+/// How a run ended (for `clawbox pair whatsapp`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Linked(String),
+    /// Stopped and needs the owner; the words say why.
+    NeedsOwner(String),
+    Shutdown,
+}
+
+/// The channel task: runs until shutdown, or until it needs the owner (logged out, replaced,
+/// banned, pairing paused), when it returns `Ok` and the other channels carry on.
+pub async fn run(
+    cfg: Arc<WhatsAppConfig>,
+    ctx: ChannelContext,
+    pairing: PairingPublisher,
+) -> Result<(), ChannelError> {
+    run_with(cfg, ctx, pairing, Options::default())
+        .await
+        .map(drop)
+}
+
+/// What the client's callbacks tell the driver. Fixed size: flags and a few strings, no queue.
+#[derive(Default)]
+struct Seen {
+    ending: Option<Ending>,
+    pair_success: bool,
+    up: bool,
+    qr_codes: u32,
+    last_disconnect: Option<String>,
+    /// Outgoing ids waiting for the server's ack.
+    acks: HashMap<String, oneshot::Sender<Option<String>>>,
+}
+
+struct Shared {
+    cfg: Arc<WhatsAppConfig>,
+    ctx: ChannelContext,
+    pairing: PairingPublisher,
+    seen: Mutex<Seen>,
+    sent: Mutex<SentIds>,
+    wake: Notify,
+}
+
+impl Shared {
+    fn seen(&self) -> MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn sent(&self) -> MutexGuard<'_, SentIds> {
+        self.sent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn end(&self, e: Ending) {
+        let mut s = self.seen();
+        // The first verdict of a connection wins (a logout is followed by a disconnect).
+        if s.ending.is_none() {
+            s.ending = Some(e);
+        }
+        drop(s);
+        self.wake.notify_one();
+    }
+    fn rules(&self) -> Rules {
+        Rules {
+            self_chat: self.cfg.self_chat,
+            self_prefix: self.cfg.self_prefix.clone(),
+        }
+    }
+}
+
+fn own_of(client: &Client) -> Own {
+    Own {
+        pn: client.pn().map(|j| j.user.to_string()),
+        lid: client.lid().map(|j| j.user.to_string()),
+    }
+}
+
+fn number_of(client: &Client) -> String {
+    client
+        .pn()
+        .and_then(|j| adapter::e164(&j.user))
+        .unwrap_or_else(|| "(number unknown)".into())
+}
+
+/// Inline on the client's dispatch path: only records and wakes, never blocks.
+struct Events(Arc<Shared>);
+
+impl EventHandler for Events {
+    fn handle_event(&self, event: Arc<Event>) {
+        let sh = &self.0;
+        match &*event {
+            Event::PairingQrCode(q) => {
+                let n = {
+                    let mut s = sh.seen();
+                    s.qr_codes += 1;
+                    s.qr_codes
+                };
+                if n > MAX_QR_CODES {
+                    sh.end(Ending::PairingExhausted);
+                } else {
+                    sh.ctx
+                        .reporter
+                        .set(State::NeedsOwner, "not linked — scan the QR");
+                    sh.pairing.publish(Pairing::Qr {
+                        payload: q.code.clone(),
+                        expires_s: q.timeout.as_secs(),
+                    });
+                }
+            }
+            Event::PairingQrCodesExhausted(_) => sh.end(Ending::PairingExhausted),
+            Event::PairingCode(c) => {
+                sh.ctx.reporter.set(
+                    State::NeedsOwner,
+                    "not linked — enter the pairing code on the phone",
+                );
+                sh.pairing.publish(Pairing::Code {
+                    code: c.code.clone(),
+                });
+            }
+            Event::PairSuccess(_) => {
+                tracing::info!("WhatsApp paired; reconnecting with the new identity");
+                sh.seen().pair_success = true;
+                sh.wake.notify_one();
+            }
+            Event::PairError(_) => tracing::warn!("WhatsApp pairing failed on the phone's side"),
+            Event::Connected(_) => {
+                sh.seen().up = true;
+                sh.wake.notify_one();
+            }
+            Event::Disconnected(d) => {
+                sh.seen().last_disconnect = Some(d.reason.to_string());
+            }
+            Event::LoggedOut(_) => sh.end(Ending::LoggedOut),
+            Event::StreamReplaced(_) => sh.end(Ending::Replaced),
+            Event::TemporaryBan(b) => sh.end(Ending::TempBanned {
+                expire_s: u64::try_from(b.expire.num_seconds()).unwrap_or(0),
+            }),
+            Event::ClientOutdated(_) => sh.end(Ending::ClientOutdated),
+            Event::StreamError(e) if e.code == "429" => sh.end(Ending::RateLimited),
+            Event::ServerAck(a) => {
+                if let Some(tx) = sh.seen().acks.remove(&a.id) {
+                    let _ = tx.send(a.error.clone());
+                }
+            }
+            Event::Messages(batch) => {
+                // Placeholder recoveries bypass the durability hook (the server already has
+                // them acked); submit those here so none is lost.
+                for m in batch.messages.iter() {
+                    if m.info.unavailable_request_id.is_some() {
+                        let sh = sh.clone();
+                        let m = m.clone();
+                        tokio::spawn(async move {
+                            let _ = submit_one(&sh, None, &m).await;
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Submits one message; `Ok(true)` when it became new and durable (worth a read receipt).
+async fn submit_one(
+    sh: &Arc<Shared>,
+    client: Option<&Arc<Client>>,
+    m: &InboundMessage,
+) -> Result<bool, IntakeError> {
+    let own = client.map(|c| own_of(c)).unwrap_or_default();
+    let sender = &m.info.source.sender;
+    let lid_pn = match (client, sender.is_lid(), &m.info.source.sender_alt) {
+        (Some(c), true, None) => c
+            .get_lid_pn_entry(sender)
+            .await
+            .ok()
+            .flatten()
+            .map(|e| e.phone_number.to_string()),
+        _ => None,
+    };
+    let verdict = {
+        let mut sent = sh.sent();
+        adapter::classify(
+            &m.message,
+            &m.info,
+            &own,
+            &sh.rules(),
+            &mut sent,
+            lid_pn.as_deref(),
+            Instant::now(),
+        )
+    };
+    match verdict {
+        Classified::Skip(adapter::Skip::SelfEcho) => {
+            sh.ctx
+                .metrics
+                .dropped(ChannelKind::WhatsApp, crate::metrics::DropReason::SelfEcho);
+            Ok(false)
+        }
+        Classified::Skip(why) => {
+            tracing::debug!(reason = ?why, "WhatsApp message not submitted");
+            Ok(false)
+        }
+        Classified::Submit(inbound) => {
+            let r = sh.ctx.intake.submit(inbound).await?;
+            Ok(r == Submitted::Accepted)
+        }
+    }
+}
+
+/// The client's inbound durability hook: the ack waits for our durable inbox write.
+struct Hook(Arc<Shared>);
+
+#[async_trait]
+impl InboundDurabilityHook for Hook {
+    async fn on_messages(
+        &self,
+        client: Arc<Client>,
+        batch: &[InboundMessage],
+    ) -> Result<(), anyhow::Error> {
+        let mut receipts: Vec<(Jid, Option<Jid>, String)> = Vec::new();
+        for m in batch {
+            match submit_one(&self.0, Some(&client), m).await {
+                Ok(true) => {
+                    let src = &m.info.source;
+                    let sender = src.is_group.then(|| src.sender.clone());
+                    receipts.push((src.chat.clone(), sender, m.info.id.clone()));
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    // Not acked: the server keeps it and redelivers; the core dedupes by id.
+                    tracing::warn!(error = ?e, "could not store a WhatsApp message; it will be redelivered");
+                    return Err(anyhow::anyhow!("inbox write failed: {e:?}"));
+                }
+            }
+        }
+        if self.0.cfg.read_receipts && !receipts.is_empty() {
+            // After the hook returns (never inside it: the sender's lock is held here).
+            tokio::spawn(async move {
+                for (chat, sender, id) in receipts {
+                    if let Err(e) = client
+                        .mark_as_read(&chat, sender.as_ref(), &[id.as_str()])
+                        .await
+                    {
+                        tracing::debug!(error = %e, "read receipt not sent");
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Runs the channel with `opts`; see [`run`].
+pub async fn run_with(
+    cfg: Arc<WhatsAppConfig>,
+    ctx: ChannelContext,
+    pairing: PairingPublisher,
+    opts: Options,
+) -> Result<Outcome, ChannelError> {
+    let backend = KvBackend::new(ctx.store.kv(KvTable::WhatsApp));
+    let paired = backend.is_paired().await;
+    ctx.reporter.set(
+        State::Starting,
+        if paired {
+            "connecting"
+        } else {
+            "not linked — connecting to show the QR"
+        },
+    );
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        ctx: ctx.clone(),
+        pairing: pairing.clone(),
+        seen: Mutex::new(Seen::default()),
+        sent: Mutex::new(SentIds::default()),
+        wake: Notify::new(),
+    });
+    let url = cfg.server_url.get_ref().clone();
+    let mut builder = Bot::builder()
+        .with_backend(backend.clone())
+        .with_transport_factory(transport::WsFactory::new(&url))
+        .with_http_client(http::WaHttp::new(ctx.http.clone()))
+        .with_runtime(TokioRuntime)
+        .with_event_handler(Events(shared.clone()))
+        .with_inbound_durability_hook(Hook(shared.clone()))
+        // An assistant needs no chat history: skips downloading and storing it.
+        .skip_history_sync();
+    if url != DEFAULT_SERVER_URL {
+        builder = builder.with_version(TEST_SERVER_VERSION);
+    }
+    let bot = builder
+        .build()
+        .await
+        .map_err(|e| ChannelError(format!("cannot start the WhatsApp client: {e}")))?;
+    let client = bot.client();
+    // We drive reconnects ourselves (adapter::decide).
+    client.enable_auto_reconnect.store(false, Ordering::Relaxed);
+    let mut bot = Some(bot);
+
+    let mut commands = ctx.commands.clone().lock_owned().await;
+    let mut shutdown = ctx.shutdown.clone();
+    let seed = crate::store::now_ms() ^ 0x5741;
+    let mut backoff = Backoff::new(adapter::RECONNECT_BASE, adapter::RECONNECT_CAP, seed);
+    let mut beat = tokio::time::interval(BEAT_EVERY);
+    let mut first = true;
+
+    loop {
+        {
+            let mut s = shared.seen();
+            s.ending = None;
+            s.pair_success = false;
+            s.up = false;
+        }
+        if !first {
+            Metrics::inc(&ctx.metrics.reconnects[ChannelKind::WhatsApp.index()]);
+        }
+        first = false;
+        // One connection: the client's run loop returns when it ends (auto-reconnect is off).
+        let conn = {
+            let client = client.clone();
+            let bot = bot.take();
+            tokio::spawn(async move {
+                match bot {
+                    Some(b) => b.run().await,
+                    None => client.run().await,
+                }
+            })
+        };
+        if let Some(phone) = opts.phone.clone() {
+            if !backend.is_paired().await {
+                let c = client.clone();
+                let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
+                tokio::spawn(async move {
+                    if c.wait_for_socket(PAIR_CODE_SOCKET_WAIT).await.is_ok() && !c.is_logged_in() {
+                        let o = whatsapp_rust::pair_code::PairCodeOptions {
+                            phone_number: digits,
+                            ..Default::default()
+                        };
+                        if let Err(e) = c.pair_with_code(o).await {
+                            tracing::warn!(error = %e, "could not get a pairing code");
+                        }
+                    }
+                });
+            }
+        }
+        let mut conn = conn;
+        let mut announced_up = false;
+        let ended = loop {
+            tokio::select! {
+                _ = &mut conn => break false,
+                _ = shutdown.wait() => break true,
+                _ = shared.wake.notified() => {
+                    let (up, ending, paired_now) = {
+                        let s = shared.seen();
+                        (s.up, s.ending.clone(), s.pair_success)
+                    };
+                    if paired_now {
+                        // The credentials from pair-success are durable before the 515 reconnect
+                        // uses them (every store write is fsynced; this flushes the device row).
+                        if let Err(e) = client.persistence_manager().flush().await {
+                            tracing::error!(error = %e, "could not save the new WhatsApp identity");
+                        }
+                    }
+                    if up && !announced_up {
+                        announced_up = true;
+                        backoff.reset();
+                        let number = number_of(&client);
+                        ctx.reporter.set(State::Up, format!("linked {number}"));
+                        pairing.publish(Pairing::Linked { number: number.clone() });
+                        tracing::info!("WhatsApp connected");
+                        if opts.exit_when_linked {
+                            shutdown_client(&client).await;
+                            let _ = conn.await;
+                            return Ok(Outcome::Linked(number));
+                        }
+                    }
+                    if matches!(ending, Some(Ending::PairingExhausted)) {
+                        // Stop showing codes: disconnect this attempt.
+                        shutdown_client(&client).await;
+                    }
+                }
+                _ = beat.tick() => ctx.reporter.beat(),
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => handle_command(&shared, &client, cmd),
+                    None => break true,
+                },
+            }
+        };
+        if ended {
+            shutdown_client(&client).await;
+            let _ = conn.await;
+            ctx.reporter.set(State::Off, "stopped");
+            return Ok(Outcome::Shutdown);
+        }
+        // The connection ended: decide.
+        let (ending, was_up, pair_success, last) = {
+            let s = shared.seen();
+            (
+                s.ending.clone(),
+                s.up,
+                s.pair_success,
+                s.last_disconnect.clone(),
+            )
+        };
+        let ending = match ending {
+            Some(e) => e,
+            None if pair_success => Ending::RestartRequired,
+            None => Ending::Lost,
+        };
+        if pair_success {
+            let _ = client.persistence_manager().flush().await;
+        }
+        match adapter::decide(&ending, was_up, &mut backoff) {
+            Decision::Exit => return Ok(Outcome::Shutdown),
+            Decision::ReconnectNow => {}
+            Decision::ReconnectAfter(d) => {
+                let why = last.unwrap_or_else(|| "connection failed".into());
+                ctx.reporter
+                    .set(State::Degraded, format!("reconnecting ({why})"));
+                tracing::info!(delay_ms = d.as_millis() as u64, reason = %why, "WhatsApp reconnecting");
+                let until = Instant::now() + d;
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until) => break,
+                        _ = shutdown.wait() => {
+                            shutdown_client(&client).await;
+                            ctx.reporter.set(State::Off, "stopped");
+                            return Ok(Outcome::Shutdown);
+                        }
+                        _ = beat.tick() => ctx.reporter.beat(),
+                        cmd = commands.recv() => match cmd {
+                            Some(cmd) => handle_command(&shared, &client, cmd),
+                            None => return Ok(Outcome::Shutdown),
+                        },
+                    }
+                }
+            }
+            Decision::Stop {
+                wipe,
+                detail,
+                pair_again,
+                paused,
+            } => {
+                shutdown_client(&client).await;
+                if wipe {
+                    match backend.wipe().await {
+                        Ok(n) => {
+                            tracing::warn!(rows = n, "WhatsApp logged out; its state was wiped")
+                        }
+                        Err(e) => tracing::error!(error = %e, "could not wipe the WhatsApp state"),
+                    }
+                }
+                if pair_again {
+                    pairing.publish(Pairing::PairAgain);
+                } else if paused {
+                    pairing.publish(Pairing::Paused);
+                }
+                tracing::warn!(status = %detail, "WhatsApp stopped; it needs the owner");
+                ctx.reporter.set(State::NeedsOwner, detail.clone());
+                fail_pending(&shared);
+                return Ok(Outcome::NeedsOwner(detail));
+            }
+        }
+    }
+}
+
+/// Ends the client for good (flushes its buffered state), bounded in time.
+async fn shutdown_client(client: &Arc<Client>) {
+    if tokio::time::timeout(DISCONNECT_TIMEOUT, client.disconnect())
+        .await
+        .is_err()
+    {
+        tracing::warn!("WhatsApp client did not disconnect in time");
+    }
+}
+
+fn fail_pending(sh: &Shared) {
+    for (_, tx) in sh.seen().acks.drain() {
+        let _ = tx.send(Some("channel stopped".into()));
+    }
+}
+
+/// Carries out one command on its own task, so the driver keeps beating.
+fn handle_command(sh: &Arc<Shared>, client: &Arc<Client>, cmd: ChannelCommand) {
+    match cmd {
+        ChannelCommand::Typing { chat, on } => {
+            let c = client.clone();
+            tokio::spawn(async move {
+                let Ok(jid) = chat.parse::<Jid>() else { return };
+                let r = if on {
+                    c.chatstate().send_composing(&jid).await
+                } else {
+                    c.chatstate().send_paused(&jid).await
+                };
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "typing indicator not sent");
+                }
+            });
+        }
+        ChannelCommand::Send {
+            chat,
+            text,
+            key,
+            done,
+        } => {
+            let sh = sh.clone();
+            let c = client.clone();
+            tokio::spawn(async move {
+                let r = send(&sh, &c, &chat, text, &key).await;
+                if let Err(e) = &r {
+                    tracing::info!(error = %e, "WhatsApp send failed");
+                }
+                let _ = done.send(r);
+            });
+        }
+    }
+}
+
+/// Sends one chunk with the id derived from `key`; Ok once the server acked it.
+async fn send(
+    sh: &Arc<Shared>,
+    client: &Arc<Client>,
+    chat: &str,
+    text: String,
+    key: &str,
+) -> Result<(), SendError> {
+    if !client.is_logged_in() {
+        return Err(SendError::Retry("WhatsApp is not connected".into()));
+    }
+    let jid: Jid = chat
+        .parse()
+        .map_err(|_| SendError::Permanent(format!("{chat:?} is not a WhatsApp chat address")))?;
+    let own = own_of(client);
+    let is_self = (jid.is_pn() && own.pn.as_deref() == Some(jid.user.as_str()))
+        || (jid.is_lid() && own.lid.as_deref() == Some(jid.user.as_str()));
+    let text = if is_self && !text.starts_with(&sh.cfg.self_prefix) {
+        format!("{}{text}", sh.cfg.self_prefix)
+    } else {
+        text
+    };
+    let id = adapter::message_id_for(key);
+    sh.sent().remember(&id, Instant::now());
+    let (tx, rx) = oneshot::channel();
+    {
+        let mut s = sh.seen();
+        if s.acks.len() >= MAX_PENDING_ACKS && !s.acks.contains_key(&id) {
+            return Err(SendError::Retry(
+                "too many sends awaiting the server".into(),
+            ));
+        }
+        s.acks.insert(id.clone(), tx);
+    }
+    let msg = wa::Message {
+        conversation: Some(text),
+        ..Default::default()
+    };
+    let sent = client
+        .send_message_with_options(jid, msg, SendOptions::default().with_message_id(id.clone()))
+        .await;
+    if let Err(e) = sent {
+        sh.seen().acks.remove(&id);
+        return Err(classify_send_error(&e));
+    }
+    match tokio::time::timeout(SEND_ACK_TIMEOUT, rx).await {
+        Ok(Ok(None)) => Ok(()),
+        Ok(Ok(Some(code))) => Err(SendError::Permanent(format!(
+            "WhatsApp refused the message (error {code})"
+        ))),
+        Ok(Err(_)) => Err(SendError::Retry("channel restarted".into())),
+        Err(_) => {
+            sh.seen().acks.remove(&id);
+            Err(SendError::Retry("no acknowledgement from WhatsApp".into()))
+        }
+    }
+}
+
+fn classify_send_error(e: &whatsapp_rust::SendError) -> SendError {
+    use whatsapp_rust::SendError as E;
+    match e {
+        E::InvalidRequest(why) => SendError::Permanent(why.clone()),
+        E::NotLoggedIn => SendError::Retry("WhatsApp is not connected".into()),
+        other => SendError::Retry(other.to_string()),
+    }
+}
+
+/// Where [`display`] draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Screen {
+    Stdout,
+    Stderr,
+}
+
+/// The words a terminal shows for a pairing state (None: nothing to show).
+pub fn pairing_text(p: &Pairing, term: Option<(usize, usize)>) -> Option<String> {
+    match p {
+        Pairing::Idle => None,
+        Pairing::Qr { payload, expires_s } => Some(format!(
+            "\nWhatsApp: not linked. Scan this QR code (it changes in about {expires_s} s):\n{}",
+            qr::for_terminal(payload, term)
+        )),
+        Pairing::Code { code } => Some(format!(
+            "\nWhatsApp pairing code: {code}\nOn the phone: WhatsApp → Settings → Linked devices → \
+             Link a device → Link with phone number instead, then type the code.\n"
+        )),
+        Pairing::Linked { number } => Some(format!("WhatsApp: linked {number}\n")),
+        Pairing::Paused => Some(
+            "WhatsApp: pairing paused after several unscanned codes — run `clawbox pair whatsapp` to try again\n"
+                .into(),
+        ),
+        Pairing::PairAgain => Some(
+            "WhatsApp: logged out by the phone — run `clawbox pair whatsapp` to pair again\n".into(),
+        ),
+    }
+}
+
+/// Shows every pairing state change on a terminal (the QR redrawn on each new code) until
+/// shutdown.
+pub async fn display(
+    mut rx: tokio::sync::watch::Receiver<Pairing>,
+    mut shutdown: crate::shutdown::Shutdown,
+    screen: Screen,
+) {
+    use std::io::Write;
+    loop {
+        let text = pairing_text(
+            &rx.borrow_and_update().clone(),
+            qr::terminal_size_from_env(),
+        );
+        if let Some(text) = text {
+            let _ = match screen {
+                Screen::Stdout => std::io::stdout().lock().write_all(text.as_bytes()),
+                Screen::Stderr => std::io::stderr().lock().write_all(text.as_bytes()),
+            };
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = shutdown.wait() => return,
+        }
+    }
+}
+
+/// `clawbox pair whatsapp [--phone +E164]`: the WhatsApp channel alone on the configured state
+/// directory until it is linked. Returns the exit code: 0 linked, 1 not linked (the message says
+/// why), 73/65/74 when the store cannot be used (is the service running?).
+pub async fn pair(cfg: &crate::config::Config, phone: Option<String>) -> i32 {
+    use crate::store::{Store, StoreError};
+    let metrics = Arc::new(Metrics::default());
+    let store = match Store::open(&cfg.state_dir(), &cfg.store, metrics.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("clawbox: {e}");
+            return match e {
+                StoreError::Corrupt(_) => 65,
+                StoreError::Open(_) => 73,
+                _ => 74,
+            };
+        }
+    };
+    let wcfg = Arc::new(cfg.channels.whatsapp.clone().unwrap_or_default());
+    // Messages arriving while pairing are not taken: refused here, the server redelivers them to
+    // the service later.
+    let (intake, mut submissions) = crate::router::Intake::test_channel(1);
+    tokio::spawn(async move {
+        while let Some(s) = submissions.recv().await {
+            let _ = s.reply.send(Err(IntakeError::ShuttingDown));
+        }
+    });
+    let (trigger, shutdown) = crate::shutdown::Shutdown::new();
+    let (_commands_tx, commands_rx) = tokio::sync::mpsc::channel(1);
+    let board = crate::status::Board::default();
+    let ctx = ChannelContext {
+        intake,
+        store: store.clone(),
+        metrics,
+        reporter: board.register("whatsapp", true),
+        http: crate::http::HttpClient::new(),
+        commands: Arc::new(tokio::sync::Mutex::new(commands_rx)),
+        shutdown: shutdown.clone(),
+    };
+    let (publisher, rx) = PairingPublisher::new();
+    let shown = tokio::spawn(display(rx, shutdown.clone(), Screen::Stdout));
+    let opts = Options {
+        phone,
+        exit_when_linked: true,
+    };
+    let run = run_with(wcfg, ctx, publisher, opts);
+    let outcome = tokio::select! {
+        r = run => r,
+        _ = tokio::signal::ctrl_c() => Ok(Outcome::Shutdown),
+    };
+    trigger.trip();
+    let _ = shown.await;
+    store.close().await;
+    match outcome {
+        Ok(Outcome::Linked(number)) => {
+            println!("WhatsApp linked {number}. Start the service: `systemctl start clawbox`.");
+            0
+        }
+        Ok(Outcome::NeedsOwner(why)) => {
+            eprintln!("clawbox: WhatsApp not linked: {why}");
+            1
+        }
+        Ok(Outcome::Shutdown) => {
+            eprintln!("clawbox: pairing interrupted; WhatsApp is not linked");
+            1
+        }
+        Err(e) => {
+            eprintln!("clawbox: {e}");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_is_idempotent_with_room_for_the_prefix() {
+        assert!(SPEC.idempotent_send);
+        assert_eq!(SPEC.kind, ChannelKind::WhatsApp);
+        assert!(SPEC.max_chars + 8 < 65_000);
+    }
+
+    #[test]
+    fn send_errors_are_classified() {
+        assert!(matches!(
+            classify_send_error(&whatsapp_rust::SendError::NotLoggedIn),
+            SendError::Retry(_)
+        ));
+        assert!(matches!(
+            classify_send_error(&whatsapp_rust::SendError::InvalidRequest("bad".into())),
+            SendError::Permanent(_)
+        ));
+    }
+}

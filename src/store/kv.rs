@@ -1,0 +1,475 @@
+//! A generic key-value facility inside the store: named tables of `&str` → `&[u8]`, for state a
+//! library owns and clawbox only keeps (today: the WhatsApp client's keys, sessions and device).
+//!
+//! Owns the operations and their semantics: point reads, batched reads, prefix scans (bounded),
+//! batched puts and deletes in ONE write transaction, an atomic take (get + delete), and a prefix
+//! wipe. Every write is fsynced before its call returns. Never interprets the bytes it stores and
+//! never touches the daemon's own tables (inbox, outbox, sessions, cursors, auth).
+
+use super::{Op, Store, StoreError};
+use redb::{ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
+
+/// The WhatsApp client's state (Signal sessions and keys, app-state keys, device identity).
+pub(super) const WHATSAPP: TableDefinition<&str, &[u8]> = TableDefinition::new("whatsapp");
+
+/// Rows a single prefix scan may return at most: bounds the memory one call can take. Callers
+/// ask for less; a scan that would exceed its limit fails with a clear error instead of
+/// silently truncating.
+pub const MAX_SCAN_ROWS: usize = 100_000;
+
+/// Which key-value table an operation addresses. A closed set: tables are created at open time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvTable {
+    WhatsApp,
+}
+
+impl KvTable {
+    pub(super) fn def(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        match self {
+            KvTable::WhatsApp => WHATSAPP,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvTable::WhatsApp => "whatsapp",
+        }
+    }
+}
+
+/// One write of a batch: `Some(value)` puts, `None` deletes.
+pub type KvWrite = (String, Option<Vec<u8>>);
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// Key-value operations carried to the writer.
+pub(crate) enum KvOp {
+    Get(KvTable, String, Reply<Option<Vec<u8>>>),
+    GetMany(KvTable, Vec<String>, Reply<Vec<Option<Vec<u8>>>>),
+    Scan(KvTable, String, usize, Reply<Vec<(String, Vec<u8>)>>),
+    PutBatch(KvTable, Vec<KvWrite>, Reply<()>),
+    Take(KvTable, String, Reply<Option<Vec<u8>>>),
+    DeletePrefix(KvTable, String, Reply<usize>),
+}
+
+impl KvOp {
+    pub(crate) fn is_read(&self) -> bool {
+        matches!(self, KvOp::Get(..) | KvOp::GetMany(..) | KvOp::Scan(..))
+    }
+
+    pub(crate) fn fail(self, e: StoreError) {
+        match self {
+            KvOp::Get(_, _, r) | KvOp::Take(_, _, r) => drop(r.send(Err(e))),
+            KvOp::GetMany(_, _, r) => drop(r.send(Err(e))),
+            KvOp::Scan(_, _, _, r) => drop(r.send(Err(e))),
+            KvOp::PutBatch(_, _, r) => drop(r.send(Err(e))),
+            KvOp::DeletePrefix(_, _, r) => drop(r.send(Err(e))),
+        }
+    }
+}
+
+fn io(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+/// A read answered now (from a read transaction or from inside a write batch, which sees the
+/// batch's own earlier writes).
+fn read_from<T>(t: &T, op: KvOp)
+where
+    T: ReadableTable<&'static str, &'static [u8]>,
+{
+    match op {
+        KvOp::Get(_, key, r) => {
+            let v = t
+                .get(key.as_str())
+                .map(|o| o.map(|v| v.value().to_vec()))
+                .map_err(io);
+            let _ = r.send(v);
+        }
+        KvOp::GetMany(_, keys, r) => {
+            let v = keys
+                .iter()
+                .map(|k| {
+                    t.get(k.as_str())
+                        .map(|o| o.map(|v| v.value().to_vec()))
+                        .map_err(io)
+                })
+                .collect::<Result<Vec<_>, _>>();
+            let _ = r.send(v);
+        }
+        KvOp::Scan(table, prefix, limit, r) => {
+            let _ = r.send(scan(t, table, &prefix, limit));
+        }
+        other => other.fail(StoreError::Io("internal: not a key-value read".into())),
+    }
+}
+
+fn scan<T>(
+    t: &T,
+    table: KvTable,
+    prefix: &str,
+    limit: usize,
+) -> Result<Vec<(String, Vec<u8>)>, StoreError>
+where
+    T: ReadableTable<&'static str, &'static [u8]>,
+{
+    let limit = limit.min(MAX_SCAN_ROWS);
+    let mut out = Vec::new();
+    for row in t.range::<&str>(prefix..).map_err(io)? {
+        let (k, v) = row.map_err(io)?;
+        let k = k.value();
+        if !k.starts_with(prefix) {
+            break;
+        }
+        if out.len() == limit {
+            return Err(StoreError::Io(format!(
+                "table {}: more than {limit} rows under prefix {prefix:?}",
+                table.name()
+            )));
+        }
+        out.push((k.to_string(), v.value().to_vec()));
+    }
+    Ok(out)
+}
+
+/// Answers a read from a read transaction.
+pub(super) fn read(tx: &redb::ReadTransaction, op: KvOp) {
+    let table = match &op {
+        KvOp::Get(t, ..) | KvOp::GetMany(t, ..) | KvOp::Scan(t, ..) => *t,
+        _ => return op.fail(StoreError::Io("internal: not a key-value read".into())),
+    };
+    match tx.open_table(table.def()) {
+        Ok(t) => read_from(&t, op),
+        Err(e) => op.fail(io(e)),
+    }
+}
+
+/// What one key-value operation did inside a write batch.
+pub(super) struct Applied {
+    /// Bytes written (0: nothing changed).
+    pub bytes: u64,
+    /// The batch must be fsynced before this operation's caller hears back.
+    pub durable: bool,
+    /// Sends the answer once the commit outcome is known.
+    pub reply: Box<dyn FnOnce(Option<&StoreError>) + Send>,
+}
+
+fn reply<T: Send + 'static>(r: Reply<T>, value: Result<T, StoreError>) -> Applied {
+    Applied {
+        bytes: 0,
+        durable: false,
+        reply: Box::new(move |commit_err: Option<&StoreError>| {
+            let _ = r.send(match commit_err {
+                Some(e) => Err(e.clone()),
+                None => value,
+            });
+        }),
+    }
+}
+
+/// Applies one operation inside the writer's open write transaction. An `Err` aborts the whole
+/// batch (every caller in it hears the error).
+pub(super) fn apply(tx: &redb::WriteTransaction, op: KvOp) -> Result<Applied, StoreError> {
+    let table = match &op {
+        KvOp::Get(t, ..)
+        | KvOp::GetMany(t, ..)
+        | KvOp::Scan(t, ..)
+        | KvOp::PutBatch(t, ..)
+        | KvOp::Take(t, ..)
+        | KvOp::DeletePrefix(t, ..) => *t,
+    };
+    let mut t = tx.open_table(table.def()).map_err(io)?;
+    Ok(match op {
+        KvOp::Get(_, key, r) => {
+            let v = t.get(key.as_str()).map_err(io)?.map(|v| v.value().to_vec());
+            reply(r, Ok(v))
+        }
+        KvOp::GetMany(_, keys, r) => {
+            let mut out = Vec::with_capacity(keys.len());
+            for k in &keys {
+                out.push(t.get(k.as_str()).map_err(io)?.map(|v| v.value().to_vec()));
+            }
+            reply(r, Ok(out))
+        }
+        KvOp::Scan(table, prefix, limit, r) => {
+            let v = scan(&t, table, &prefix, limit);
+            reply(r, v)
+        }
+        KvOp::PutBatch(_, writes, r) => {
+            let mut bytes = 0u64;
+            for (k, v) in &writes {
+                match v {
+                    Some(v) => {
+                        t.insert(k.as_str(), v.as_slice()).map_err(io)?;
+                        bytes += (k.len() + v.len()) as u64;
+                    }
+                    None => {
+                        t.remove(k.as_str()).map_err(io)?;
+                        bytes += k.len() as u64;
+                    }
+                }
+            }
+            let mut a = reply(r, Ok(()));
+            a.bytes = bytes.max(1);
+            a.durable = true;
+            a
+        }
+        KvOp::Take(_, key, r) => {
+            let v = t
+                .remove(key.as_str())
+                .map_err(io)?
+                .map(|v| v.value().to_vec());
+            let removed = v.is_some();
+            let mut a = reply(r, Ok(v));
+            if removed {
+                a.bytes = key.len() as u64;
+                a.durable = true;
+            }
+            a
+        }
+        KvOp::DeletePrefix(_, prefix, r) => {
+            let mut n = 0usize;
+            t.retain(|k, _| {
+                let hit = k.starts_with(prefix.as_str());
+                n += usize::from(hit);
+                !hit
+            })
+            .map_err(io)?;
+            let mut a = reply(r, Ok(n));
+            a.bytes = n as u64;
+            a.durable = true;
+            a
+        }
+    })
+}
+
+/// Creates every key-value table (at open time, so reads never meet a missing table).
+pub(super) fn create_tables(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    tx.open_table(WHATSAPP).map_err(io)?;
+    Ok(())
+}
+
+/// Handle to one key-value table. Cheap to clone.
+#[derive(Clone)]
+pub struct Kv {
+    store: Store,
+    table: KvTable,
+}
+
+impl Store {
+    /// The key-value table `table` of this store.
+    pub fn kv(&self, table: KvTable) -> Kv {
+        Kv {
+            store: self.clone(),
+            table,
+        }
+    }
+}
+
+impl Kv {
+    pub fn table(&self) -> KvTable {
+        self.table
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> KvOp) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.store.send(Op::Kv(make(tx))).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_string();
+        self.call(|r| KvOp::Get(self.table, key, r)).await
+    }
+
+    /// Values of `keys`, in the same order (None where absent).
+    pub async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        self.call(|r| KvOp::GetMany(self.table, keys, r)).await
+    }
+
+    /// Every row whose key starts with `prefix`, in key order; fails if there are more than
+    /// `limit` (capped at [`MAX_SCAN_ROWS`]).
+    pub async fn scan_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let prefix = prefix.to_string();
+        self.call(|r| KvOp::Scan(self.table, prefix, limit, r))
+            .await
+    }
+
+    /// Puts (`Some`) and deletes (`None`) in one write transaction, fsynced before this returns:
+    /// all of them or none.
+    pub async fn put_batch(&self, writes: Vec<KvWrite>) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.call(|r| KvOp::PutBatch(self.table, writes, r)).await
+    }
+
+    pub async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        self.put_batch(vec![(key.to_string(), Some(value))]).await
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.put_batch(vec![(key.to_string(), None)]).await
+    }
+
+    /// Atomically reads and deletes `key`; durable before this returns.
+    pub async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_string();
+        self.call(|r| KvOp::Take(self.table, key, r)).await
+    }
+
+    /// Deletes every row whose key starts with `prefix` (`""`: the whole table); durable before
+    /// this returns. Returns how many rows went.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, StoreError> {
+        let prefix = prefix.to_string();
+        self.call(|r| KvOp::DeletePrefix(self.table, prefix, r))
+            .await
+    }
+}
+
+/// Opens the file store again once the closed writer thread has let go of the file (it drops the
+/// database just after answering `close`).
+#[cfg(test)]
+pub(crate) fn reopen_for_test(dir: &std::path::Path) -> Store {
+    let cfg = crate::config::StoreConfig::default();
+    for _ in 0..200 {
+        match Store::open(
+            dir,
+            &cfg,
+            std::sync::Arc::new(crate::metrics::Metrics::default()),
+        ) {
+            Ok(s) => return s,
+            Err(StoreError::Open(_)) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            Err(e) => panic!("reopen: {e}"),
+        }
+    }
+    panic!("the store file stayed locked after close")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use std::sync::Arc;
+
+    fn mem() -> Store {
+        Store::open_in_memory(Arc::new(Metrics::default())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn put_get_take_and_prefix_ops() {
+        let store = mem();
+        let kv = store.kv(KvTable::WhatsApp);
+        assert_eq!(kv.get("a").await.unwrap(), None);
+        kv.put_batch(vec![
+            ("ses/1".into(), Some(b"one".to_vec())),
+            ("ses/2".into(), Some(b"two".to_vec())),
+            ("sk/1".into(), Some(b"k".to_vec())),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(kv.get("ses/1").await.unwrap(), Some(b"one".to_vec()));
+        assert_eq!(
+            kv.get_many(vec!["ses/2".into(), "nope".into(), "sk/1".into()])
+                .await
+                .unwrap(),
+            vec![Some(b"two".to_vec()), None, Some(b"k".to_vec())]
+        );
+        let rows = kv.scan_prefix("ses/", 10).await.unwrap();
+        assert_eq!(
+            rows.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["ses/1", "ses/2"]
+        );
+        assert!(kv.scan_prefix("ses/", 1).await.is_err(), "over the limit");
+        // Puts and deletes in one batch.
+        kv.put_batch(vec![
+            ("ses/1".into(), None),
+            ("ses/3".into(), Some(b"three".to_vec())),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(kv.get("ses/1").await.unwrap(), None);
+        assert_eq!(kv.take("ses/3").await.unwrap(), Some(b"three".to_vec()));
+        assert_eq!(kv.take("ses/3").await.unwrap(), None, "a take is consumed");
+        assert_eq!(kv.delete_prefix("ses/").await.unwrap(), 1);
+        assert_eq!(kv.get("sk/1").await.unwrap(), Some(b"k".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn wiping_the_table_leaves_the_daemons_own_state() {
+        let store = mem();
+        store
+            .set_auth("openclaw/device", b"key".to_vec())
+            .await
+            .unwrap();
+        store.set_cursor("telegram", b"7".to_vec()).await.unwrap();
+        let kv = store.kv(KvTable::WhatsApp);
+        kv.put("dev", b"creds".to_vec()).await.unwrap();
+        kv.put("id/x", b"i".to_vec()).await.unwrap();
+        assert_eq!(kv.delete_prefix("").await.unwrap(), 2);
+        assert!(kv.scan_prefix("", 10).await.unwrap().is_empty());
+        assert_eq!(
+            store.auth("openclaw/device").await.unwrap(),
+            Some(b"key".to_vec())
+        );
+        assert_eq!(store.cursor("telegram").await.unwrap(), Some(b"7".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn writes_are_fsynced_before_returning() {
+        let metrics = Arc::new(Metrics::default());
+        let store = Store::open_in_memory(metrics.clone()).unwrap();
+        let kv = store.kv(KvTable::WhatsApp);
+        let before = metrics
+            .store_fsyncs
+            .load(std::sync::atomic::Ordering::Relaxed);
+        kv.put("dev", b"creds".to_vec()).await.unwrap();
+        let after = metrics
+            .store_fsyncs
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(after, before + 1, "a put is one durable commit");
+        // A take of a missing key writes nothing.
+        kv.take("missing").await.unwrap();
+        assert_eq!(
+            metrics
+                .store_fsyncs
+                .load(std::sync::atomic::Ordering::Relaxed),
+            after
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn survives_close_and_reopen_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::StoreConfig::default();
+        {
+            let store = Store::open(dir.path(), &cfg, Arc::new(Metrics::default())).unwrap();
+            let kv = store.kv(KvTable::WhatsApp);
+            kv.put_batch(vec![
+                ("dev".into(), Some(b"creds".to_vec())),
+                ("pk/0000000001".into(), Some(b"pre".to_vec())),
+            ])
+            .await
+            .unwrap();
+            assert_eq!(
+                kv.take("pk/0000000001").await.unwrap(),
+                Some(b"pre".to_vec())
+            );
+            store.close().await;
+        }
+        let store = reopen_for_test(dir.path());
+        let kv = store.kv(KvTable::WhatsApp);
+        assert_eq!(kv.get("dev").await.unwrap(), Some(b"creds".to_vec()));
+        assert_eq!(
+            kv.get("pk/0000000001").await.unwrap(),
+            None,
+            "the take was durable"
+        );
+        store.close().await;
+    }
+}
