@@ -294,22 +294,28 @@ async fn offline_messages_arrive_on_reconnect() {
     fake.contact_send(CONTACT, "while you were away 2", None, None).await.unwrap();
 
     let mut again = TestClient::start(&fake, backend).await;
+    // Events are delivered concurrently: `Connected` may come before or after the backlog.
     let mut got = Vec::new();
-    while got.len() < 2 {
-        let batch = again
-            .wait_for("offline messages", |e| match e {
-                Event::Messages(batch) => Some(
+    let mut connected = false;
+    while got.len() < 2 || !connected {
+        let (batch, is_connected) = again
+            .wait_for("offline messages and Connected", |e| match e {
+                Event::Messages(batch) => Some((
                     batch
                         .messages
                         .iter()
                         .filter_map(|m| text_of(&m.message).map(|t| (t, m.info.is_offline)))
                         .collect::<Vec<_>>(),
-                ),
+                    false,
+                )),
+                Event::Connected(_) => Some((Vec::new(), true)),
                 _ => None,
             })
             .await;
         got.extend(batch);
+        connected |= is_connected;
     }
+    got.sort();
     assert_eq!(
         got,
         vec![
@@ -317,7 +323,6 @@ async fn offline_messages_arrive_on_reconnect() {
             ("while you were away 2".to_string(), true)
         ]
     );
-    again.wait_connected().await;
     again.handle.shutdown().await;
 }
 
