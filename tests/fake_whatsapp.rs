@@ -25,6 +25,9 @@ use whatsapp_rust::{Client, Jid, TokioRuntime};
 /// Upper bound for one protocol step. Pairing includes the client's own 10 s key-share grace and
 /// reconnect backoff; 60 s leaves room on a loaded 2-core machine.
 const WAIT: Duration = Duration::from_secs(60);
+/// Bound for the client's keepalive to declare a silent socket dead (ping interval up to 30 s
+/// plus a 20 s answer timeout), with margin.
+const KEEPALIVE_WAIT: Duration = Duration::from_secs(120);
 const CONTACT: &str = "+15551234567";
 
 /// Media is never downloaded in these tests; any HTTP call is a bug in the test setup.
@@ -349,6 +352,28 @@ async fn faults_drop_restart_and_conflict() {
             matches!(e, Event::StreamReplaced(_)).then_some(())
         })
         .await;
+    client.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_blackhole_then_heal_reconnects() {
+    let fake = FakeWhatsApp::start().await;
+    let (mut client, _backend) = paired_client(&fake).await;
+    let attempts = fake.connection_attempts().await;
+    fake.fault("blackhole", None).await.unwrap();
+    // The client's keepalive (ping every 15-30 s, dead 20 s after an unanswered send) notices the
+    // silence and dials again; the fake holds the new socket while blackholed.
+    let deadline = tokio::time::Instant::now() + KEEPALIVE_WAIT;
+    while fake.connection_attempts().await == attempts {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "client never noticed the blackhole"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    fake.fault("heal", None).await.unwrap();
+    client.wait_connected().await;
+    assert!(fake.state().await.connected);
     client.handle.shutdown().await;
 }
 

@@ -149,6 +149,11 @@ impl FakeWhatsApp {
         self.world.lock().await.fault(kind, code)
     }
 
+    /// TCP connections accepted on the WebSocket listener so far (a reconnecting client adds one).
+    pub async fn connection_attempts(&self) -> u64 {
+        self.world.lock().await.attempts
+    }
+
     /// Serves until the listeners fail (the standalone example's main loop).
     pub async fn serve_forever(mut self) {
         while self.tasks.join_next().await.is_some() {}
@@ -223,6 +228,17 @@ where
 }
 
 async fn serve_conn(world: Arc<Mutex<World>>, stream: TcpStream) -> Result<(), String> {
+    let mut blackhole = {
+        let mut w = world.lock().await;
+        w.attempts += 1;
+        w.blackhole.subscribe()
+    };
+    // Blackholed: the TCP connection is accepted and then nothing happens until `heal`.
+    while *blackhole.borrow_and_update() {
+        if blackhole.changed().await.is_err() {
+            return Ok(());
+        }
+    }
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(MAX_WS_MESSAGE))
         .max_frame_size(Some(MAX_WS_MESSAGE));

@@ -81,6 +81,11 @@ pub struct World {
     link: Option<LinkCode>,
     key_index: u32,
     next_conn: u64,
+    /// Set while the `blackhole` fault is on: new connections are held before the WebSocket
+    /// upgrade, the live one neither reads nor writes.
+    pub blackhole: tokio::sync::watch::Sender<bool>,
+    /// TCP connections accepted on the WebSocket listener so far.
+    pub attempts: u64,
 }
 
 pub fn now_secs() -> u64 {
@@ -118,6 +123,8 @@ impl World {
             link: None,
             key_index: 0,
             next_conn: 1,
+            blackhole: tokio::sync::watch::Sender::new(false),
+            attempts: 0,
         }
     }
 
@@ -815,30 +822,34 @@ impl World {
     // ---- faults --------------------------------------------------------------------------
 
     pub fn fault(&mut self, kind: &str, code: Option<u16>) -> Result<(), String> {
-        let conn = self.conn.as_mut();
         match kind {
             "heal" => {
-                if let Some(c) = conn {
+                self.blackhole.send_replace(false);
+                if let Some(c) = self.conn.as_mut() {
                     c.blackholed = false;
                     let _ = c.tx.try_send(Cmd::Heal);
                 }
                 Ok(())
             }
-            "drop" | "stream-error" | "conflict" | "blackhole" => {
-                let c = conn.ok_or("fault: no client connected")?;
+            "blackhole" => {
+                self.blackhole.send_replace(true);
+                if let Some(c) = self.conn.as_mut() {
+                    c.blackholed = true;
+                    let _ = c.tx.try_send(Cmd::Blackhole);
+                }
+                Ok(())
+            }
+            "drop" | "stream-error" | "conflict" => {
+                let c = self.conn.as_mut().ok_or("fault: no client connected")?;
                 let cmd = match kind {
                     "drop" => Cmd::Close,
                     "stream-error" => Cmd::SendClose(nodes::stream_error(code.unwrap_or(515))),
-                    "conflict" => Cmd::SendClose(nodes::conflict_replaced()),
-                    _ => {
-                        c.blackholed = true;
-                        Cmd::Blackhole
-                    }
+                    _ => Cmd::SendClose(nodes::conflict_replaced()),
                 };
-                c.tx.try_send(cmd).map_err(|_| "fault: connection queue full".to_string())
+                c.tx.try_send(cmd)
+                    .map_err(|_| "fault: connection queue full".to_string())
             }
             other => Err(format!("fault: unknown kind {other}")),
         }
     }
 }
-
