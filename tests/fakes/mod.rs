@@ -5,3 +5,4 @@
 pub mod openai;
 pub mod openclaw;
 pub mod telegram;
+pub mod whatsapp;

@@ -1,0 +1,131 @@
+//! The fake's admin API: JSON over HTTP/1.1 on its own loopback listener (hyper 1), driving the
+//! mock phone, the mock contacts and fault injection. Owns request routing and JSON shapes only;
+//! every action is a call into `server::World`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use super::server::{World, now_secs};
+
+/// Largest admin request body: the biggest is a message text, a few KiB in tests.
+pub const ADMIN_BODY_MAX: usize = 64 * 1024;
+
+#[derive(Deserialize)]
+struct Scan {
+    qr: String,
+}
+
+#[derive(Deserialize)]
+struct Code {
+    code: String,
+}
+
+#[derive(Deserialize)]
+struct Send {
+    text: String,
+    media: Option<String>,
+    caption: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Fault {
+    kind: String,
+    code: Option<u16>,
+}
+
+fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn bad(e: impl std::fmt::Display) -> Response<Full<Bytes>> {
+    reply(StatusCode::BAD_REQUEST, json!({ "error": e.to_string() }))
+}
+
+/// `{"connected","paired","jid"}` as served by `GET /state`.
+pub async fn state_json(world: &Mutex<World>) -> serde_json::Value {
+    let w = world.lock().await;
+    json!({
+        "connected": w.conn.as_ref().is_some_and(|c| c.logged_in),
+        "paired": w.companion.is_some(),
+        "jid": w.own_jid(),
+    })
+}
+
+pub async fn handle(
+    world: Arc<Mutex<World>>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let body = match Limited::new(req.into_body(), ADMIN_BODY_MAX).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return Ok(bad(format!("body: {e}"))),
+    };
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let resp = match (method, segments.as_slice()) {
+        (Method::GET, ["state"]) => reply(StatusCode::OK, state_json(&world).await),
+        (Method::POST, ["phone", "scan"]) => match serde_json::from_slice::<Scan>(&body) {
+            Ok(s) => match world.lock().await.scan(&s.qr) {
+                Ok(()) => reply(StatusCode::OK, json!({})),
+                Err(e) => bad(e),
+            },
+            Err(e) => bad(e),
+        },
+        (Method::POST, ["phone", "link-code"]) => match serde_json::from_slice::<Code>(&body) {
+            Ok(c) => match world.lock().await.enter_code(&c.code) {
+                Ok(()) => reply(StatusCode::OK, json!({})),
+                Err(e) => bad(e),
+            },
+            Err(e) => bad(e),
+        },
+        (Method::POST, ["contacts", who, "messages"]) => {
+            match serde_json::from_slice::<Send>(&body) {
+                Ok(s) => {
+                    let sent = world
+                        .lock()
+                        .await
+                        .contact_send(
+                            who,
+                            &s.text,
+                            s.media.as_deref(),
+                            s.caption.as_deref(),
+                            now_secs(),
+                        )
+                        .await;
+                    match sent {
+                        Ok(id) => reply(StatusCode::OK, json!({ "id": id })),
+                        Err(e) => bad(e),
+                    }
+                }
+                Err(e) => bad(e),
+            }
+        }
+        (Method::GET, ["contacts", who, "messages"]) => {
+            let inbox = world.lock().await.inbox(who);
+            reply(StatusCode::OK, json!(inbox))
+        }
+        (Method::POST, ["faults"]) => match serde_json::from_slice::<Fault>(&body) {
+            Ok(f) => match world.lock().await.fault(&f.kind, f.code) {
+                Ok(()) => reply(StatusCode::OK, json!({})),
+                Err(e) => bad(e),
+            },
+            Err(e) => bad(e),
+        },
+        _ => reply(StatusCode::NOT_FOUND, json!({ "error": "no such route" })),
+    };
+    Ok(resp)
+}

@@ -1,0 +1,333 @@
+//! A fake WhatsApp Web server for tests, speaking the real protocol on loopback: WebSocket on
+//! `/ws/chat`, Noise XX with a certificate chain, framed AES-GCM, binary nodes, QR and pair-code
+//! linking by a mock phone, Signal-encrypted messages from mock contacts, an offline queue, and
+//! fault injection — driven by a JSON admin API on a second listener (or the Rust methods here).
+//! Built from the client's own crates (`whatsapp-rust` 0.7.0 re-exports), so the wire format is
+//! the one the real client speaks. Owns the sockets (this file) and nothing of clawbox; never
+//! reaches the network beyond 127.0.0.1.
+
+mod admin;
+pub mod contacts;
+mod noise;
+pub mod nodes;
+pub mod phone;
+mod server;
+mod signal_store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Mutex, mpsc};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+
+pub use contacts::InboxEntry;
+use server::{CONN_QUEUE_CAP, Cmd, World, now_secs};
+
+/// The mock phone's account number.
+pub const PHONE_NUMBER: &str = "+15550001111";
+/// WebSocket path the client connects to.
+pub const WS_PATH: &str = "/ws/chat";
+/// Origin WhatsApp Web's client sends (and the real server insists on).
+pub const ORIGIN: &str = "https://web.whatsapp.com";
+/// Time a client gets to finish the WebSocket upgrade and the Noise handshake (the client's own
+/// limit is 20 s).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Largest WebSocket message accepted (a frame plus header; see `noise::MAX_FRAME_LEN`).
+const MAX_WS_MESSAGE: usize = (1 << 20) + 64;
+/// Concurrent WebSocket connections served; more are closed at once (a test has one client).
+const MAX_CONNS: usize = 16;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct State {
+    pub connected: bool,
+    pub paired: bool,
+    pub jid: Option<String>,
+}
+
+pub struct FakeWhatsApp {
+    world: Arc<Mutex<World>>,
+    ws_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    tasks: JoinSet<()>,
+}
+
+impl FakeWhatsApp {
+    /// Starts both listeners on ephemeral loopback ports.
+    pub async fn start() -> Self {
+        match Self::start_on("127.0.0.1:0", "127.0.0.1:0").await {
+            Ok(fake) => fake,
+            Err(e) => panic!("fake-whatsapp: cannot bind loopback: {e}"),
+        }
+    }
+
+    pub async fn start_on(listen: &str, admin: &str) -> std::io::Result<Self> {
+        let ws = TcpListener::bind(listen).await?;
+        let adm = TcpListener::bind(admin).await?;
+        let world = Arc::new(Mutex::new(World::new(PHONE_NUMBER.trim_start_matches('+'))));
+        let mut tasks = JoinSet::new();
+        let fake = Self {
+            world: world.clone(),
+            ws_addr: ws.local_addr()?,
+            admin_addr: adm.local_addr()?,
+            tasks: JoinSet::new(),
+        };
+        tasks.spawn(accept_ws(ws, world.clone()));
+        tasks.spawn(accept_admin(adm, world));
+        Ok(Self { tasks, ..fake })
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}{WS_PATH}", self.ws_addr)
+    }
+
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws_addr
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr)
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The mock phone's account number (`+E.164`).
+    pub fn phone_number(&self) -> &'static str {
+        PHONE_NUMBER
+    }
+
+    /// The phone scans the QR string the client displayed.
+    pub async fn scan(&self, qr: &str) -> Result<(), String> {
+        self.world.lock().await.scan(qr)
+    }
+
+    /// The phone's user types the pair code the client displayed (`ABCD-EFGH` or `ABCDEFGH`).
+    pub async fn enter_code(&self, code: &str) -> Result<(), String> {
+        self.world.lock().await.enter_code(code)
+    }
+
+    /// Contact `e164` sends a text (or a media message with `caption`); returns the message id.
+    pub async fn contact_send(
+        &self,
+        e164: &str,
+        text: &str,
+        media: Option<&str>,
+        caption: Option<&str>,
+    ) -> Result<String, String> {
+        self.world
+            .lock()
+            .await
+            .contact_send(e164, text, media, caption, now_secs())
+            .await
+    }
+
+    /// What the linked account sent to contact `e164`, decrypted.
+    pub async fn contact_inbox(&self, e164: &str) -> Vec<InboxEntry> {
+        self.world.lock().await.inbox(e164)
+    }
+
+    pub async fn state(&self) -> State {
+        let w = self.world.lock().await;
+        State {
+            connected: w.conn.as_ref().is_some_and(|c| c.logged_in),
+            paired: w.companion.is_some(),
+            jid: w.own_jid(),
+        }
+    }
+
+    /// `drop` | `stream-error` (with `code`) | `conflict` | `blackhole` | `heal`.
+    pub async fn fault(&self, kind: &str, code: Option<u16>) -> Result<(), String> {
+        self.world.lock().await.fault(kind, code)
+    }
+
+    /// TCP connections accepted on the WebSocket listener so far (a reconnecting client adds one).
+    pub async fn connection_attempts(&self) -> u64 {
+        self.world.lock().await.attempts
+    }
+
+    /// Serves until the listeners fail (the standalone example's main loop).
+    pub async fn serve_forever(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn accept_admin(listener: TcpListener, world: Arc<Mutex<World>>) {
+    let mut conns = JoinSet::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        while conns.try_join_next().is_some() {}
+        let world = world.clone();
+        conns.spawn(async move {
+            let service = service_fn(move |req| admin::handle(world.clone(), req));
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn accept_ws(listener: TcpListener, world: Arc<Mutex<World>>) {
+    let mut conns = JoinSet::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        while conns.try_join_next().is_some() {}
+        if conns.len() >= MAX_CONNS {
+            drop(stream);
+            continue;
+        }
+        let world = world.clone();
+        conns.spawn(async move {
+            if let Err(e) = serve_conn(world, stream).await {
+                tracing::debug!("fake-whatsapp: connection ended: {e}");
+            }
+        });
+    }
+}
+
+#[allow(clippy::result_large_err)]
+fn check_upgrade(req: &Request, resp: Response) -> Result<Response, ErrorResponse> {
+    let origin_ok = req
+        .headers()
+        .get("origin")
+        .is_some_and(|o| o.as_bytes() == ORIGIN.as_bytes());
+    if req.uri().path() != WS_PATH || !origin_ok {
+        let mut err = ErrorResponse::new(Some("wrong path or origin".into()));
+        *err.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::FORBIDDEN;
+        return Err(err);
+    }
+    Ok(resp)
+}
+
+async fn next_binary<S>(ws: &mut S) -> Result<Vec<u8>, String>
+where
+    S: StreamExt<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match ws.next().await {
+            Some(Ok(WsMessage::Binary(b))) => return Ok(b.to_vec()),
+            Some(Ok(WsMessage::Close(_))) | None => return Err("closed during handshake".into()),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(format!("websocket: {e}")),
+        }
+    }
+}
+
+async fn serve_conn(world: Arc<Mutex<World>>, stream: TcpStream) -> Result<(), String> {
+    let mut blackhole = {
+        let mut w = world.lock().await;
+        w.attempts += 1;
+        w.blackhole.subscribe()
+    };
+    // Blackholed: the TCP connection is accepted and then nothing happens until `heal`.
+    while *blackhole.borrow_and_update() {
+        if blackhole.changed().await.is_err() {
+            return Ok(());
+        }
+    }
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_WS_MESSAGE))
+        .max_frame_size(Some(MAX_WS_MESSAGE));
+    let handshake = async {
+        let mut ws =
+            tokio_tungstenite::accept_hdr_async_with_config(stream, check_upgrade, Some(config))
+                .await
+                .map_err(|e| format!("upgrade: {e}"))?;
+        let first = next_binary(&mut ws).await?;
+        let (hello, pending) = {
+            let w = world.lock().await;
+            noise::respond_to_hello(&first, &w.server).map_err(|e| e.to_string())?
+        };
+        ws.send(WsMessage::Binary(hello.into()))
+            .await
+            .map_err(|e| format!("send hello: {e}"))?;
+        let second = next_binary(&mut ws).await?;
+        let (cipher, payload, client_static) =
+            pending.finish(&second).map_err(|e| e.to_string())?;
+        Ok::<_, String>((ws, cipher, payload, client_static))
+    };
+    let (mut ws, mut cipher, payload, client_static) =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| "handshake timed out".to_string())??;
+
+    let (tx, mut rx) = mpsc::channel(CONN_QUEUE_CAP);
+    let id = {
+        let mut w = world.lock().await;
+        let id = w.attach(tx, client_static);
+        w.on_payload(id, &payload, now_secs());
+        id
+    };
+    let mut blackholed = false;
+    let result: Result<(), String> = loop {
+        tokio::select! {
+            cmd = rx.recv() => match cmd {
+                None | Some(Cmd::Close) => break Ok(()),
+                Some(Cmd::Blackhole) => blackholed = true,
+                Some(Cmd::Heal) => blackholed = false,
+                Some(Cmd::Send(node)) => {
+                    if blackholed {
+                        continue;
+                    }
+                    if let Err(e) = write_node(&mut ws, &mut cipher, &node).await {
+                        break Err(e);
+                    }
+                }
+                Some(Cmd::SendClose(node)) => {
+                    let _ = write_node(&mut ws, &mut cipher, &node).await;
+                    let _ = ws.close(None).await;
+                    break Ok(());
+                }
+            },
+            msg = ws.next(), if !blackholed => match msg {
+                Some(Ok(WsMessage::Binary(data))) => {
+                    let frames = match cipher.open(&data) {
+                        Ok(f) => f,
+                        Err(e) => break Err(e.to_string()),
+                    };
+                    for frame in frames {
+                        match nodes::decode(&frame) {
+                            Ok(node) => world.lock().await.on_node(id, node, now_secs()).await,
+                            Err(e) => tracing::warn!("fake-whatsapp: undecodable node: {e}"),
+                        }
+                    }
+                }
+                Some(Ok(WsMessage::Close(_))) | None => break Ok(()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break Err(format!("websocket: {e}")),
+            },
+        }
+    };
+    world.lock().await.detach(id);
+    result
+}
+
+async fn write_node<S>(
+    ws: &mut S,
+    cipher: &mut noise::FrameCipher,
+    node: &whatsapp_rust::wacore_binary::Node,
+) -> Result<(), String>
+where
+    S: SinkExt<WsMessage, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    tracing::debug!("fake-whatsapp -> {}", nodes::summary(node));
+    let plain = nodes::encode(node)?;
+    let framed = cipher.seal(&plain).map_err(|e| e.to_string())?;
+    ws.send(WsMessage::Binary(framed.into()))
+        .await
+        .map_err(|e| format!("websocket send: {e}"))
+}

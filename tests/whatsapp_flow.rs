@@ -1,0 +1,288 @@
+//! The WhatsApp channel inside the real daemon, against the protocol-faithful fake server
+//! (Noise, binary nodes, Signal): pairing by QR and by code, no re-pairing after restarts or
+//! SIGKILL, the allowlist, media placeholders, offline catch-up answered exactly once, and each
+//! disconnect reason leading to what it must (reconnect fast, stop, or say "pair again").
+
+mod fakes;
+mod support;
+
+use fakes::whatsapp::FakeWhatsApp;
+use std::time::Duration;
+use support::*;
+use tokio::time::Instant;
+
+const FRIEND: &str = "+15550002222";
+const STRANGER: &str = "+15550003333";
+
+struct Bx {
+    dir: tempfile::TempDir,
+    cfg: std::path::PathBuf,
+    port: u16,
+}
+
+fn new_box(fake: &FakeWhatsApp) -> Bx {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = format!(
+        "[gateway]\nstate_dir = \"{}\"\nhealth_listen = \"127.0.0.1:{port}\"\n[pacing]\nenabled = false\n\
+         [channels.console]\nenabled = true\n\
+         [channels.whatsapp]\nserver_url = \"{}\"\nallow_from = [\"{FRIEND}\"]\n",
+        dir.path().join("state").display(),
+        fake.ws_url()
+    );
+    let path = dir.path().join("clawbox.toml");
+    std::fs::write(&path, cfg).unwrap();
+    Bx { dir, cfg: path, port }
+}
+
+impl Bx {
+    fn args<'a>(&'a self, cmd: &'a [&'a str]) -> Vec<&'a str> {
+        let mut v = cmd.to_vec();
+        v.extend_from_slice(&["--config", self.cfg.to_str().unwrap()]);
+        v
+    }
+    async fn run(&self) -> Proc {
+        let p = spawn(&self.args(&["run"]), &[], self.dir.path());
+        p.wait_stderr("ready", |e| e.iter().any(|l| l.contains("ready"))).await;
+        p
+    }
+    async fn health(&self) -> String {
+        http_get(&format!("http://127.0.0.1:{}/healthz", self.port)).await
+    }
+    async fn metrics(&self) -> String {
+        http_get(&format!("http://127.0.0.1:{}/metrics", self.port)).await
+    }
+    async fn wait_health(&self, needle: &str) -> String {
+        let deadline = Instant::now() + SOON;
+        loop {
+            let h = self.health().await;
+            if h.contains(needle) {
+                return h;
+            }
+            assert!(Instant::now() < deadline, "/healthz never said {needle:?}: {h}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn wait_connected(fake: &FakeWhatsApp, within: Duration) -> Duration {
+    let t = Instant::now();
+    loop {
+        if fake.state().await.connected {
+            return t.elapsed();
+        }
+        assert!(t.elapsed() < within, "not connected within {within:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn wait_disconnected(fake: &FakeWhatsApp) {
+    let t = Instant::now();
+    while fake.state().await.connected {
+        assert!(t.elapsed() < SOON, "still connected");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// `clawbox pair whatsapp`: the phone scans the printed QR data; the command exits 0 once linked.
+async fn pair_by_qr(fake: &FakeWhatsApp, bx: &Bx) {
+    let mut p = spawn(&bx.args(&["pair", "whatsapp"]), &[], bx.dir.path());
+    p.wait_stdout("the QR data", |o| o.iter().any(|l| l.starts_with("QR data"))).await;
+    let out = p.stdout();
+    let at = out.iter().position(|l| l.starts_with("QR data")).unwrap();
+    let payload = out[at + 1].trim().to_string();
+    assert!(payload.split(',').count() >= 4, "a QR payload: {payload}");
+    assert!(out.iter().any(|l| l.contains('▀') || l.contains('▄') || l.contains('█')), "the QR is drawn");
+    fake.scan(&payload).await.unwrap();
+    assert_eq!(p.exit_code().await, Some(0), "{:#?}\n{:#?}", p.stdout(), p.stderr());
+    assert!(p.stdout().iter().any(|l| l.contains(&format!("linked {}", fake.phone_number()))));
+}
+
+async fn replies(fake: &FakeWhatsApp, who: &str, word: &str) -> usize {
+    fake.contact_inbox(who).await.iter().filter(|m| m.text.contains(word)).count()
+}
+
+async fn wait_reply(fake: &FakeWhatsApp, who: &str, word: &str) {
+    let t = Instant::now();
+    while replies(fake, who, word).await == 0 {
+        assert!(t.elapsed() < SOON, "no reply mentioning {word}: {:#?}", fake.contact_inbox(who).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pair_by_qr_then_restarts_and_sigkill_never_need_pairing_again() {
+    let fake = FakeWhatsApp::start().await;
+    let bx = new_box(&fake);
+    pair_by_qr(&fake, &bx).await;
+    let mut p = bx.run().await;
+    wait_connected(&fake, SOON).await;
+    bx.wait_health(&format!("linked {}", fake.phone_number())).await;
+    p.kill9().await;
+    let mut p = bx.run().await;
+    wait_connected(&fake, SOON).await;
+    bx.wait_health(&format!("linked {}", fake.phone_number())).await;
+    p.sigterm();
+    assert_eq!(p.exit_code().await, Some(0));
+    let mut p = bx.run().await;
+    wait_connected(&fake, SOON).await;
+    assert!(!p.stderr().iter().any(|l| l.contains("not linked")), "{:#?}", p.stderr());
+    p.sigterm();
+    assert_eq!(p.exit_code().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pair_by_code() {
+    let fake = FakeWhatsApp::start().await;
+    let bx = new_box(&fake);
+    let phone = fake.phone_number();
+    let mut p = spawn(&bx.args(&["pair", "whatsapp", "--phone", phone]), &[], bx.dir.path());
+    p.wait_stdout("the pairing code", |o| o.iter().any(|l| l.starts_with("WhatsApp pairing code:"))).await;
+    let line = p.stdout().into_iter().find(|l| l.starts_with("WhatsApp pairing code:")).unwrap();
+    let code = line.trim_start_matches("WhatsApp pairing code:").trim().to_string();
+    assert_eq!(code.replace('-', "").len(), 8, "{code}");
+    fake.enter_code(&code).await.unwrap();
+    assert_eq!(p.exit_code().await, Some(0), "{:#?}", p.stderr());
+    let mut p = bx.run().await;
+    wait_connected(&fake, SOON).await;
+    p.sigterm();
+    assert_eq!(p.exit_code().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn friend_gets_the_echo_stranger_gets_nothing_media_is_a_placeholder() {
+    let fake = FakeWhatsApp::start().await;
+    let bx = new_box(&fake);
+    pair_by_qr(&fake, &bx).await;
+    let mut p = bx.run().await;
+    wait_connected(&fake, SOON).await;
+
+    fake.contact_send(STRANGER, "let me in", None, None).await.unwrap();
+    fake.contact_send(FRIEND, "hello from a friend", None, None).await.unwrap();
+    wait_reply(&fake, FRIEND, "hello from a friend").await;
+    fake.contact_send(FRIEND, "", Some("image"), Some("look at this")).await.unwrap();
+    wait_reply(&fake, FRIEND, "<media:image>").await;
+    let media = fake.contact_inbox(FRIEND).await.into_iter().find(|m| m.text.contains("<media:image>")).unwrap();
+    assert_eq!(media.text, "<media:image>\nlook at this");
+
+    assert!(fake.contact_inbox(STRANGER).await.is_empty(), "nothing to the stranger");
+    let m = bx.metrics().await;
+    assert!(m.contains("clawbox_messages_dropped_total{channel=\"whatsapp\",reason=\"not_allowed\"} 1"), "{m}");
+    assert!(m.contains("clawbox_messages_in_total{channel=\"whatsapp\"} 2"), "{m}");
+    p.sigterm();
+    assert_eq!(p.exit_code().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sent_while_down_are_answered_once_after_restart() {
+    let fake = FakeWhatsApp::start().await;
+    let bx = new_box(&fake);
+    pair_by_qr(&fake, &bx).await;
+    let mut p = bx.run().await;
+    wait_connected(&fake, SOON).await;
+    p.sigterm();
+    assert_eq!(p.exit_code().await, Some(0));
+    wait_disconnected(&fake).await;
+    fake.contact_send(FRIEND, "while-down-one", None, None).await.unwrap();
+    fake.contact_send(FRIEND, "while-down-two", None, None).await.unwrap();
+    let mut p = bx.run().await;
+    wait_reply(&fake, FRIEND, "while-down-one").await;
+    wait_reply(&fake, FRIEND, "while-down-two").await;
+    fake.contact_send(FRIEND, "settle", None, None).await.unwrap();
+    wait_reply(&fake, FRIEND, "settle").await;
+    assert_eq!(replies(&fake, FRIEND, "while-down-one").await, 1);
+    assert_eq!(replies(&fake, FRIEND, "while-down-two").await, 1);
+    p.sigterm();
+    assert_eq!(p.exit_code().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_and_515_reconnect_within_seconds() {
+    let fake = FakeWhatsApp::start().await;
+    let bx = new_box(&fake);
+    pair_by_qr(&fake, &bx).await;
+    let mut p = bx.run().await;
+    wait_connected(&fake, SOON).await;
+
+    fake.fault("drop", None).await.unwrap();
+    wait_disconnected(&fake).await;
+    let took = wait_connected(&fake, Duration::from_secs(5)).await;
+    println!("MEASURED reconnect after drop: {} ms", took.as_millis());
+
+    fake.fault("stream-error", Some(515)).await.unwrap();
+    wait_disconnected(&fake).await;
+    let took = wait_connected(&fake, Duration::from_secs(5)).await;
+    println!("MEASURED reconnect after 515: {} ms", took.as_millis());
+    assert!(took < Duration::from_secs(2), "515 means reconnect at once: {took:?}");
+
+    fake.contact_send(FRIEND, "still-here", None, None).await.unwrap();
+    wait_reply(&fake, FRIEND, "still-here").await;
+    p.sigterm();
+    assert_eq!(p.exit_code().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_link_is_detected_within_30s_and_heals_within_5s() {
+    let fake = FakeWhatsApp::start().await;
+    let bx = new_box(&fake);
+    pair_by_qr(&fake, &bx).await;
+    let mut p = bx.run().await;
+    wait_connected(&fake, SOON).await;
+    let attempts = fake.connection_attempts().await;
+    fake.fault("blackhole", None).await.unwrap();
+    let t = Instant::now();
+    while fake.connection_attempts().await == attempts {
+        assert!(t.elapsed() < Duration::from_secs(30), "dead link not detected within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("MEASURED dead link detected after {} ms", t.elapsed().as_millis());
+    fake.fault("heal", None).await.unwrap();
+    let took = wait_connected(&fake, Duration::from_secs(5)).await;
+    println!("MEASURED reconnect after heal: {} ms", took.as_millis());
+    p.sigterm();
+    assert_eq!(p.exit_code().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logged_out_wipes_whatsapp_only_and_says_pair_again() {
+    let fake = FakeWhatsApp::start().await;
+    let bx = new_box(&fake);
+    pair_by_qr(&fake, &bx).await;
+    let mut p = bx.run().await;
+    wait_connected(&fake, SOON).await;
+    fake.fault("stream-error", Some(401)).await.unwrap();
+    let h = bx.wait_health("pair again").await;
+    assert!(h.contains("needs-owner"), "{h}");
+    // The console, another channel, still answers.
+    p.write_line("console-still-works").await;
+    p.wait_stdout("the console reply", |o| o.iter().any(|l| l == "console-still-works")).await;
+    p.sigterm();
+    assert_eq!(p.exit_code().await, Some(0));
+    // The WhatsApp auth state is gone: a restart is unpaired and does not log in.
+    let attempts = fake.connection_attempts().await;
+    let mut p = bx.run().await;
+    bx.wait_health("whatsapp").await;
+    assert!(!fake.state().await.connected || fake.connection_attempts().await == attempts);
+    p.sigterm();
+    assert_eq!(p.exit_code().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_stops_reconnecting() {
+    let fake = FakeWhatsApp::start().await;
+    let bx = new_box(&fake);
+    pair_by_qr(&fake, &bx).await;
+    let mut p = bx.run().await;
+    wait_connected(&fake, SOON).await;
+    fake.fault("conflict", None).await.unwrap();
+    let h = bx.wait_health("needs-owner").await;
+    assert!(h.to_lowercase().contains("another") || h.contains("took over"), "{h}");
+    let attempts = fake.connection_attempts().await;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        assert_eq!(fake.connection_attempts().await, attempts, "no reconnect loop after a conflict");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    p.sigterm();
+    assert_eq!(p.exit_code().await, Some(0));
+}
