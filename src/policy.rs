@@ -8,6 +8,9 @@ use crate::config::{Config, DmPolicy};
 use crate::metrics::DropReason;
 use std::collections::HashSet;
 
+/// The sender id a channel gives the owner writing in their own "message yourself" chat.
+pub const OWNER_SELF: &str = "self";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Allow,
@@ -19,6 +22,9 @@ pub enum Verdict {
 pub struct Policy {
     dm: DmPolicy,
     allow: HashSet<String>,
+    /// The owner's own sender id (WhatsApp's "message yourself" chat): always allowed, whatever
+    /// `dm_policy` says about other people.
+    owner: Option<String>,
 }
 
 impl Policy {
@@ -26,6 +32,7 @@ impl Policy {
         Policy {
             dm,
             allow: allow_from.into_iter().collect(),
+            owner: None,
         }
     }
 
@@ -34,9 +41,18 @@ impl Policy {
         Policy::new(DmPolicy::Open, [])
     }
 
+    /// Also lets the owner's own sender id in.
+    pub fn with_owner(mut self, owner: &str) -> Policy {
+        self.owner = Some(owner.to_string());
+        self
+    }
+
     pub fn check(&self, msg: &Inbound) -> Verdict {
         if msg.is_group {
             return Verdict::Drop(DropReason::Group);
+        }
+        if self.owner.as_deref() == Some(msg.sender.as_str()) {
+            return Verdict::Allow;
         }
         match self.dm {
             DmPolicy::Disabled => Verdict::Drop(DropReason::Disabled),
@@ -67,13 +83,18 @@ impl Policies {
             );
         }
         if let Some(w) = &cfg.channels.whatsapp {
-            p.set(
-                ChannelKind::WhatsApp,
-                Policy::new(
+            p.set(ChannelKind::WhatsApp, {
+                let p = Policy::new(
                     w.dm_policy,
                     w.allow_from.iter().map(|n| n.get_ref().clone()),
-                ),
-            );
+                );
+                // The WhatsApp connector reports the owner's "message yourself" chat as this sender.
+                if w.self_chat {
+                    p.with_owner(OWNER_SELF)
+                } else {
+                    p
+                }
+            });
         }
         p
     }
@@ -123,6 +144,16 @@ mod tests {
         );
         assert_eq!(
             Policies::default().check(&msg("42", false)),
+            Verdict::Drop(DropReason::Disabled)
+        );
+        let owned = Policy::new(DmPolicy::Disabled, []).with_owner(OWNER_SELF);
+        assert_eq!(
+            owned.check(&msg(OWNER_SELF, false)),
+            Verdict::Allow,
+            "the owner's self chat"
+        );
+        assert_eq!(
+            owned.check(&msg("43", false)),
             Verdict::Drop(DropReason::Disabled)
         );
     }
