@@ -51,7 +51,12 @@ impl log::Log for StderrLog {
         true
     }
     fn log(&self, record: &log::Record) {
-        eprintln!("[client {}] {}: {}", record.level(), record.target(), record.args());
+        eprintln!(
+            "[client {}] {}: {}",
+            record.level(),
+            record.target(),
+            record.args()
+        );
     }
     fn flush(&self) {}
 }
@@ -118,14 +123,19 @@ impl TestClient {
                     seen.push(format!("{:?}", std::mem::discriminant(&*event)));
                 }
                 Ok(None) => panic!("event stream closed while waiting for {what}"),
-                Err(_) => panic!("timed out waiting for {what}; saw {} other events", seen.len()),
+                Err(_) => panic!(
+                    "timed out waiting for {what}; saw {} other events",
+                    seen.len()
+                ),
             }
         }
     }
 
     async fn wait_connected(&mut self) {
-        self.wait_for("Connected", |e| matches!(e, Event::Connected(_)).then_some(()))
-            .await;
+        self.wait_for("Connected", |e| {
+            matches!(e, Event::Connected(_)).then_some(())
+        })
+        .await;
     }
 }
 
@@ -144,22 +154,31 @@ async fn paired_client(fake: &FakeWhatsApp) -> (TestClient, Arc<wacore_store::In
         .await;
     fake.scan(&qr).await.unwrap();
     client
-        .wait_for("PairSuccess", |e| matches!(e, Event::PairSuccess(_)).then_some(()))
+        .wait_for("PairSuccess", |e| {
+            matches!(e, Event::PairSuccess(_)).then_some(())
+        })
         .await;
     client.wait_connected().await;
     (client, backend)
 }
 
 fn text_of(msg: &wa::Message) -> Option<String> {
-    msg.conversation
-        .clone()
-        .or_else(|| msg.extended_text_message.as_option().and_then(|e| e.text.clone()))
+    msg.conversation.clone().or_else(|| {
+        msg.extended_text_message
+            .as_option()
+            .and_then(|e| e.text.clone())
+    })
 }
 
 async fn wait_inbox(fake: &FakeWhatsApp, contact: &str, text: &str) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        if fake.contact_inbox(contact).await.iter().any(|m| m.text == text) {
+        if fake
+            .contact_inbox(contact)
+            .await
+            .iter()
+            .any(|m| m.text == text)
+        {
             return;
         }
         assert!(
@@ -201,7 +220,9 @@ async fn pair_code_links() {
     let mut client = TestClient::start(&fake, backend).await;
     // The socket is up once the first QR arrives; then ask for a code instead.
     client
-        .wait_for("QR code", |e| matches!(e, Event::PairingQrCode(_)).then_some(()))
+        .wait_for("QR code", |e| {
+            matches!(e, Event::PairingQrCode(_)).then_some(())
+        })
         .await;
     let code = client
         .client()
@@ -211,11 +232,16 @@ async fn pair_code_links() {
         })
         .await
         .unwrap();
-    assert_eq!(code.chars().filter(|c| c.is_ascii_alphanumeric()).count(), 8);
+    assert_eq!(
+        code.chars().filter(|c| c.is_ascii_alphanumeric()).count(),
+        8
+    );
 
     fake.enter_code(&code).await.unwrap();
     client
-        .wait_for("PairSuccess", |e| matches!(e, Event::PairSuccess(_)).then_some(()))
+        .wait_for("PairSuccess", |e| {
+            matches!(e, Event::PairSuccess(_)).then_some(())
+        })
         .await;
     client.wait_connected().await;
     let state = fake.state().await;
@@ -229,7 +255,10 @@ async fn messages_flow_both_ways() {
     let (mut client, _backend) = paired_client(&fake).await;
 
     // 3. A contact's text arrives decrypted, from the right sender.
-    let id = fake.contact_send(CONTACT, "hello from a contact", None, None).await.unwrap();
+    let id = fake
+        .contact_send(CONTACT, "hello from a contact", None, None)
+        .await
+        .unwrap();
     let (text, sender, got_id) = client
         .wait_for("text message", |e| match e {
             Event::Messages(batch) => batch.messages.iter().find_map(|m| {
@@ -249,7 +278,10 @@ async fn messages_flow_both_ways() {
     let caption = client
         .wait_for("image message", |e| match e {
             Event::Messages(batch) => batch.messages.iter().find_map(|m| {
-                m.message.image_message.as_option().and_then(|i| i.caption.clone())
+                m.message
+                    .image_message
+                    .as_option()
+                    .and_then(|i| i.caption.clone())
             }),
             _ => None,
         })
@@ -289,12 +321,19 @@ async fn offline_messages_arrive_on_reconnect() {
     client.handle.shutdown().await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while fake.state().await.connected {
-        assert!(tokio::time::Instant::now() < deadline, "client never went away");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "client never went away"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    fake.contact_send(CONTACT, "while you were away 1", None, None).await.unwrap();
-    fake.contact_send(CONTACT, "while you were away 2", None, None).await.unwrap();
+    fake.contact_send(CONTACT, "while you were away 1", None, None)
+        .await
+        .unwrap();
+    fake.contact_send(CONTACT, "while you were away 2", None, None)
+        .await
+        .unwrap();
 
     let mut again = TestClient::start(&fake, backend).await;
     // Events are delivered concurrently: `Connected` may come before or after the backlog.
@@ -383,7 +422,9 @@ async fn fault_stream_error_401_logs_out() {
     let (mut client, _backend) = paired_client(&fake).await;
     fake.fault("stream-error", Some(401)).await.unwrap();
     client
-        .wait_for("LoggedOut", |e| matches!(e, Event::LoggedOut(_)).then_some(()))
+        .wait_for("LoggedOut", |e| {
+            matches!(e, Event::LoggedOut(_)).then_some(())
+        })
         .await;
     client.handle.shutdown().await;
 }

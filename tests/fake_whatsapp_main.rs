@@ -17,7 +17,9 @@ async fn main() {
             "--listen" => &mut listen,
             "--admin" => &mut admin,
             other => {
-                eprintln!("fake-whatsapp: unknown argument {other}; use --listen ADDR --admin ADDR");
+                eprintln!(
+                    "fake-whatsapp: unknown argument {other}; use --listen ADDR --admin ADDR"
+                );
                 std::process::exit(2);
             }
         };

@@ -71,7 +71,10 @@ pub async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let body = match Limited::new(req.into_body(), ADMIN_BODY_MAX).collect().await {
+    let body = match Limited::new(req.into_body(), ADMIN_BODY_MAX)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
         Err(e) => return Ok(bad(format!("body: {e}"))),
     };

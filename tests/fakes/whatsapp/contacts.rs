@@ -271,16 +271,10 @@ pub async fn decrypt(
         }
         "msg" => {
             let m = SignalMessage::try_from(ciphertext).map_err(|e| format!("msg: {e}"))?;
-            message_decrypt_signal(
-                &m,
-                remote,
-                &mut peer.sessions,
-                &mut peer.identity,
-                &mut rng,
-            )
-            .await
-            .map_err(|e| format!("decrypt msg: {e}"))?
-            .plaintext
+            message_decrypt_signal(&m, remote, &mut peer.sessions, &mut peer.identity, &mut rng)
+                .await
+                .map_err(|e| format!("decrypt msg: {e}"))?
+                .plaintext
         }
         other => return Err(format!("unsupported enc type {other}")),
     };

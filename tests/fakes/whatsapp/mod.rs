@@ -8,8 +8,8 @@
 
 mod admin;
 pub mod contacts;
-mod noise;
 pub mod nodes;
+mod noise;
 pub mod phone;
 mod server;
 mod signal_store;
@@ -44,6 +44,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 const MAX_WS_MESSAGE: usize = (1 << 20) + 64;
 /// Concurrent WebSocket connections served; more are closed at once (a test has one client).
 const MAX_CONNS: usize = 16;
+/// Concurrent admin HTTP connections served; more are closed at once.
+const MAX_ADMIN_CONNS: usize = 64;
+/// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct State {
@@ -164,10 +168,15 @@ async fn accept_admin(listener: TcpListener, world: Arc<Mutex<World>>) {
     let mut conns = JoinSet::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(ACCEPT_RETRY).await;
             continue;
         };
         let _ = stream.set_nodelay(true);
         while conns.try_join_next().is_some() {}
+        if conns.len() >= MAX_ADMIN_CONNS {
+            drop(stream);
+            continue;
+        }
         let world = world.clone();
         conns.spawn(async move {
             let service = service_fn(move |req| admin::handle(world.clone(), req));
@@ -182,6 +191,7 @@ async fn accept_ws(listener: TcpListener, world: Arc<Mutex<World>>) {
     let mut conns = JoinSet::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(ACCEPT_RETRY).await;
             continue;
         };
         let _ = stream.set_nodelay(true);

@@ -46,7 +46,9 @@ pub fn child_bytes<'a>(node: &'a Node, tag: &str) -> Option<&'a [u8]> {
 
 /// Big-endian unsigned integer from a byte node (registration ids, 3-byte key ids).
 pub fn be_uint(b: &[u8]) -> u32 {
-    b.iter().take(4).fold(0u32, |acc, x| (acc << 8) | u32::from(*x))
+    b.iter()
+        .take(4)
+        .fold(0u32, |acc, x| (acc << 8) | u32::from(*x))
 }
 
 pub fn iq_result(id: &str, content: Vec<Node>) -> Node {
@@ -80,7 +82,9 @@ pub fn stream_error(code: u16) -> Node {
 
 pub fn conflict_replaced() -> Node {
     NodeBuilder::new("stream:error")
-        .children([NodeBuilder::new("conflict").attr("type", "replaced").build()])
+        .children([NodeBuilder::new("conflict")
+            .attr("type", "replaced")
+            .build()])
         .build()
 }
 
@@ -107,7 +111,12 @@ pub fn summary(node: &Node) -> String {
     let attrs: Vec<String> = node
         .attrs
         .iter()
-        .filter(|(k, _)| matches!(k.as_ref(), "id" | "type" | "xmlns" | "to" | "from" | "class"))
+        .filter(|(k, _)| {
+            matches!(
+                k.as_ref(),
+                "id" | "type" | "xmlns" | "to" | "from" | "class"
+            )
+        })
         .map(|(k, v)| format!("{k}={}", v.as_str()))
         .collect();
     let kids: Vec<String> = node

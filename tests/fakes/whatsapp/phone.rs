@@ -40,7 +40,9 @@ pub struct PendingPair {
 }
 
 pub fn random_hex(bytes: usize) -> String {
-    (0..bytes).map(|_| format!("{:02X}", fastrand::u8(..))).collect()
+    (0..bytes)
+        .map(|_| format!("{:02X}", fastrand::u8(..)))
+        .collect()
 }
 
 fn concat(parts: &[&[u8]]) -> Vec<u8> {
@@ -199,7 +201,8 @@ pub fn finish_link(
     wrapped_bundle: &[u8],
     account: &Account,
 ) -> Result<([u8; 32], [u8; 32]), String> {
-    if wrapped_bundle.len() != LINK_BUNDLE_SALT_LEN + LINK_BUNDLE_IV_LEN + LINK_BUNDLE_PLAIN_LEN + 16
+    if wrapped_bundle.len()
+        != LINK_BUNDLE_SALT_LEN + LINK_BUNDLE_IV_LEN + LINK_BUNDLE_PLAIN_LEN + 16
     {
         return Err(format!(
             "phone: wrapped key bundle is {} bytes",

@@ -16,8 +16,8 @@ use whatsapp_rust::wacore_binary::{Jid, Node};
 use whatsapp_rust::waproto::whatsapp as wa;
 
 use super::contacts::{self, ClientKeys, Contact, InboxEntry, PADDING_VERSION};
-use super::noise::ServerIdentity;
 use super::nodes::{self, SERVER, attr, child, child_bytes, iq_error, iq_result};
+use super::noise::ServerIdentity;
 use super::phone::{self, Account, LinkExchange, PendingPair};
 use super::signal_store::PeerStore;
 
@@ -134,7 +134,9 @@ impl World {
             .map(|c| format!("{}:{}@s.whatsapp.net", self.account.pn, c.device))
     }
 
-    fn companion_address(&self) -> Option<whatsapp_rust::wacore::libsignal::protocol::ProtocolAddress> {
+    fn companion_address(
+        &self,
+    ) -> Option<whatsapp_rust::wacore::libsignal::protocol::ProtocolAddress> {
         let c = self.companion.as_ref()?;
         Some(Jid::pn_device(self.account.pn.clone(), c.device).to_protocol_address())
     }
@@ -261,7 +263,9 @@ impl World {
         self.send(
             NodeBuilder::new("ib")
                 .attr("from", SERVER)
-                .children([NodeBuilder::new("offline").attr("count", count.to_string()).build()])
+                .children([NodeBuilder::new("offline")
+                    .attr("count", count.to_string())
+                    .build()])
                 .build(),
         );
         if let Some(conn) = self.conn.as_mut() {
@@ -270,7 +274,9 @@ impl World {
     }
 
     fn can_deliver(&self) -> bool {
-        self.conn.as_ref().is_some_and(|c| c.active && !c.blackholed)
+        self.conn
+            .as_ref()
+            .is_some_and(|c| c.active && !c.blackholed)
     }
 
     fn queue_or_send(&mut self, node: Node) {
@@ -334,7 +340,10 @@ impl World {
                             .collect()
                     })
                     .unwrap_or_default();
-                iq_result(&id, vec![NodeBuilder::new("sync").children(collections).build()])
+                iq_result(
+                    &id,
+                    vec![NodeBuilder::new("sync").children(collections).build()],
+                )
             }
             _ => iq_error(&id, 501, "feature-not-implemented"),
         };
@@ -377,7 +386,11 @@ impl World {
             let n = self.client_keys.prekeys.len();
             return iq_result(
                 id,
-                vec![NodeBuilder::new("count").attr("value", n.to_string()).build()],
+                vec![
+                    NodeBuilder::new("count")
+                        .attr("value", n.to_string())
+                        .build(),
+                ],
             );
         }
         if child(iq, "digest").is_some() {
@@ -450,12 +463,16 @@ impl World {
                     .bytes(k.registration_id.to_be_bytes().to_vec())
                     .build(),
                 NodeBuilder::new("type").bytes(vec![5]).build(),
-                NodeBuilder::new("identity").bytes(k.identity.clone()).build(),
+                NodeBuilder::new("identity")
+                    .bytes(k.identity.clone())
+                    .build(),
                 NodeBuilder::new("skey")
                     .children([
                         NodeBuilder::new("id").bytes(id3(k.skey_id)).build(),
                         NodeBuilder::new("value").bytes(k.skey_pub.clone()).build(),
-                        NodeBuilder::new("signature").bytes(k.skey_sig.clone()).build(),
+                        NodeBuilder::new("signature")
+                            .bytes(k.skey_sig.clone())
+                            .build(),
                     ])
                     .build(),
                 NodeBuilder::new("list")
@@ -488,7 +505,12 @@ impl World {
         let own = jid.user == self.account.pn || jid.user == self.account.lid;
         let bundle = if own && jid.device == 0 {
             self.phone.bundle().map_err(|e| e.to_string())
-        } else if own && self.companion.as_ref().is_some_and(|c| c.device == jid.device) {
+        } else if own
+            && self
+                .companion
+                .as_ref()
+                .is_some_and(|c| c.device == jid.device)
+        {
             self.client_keys.take_bundle(jid.device)
         } else if jid.device == 0
             && !own
@@ -539,7 +561,13 @@ impl World {
                     .map(|d| format!("{d}@s.whatsapp.net"))
             });
             let Some(jid) = jid else { continue };
-            let user_part = jid.split('@').next().unwrap_or("").split(':').next().unwrap_or("");
+            let user_part = jid
+                .split('@')
+                .next()
+                .unwrap_or("")
+                .split(':')
+                .next()
+                .unwrap_or("");
             let own = user_part == self.account.pn || user_part == self.account.lid;
             let mut kids = Vec::new();
             if wants_contact {
@@ -572,7 +600,12 @@ impl World {
                         .build(),
                 );
             }
-            users.push(NodeBuilder::new("user").attr("jid", jid).children(kids).build());
+            users.push(
+                NodeBuilder::new("user")
+                    .attr("jid", jid)
+                    .children(kids)
+                    .build(),
+            );
         }
         let mut out = NodeBuilder::new("usync");
         for key in ["sid", "mode", "context"] {
@@ -607,16 +640,23 @@ impl World {
                 });
                 Ok(Some(iq_result(
                     id,
-                    vec![NodeBuilder::new("link_code_companion_reg")
-                        .children([NodeBuilder::new("link_code_pairing_ref")
-                            .bytes(pairing_ref)
-                            .build()])
-                        .build()],
+                    vec![
+                        NodeBuilder::new("link_code_companion_reg")
+                            .children([NodeBuilder::new("link_code_pairing_ref")
+                                .bytes(pairing_ref)
+                                .build()])
+                            .build(),
+                    ],
                 )))
             }
             Some("companion_finish") => {
-                let link = self.link.take().ok_or("companion_finish without companion_hello")?;
-                let exchange = link.exchange.ok_or("companion_finish before the phone typed")?;
+                let link = self
+                    .link
+                    .take()
+                    .ok_or("companion_finish without companion_hello")?;
+                let exchange = link
+                    .exchange
+                    .ok_or("companion_finish before the phone typed")?;
                 if child_bytes(reg, "link_code_pairing_ref") != Some(link.pairing_ref.as_slice()) {
                     return Err("companion_finish for another ref".into());
                 }
@@ -633,7 +673,11 @@ impl World {
         }
     }
 
-    fn send_pair_success(&mut self, adv_secret: &[u8; 32], identity: &[u8; 32]) -> Result<(), String> {
+    fn send_pair_success(
+        &mut self,
+        adv_secret: &[u8; 32],
+        identity: &[u8; 32],
+    ) -> Result<(), String> {
         self.key_index += 1;
         let (node, pending) = phone::pair_success(
             &self.account,
@@ -661,7 +705,9 @@ impl World {
             return Err("qr: ref was not issued to the connected client".into());
         }
         let b64 = base64::engine::general_purpose::STANDARD;
-        let noise = b64.decode(parts[1]).map_err(|e| format!("qr: noise key: {e}"))?;
+        let noise = b64
+            .decode(parts[1])
+            .map_err(|e| format!("qr: noise key: {e}"))?;
         if noise != conn.noise_pub {
             return Err("qr: noise key does not match the connected client".into());
         }
@@ -681,8 +727,15 @@ impl World {
     /// The phone's user typed the pair code shown by the client.
     pub fn enter_code(&mut self, code: &str) -> Result<(), String> {
         let code: String = code.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
-        let conn_id = self.conn.as_ref().map(|c| c.id).ok_or("code: no client connected")?;
-        let link = self.link.as_mut().ok_or("code: the client has not asked for a pair code")?;
+        let conn_id = self
+            .conn
+            .as_ref()
+            .map(|c| c.id)
+            .ok_or("code: no client connected")?;
+        let link = self
+            .link
+            .as_mut()
+            .ok_or("code: the client has not asked for a pair code")?;
         if link.conn_id != conn_id {
             return Err("code: the pair code belongs to an earlier connection".into());
         }
@@ -703,10 +756,15 @@ impl World {
         now: u64,
     ) -> Result<String, String> {
         let user = digits(e164).ok_or("contact: not an E.164 number")?;
-        if !matches!(media, None | Some("image" | "video" | "audio" | "document" | "sticker")) {
+        if !matches!(
+            media,
+            None | Some("image" | "video" | "audio" | "document" | "sticker")
+        ) {
             return Err("contact: media must be image, video, audio, document or sticker".into());
         }
-        let remote = self.companion_address().ok_or("contact: no linked device")?;
+        let remote = self
+            .companion_address()
+            .ok_or("contact: no linked device")?;
         let device = self.companion.as_ref().map(|c| c.device).unwrap_or(0);
         if !self.client_keys.is_known() {
             return Err("contact: the linked device has not published keys".into());
@@ -714,11 +772,19 @@ impl World {
         if !self.contacts.contains_key(&user) && self.contacts.len() >= CONTACTS_CAP {
             return Err("contact: too many contacts".into());
         }
-        let contact = self.contacts.entry(user.clone()).or_insert_with(Contact::new);
+        let contact = self
+            .contacts
+            .entry(user.clone())
+            .or_insert_with(Contact::new);
         let msg = contacts::build_message(text, media, caption);
         let keys = &mut self.client_keys;
-        let (kind, ct) =
-            contacts::encrypt(&mut contact.peer, &remote, || keys.take_bundle(device), &msg).await?;
+        let (kind, ct) = contacts::encrypt(
+            &mut contact.peer,
+            &remote,
+            || keys.take_bundle(device),
+            &msg,
+        )
+        .await?;
         let id = phone::random_hex(10);
         let mut enc = NodeBuilder::new("enc")
             .attr("v", PADDING_VERSION.to_string())
@@ -731,7 +797,10 @@ impl World {
             .attr("id", id.clone())
             .attr("t", now.to_string())
             .attr("type", if media.is_some() { "media" } else { "text" })
-            .attr("notify", format!("Contact {}", &user[user.len().saturating_sub(4)..]))
+            .attr(
+                "notify",
+                format!("Contact {}", &user[user.len().saturating_sub(4)..]),
+            )
             .children([enc.bytes(ct).build()])
             .build();
         self.queue_or_send(stanza);
@@ -761,7 +830,9 @@ impl World {
         let mut copies: Vec<(String, String, Vec<u8>, u8)> = Vec::new();
         let enc_of = |n: &Node| {
             let kind = attr(n, "type").unwrap_or_default();
-            let v = attr(n, "v").and_then(|v| v.parse().ok()).unwrap_or(PADDING_VERSION);
+            let v = attr(n, "v")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(PADDING_VERSION);
             nodes::bytes(n).map(|b| (kind, b.to_vec(), v))
         };
         if let Some(parts) = child(node, "participants") {
@@ -780,7 +851,9 @@ impl World {
         };
         let mut delivered_to = None;
         for (jid, kind, ct, v) in copies {
-            let Ok(dest) = jid.parse::<Jid>() else { continue };
+            let Ok(dest) = jid.parse::<Jid>() else {
+                continue;
+            };
             let own = dest.user == self.account.pn || dest.user == self.account.lid;
             if own && dest.device == 0 {
                 if let Err(e) = contacts::decrypt(&mut self.phone, &sender, &kind, &ct, v).await {

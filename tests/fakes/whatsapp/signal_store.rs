@@ -170,7 +170,11 @@ impl PreKeyStore for PreKeys {
             .ok_or(SignalProtocolError::InvalidPreKeyId)
     }
 
-    async fn save_pre_key(&mut self, prekey_id: PreKeyId, record: &PreKeyRecord) -> SignalResult<()> {
+    async fn save_pre_key(
+        &mut self,
+        prekey_id: PreKeyId,
+        record: &PreKeyRecord,
+    ) -> SignalResult<()> {
         self.0.insert(u32::from(prekey_id), record.clone());
         Ok(())
     }
