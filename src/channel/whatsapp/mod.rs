@@ -357,9 +357,11 @@ pub async fn run_with(
         wake: Notify::new(),
     });
     let url = cfg.server_url.get_ref().clone();
+    let factory = transport::WsFactory::new(&url);
+    let connect_error = factory.last_error();
     let mut builder = Bot::builder()
         .with_backend(backend.clone())
-        .with_transport_factory(transport::WsFactory::new(&url))
+        .with_transport_factory(factory)
         .with_http_client(http::WaHttp::new(ctx.http.clone()))
         .with_runtime(TokioRuntime)
         .with_event_handler(Events(shared.clone()))
@@ -495,10 +497,25 @@ pub async fn run_with(
             Decision::Exit => return Ok(Outcome::Shutdown),
             Decision::ReconnectNow => {}
             Decision::ReconnectAfter(d) => {
-                let why = last.unwrap_or_else(|| "connection failed".into());
+                let connect_failure = connect_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                let why = if was_up {
+                    last
+                } else {
+                    connect_failure.or(last)
+                }
+                .unwrap_or_else(|| "connection failed".into());
                 ctx.reporter
                     .set(State::Degraded, format!("reconnecting ({why})"));
-                tracing::info!(delay_ms = d.as_millis() as u64, reason = %why, "WhatsApp reconnecting");
+                // Loud once per outage, quiet while it lasts (a box without network retries
+                // every few seconds for as long as it takes).
+                if was_up || backoff.attempts() <= 1 {
+                    tracing::info!(delay_ms = d.as_millis() as u64, reason = %why, "WhatsApp reconnecting");
+                } else {
+                    tracing::debug!(delay_ms = d.as_millis() as u64, reason = %why, "WhatsApp reconnecting");
+                }
                 let until = Instant::now() + d;
                 loop {
                     tokio::select! {
@@ -798,9 +815,9 @@ mod tests {
 
     #[test]
     fn spec_is_idempotent_with_room_for_the_prefix() {
-        assert!(SPEC.idempotent_send);
+        const { assert!(SPEC.idempotent_send) };
         assert_eq!(SPEC.kind, ChannelKind::WhatsApp);
-        assert!(SPEC.max_chars + 8 < 65_000);
+        const { assert!(SPEC.max_chars + 8 < 65_000) };
     }
 
     #[test]
