@@ -145,6 +145,9 @@ pub(super) fn read(tx: &redb::ReadTransaction, op: KvOp) {
     }
 }
 
+/// Sends an operation's answer once its batch's commit outcome is known.
+pub(super) type Answer = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+
 /// What one key-value operation did inside a write batch.
 pub(super) struct Applied {
     /// Bytes written (0: nothing changed).
@@ -152,7 +155,7 @@ pub(super) struct Applied {
     /// The batch must be fsynced before this operation's caller hears back.
     pub durable: bool,
     /// Sends the answer once the commit outcome is known.
-    pub reply: Box<dyn FnOnce(Option<&StoreError>) + Send>,
+    pub reply: Answer,
 }
 
 fn reply<T: Send + 'static>(r: Reply<T>, value: Result<T, StoreError>) -> Applied {

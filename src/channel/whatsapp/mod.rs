@@ -357,9 +357,11 @@ pub async fn run_with(
         wake: Notify::new(),
     });
     let url = cfg.server_url.get_ref().clone();
+    let factory = transport::WsFactory::new(&url);
+    let connect_error = factory.last_error();
     let mut builder = Bot::builder()
         .with_backend(backend.clone())
-        .with_transport_factory(transport::WsFactory::new(&url))
+        .with_transport_factory(factory)
         .with_http_client(http::WaHttp::new(ctx.http.clone()))
         .with_runtime(TokioRuntime)
         .with_event_handler(Events(shared.clone()))
@@ -495,10 +497,25 @@ pub async fn run_with(
             Decision::Exit => return Ok(Outcome::Shutdown),
             Decision::ReconnectNow => {}
             Decision::ReconnectAfter(d) => {
-                let why = last.unwrap_or_else(|| "connection failed".into());
+                let connect_failure = connect_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                let why = if was_up {
+                    last
+                } else {
+                    connect_failure.or(last)
+                }
+                .unwrap_or_else(|| "connection failed".into());
                 ctx.reporter
                     .set(State::Degraded, format!("reconnecting ({why})"));
-                tracing::info!(delay_ms = d.as_millis() as u64, reason = %why, "WhatsApp reconnecting");
+                // Loud once per outage, quiet while it lasts (a box without network retries
+                // every few seconds for as long as it takes).
+                if was_up || backoff.attempts() <= 1 {
+                    tracing::info!(delay_ms = d.as_millis() as u64, reason = %why, "WhatsApp reconnecting");
+                } else {
+                    tracing::debug!(delay_ms = d.as_millis() as u64, reason = %why, "WhatsApp reconnecting");
+                }
                 let until = Instant::now() + d;
                 loop {
                     tokio::select! {
@@ -798,9 +815,187 @@ mod tests {
 
     #[test]
     fn spec_is_idempotent_with_room_for_the_prefix() {
-        assert!(SPEC.idempotent_send);
+        const { assert!(SPEC.idempotent_send) };
         assert_eq!(SPEC.kind, ChannelKind::WhatsApp);
-        assert!(SPEC.max_chars + 8 < 65_000);
+        const { assert!(SPEC.max_chars + 8 < 65_000) };
+    }
+
+    use crate::router::Intake;
+    use crate::store::Store;
+
+    fn shared(
+        read_receipts: bool,
+    ) -> (
+        Arc<Shared>,
+        tokio::sync::mpsc::Receiver<crate::router::intake::Submission>,
+        tokio::sync::watch::Receiver<Pairing>,
+        crate::status::Board,
+    ) {
+        let metrics = Arc::new(Metrics::default());
+        let store = Store::open_in_memory(metrics.clone()).unwrap();
+        let (intake, subs) = Intake::test_channel(4);
+        let (_tx, rx) = tokio::sync::mpsc::channel(1);
+        let (_trigger, shutdown) = crate::shutdown::Shutdown::new();
+        let board = crate::status::Board::default();
+        let ctx = ChannelContext {
+            intake,
+            store,
+            metrics,
+            reporter: board.register("whatsapp", true),
+            http: crate::http::HttpClient::new(),
+            commands: Arc::new(tokio::sync::Mutex::new(rx)),
+            shutdown,
+        };
+        let (pairing, prx) = PairingPublisher::new();
+        let cfg = WhatsAppConfig {
+            read_receipts,
+            ..WhatsAppConfig::default()
+        };
+        let sh = Arc::new(Shared {
+            cfg: Arc::new(cfg),
+            ctx,
+            pairing,
+            seen: Mutex::new(Seen::default()),
+            sent: Mutex::new(SentIds::default()),
+            wake: Notify::new(),
+        });
+        (sh, subs, prx, board)
+    }
+
+    fn qr(code: &str) -> Arc<Event> {
+        Arc::new(Event::PairingQrCode(
+            whatsapp_rust::types::events::PairingQrCode::builder()
+                .code(code.to_string())
+                .timeout(Duration::from_secs(20))
+                .build(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn qr_codes_are_published_and_pairing_pauses_after_three() {
+        let (sh, _subs, prx, board) = shared(false);
+        let h = Events(sh.clone());
+        for i in 1..=MAX_QR_CODES {
+            h.handle_event(qr(&format!("2@ref{i},k,k,k")));
+            assert_eq!(
+                *prx.borrow(),
+                Pairing::Qr {
+                    payload: format!("2@ref{i},k,k,k"),
+                    expires_s: 20
+                }
+            );
+            assert!(sh.seen().ending.is_none());
+        }
+        assert_eq!(board.snapshot()[0].detail, "not linked — scan the QR");
+        // The next code means three expired unscanned: stop.
+        h.handle_event(qr("2@ref4,k,k,k"));
+        assert_eq!(sh.seen().ending, Some(Ending::PairingExhausted));
+        assert!(
+            matches!(&*prx.borrow(), Pairing::Qr { payload, .. } if payload.ends_with("ref3,k,k,k"))
+        );
+    }
+
+    async fn test_client(sh: &Arc<Shared>) -> Arc<Client> {
+        let backend = KvBackend::new(sh.ctx.store.kv(KvTable::WhatsApp));
+        Bot::builder()
+            .with_backend(backend)
+            .with_transport_factory(transport::WsFactory::new("ws://127.0.0.1:1/ws/chat"))
+            .with_http_client(http::WaHttp::new(sh.ctx.http.clone()))
+            .with_runtime(TokioRuntime)
+            .with_version(TEST_SERVER_VERSION)
+            .build()
+            .await
+            .unwrap()
+            .client()
+    }
+
+    fn inbound(id: &str, text: &str) -> InboundMessage {
+        let info = whatsapp_rust::wacore::types::message::MessageInfo {
+            source: whatsapp_rust::wacore::types::message::MessageSource {
+                chat: "491701111111@s.whatsapp.net".parse().unwrap(),
+                sender: "491701111111:2@s.whatsapp.net".parse().unwrap(),
+                ..Default::default()
+            },
+            id: id.into(),
+            ..Default::default()
+        };
+        InboundMessage::builder()
+            .message(Arc::new(wa::Message {
+                conversation: Some(text.into()),
+                ..Default::default()
+            }))
+            .info(Arc::new(info))
+            .build()
+    }
+
+    #[tokio::test]
+    async fn the_hook_returns_only_after_the_inbox_took_the_message() {
+        let (sh, mut subs, _prx, _board) = shared(false);
+        let client = test_client(&sh).await;
+        let hook = Hook(sh.clone());
+        let batch = [inbound("A1", "hello"), inbound("A2", "again")];
+        let call = hook.on_messages(client.clone(), &batch);
+        tokio::pin!(call);
+        // The hook (and so the client's ack) waits for the durable submit of each message.
+        let first = tokio::select! {
+            _ = &mut call => panic!("hook returned before the inbox answered"),
+            s = subs.recv() => s.unwrap(),
+        };
+        assert_eq!(first.msg.id, "A1");
+        assert_eq!(first.msg.sender, "+491701111111");
+        first.reply.send(Ok(Submitted::Accepted)).unwrap();
+        let second = tokio::select! {
+            _ = &mut call => panic!("hook returned before the second message was stored"),
+            s = subs.recv() => s.unwrap(),
+        };
+        second.reply.send(Ok(Submitted::Duplicate)).unwrap();
+        call.await.unwrap();
+
+        // A failed store write fails the hook: the client does not ack, the server redelivers.
+        let batch = [inbound("B1", "x")];
+        let call = hook.on_messages(client, &batch);
+        tokio::pin!(call);
+        let s = tokio::select! {
+            _ = &mut call => panic!("returned early"),
+            s = subs.recv() => s.unwrap(),
+        };
+        s.reply
+            .send(Err(IntakeError::Store("disk full".into())))
+            .unwrap();
+        assert!(call.await.is_err());
+    }
+
+    #[test]
+    fn pairing_states_read_like_a_doctor() {
+        assert_eq!(pairing_text(&Pairing::Idle, None), None);
+        let code = pairing_text(
+            &Pairing::Code {
+                code: "ABCD-EFGH".into(),
+            },
+            None,
+        )
+        .unwrap();
+        assert!(code.contains("ABCD-EFGH") && code.contains("Link with phone number"));
+        assert!(
+            pairing_text(&Pairing::Paused, None)
+                .unwrap()
+                .contains("clawbox pair whatsapp")
+        );
+        assert!(
+            pairing_text(&Pairing::PairAgain, None)
+                .unwrap()
+                .contains("pair again")
+        );
+        assert_eq!(
+            pairing_text(
+                &Pairing::Linked {
+                    number: "+4917".into()
+                },
+                None
+            )
+            .unwrap(),
+            "WhatsApp: linked +4917\n"
+        );
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct KvBackend {
     kv: Kv,
     /// Serialises read-modify-write sequences so they are atomic against each other.
     rmw: Arc<tokio::sync::Mutex<()>>,
+    /// Set by [`KvBackend::wipe`]: the logged-out client's last flushes must not bring its
+    /// identity back, so every later write is refused.
+    wiped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl KvBackend {
@@ -64,12 +67,14 @@ impl KvBackend {
         KvBackend {
             kv,
             rmw: Arc::new(tokio::sync::Mutex::new(())),
+            wiped: Arc::default(),
         }
     }
 
     /// Removes every WhatsApp key (logged out): the next start pairs afresh.
     pub async fn wipe(&self) -> std::result::Result<usize, crate::store::StoreError> {
         let _g = self.rmw.lock().await;
+        self.wiped.store(true, std::sync::atomic::Ordering::SeqCst);
         self.kv.delete_prefix("").await
     }
 
@@ -82,6 +87,11 @@ impl KvBackend {
         self.kv.get(key).await.map_err(db)
     }
     async fn put_all(&self, writes: Vec<KvWrite>) -> Result<()> {
+        if self.wiped.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Validation(
+                "the WhatsApp state was wiped (logged out); nothing more is saved".into(),
+            ));
+        }
         self.kv.put_batch(writes).await.map_err(db)
     }
     async fn put(&self, key: String, value: Vec<u8>) -> Result<()> {
@@ -1171,6 +1181,9 @@ mod tests {
             .await
             .unwrap();
         assert!(b.wipe().await.unwrap() >= 1);
+        assert!(!b.exists().await.unwrap());
+        // The dying client's last flush cannot resurrect the identity.
+        assert!(b.save(&d2).await.is_err());
         assert!(!b.exists().await.unwrap());
         assert_eq!(
             store.auth("openclaw/device").await.unwrap(),

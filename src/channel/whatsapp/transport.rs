@@ -100,13 +100,20 @@ impl LinkWatch {
 /// Opens links to one URL.
 pub struct WsFactory {
     url: String,
+    last_error: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl WsFactory {
     pub fn new(url: &str) -> WsFactory {
         WsFactory {
             url: url.to_string(),
+            last_error: Arc::default(),
         }
+    }
+
+    /// Where the latest connect failure is kept (plain words), for the status line.
+    pub fn last_error(&self) -> Arc<std::sync::Mutex<Option<String>>> {
+        self.last_error.clone()
     }
 }
 
@@ -222,7 +229,13 @@ impl TransportFactory for WsFactory {
     async fn create_transport(
         &self,
     ) -> Result<(Arc<dyn Transport>, async_channel::Receiver<TransportEvent>), anyhow::Error> {
-        let ws = open(&self.url).await.map_err(anyhow::Error::msg)?;
+        let ws = match open(&self.url).await {
+            Ok(ws) => ws,
+            Err(e) => {
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+                return Err(anyhow::Error::msg(e));
+            }
+        };
         let (sink, stream) = ws.split();
         let (tx, rx) = async_channel::bounded(EVENT_QUEUE);
         let (stop, stop_rx) = watch::channel(false);
@@ -338,6 +351,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[allow(clippy::result_large_err)] // tungstenite's callback signature
     async fn upgrade_carries_the_origin_header_and_data_flows() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
