@@ -32,7 +32,11 @@ fn new_box(fake: &FakeWhatsApp) -> Bx {
     );
     let path = dir.path().join("clawbox.toml");
     std::fs::write(&path, cfg).unwrap();
-    Bx { dir, cfg: path, port }
+    Bx {
+        dir,
+        cfg: path,
+        port,
+    }
 }
 
 impl Bx {
@@ -43,7 +47,8 @@ impl Bx {
     }
     async fn run(&self) -> Proc {
         let p = spawn(&self.args(&["run"]), &[], self.dir.path());
-        p.wait_stderr("ready", |e| e.iter().any(|l| l.contains("ready"))).await;
+        p.wait_stderr("ready", |e| e.iter().any(|l| l.contains("ready")))
+            .await;
         p
     }
     async fn health(&self) -> String {
@@ -59,7 +64,10 @@ impl Bx {
             if h.contains(needle) {
                 return h;
             }
-            assert!(Instant::now() < deadline, "/healthz never said {needle:?}: {h}");
+            assert!(
+                Instant::now() < deadline,
+                "/healthz never said {needle:?}: {h}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -87,25 +95,50 @@ async fn wait_disconnected(fake: &FakeWhatsApp) {
 /// `clawbox pair whatsapp`: the phone scans the printed QR data; the command exits 0 once linked.
 async fn pair_by_qr(fake: &FakeWhatsApp, bx: &Bx) {
     let mut p = spawn(&bx.args(&["pair", "whatsapp"]), &[], bx.dir.path());
-    p.wait_stdout("the QR data", |o| o.iter().any(|l| l.starts_with("QR data"))).await;
+    p.wait_stdout("the QR data", |o| {
+        o.iter().any(|l| l.starts_with("QR data"))
+    })
+    .await;
     let out = p.stdout();
     let at = out.iter().position(|l| l.starts_with("QR data")).unwrap();
     let payload = out[at + 1].trim().to_string();
     assert!(payload.split(',').count() >= 4, "a QR payload: {payload}");
-    assert!(out.iter().any(|l| l.contains('▀') || l.contains('▄') || l.contains('█')), "the QR is drawn");
+    assert!(
+        out.iter()
+            .any(|l| l.contains('▀') || l.contains('▄') || l.contains('█')),
+        "the QR is drawn"
+    );
     fake.scan(&payload).await.unwrap();
-    assert_eq!(p.exit_code().await, Some(0), "{:#?}\n{:#?}", p.stdout(), p.stderr());
-    assert!(p.stdout().iter().any(|l| l.contains(&format!("linked {}", fake.phone_number()))));
+    assert_eq!(
+        p.exit_code().await,
+        Some(0),
+        "{:#?}\n{:#?}",
+        p.stdout(),
+        p.stderr()
+    );
+    assert!(
+        p.stdout()
+            .iter()
+            .any(|l| l.contains(&format!("linked {}", fake.phone_number())))
+    );
 }
 
 async fn replies(fake: &FakeWhatsApp, who: &str, word: &str) -> usize {
-    fake.contact_inbox(who).await.iter().filter(|m| m.text.contains(word)).count()
+    fake.contact_inbox(who)
+        .await
+        .iter()
+        .filter(|m| m.text.contains(word))
+        .count()
 }
 
 async fn wait_reply(fake: &FakeWhatsApp, who: &str, word: &str) {
     let t = Instant::now();
     while replies(fake, who, word).await == 0 {
-        assert!(t.elapsed() < SOON, "no reply mentioning {word}: {:#?}", fake.contact_inbox(who).await);
+        assert!(
+            t.elapsed() < SOON,
+            "no reply mentioning {word}: {:#?}",
+            fake.contact_inbox(who).await
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -117,16 +150,22 @@ async fn pair_by_qr_then_restarts_and_sigkill_never_need_pairing_again() {
     pair_by_qr(&fake, &bx).await;
     let mut p = bx.run().await;
     wait_connected(&fake, SOON).await;
-    bx.wait_health(&format!("linked {}", fake.phone_number())).await;
+    bx.wait_health(&format!("linked {}", fake.phone_number()))
+        .await;
     p.kill9().await;
     let mut p = bx.run().await;
     wait_connected(&fake, SOON).await;
-    bx.wait_health(&format!("linked {}", fake.phone_number())).await;
+    bx.wait_health(&format!("linked {}", fake.phone_number()))
+        .await;
     p.sigterm();
     assert_eq!(p.exit_code().await, Some(0));
     let mut p = bx.run().await;
     wait_connected(&fake, SOON).await;
-    assert!(!p.stderr().iter().any(|l| l.contains("not linked")), "{:#?}", p.stderr());
+    assert!(
+        !p.stderr().iter().any(|l| l.contains("not linked")),
+        "{:#?}",
+        p.stderr()
+    );
     p.sigterm();
     assert_eq!(p.exit_code().await, Some(0));
 }
@@ -136,10 +175,24 @@ async fn pair_by_code() {
     let fake = FakeWhatsApp::start().await;
     let bx = new_box(&fake);
     let phone = fake.phone_number();
-    let mut p = spawn(&bx.args(&["pair", "whatsapp", "--phone", phone]), &[], bx.dir.path());
-    p.wait_stdout("the pairing code", |o| o.iter().any(|l| l.starts_with("WhatsApp pairing code:"))).await;
-    let line = p.stdout().into_iter().find(|l| l.starts_with("WhatsApp pairing code:")).unwrap();
-    let code = line.trim_start_matches("WhatsApp pairing code:").trim().to_string();
+    let mut p = spawn(
+        &bx.args(&["pair", "whatsapp", "--phone", phone]),
+        &[],
+        bx.dir.path(),
+    );
+    p.wait_stdout("the pairing code", |o| {
+        o.iter().any(|l| l.starts_with("WhatsApp pairing code:"))
+    })
+    .await;
+    let line = p
+        .stdout()
+        .into_iter()
+        .find(|l| l.starts_with("WhatsApp pairing code:"))
+        .unwrap();
+    let code = line
+        .trim_start_matches("WhatsApp pairing code:")
+        .trim()
+        .to_string();
     assert_eq!(code.replace('-', "").len(), 8, "{code}");
     fake.enter_code(&code).await.unwrap();
     assert_eq!(p.exit_code().await, Some(0), "{:#?}", p.stderr());
@@ -157,18 +210,38 @@ async fn friend_gets_the_echo_stranger_gets_nothing_media_is_a_placeholder() {
     let mut p = bx.run().await;
     wait_connected(&fake, SOON).await;
 
-    fake.contact_send(STRANGER, "let me in", None, None).await.unwrap();
-    fake.contact_send(FRIEND, "hello from a friend", None, None).await.unwrap();
+    fake.contact_send(STRANGER, "let me in", None, None)
+        .await
+        .unwrap();
+    fake.contact_send(FRIEND, "hello from a friend", None, None)
+        .await
+        .unwrap();
     wait_reply(&fake, FRIEND, "hello from a friend").await;
-    fake.contact_send(FRIEND, "", Some("image"), Some("look at this")).await.unwrap();
+    fake.contact_send(FRIEND, "", Some("image"), Some("look at this"))
+        .await
+        .unwrap();
     wait_reply(&fake, FRIEND, "<media:image>").await;
-    let media = fake.contact_inbox(FRIEND).await.into_iter().find(|m| m.text.contains("<media:image>")).unwrap();
+    let media = fake
+        .contact_inbox(FRIEND)
+        .await
+        .into_iter()
+        .find(|m| m.text.contains("<media:image>"))
+        .unwrap();
     assert_eq!(media.text, "<media:image>\nlook at this");
 
-    assert!(fake.contact_inbox(STRANGER).await.is_empty(), "nothing to the stranger");
+    assert!(
+        fake.contact_inbox(STRANGER).await.is_empty(),
+        "nothing to the stranger"
+    );
     let m = bx.metrics().await;
-    assert!(m.contains("clawbox_messages_dropped_total{channel=\"whatsapp\",reason=\"not_allowed\"} 1"), "{m}");
-    assert!(m.contains("clawbox_messages_in_total{channel=\"whatsapp\"} 2"), "{m}");
+    assert!(
+        m.contains("clawbox_messages_dropped_total{channel=\"whatsapp\",reason=\"not_allowed\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("clawbox_messages_in_total{channel=\"whatsapp\"} 2"),
+        "{m}"
+    );
     p.sigterm();
     assert_eq!(p.exit_code().await, Some(0));
 }
@@ -183,12 +256,18 @@ async fn messages_sent_while_down_are_answered_once_after_restart() {
     p.sigterm();
     assert_eq!(p.exit_code().await, Some(0));
     wait_disconnected(&fake).await;
-    fake.contact_send(FRIEND, "while-down-one", None, None).await.unwrap();
-    fake.contact_send(FRIEND, "while-down-two", None, None).await.unwrap();
+    fake.contact_send(FRIEND, "while-down-one", None, None)
+        .await
+        .unwrap();
+    fake.contact_send(FRIEND, "while-down-two", None, None)
+        .await
+        .unwrap();
     let mut p = bx.run().await;
     wait_reply(&fake, FRIEND, "while-down-one").await;
     wait_reply(&fake, FRIEND, "while-down-two").await;
-    fake.contact_send(FRIEND, "settle", None, None).await.unwrap();
+    fake.contact_send(FRIEND, "settle", None, None)
+        .await
+        .unwrap();
     wait_reply(&fake, FRIEND, "settle").await;
     assert_eq!(replies(&fake, FRIEND, "while-down-one").await, 1);
     assert_eq!(replies(&fake, FRIEND, "while-down-two").await, 1);
@@ -213,9 +292,14 @@ async fn drop_and_515_reconnect_within_seconds() {
     wait_disconnected(&fake).await;
     let took = wait_connected(&fake, Duration::from_secs(5)).await;
     println!("MEASURED reconnect after 515: {} ms", took.as_millis());
-    assert!(took < Duration::from_secs(2), "515 means reconnect at once: {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "515 means reconnect at once: {took:?}"
+    );
 
-    fake.contact_send(FRIEND, "still-here", None, None).await.unwrap();
+    fake.contact_send(FRIEND, "still-here", None, None)
+        .await
+        .unwrap();
     wait_reply(&fake, FRIEND, "still-here").await;
     p.sigterm();
     assert_eq!(p.exit_code().await, Some(0));
@@ -232,10 +316,16 @@ async fn a_blackholed_link_is_detected_within_30s_and_heals_within_5s() {
     fake.fault("blackhole", None).await.unwrap();
     let t = Instant::now();
     while fake.connection_attempts().await == attempts {
-        assert!(t.elapsed() < Duration::from_secs(30), "dead link not detected within 30 s");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "dead link not detected within 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!("MEASURED dead link detected after {} ms", t.elapsed().as_millis());
+    println!(
+        "MEASURED dead link detected after {} ms",
+        t.elapsed().as_millis()
+    );
     fake.fault("heal", None).await.unwrap();
     let took = wait_connected(&fake, Duration::from_secs(5)).await;
     println!("MEASURED reconnect after heal: {} ms", took.as_millis());
@@ -255,7 +345,10 @@ async fn logged_out_wipes_whatsapp_only_and_says_pair_again() {
     assert!(h.contains("needs-owner"), "{h}");
     // The console, another channel, still answers.
     p.write_line("console-still-works").await;
-    p.wait_stdout("the console reply", |o| o.iter().any(|l| l == "console-still-works")).await;
+    p.wait_stdout("the console reply", |o| {
+        o.iter().any(|l| l == "console-still-works")
+    })
+    .await;
     p.sigterm();
     assert_eq!(p.exit_code().await, Some(0));
     // The WhatsApp auth state is gone: a restart is unpaired and does not log in.
@@ -276,11 +369,18 @@ async fn a_conflict_stops_reconnecting() {
     wait_connected(&fake, SOON).await;
     fake.fault("conflict", None).await.unwrap();
     let h = bx.wait_health("needs-owner").await;
-    assert!(h.to_lowercase().contains("another") || h.contains("took over"), "{h}");
+    assert!(
+        h.to_lowercase().contains("another") || h.contains("took over"),
+        "{h}"
+    );
     let attempts = fake.connection_attempts().await;
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(5) {
-        assert_eq!(fake.connection_attempts().await, attempts, "no reconnect loop after a conflict");
+        assert_eq!(
+            fake.connection_attempts().await,
+            attempts,
+            "no reconnect loop after a conflict"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     p.sigterm();

@@ -41,10 +41,11 @@ const MAX_FRAME: usize = MAX_MESSAGE;
 /// Events waiting for the client; beyond this the socket read waits (never drops).
 const EVENT_QUEUE: usize = 64;
 /// A WebSocket ping this often keeps NAT state warm and proves the link.
-pub const PING_EVERY: Duration = Duration::from_secs(10);
-/// No frame at all for this long (after the server has shown it answers pings) = dead link.
-/// Under the 30 s promise; the client's own keepalive (15–30 s + 20 s) is slower.
-pub const DEAD_AFTER: Duration = Duration::from_secs(25);
+pub const PING_EVERY: Duration = Duration::from_secs(5);
+/// No frame at all for this long = dead link (a live server answers our pings, RFC 6455 5.5.2).
+/// Checked every [`PING_EVERY`], so a dead link is noticed within 25 s: under the 30 s promise;
+/// the client's own keepalive (15–30 s + 20 s) is slower.
+pub const DEAD_AFTER: Duration = Duration::from_secs(20);
 /// Closing handshake on disconnect must not hold anything up.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -64,9 +65,6 @@ pub fn ws_config() -> WebSocketConfig {
 #[derive(Debug)]
 pub struct LinkWatch {
     last_rx: Instant,
-    /// The server answered one of our pings: from then on silence means death. Until then the
-    /// check stays off, so a server that ignores WebSocket pings is never cut off by it.
-    pongs_seen: bool,
 }
 
 /// What the reader should do on a tick.
@@ -78,18 +76,14 @@ pub enum Tick {
 
 impl LinkWatch {
     pub fn new(now: Instant) -> LinkWatch {
-        LinkWatch {
-            last_rx: now,
-            pongs_seen: false,
-        }
+        LinkWatch { last_rx: now }
     }
     /// Any frame arrived.
-    pub fn received(&mut self, now: Instant, is_pong: bool) {
+    pub fn received(&mut self, now: Instant) {
         self.last_rx = now;
-        self.pongs_seen |= is_pong;
     }
     pub fn tick(&self, now: Instant) -> Tick {
-        if self.pongs_seen && now.saturating_duration_since(self.last_rx) >= DEAD_AFTER {
+        if now.saturating_duration_since(self.last_rx) >= DEAD_AFTER {
             Tick::Dead
         } else {
             Tick::Ping
@@ -274,7 +268,7 @@ async fn read_pump(
             },
             next = stream.next() => match next {
                 Some(Ok(Message::Binary(data))) => {
-                    watch.received(Instant::now(), false);
+                    watch.received(Instant::now());
                     tokio::select! {
                         biased;
                         _ = stop.changed() => break DisconnectReason::Unknown,
@@ -291,9 +285,9 @@ async fn read_pump(
                         None => DisconnectReason::ServerClose { code: None, reason: String::new() },
                     };
                 }
-                Some(Ok(Message::Pong(_))) => watch.received(Instant::now(), true),
+                Some(Ok(Message::Pong(_))) => watch.received(Instant::now()),
                 // Pings are answered by tungstenite; text frames are not part of the protocol.
-                Some(Ok(_)) => watch.received(Instant::now(), false),
+                Some(Ok(_)) => watch.received(Instant::now()),
                 Some(Err(e)) => break DisconnectReason::ReadError(e.to_string()),
                 None => break DisconnectReason::StreamEnded,
             },
@@ -327,20 +321,23 @@ mod tests {
     }
 
     #[test]
-    fn silence_is_death_only_once_pings_are_answered() {
+    fn silence_is_death_within_30_seconds() {
         let t0 = Instant::now();
         let mut w = LinkWatch::new(t0);
+        assert_eq!(w.tick(t0 + Duration::from_secs(19)), Tick::Ping);
         assert_eq!(
-            w.tick(t0 + DEAD_AFTER * 3),
-            Tick::Ping,
-            "no pong seen yet: never dead"
+            w.tick(t0 + DEAD_AFTER),
+            Tick::Dead,
+            "silent from the start: dead too"
         );
-        w.received(t0 + Duration::from_secs(1), true);
-        assert_eq!(w.tick(t0 + Duration::from_secs(20)), Tick::Ping);
-        assert_eq!(w.tick(t0 + Duration::from_secs(1) + DEAD_AFTER), Tick::Dead);
-        w.received(t0 + Duration::from_secs(30), false);
+        w.received(t0 + Duration::from_secs(30));
         assert_eq!(w.tick(t0 + Duration::from_secs(31)), Tick::Ping);
-        assert!(DEAD_AFTER + PING_EVERY <= Duration::from_secs(35));
+        assert_eq!(
+            w.tick(t0 + Duration::from_secs(30) + DEAD_AFTER),
+            Tick::Dead
+        );
+        // Checked once per ping period: the worst case is DEAD_AFTER + PING_EVERY.
+        assert!(DEAD_AFTER + PING_EVERY <= Duration::from_secs(30));
     }
 
     #[test]
