@@ -1,8 +1,9 @@
 //! Standalone fake WhatsApp Web server (`cargo run --example fake-whatsapp -- --listen ADDR
 //! --admin ADDR`): prints `listen=<addr>` and `admin=<addr>`, then serves until killed. Owns only
 //! argument parsing; the server is `tests/fakes/whatsapp`.
-#![cfg_attr(test, allow(dead_code))]
+#![allow(dead_code)]
 
+#[path = "mod.rs"]
 mod fakes;
 
 use fakes::whatsapp::FakeWhatsApp;
