@@ -5,7 +5,8 @@
 //! - `crash:<point>[:<n>]` — abort the process (like a power cut or SIGKILL: no cleanup) the
 //!   `n`-th time (default 1st) execution passes `<point>`. Points: `after-accept` (message durable,
 //!   not yet acknowledged upstream), `after-turn` (reply recorded, not yet sent), `before-send`
-//!   (chunk marked in flight, not sent), `after-send` (sent, not yet marked sent).
+//!   (chunk marked in flight, not sent), `after-send` (sent, not yet marked sent),
+//!   `after-pair-success` (WhatsApp credentials durable, the 515 reconnect not yet made).
 //! - `stall:<component>` — that component's loop stops making progress (for the watchdog test).
 
 use std::sync::OnceLock;

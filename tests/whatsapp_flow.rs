@@ -386,3 +386,94 @@ async fn a_conflict_stops_reconnecting() {
     p.sigterm();
     assert_eq!(p.exit_code().await, Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_pair_success_and_the_515_reconnect_needs_no_pairing_again() {
+    let fake = FakeWhatsApp::start().await;
+    let bx = new_box(&fake);
+    let mut p = spawn(
+        &bx.args(&["pair", "whatsapp"]),
+        &[("CLAWBOX_FAULT", "crash:after-pair-success")],
+        bx.dir.path(),
+    );
+    p.wait_stdout("the QR data", |o| {
+        o.iter().any(|l| l.starts_with("QR data"))
+    })
+    .await;
+    let out = p.stdout();
+    let at = out.iter().position(|l| l.starts_with("QR data")).unwrap();
+    fake.scan(out[at + 1].trim()).await.unwrap();
+    assert_eq!(
+        p.exit_code().await,
+        None,
+        "aborted at the crash point: {:#?}",
+        p.stderr()
+    );
+    assert!(
+        p.stderr()
+            .iter()
+            .any(|l| l.contains("injected crash at after-pair-success"))
+    );
+    // The service starts on the same state: it logs in with the identity saved before the crash.
+    let mut p = bx.run().await;
+    wait_connected(&fake, SOON).await;
+    bx.wait_health(&format!("linked {}", fake.phone_number()))
+        .await;
+    p.sigterm();
+    assert_eq!(p.exit_code().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_traffic_then_every_message_is_answered_once() {
+    use fakes::openai::{FakeConfig, FakeOpenAi};
+    let ai = FakeOpenAi::start(FakeConfig {
+        chunk_delay: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    let fake = FakeWhatsApp::start().await;
+    let bx = new_box(&fake);
+    let mut cfg = std::fs::read_to_string(&bx.cfg).unwrap();
+    cfg.push_str(&format!(
+        "[agents.ai]\nkind = \"openai\"\nurl = \"{}\"\nmodel = \"m\"\n",
+        ai.base_url()
+    ));
+    std::fs::write(&bx.cfg, cfg).unwrap();
+    pair_by_qr(&fake, &bx).await;
+    let mut p = bx.run().await;
+    wait_connected(&fake, SOON).await;
+    fake.contact_send(FRIEND, "traffic-one", None, None)
+        .await
+        .unwrap();
+    let t = Instant::now();
+    while ai.requests().is_empty() {
+        assert!(t.elapsed() < SOON, "the turn never reached the agent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fake.contact_send(FRIEND, "traffic-two", None, None)
+        .await
+        .unwrap();
+    // traffic-one's turn is streaming, traffic-two is on its way in: kill -9 now.
+    p.kill9().await;
+    let mut p = bx.run().await;
+    wait_reply(&fake, FRIEND, "traffic-one").await;
+    wait_reply(&fake, FRIEND, "traffic-two").await;
+    fake.contact_send(FRIEND, "settle", None, None)
+        .await
+        .unwrap();
+    wait_reply(&fake, FRIEND, "settle").await;
+    assert_eq!(
+        replies(&fake, FRIEND, "traffic-one").await,
+        1,
+        "{:#?}",
+        fake.contact_inbox(FRIEND).await
+    );
+    assert_eq!(
+        replies(&fake, FRIEND, "traffic-two").await,
+        1,
+        "{:#?}",
+        fake.contact_inbox(FRIEND).await
+    );
+    p.sigterm();
+    assert_eq!(p.exit_code().await, Some(0));
+}

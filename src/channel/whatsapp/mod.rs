@@ -492,6 +492,8 @@ pub async fn run_with(
         };
         if pair_success {
             let _ = client.persistence_manager().flush().await;
+            // The new identity is durable; a power cut here must not force a re-pairing.
+            crate::fault::crash_point("after-pair-success");
         }
         match adapter::decide(&ending, was_up, &mut backoff) {
             Decision::Exit => return Ok(Outcome::Shutdown),

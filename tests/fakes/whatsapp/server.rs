@@ -77,6 +77,10 @@ pub struct World {
     pub contacts: HashMap<String, Contact>,
     pub conn: Option<Conn>,
     offline: VecDeque<Node>,
+    /// Messages written to the live connection whose delivery receipt has not come back. Like the
+    /// real server, they are delivered again (offline) after the connection ends: a client that
+    /// died before making a message durable gets it once more.
+    unreceipted: VecDeque<Node>,
     pending_pair: Option<PendingPair>,
     link: Option<LinkCode>,
     key_index: u32,
@@ -119,6 +123,7 @@ impl World {
             contacts: HashMap::new(),
             conn: None,
             offline: VecDeque::new(),
+            unreceipted: VecDeque::new(),
             pending_pair: None,
             link: None,
             key_index: 0,
@@ -164,6 +169,7 @@ impl World {
         if let Some(old) = self.conn.take() {
             let _ = old.tx.try_send(Cmd::Close);
         }
+        self.requeue_unreceipted();
         self.conn = Some(Conn {
             id,
             tx,
@@ -179,7 +185,55 @@ impl World {
     pub fn detach(&mut self, id: u64) {
         if self.conn.as_ref().is_some_and(|c| c.id == id) {
             self.conn = None;
+            self.requeue_unreceipted();
         }
+    }
+
+    /// The connection ended: messages it never receipted go back to the front of the offline queue.
+    fn requeue_unreceipted(&mut self) {
+        while let Some(node) = self.unreceipted.pop_back() {
+            if self.offline.len() >= OFFLINE_QUEUE_CAP {
+                break;
+            }
+            self.offline.push_front(node);
+        }
+        self.unreceipted.clear();
+    }
+
+    /// Sends a message stanza and remembers it until the client's delivery receipt.
+    fn send_message(&mut self, node: Node) {
+        if self.unreceipted.len() >= OFFLINE_QUEUE_CAP {
+            self.unreceipted.pop_front();
+        }
+        self.unreceipted.push_back(node.clone());
+        self.send(node);
+    }
+
+    /// The client receipted these message ids (`id`, plus any `<list><item id/>`).
+    fn on_receipt(&mut self, node: &Node) {
+        let mut ids: Vec<String> = node
+            .attrs
+            .get("id")
+            .map(|v| v.to_string())
+            .into_iter()
+            .collect();
+        for list in node
+            .children()
+            .into_iter()
+            .flatten()
+            .filter(|c| c.tag == "list")
+        {
+            for item in list.children().into_iter().flatten() {
+                if let Some(id) = item.attrs.get("id") {
+                    ids.push(id.to_string());
+                }
+            }
+        }
+        self.unreceipted.retain(|m| {
+            !m.attrs
+                .get("id")
+                .is_some_and(|id| ids.iter().any(|r| *r == id.to_string()))
+        });
     }
 
     fn is_current(&self, id: u64) -> bool {
@@ -258,7 +312,11 @@ impl World {
         let count = queued.len();
         for mut node in queued {
             node.attrs.insert("offline", "1");
-            self.send(node);
+            if node.tag == "message" {
+                self.send_message(node);
+            } else {
+                self.send(node);
+            }
         }
         self.send(
             NodeBuilder::new("ib")
@@ -281,7 +339,11 @@ impl World {
 
     fn queue_or_send(&mut self, node: Node) {
         if self.can_deliver() {
-            self.send(node);
+            if node.tag == "message" {
+                self.send_message(node);
+            } else {
+                self.send(node);
+            }
         } else {
             if self.offline.len() >= OFFLINE_QUEUE_CAP {
                 self.offline.pop_front();
@@ -301,6 +363,9 @@ impl World {
             "iq" => self.on_iq(&node, now).await,
             "message" => self.on_message(&node, now).await,
             "receipt" | "notification" | "call" => {
+                if node.tag == "receipt" {
+                    self.on_receipt(&node);
+                }
                 if let Some(ack) = nodes::ack_for(&node, now) {
                     self.send(ack);
                 }
