@@ -232,7 +232,7 @@ impl World {
         self.unreceipted.retain(|m| {
             !m.attrs
                 .get("id")
-                .is_some_and(|id| ids.iter().any(|r| *r == id.to_string()))
+                .is_some_and(|id| ids.contains(&id.to_string()))
         });
     }
 
