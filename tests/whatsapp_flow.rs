@@ -123,6 +123,21 @@ async fn pair_by_qr(fake: &FakeWhatsApp, bx: &Bx) {
     );
 }
 
+/// A box linked by QR, with `clawbox run` started and connected.
+async fn linked_and_running(fake: &FakeWhatsApp) -> (Bx, Proc) {
+    let bx = new_box(fake);
+    pair_by_qr(fake, &bx).await;
+    let p = bx.run().await;
+    wait_connected(fake, SOON).await;
+    (bx, p)
+}
+
+/// SIGTERM, and a clean exit.
+async fn stop(mut p: Proc) {
+    p.sigterm();
+    assert_eq!(p.exit_code().await, Some(0), "{:#?}", p.stderr());
+}
+
 async fn replies(fake: &FakeWhatsApp, who: &str, word: &str) -> usize {
     fake.contact_inbox(who)
         .await
@@ -146,28 +161,23 @@ async fn wait_reply(fake: &FakeWhatsApp, who: &str, word: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pair_by_qr_then_restarts_and_sigkill_never_need_pairing_again() {
     let fake = FakeWhatsApp::start().await;
-    let bx = new_box(&fake);
-    pair_by_qr(&fake, &bx).await;
-    let mut p = bx.run().await;
-    wait_connected(&fake, SOON).await;
+    let (bx, mut p) = linked_and_running(&fake).await;
     bx.wait_health(&format!("linked {}", fake.phone_number()))
         .await;
     p.kill9().await;
-    let mut p = bx.run().await;
+    let p = bx.run().await;
     wait_connected(&fake, SOON).await;
     bx.wait_health(&format!("linked {}", fake.phone_number()))
         .await;
-    p.sigterm();
-    assert_eq!(p.exit_code().await, Some(0));
-    let mut p = bx.run().await;
+    stop(p).await;
+    let p = bx.run().await;
     wait_connected(&fake, SOON).await;
     assert!(
         !p.stderr().iter().any(|l| l.contains("not linked")),
         "{:#?}",
         p.stderr()
     );
-    p.sigterm();
-    assert_eq!(p.exit_code().await, Some(0));
+    stop(p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,19 +206,15 @@ async fn pair_by_code() {
     assert_eq!(code.replace('-', "").len(), 8, "{code}");
     fake.enter_code(&code).await.unwrap();
     assert_eq!(p.exit_code().await, Some(0), "{:#?}", p.stderr());
-    let mut p = bx.run().await;
+    let p = bx.run().await;
     wait_connected(&fake, SOON).await;
-    p.sigterm();
-    assert_eq!(p.exit_code().await, Some(0));
+    stop(p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn friend_gets_the_echo_stranger_gets_nothing_media_is_a_placeholder() {
     let fake = FakeWhatsApp::start().await;
-    let bx = new_box(&fake);
-    pair_by_qr(&fake, &bx).await;
-    let mut p = bx.run().await;
-    wait_connected(&fake, SOON).await;
+    let (bx, p) = linked_and_running(&fake).await;
 
     fake.contact_send(STRANGER, "let me in", None, None)
         .await
@@ -242,19 +248,14 @@ async fn friend_gets_the_echo_stranger_gets_nothing_media_is_a_placeholder() {
         m.contains("clawbox_messages_in_total{channel=\"whatsapp\"} 2"),
         "{m}"
     );
-    p.sigterm();
-    assert_eq!(p.exit_code().await, Some(0));
+    stop(p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_sent_while_down_are_answered_once_after_restart() {
     let fake = FakeWhatsApp::start().await;
-    let bx = new_box(&fake);
-    pair_by_qr(&fake, &bx).await;
-    let mut p = bx.run().await;
-    wait_connected(&fake, SOON).await;
-    p.sigterm();
-    assert_eq!(p.exit_code().await, Some(0));
+    let (bx, p) = linked_and_running(&fake).await;
+    stop(p).await;
     wait_disconnected(&fake).await;
     fake.contact_send(FRIEND, "while-down-one", None, None)
         .await
@@ -262,7 +263,7 @@ async fn messages_sent_while_down_are_answered_once_after_restart() {
     fake.contact_send(FRIEND, "while-down-two", None, None)
         .await
         .unwrap();
-    let mut p = bx.run().await;
+    let p = bx.run().await;
     wait_reply(&fake, FRIEND, "while-down-one").await;
     wait_reply(&fake, FRIEND, "while-down-two").await;
     fake.contact_send(FRIEND, "settle", None, None)
@@ -271,17 +272,13 @@ async fn messages_sent_while_down_are_answered_once_after_restart() {
     wait_reply(&fake, FRIEND, "settle").await;
     assert_eq!(replies(&fake, FRIEND, "while-down-one").await, 1);
     assert_eq!(replies(&fake, FRIEND, "while-down-two").await, 1);
-    p.sigterm();
-    assert_eq!(p.exit_code().await, Some(0));
+    stop(p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_and_515_reconnect_within_seconds() {
     let fake = FakeWhatsApp::start().await;
-    let bx = new_box(&fake);
-    pair_by_qr(&fake, &bx).await;
-    let mut p = bx.run().await;
-    wait_connected(&fake, SOON).await;
+    let (_bx, p) = linked_and_running(&fake).await;
 
     fake.fault("drop", None).await.unwrap();
     wait_disconnected(&fake).await;
@@ -301,17 +298,13 @@ async fn drop_and_515_reconnect_within_seconds() {
         .await
         .unwrap();
     wait_reply(&fake, FRIEND, "still-here").await;
-    p.sigterm();
-    assert_eq!(p.exit_code().await, Some(0));
+    stop(p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blackholed_link_is_detected_within_30s_and_heals_within_5s() {
     let fake = FakeWhatsApp::start().await;
-    let bx = new_box(&fake);
-    pair_by_qr(&fake, &bx).await;
-    let mut p = bx.run().await;
-    wait_connected(&fake, SOON).await;
+    let (_bx, p) = linked_and_running(&fake).await;
     let attempts = fake.connection_attempts().await;
     fake.fault("blackhole", None).await.unwrap();
     let t = Instant::now();
@@ -329,17 +322,13 @@ async fn a_blackholed_link_is_detected_within_30s_and_heals_within_5s() {
     fake.fault("heal", None).await.unwrap();
     let took = wait_connected(&fake, Duration::from_secs(5)).await;
     println!("MEASURED reconnect after heal: {} ms", took.as_millis());
-    p.sigterm();
-    assert_eq!(p.exit_code().await, Some(0));
+    stop(p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logged_out_wipes_whatsapp_only_and_says_pair_again() {
     let fake = FakeWhatsApp::start().await;
-    let bx = new_box(&fake);
-    pair_by_qr(&fake, &bx).await;
-    let mut p = bx.run().await;
-    wait_connected(&fake, SOON).await;
+    let (bx, mut p) = linked_and_running(&fake).await;
     fake.fault("stream-error", Some(401)).await.unwrap();
     let h = bx.wait_health("pair again").await;
     assert!(h.contains("needs-owner"), "{h}");
@@ -349,24 +338,19 @@ async fn logged_out_wipes_whatsapp_only_and_says_pair_again() {
         o.iter().any(|l| l == "console-still-works")
     })
     .await;
-    p.sigterm();
-    assert_eq!(p.exit_code().await, Some(0));
+    stop(p).await;
     // The WhatsApp auth state is gone: a restart is unpaired and does not log in.
     let attempts = fake.connection_attempts().await;
-    let mut p = bx.run().await;
+    let p = bx.run().await;
     bx.wait_health("whatsapp").await;
     assert!(!fake.state().await.connected || fake.connection_attempts().await == attempts);
-    p.sigterm();
-    assert_eq!(p.exit_code().await, Some(0));
+    stop(p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conflict_stops_reconnecting() {
     let fake = FakeWhatsApp::start().await;
-    let bx = new_box(&fake);
-    pair_by_qr(&fake, &bx).await;
-    let mut p = bx.run().await;
-    wait_connected(&fake, SOON).await;
+    let (bx, p) = linked_and_running(&fake).await;
     fake.fault("conflict", None).await.unwrap();
     let h = bx.wait_health("needs-owner").await;
     assert!(
@@ -383,8 +367,7 @@ async fn a_conflict_stops_reconnecting() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    p.sigterm();
-    assert_eq!(p.exit_code().await, Some(0));
+    stop(p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -415,12 +398,11 @@ async fn a_crash_between_pair_success_and_the_515_reconnect_needs_no_pairing_aga
             .any(|l| l.contains("injected crash at after-pair-success"))
     );
     // The service starts on the same state: it logs in with the identity saved before the crash.
-    let mut p = bx.run().await;
+    let p = bx.run().await;
     wait_connected(&fake, SOON).await;
     bx.wait_health(&format!("linked {}", fake.phone_number()))
         .await;
-    p.sigterm();
-    assert_eq!(p.exit_code().await, Some(0));
+    stop(p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -455,7 +437,7 @@ async fn sigkill_mid_traffic_then_every_message_is_answered_once() {
         .unwrap();
     // traffic-one's turn is streaming, traffic-two is on its way in: kill -9 now.
     p.kill9().await;
-    let mut p = bx.run().await;
+    let p = bx.run().await;
     wait_reply(&fake, FRIEND, "traffic-one").await;
     wait_reply(&fake, FRIEND, "traffic-two").await;
     fake.contact_send(FRIEND, "settle", None, None)
@@ -474,6 +456,5 @@ async fn sigkill_mid_traffic_then_every_message_is_answered_once() {
         "{:#?}",
         fake.contact_inbox(FRIEND).await
     );
-    p.sigterm();
-    assert_eq!(p.exit_code().await, Some(0));
+    stop(p).await;
 }
