@@ -79,7 +79,7 @@ impl std::error::Error for DisplayError {}
 /// One configured display.
 pub enum Device {
     Framebuffer(framebuffer::Framebuffer),
-    Oled(oled::Oled),
+    Oled(Box<oled::Oled>),
     Serial(serial::Serial),
 }
 
@@ -91,11 +91,11 @@ impl Device {
             out.push(Device::Framebuffer(framebuffer::Framebuffer::new(p)));
         }
         if let Some(p) = &cfg.oled {
-            out.push(Device::Oled(oled::Oled::new(
+            out.push(Device::Oled(Box::new(oled::Oled::new(
                 p,
                 cfg.oled_address.unwrap_or(oled::DEFAULT_ADDRESS),
                 cfg.oled_controller,
-            )));
+            ))));
         }
         if let Some(p) = &cfg.serial {
             out.push(Device::Serial(serial::Serial::new(p)));
