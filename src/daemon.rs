@@ -272,6 +272,15 @@ pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
             crate::channel::whatsapp::Screen::Stderr,
         )));
     }
+    // The board's displays (`[display]`: framebuffer, OLED, serial console); all off by default.
+    if mode == Mode::Run && cfg.display != crate::config::DisplayConfig::default() {
+        tasks.push(tokio::spawn(crate::display::run(
+            cfg.display.clone(),
+            pairing.subscribe(),
+            board.clone(),
+            shutdown.clone(),
+        )));
+    }
     let (eof_tx, mut eof_rx) = watch::channel(false);
     let pacing: PacingConfig = match mode {
         Mode::Run => cfg.pacing.clone(),

@@ -36,6 +36,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
+pub mod display;
 pub mod fault;
 pub mod health;
 pub mod http;

@@ -84,6 +84,8 @@ pub struct Config {
     pub agents: BTreeMap<String, AgentConfig>,
     #[serde(default)]
     pub channels: ChannelsConfig,
+    #[serde(default)]
+    pub display: DisplayConfig,
     /// The file this came from (None: embedded defaults).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -104,6 +106,7 @@ impl Default for Config {
                 whatsapp: Some(WhatsAppConfig::default()),
                 ..ChannelsConfig::default()
             },
+            display: DisplayConfig::default(),
             source: None,
         }
     }
@@ -222,6 +225,31 @@ impl Default for PacingConfig {
             global_burst: 5,
         }
     }
+}
+
+/// `[display]`: the board's pairing displays (see `board/README.md`). Every device is off by
+/// default; a configured device that is missing is logged once and retried, never fatal.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DisplayConfig {
+    /// A Linux framebuffer: `/dev/fb0` (HDMI) or `/dev/fb1` (an SPI TFT). Default: none.
+    pub framebuffer: Option<PathBuf>,
+    /// The I²C bus of a 128×64 SSD1306/SH1106 OLED, e.g. `/dev/i2c-1`. Default: none.
+    pub oled: Option<PathBuf>,
+    /// The OLED's 7-bit I²C address. Default: 0x3C (most modules; some are strapped to 0x3D).
+    pub oled_address: Option<u8>,
+    /// `ssd1306` (default) or `sh1106` (the 1.3" modules: 132-column RAM, shifted by 2).
+    pub oled_controller: OledController,
+    /// A serial console, e.g. `/dev/serial0`, `/dev/ttyAMA0` or `/dev/ttyS0`. Default: none.
+    pub serial: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OledController {
+    #[default]
+    Ssd1306,
+    Sh1106,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
