@@ -33,9 +33,19 @@ rustup target list --installed | grep -qx "$TRIPLE" || rustup target add "$TRIPL
 zig_tools
 
 # --- Tests under emulation ---------------------------------------------------------------------
-# The unit tests, plus the integration tests that run in-process against the fakes over loopback
-# sockets (real HTTP, WebSocket, TLS-free): the binary-spawning tests are left to the native run,
-# since without binfmt an emulated test cannot exec an ARM clawbox.
+# The unit tests (the binary-spawning integration tests stay with the native run). qemu is the
+# cargo runner; a test that re-executes its own binary (systemd's notify child) needs the kernel to
+# run ARM executables too, so the tests run in a private user namespace whose binfmt_misc has
+# qemu-aarch64 registered (F flag: the interpreter is opened at registration).
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=qemu-aarch64-static
-echo "== cargo test on $TRIPLE under qemu-aarch64-static"
-cargo-zigbuild test --locked --target "$TRIPLE" --lib "$@"
+qemu=$(command -v qemu-aarch64-static)
+magic=$(cut -d: -f1-6 /usr/lib/binfmt.d/qemu-aarch64.conf)
+echo "== cargo test --lib on $TRIPLE under qemu-aarch64-static"
+start=$(date +%s)
+unshare --user --map-root-user --mount bash -euo pipefail -c '
+  mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+  printf "%s:%s:F" "$0" "$1" > /proc/sys/fs/binfmt_misc/register
+  shift
+  exec "$@"
+' "$magic" "$qemu" cargo-zigbuild test --locked --target "$TRIPLE" --lib "$@"
+echo "tests/arm.sh: aarch64 build and tests took $(( $(date +%s) - start )) s"
