@@ -4,6 +4,7 @@
 use super::{
     AgentConfig, AgentKind, BUILTIN_AGENT, Config, ConfigError, DmPolicy, Secret, line_col,
 };
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
@@ -107,6 +108,14 @@ impl Checker<'_> {
 
 fn read_secret_file(p: &Path) -> Result<Secret, String> {
     let meta = std::fs::metadata(p).map_err(|e| format!("cannot read `{}`: {e}", p.display()))?;
+    // A device or a FIFO has no length to check: /dev/zero would be read until memory runs out,
+    // a FIFO would block start-up forever.
+    if !meta.is_file() {
+        return Err(format!(
+            "`{}` is not a regular file; put the secret in a file",
+            p.display()
+        ));
+    }
     if meta.len() > MAX_SECRET_BYTES {
         return Err(format!(
             "`{}` is {} bytes; a secret file holds one line",
@@ -121,8 +130,17 @@ fn read_secret_file(p: &Path) -> Result<Secret, String> {
             tracing::warn!(file = %p.display(), "secret file is world-readable; chmod 0600 it");
         }
     }
-    let text =
-        std::fs::read_to_string(p).map_err(|e| format!("cannot read `{}`: {e}", p.display()))?;
+    // Read at most one byte past the limit: the file may have grown since the check above.
+    let mut text = String::new();
+    std::fs::File::open(p)
+        .and_then(|f| f.take(MAX_SECRET_BYTES + 1).read_to_string(&mut text))
+        .map_err(|e| format!("cannot read `{}`: {e}", p.display()))?;
+    if text.len() as u64 > MAX_SECRET_BYTES {
+        return Err(format!(
+            "`{}` is over {MAX_SECRET_BYTES} bytes; a secret file holds one line",
+            p.display()
+        ));
+    }
     let line = text.lines().next().unwrap_or("").trim();
     if line.is_empty() {
         return Err(format!(
@@ -415,5 +433,19 @@ mod tests {
         assert!(!is_e164("+0491701234567"));
         assert!(!is_e164("+49 170 1234567"));
         assert!(!is_e164("+123"));
+    }
+
+    /// A secret path naming a device must be refused, not read: `/dev/zero` has length 0 and
+    /// never ends.
+    #[test]
+    fn a_secret_file_that_is_not_a_regular_file_is_refused() {
+        let e = read_secret_file(Path::new("/dev/zero")).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let e = read_secret_file(dir.path()).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        let f = dir.path().join("token");
+        std::fs::write(&f, "s3cret\nignored\n").unwrap();
+        assert_eq!(read_secret_file(&f).unwrap().expose(), "s3cret");
     }
 }
