@@ -24,7 +24,6 @@ use whatsapp_rust::buffa::Message as _;
 use whatsapp_rust::wacore::chrono::DateTime;
 use whatsapp_rust::wacore::messages::decode_plaintext;
 use whatsapp_rust::wacore::types::message::{MessageInfo, MessageSource};
-use whatsapp_rust::wacore_binary::JidExt;
 
 /// Our own numbers in every run.
 const OWN_PN: &str = "491700000001";
