@@ -97,7 +97,7 @@ impl Delivery {
                 if self.store.mark_sent(seq).await? {
                     return Ok(());
                 }
-                rec.next += 1;
+                rec.next = rec.next.saturating_add(1);
                 rec.in_flight = false;
             }
         }
@@ -132,7 +132,7 @@ impl Delivery {
                     self.pacer.on_sent(Instant::now());
                     Metrics::inc(&self.metrics.messages_out[ch.index()]);
                     self.store.mark_sent(seq).await?;
-                    rec.next += 1;
+                    rec.next = rec.next.saturating_add(1);
                     first = false;
                     backoff.reset();
                 }
@@ -140,7 +140,7 @@ impl Delivery {
                     Metrics::inc(&self.metrics.send_failures[ch.index()]);
                     tracing::warn!(channel = %ch, seq, chunk = idx, "send outcome unknown; not resending, to never send it twice");
                     self.store.mark_sent(seq).await?;
-                    rec.next += 1;
+                    rec.next = rec.next.saturating_add(1);
                 }
                 Sent::InDoubt | Sent::Failed(SendError::Retry(_)) => {
                     Metrics::inc(&self.metrics.send_failures[ch.index()]);

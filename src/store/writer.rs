@@ -551,7 +551,7 @@ impl Writer {
                                 .map(|v| decode::<OutboxRecord>(v.value()));
                             match row {
                                 Some(Ok(mut o)) => {
-                                    o.next += 1;
+                                    o.next = o.next.saturating_add(1);
                                     o.in_flight = false;
                                     if o.next as usize >= o.chunks.len() {
                                         bytes += 1;

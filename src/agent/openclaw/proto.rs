@@ -626,7 +626,11 @@ impl Connection {
     }
 
     fn on_history_res(&mut self, op: OpId, payload: &Value, err: Option<GatewayError>) {
-        self.runs.remove(&op);
+        // A `final` event may have finished this turn while the history request was out: report
+        // each turn once.
+        if self.runs.remove(&op).is_none() {
+            return;
+        }
         let result = match err {
             Some(e) => Err(AgentError::Failed(format!(
                 "reading the finished run's reply: {e}"
