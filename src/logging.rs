@@ -1,6 +1,8 @@
 //! Log setup: journald when systemd runs us (it sets `JOURNAL_STREAM`), plain stderr otherwise.
 //! The level comes from the config (`gateway.log_level`), overridden by `CLAWBOX_LOG`. Nothing at
-//! info or above carries a secret or a message body.
+//! info or above carries a secret or a message body. The WhatsApp library logs through the `log`
+//! crate; its warnings and errors (a frame that fails decryption, an undecodable node, why the
+//! transport dropped) are forwarded here, its chattier levels never are.
 
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -18,8 +20,34 @@ fn parse_level(s: &str) -> Option<LevelFilter> {
     }
 }
 
+/// Forwards `log` records (the WhatsApp library's) at warn and error into tracing. Lower levels are
+/// filtered out before formatting: they may carry stanza dumps.
+struct LibraryLog;
+
+impl log::Log for LibraryLog {
+    fn enabled(&self, meta: &log::Metadata<'_>) -> bool {
+        meta.level() <= log::Level::Warn
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let target = record.target();
+        match record.level() {
+            log::Level::Error => tracing::error!("library {target}: {}", record.args()),
+            _ => tracing::warn!("library {target}: {}", record.args()),
+        }
+    }
+    fn flush(&self) {}
+}
+
+static LIBRARY_LOG: LibraryLog = LibraryLog;
+
 /// Installs the global subscriber. Safe to call once; later calls are ignored.
 pub fn init(configured: &str) {
+    if log::set_logger(&LIBRARY_LOG).is_ok() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
     let level = std::env::var("CLAWBOX_LOG")
         .ok()
         .and_then(|s| parse_level(&s))

@@ -15,6 +15,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -29,6 +30,25 @@ use tokio::task::JoinSet;
 const MAX_REQUEST_BODY: usize = 4 * 1024 * 1024;
 /// Stream chunks buffered between the producer task and hyper.
 const STREAM_CHANNEL: usize = 16;
+/// Scripted answers queued at once (a test scripts a handful).
+const MAX_SCRIPTED: usize = 64;
+
+/// One scripted answer to the next chat completion, overriding [`FakeConfig`] for that request.
+#[derive(Clone, Debug)]
+pub enum Scripted {
+    /// A 200 `text/event-stream` whose body is exactly these pieces (one write each), then the
+    /// body ends (with or without `[DONE]`, as the pieces say).
+    Stream(Vec<String>),
+    /// Like `Stream`, but after the pieces the connection is dropped mid-body (no terminating
+    /// chunk), as when the server process dies or a proxy cuts the stream.
+    StreamCut(Vec<String>),
+    /// A complete response with this status, content type and body (e.g. a proxy's HTML page).
+    Body {
+        status: u16,
+        content_type: &'static str,
+        body: String,
+    },
+}
 
 pub type ReplyFn = Arc<dyn Fn(&Value) -> String + Send + Sync>;
 
@@ -105,6 +125,8 @@ struct State {
     abandoned: watch::Sender<usize>,
     /// Streams whose last piece was handed to the connection.
     completed: watch::Sender<usize>,
+    /// Answers for the next chat completions, in order, before `cfg` applies again.
+    script: Mutex<VecDeque<Scripted>>,
 }
 
 pub struct FakeOpenAi {
@@ -129,6 +151,7 @@ impl FakeOpenAi {
             received: Mutex::new(Vec::new()),
             abandoned: watch::channel(0).0,
             completed: watch::channel(0).0,
+            script: Mutex::new(VecDeque::new()),
         });
         let st = state.clone();
         let server = tokio::spawn(async move {
@@ -192,6 +215,18 @@ impl FakeOpenAi {
         let _ = rx.wait_for(|&v| v >= n).await;
     }
 
+    /// Answers the next chat completion with `s` (queued behind earlier scripted answers).
+    pub fn script_next(&self, s: Scripted) {
+        let mut q = self.state.script.lock().unwrap();
+        assert!(q.len() < MAX_SCRIPTED, "too many scripted answers");
+        q.push_back(s);
+    }
+
+    /// Scripted answers not yet used.
+    pub fn scripted_left(&self) -> usize {
+        self.state.script.lock().unwrap().len()
+    }
+
     /// Streams whose last piece (`data: [DONE]`) was handed to the connection.
     pub fn completed(&self) -> usize {
         *self.state.completed.borrow()
@@ -200,16 +235,17 @@ impl FakeOpenAi {
 
 /// A response body fed by a channel: each message is written as it arrives (one HTTP chunk), and
 /// the body ends when the sender is dropped.
-pub struct ChannelBody(mpsc::Receiver<Bytes>);
+/// An `Err` item aborts the body: hyper drops the connection without the terminating chunk.
+pub struct ChannelBody(mpsc::Receiver<Result<Bytes, std::io::Error>>);
 
 impl Body for ChannelBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = std::io::Error;
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
     }
 }
 
@@ -338,6 +374,44 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<FakeB
             if !st.cfg.head_delay.is_zero() {
                 tokio::time::sleep(st.cfg.head_delay).await;
             }
+            let scripted = st.script.lock().unwrap().pop_front();
+            let scripted_kind = match &scripted {
+                Some(Scripted::StreamCut(_)) => Kind::Cut,
+                _ => Kind::Whole,
+            };
+            match scripted {
+                Some(Scripted::Body {
+                    status,
+                    content_type,
+                    body,
+                }) => {
+                    return Ok(Response::builder()
+                        .status(StatusCode::from_u16(status).unwrap())
+                        .header(header::CONTENT_TYPE, content_type)
+                        .body(Either::Left(Full::new(Bytes::from(body))))
+                        .unwrap());
+                }
+                Some(Scripted::Stream(pieces)) | Some(Scripted::StreamCut(pieces)) => {
+                    let cut = matches!(scripted_kind, Kind::Cut);
+                    let (tx, rx) = mpsc::channel(STREAM_CHANNEL);
+                    tokio::spawn(async move {
+                        let tx2 = tx.clone();
+                        produce(st.clone(), tx, pieces).await;
+                        if cut {
+                            let _ = tx2
+                                .send(Err(std::io::Error::other("stream cut by the fake")))
+                                .await;
+                        }
+                    });
+                    return Ok(Response::builder()
+                        .status(StatusCode::OK)
+                        .header(header::CONTENT_TYPE, "text/event-stream; charset=utf-8")
+                        .header(header::CACHE_CONTROL, "no-cache")
+                        .body(Either::Right(ChannelBody(rx)))
+                        .unwrap());
+                }
+                None => {}
+            }
             if let Some(code) = st.cfg.status {
                 let status = StatusCode::from_u16(code).unwrap();
                 let (message, kind, code) = match code {
@@ -437,8 +511,18 @@ pub fn stream_pieces(
     out
 }
 
+/// Whether a scripted stream ends cleanly or is cut.
+enum Kind {
+    Whole,
+    Cut,
+}
+
 /// Writes the pieces one by one; notes whether the client stayed to the end.
-async fn produce(st: Arc<State>, tx: mpsc::Sender<Bytes>, pieces: Vec<String>) {
+async fn produce(
+    st: Arc<State>,
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    pieces: Vec<String>,
+) {
     // With a stall, send the role chunk and the first content chunk only.
     let take = if st.cfg.stall_after_first_chunk {
         2
@@ -447,7 +531,7 @@ async fn produce(st: Arc<State>, tx: mpsc::Sender<Bytes>, pieces: Vec<String>) {
     };
     for piece in pieces.into_iter().take(take) {
         tokio::time::sleep(st.cfg.chunk_delay).await;
-        if tx.send(Bytes::from(piece)).await.is_err() {
+        if tx.send(Ok(Bytes::from(piece))).await.is_err() {
             st.abandoned.send_modify(|n| *n += 1);
             return;
         }

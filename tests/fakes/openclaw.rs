@@ -146,7 +146,7 @@ pub struct FakeGateway {
     state: Arc<Mutex<State>>,
     ticks: Arc<AtomicBool>,
     drop_gen: watch::Sender<u64>,
-    events: broadcast::Sender<String>,
+    events: broadcast::Sender<Message>,
     seq: Arc<AtomicU64>,
 }
 
@@ -237,9 +237,17 @@ impl FakeGateway {
     /// Broadcasts a raw event payload to every connection (e.g. another client's run).
     pub fn broadcast_event(&self, event: &str, payload: Value) {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
-        let _ = self
-            .events
-            .send(json!({"type":"event","event":event,"payload":payload,"seq":seq}).to_string());
+        let _ = self.events.send(Message::text(
+            json!({"type":"event","event":event,"payload":payload,"seq":seq}).to_string(),
+        ));
+    }
+    /// Sends this text frame, as is, to every logged-in connection (malformed JSON included).
+    pub fn send_raw_text(&self, text: &str) {
+        let _ = self.events.send(Message::text(text.to_string()));
+    }
+    /// Sends a binary WebSocket frame to every logged-in connection (the gateway never does).
+    pub fn send_raw_binary(&self, data: &[u8]) {
+        let _ = self.events.send(Message::binary(data.to_vec()));
     }
 
     // ---- one connection ----
@@ -275,7 +283,7 @@ impl FakeGateway {
                 }
                 ev = events.recv(), if ready => {
                     if let Ok(f) = ev {
-                        if tx.send(Message::text(f)).await.is_err() { return; }
+                        if tx.send(f).await.is_err() { return; }
                     }
                 }
                 msg = rx.next() => {

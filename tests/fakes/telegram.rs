@@ -33,6 +33,8 @@ const FIRST_UPDATE_ID: i64 = 700_000_001;
 const MAX_TEXT_CHARS: usize = 4096;
 /// Telegram returns at most this many updates per getUpdates.
 const MAX_LIMIT: usize = 100;
+/// Updates remembered for `redeliver` (a test pushes a handful).
+const MAX_HISTORY: usize = 10_000;
 /// What a Garbage fault sends back: a cut-off 200 body.
 pub const GARBAGE_BODY: &str = "{\"ok\":true,\"result\":[{\"update_id\":7000";
 
@@ -53,6 +55,35 @@ pub enum FakeError {
     ChatNotFound,
     /// 403 "Forbidden: bot was blocked by the user".
     Blocked,
+    /// 200 with well-formed JSON of the wrong shape: `result` is an object, not an array.
+    WrongShape,
+    /// 200 `text/plain` that is not JSON at all (a captive portal or a misrouted proxy).
+    NotJson,
+    /// 502 with nginx's HTML error page, as a reverse proxy in front of the Bot API sends it.
+    ProxyHtml502,
+}
+
+/// What a `NotJson` fault sends back.
+pub const NOT_JSON_BODY: &str = "OK\n";
+/// What a `ProxyHtml502` fault sends back: nginx's stock page, byte for byte.
+pub const PROXY_HTML_502: &str = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx/1.18.0 (Ubuntu)</center>\r\n</body>\r\n</html>\r\n";
+
+fn raw_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: &'static str,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    r.headers_mut().insert(
+        hyper::header::SERVER,
+        hyper::header::HeaderValue::from_static("nginx/1.18.0 (Ubuntu)"),
+    );
+    r
 }
 
 /// A message the client sent with sendMessage.
@@ -95,6 +126,18 @@ struct State {
     calls: HashMap<String, Vec<Call>>,
     /// Generation of the newest getUpdates: an older held one is terminated with 409.
     poll_generation: u64,
+    /// Every update ever pushed (up to `MAX_HISTORY`), for `redeliver`.
+    history: Vec<Value>,
+    /// Updates to hand out again on the next getUpdates whatever its offset (`redeliver`).
+    replays: VecDeque<Value>,
+}
+
+impl State {
+    fn remember(&mut self, update: &Value) {
+        if self.history.len() < MAX_HISTORY {
+            self.history.push(update.clone());
+        }
+    }
 }
 
 struct Inner {
@@ -168,6 +211,8 @@ impl FakeTelegram {
                 faults: HashMap::new(),
                 calls: HashMap::new(),
                 poll_generation: 0,
+                history: Vec::new(),
+                replays: VecDeque::new(),
             }),
             version,
         });
@@ -222,7 +267,9 @@ impl FakeTelegram {
                 m.insert(k.clone(), v.clone());
             }
         }
-        st.updates.push_back(json!({"update_id": id, key: msg}));
+        let update = json!({"update_id": id, key: msg});
+        st.remember(&update);
+        st.updates.push_back(update);
         drop(st);
         self.inner.bump();
         id
@@ -337,10 +384,29 @@ impl FakeTelegram {
             .iter()
             .position(|u| u["update_id"].as_i64().unwrap_or(i64::MIN) > id)
             .unwrap_or(st.updates.len());
+        st.remember(&update);
         st.updates.insert(pos, update);
         drop(st);
         self.inner.bump();
         id
+    }
+
+    /// Delivers an earlier update again, same update_id and content, as Telegram does with updates
+    /// whose offset was never confirmed (e.g. after the bot's connection broke). False if unknown.
+    pub fn redeliver(&self, update_id: i64) -> bool {
+        let mut st = self.inner.lock();
+        let Some(u) = st
+            .history
+            .iter()
+            .find(|u| u["update_id"].as_i64() == Some(update_id))
+            .cloned()
+        else {
+            return false;
+        };
+        st.replays.push_back(u);
+        drop(st);
+        self.inner.bump();
+        true
     }
 
     /// Lets sendMessage reach a chat no pushed update mentioned.
@@ -489,6 +555,11 @@ fn fault_response(err: &FakeError) -> Response<Full<Bytes>> {
         FakeError::ServerError => error(500, "Internal Server Error"),
         FakeError::ChatNotFound => error(400, "Bad Request: chat not found"),
         FakeError::Blocked => error(403, "Forbidden: bot was blocked by the user"),
+        FakeError::WrongShape => ok(json!({"update_id": "not-a-list", "message": 5})),
+        FakeError::NotJson => raw_response(StatusCode::OK, "text/plain", NOT_JSON_BODY),
+        FakeError::ProxyHtml502 => {
+            raw_response(StatusCode::BAD_GATEWAY, "text/html", PROXY_HTML_502)
+        }
         FakeError::Garbage => {
             let mut r = Response::new(Full::new(Bytes::from_static(GARBAGE_BODY.as_bytes())));
             r.headers_mut().insert(
@@ -704,12 +775,13 @@ async fn get_updates(inner: &Inner, params: &Value) -> Response<Full<Bytes>> {
 
     loop {
         {
-            let st = inner.lock();
+            let mut st = inner.lock();
             if st.poll_generation != generation {
                 return fault_response(&FakeError::Conflict);
             }
-            if !st.updates.is_empty() {
-                let batch: Vec<Value> = st.updates.iter().take(limit).cloned().collect();
+            if !st.replays.is_empty() || !st.updates.is_empty() {
+                let mut batch: Vec<Value> = st.replays.drain(..).collect();
+                batch.extend(st.updates.iter().take(limit).cloned());
                 return ok(Value::Array(batch));
             }
         }

@@ -250,9 +250,11 @@ async fn poll_loop(
                 status,
                 malformed,
             } => {
-                if malformed {
+                if let Some(why) = malformed {
                     Metrics::inc(&ctx.metrics.malformed[KIND.index()]);
                     tracing::warn!(
+                        method = "getUpdates",
+                        error = %why,
                         "telegram: unreadable getUpdates answer; retrying the same offset"
                     );
                 } else if let Some((_, detail)) = &status {

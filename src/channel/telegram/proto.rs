@@ -398,8 +398,8 @@ pub enum PollStep {
     Wait {
         delay: Duration,
         status: Option<Status>,
-        /// The whole response was unreadable: count one malformed.
-        malformed: bool,
+        /// The whole response was unreadable (why): count one malformed.
+        malformed: Option<String>,
     },
     /// Stop for good (return Ok): the owner must act.
     Stop { status: Status },
@@ -549,27 +549,27 @@ impl Poller {
             ApiError::RetryAfter(d) => PollStep::Wait {
                 delay: d,
                 status: Some((State::Degraded, rate_limited_detail(d))),
-                malformed: false,
+                malformed: None,
             },
             ApiError::Conflict => PollStep::Wait {
                 delay: self.backoff.next_delay(),
                 status: Some((State::Degraded, CONFLICT_DETAIL.into())),
-                malformed: false,
+                malformed: None,
             },
-            ApiError::Malformed(_) => {
+            ApiError::Malformed(why) => {
                 if too_large {
                     self.small_batches = true;
                 }
                 PollStep::Wait {
                     delay: self.backoff.next_delay(),
                     status: None,
-                    malformed: true,
+                    malformed: Some(why),
                 }
             }
             e @ (ApiError::Transient(_) | ApiError::Rejected { .. }) => PollStep::Wait {
                 delay: self.backoff.next_delay(),
                 status: Some((State::Degraded, failure_detail(&e))),
-                malformed: false,
+                malformed: None,
             },
         }
     }
@@ -1026,7 +1026,10 @@ mod tests {
             PollStep::Wait {
                 malformed, status, ..
             } => {
-                assert!(malformed);
+                assert!(
+                    malformed.as_deref().is_some_and(|w| w.contains("line 1")),
+                    "says why: {malformed:?}"
+                );
                 assert_eq!(status, None);
             }
             other => panic!("{other:?}"),

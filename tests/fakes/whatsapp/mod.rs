@@ -148,7 +148,10 @@ impl FakeWhatsApp {
         }
     }
 
-    /// `drop` | `stream-error` (with `code`) | `conflict` | `blackhole` | `heal`.
+    /// `drop` | `stream-error` (with `code`) | `conflict` | `blackhole` | `heal`, or a malformed
+    /// frame on the live link: `bad-decrypt` (a frame whose AES-GCM tag fails), `garbage-node` (a
+    /// valid Noise frame holding bytes that are no binary node), `truncated` (half a frame, then
+    /// the TCP link is cut), `oversized` (one WebSocket message over the client's 4 MiB limit).
     pub async fn fault(&self, kind: &str, code: Option<u16>) -> Result<(), String> {
         self.world.lock().await.fault(kind, code)
     }
@@ -296,6 +299,24 @@ async fn serve_conn(world: Arc<Mutex<World>>, stream: TcpStream) -> Result<(), S
                     if let Err(e) = write_node(&mut ws, &mut cipher, &node).await {
                         break Err(e);
                     }
+                }
+                Some(Cmd::SealRaw(plain)) => {
+                    let sent = match cipher.seal(&plain) {
+                        Ok(framed) => ws.send(WsMessage::Binary(framed.into())).await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    if let Err(e) = sent {
+                        break Err(e);
+                    }
+                }
+                Some(Cmd::RawWs(bytes)) => {
+                    if let Err(e) = ws.send(WsMessage::Binary(bytes.into())).await {
+                        break Err(format!("websocket send: {e}"));
+                    }
+                }
+                Some(Cmd::RawWsCut(bytes)) => {
+                    let _ = ws.send(WsMessage::Binary(bytes.into())).await;
+                    break Ok(());
                 }
                 Some(Cmd::SendClose(node)) => {
                     let _ = write_node(&mut ws, &mut cipher, &node).await;

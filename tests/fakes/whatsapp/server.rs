@@ -41,7 +41,22 @@ pub enum Cmd {
     Close,
     Blackhole,
     Heal,
+    /// Encrypt these bytes as one transport frame (valid Noise, whatever the plaintext is).
+    SealRaw(Vec<u8>),
+    /// Send these bytes as one WebSocket binary message, bypassing the cipher.
+    RawWs(Vec<u8>),
+    /// Send these raw bytes, then drop the socket without a close frame (a cut mid-frame).
+    RawWsCut(Vec<u8>),
 }
+
+/// Bytes after the 3-byte length of a frame that fails decryption (random, so AES-GCM's tag
+/// cannot match).
+const BAD_CIPHERTEXT_LEN: usize = 48;
+/// Plaintext that does not decode as a binary node: flags byte 0 (uncompressed), a LIST_8 of 3
+/// items whose first is a BINARY_8 claiming 255 bytes that are not there.
+pub const GARBAGE_NODE: [u8; 5] = [0x00, 0xf8, 0x03, 0xfc, 0xff];
+/// An oversized frame: one WebSocket message above the client's 4 MiB message limit.
+pub const OVERSIZED_LEN: usize = 4 * 1024 * 1024 + 4096;
 
 pub struct Conn {
     pub id: u64,
@@ -90,6 +105,8 @@ pub struct World {
     pub blackhole: tokio::sync::watch::Sender<bool>,
     /// TCP connections accepted on the WebSocket listener so far.
     pub attempts: u64,
+    /// Every message stanza delivered so far (up to `OFFLINE_QUEUE_CAP`), for the `replay` fault.
+    delivered: VecDeque<Node>,
 }
 
 pub fn now_secs() -> u64 {
@@ -130,6 +147,7 @@ impl World {
             next_conn: 1,
             blackhole: tokio::sync::watch::Sender::new(false),
             attempts: 0,
+            delivered: VecDeque::new(),
         }
     }
 
@@ -206,6 +224,16 @@ impl World {
             self.unreceipted.pop_front();
         }
         self.unreceipted.push_back(node.clone());
+        if !self
+            .delivered
+            .iter()
+            .any(|d| attr(d, "id") == attr(&node, "id"))
+        {
+            if self.delivered.len() >= OFFLINE_QUEUE_CAP {
+                self.delivered.pop_front();
+            }
+            self.delivered.push_back(node.clone());
+        }
         self.send(node);
     }
 
@@ -976,6 +1004,44 @@ impl World {
                     let _ = c.tx.try_send(Cmd::Blackhole);
                 }
                 Ok(())
+            }
+            // A server-side replay: every message delivered so far is queued again (same id, same
+            // ciphertext) and the link drops, so the reconnecting client gets them offline.
+            "replay" => {
+                let c = self.conn.as_mut().ok_or("fault: no client connected")?;
+                c.tx.try_send(Cmd::Close)
+                    .map_err(|_| "fault: connection queue full".to_string())?;
+                for node in self.delivered.clone() {
+                    if self.offline.len() >= OFFLINE_QUEUE_CAP {
+                        break;
+                    }
+                    self.offline.push_back(node);
+                }
+                Ok(())
+            }
+            "bad-decrypt" | "garbage-node" | "truncated" | "oversized" => {
+                let c = self.conn.as_mut().ok_or("fault: no client connected")?;
+                let cmd = match kind {
+                    "bad-decrypt" => {
+                        let mut f = vec![0, 0, BAD_CIPHERTEXT_LEN as u8];
+                        f.extend((0..BAD_CIPHERTEXT_LEN).map(|_| fastrand::u8(..)));
+                        Cmd::RawWs(f)
+                    }
+                    "garbage-node" => Cmd::SealRaw(GARBAGE_NODE.to_vec()),
+                    // A header promising 1000 bytes, 10 of them sent, then the link is cut.
+                    "truncated" => {
+                        let mut f = vec![0x00, 0x03, 0xe8];
+                        f.extend([0xab; 10]);
+                        Cmd::RawWsCut(f)
+                    }
+                    _ => {
+                        let mut f = vec![0xff, 0xff, 0xff];
+                        f.resize(OVERSIZED_LEN, 0x5a);
+                        Cmd::RawWs(f)
+                    }
+                };
+                c.tx.try_send(cmd)
+                    .map_err(|_| "fault: connection queue full".to_string())
             }
             "drop" | "stream-error" | "conflict" => {
                 let c = self.conn.as_mut().ok_or("fault: no client connected")?;
