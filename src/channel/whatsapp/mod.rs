@@ -73,6 +73,15 @@ const MAX_PENDING_ACKS: usize = 32;
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Waiting for the socket before asking for a phone pairing code.
 const PAIR_CODE_SOCKET_WAIT: Duration = Duration::from_secs(30);
+/// How often the deaf-link probe asks the server for a pong (one tiny IQ; WhatsApp Web pings at a
+/// similar pace while idle).
+const PROBE_EVERY: Duration = Duration::from_secs(15);
+/// How long a probe's pong may take: generous for a slow mobile uplink.
+const PROBE_DEADLINE: Duration = Duration::from_secs(10);
+/// Extra time on top of the IQ's own deadline before the probe gives up on the call itself.
+const PROBE_SLACK: Duration = Duration::from_secs(2);
+/// Unanswered probes in a row before the link counts as deaf: one could be a slow moment.
+const PROBE_FAILURES: u32 = 2;
 
 /// How the pairing command wants the channel run.
 #[derive(Debug, Clone, Default)]
@@ -427,6 +436,8 @@ pub async fn run_with(
             }
         }
         let mut conn = conn;
+        // Aborted when this connection's loop is left, whichever way.
+        let _probe = AbortOnDrop(tokio::spawn(deaf_link_probe(client.clone())));
         let mut announced_up = false;
         let ended = loop {
             tokio::select! {
@@ -560,6 +571,59 @@ pub async fn run_with(
                 fail_pending(&shared);
                 return Ok(Outcome::NeedsOwner(detail));
             }
+        }
+    }
+}
+
+/// Aborts a task when dropped: ties a helper task's life to a scope.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A link that still carries bytes but answers nothing — e.g. the Noise read counter out of step
+/// after a frame that failed to decrypt: every later frame fails too, yet the bytes keep the
+/// library's and the transport's dead-link timers satisfied — is found by asking: a keepalive IQ
+/// every [`PROBE_EVERY`] while logged in; [`PROBE_FAILURES`] unanswered in a row force a
+/// reconnect (the server redelivers whatever was not acknowledged). Worst case to notice:
+/// `PROBE_EVERY + PROBE_FAILURES × (PROBE_DEADLINE + PROBE_SLACK)` = 39 s.
+async fn deaf_link_probe(client: Arc<Client>) {
+    use whatsapp_rust::wacore::iq::keepalive::KeepaliveSpec;
+    use whatsapp_rust::wacore::iq::spec::IqSpec;
+    let mut failures = 0u32;
+    loop {
+        // After an unanswered probe the next one goes at once: a deaf link is found sooner.
+        if failures == 0 {
+            tokio::time::sleep(PROBE_EVERY).await;
+        }
+        if !client.is_logged_in() {
+            failures = 0;
+            continue;
+        }
+        let iq = KeepaliveSpec::with_timeout(PROBE_DEADLINE).build_iq();
+        match tokio::time::timeout(PROBE_DEADLINE + PROBE_SLACK, client.send_iq(iq)).await {
+            Ok(Ok(_)) => failures = 0,
+            Ok(Err(e)) => {
+                failures += 1;
+                tracing::debug!(error = %e, failures, "WhatsApp probe unanswered");
+                // An error that is not a timeout came back at once: pace the retry.
+                tokio::time::sleep(PROBE_DEADLINE).await;
+            }
+            Err(_) => {
+                failures += 1;
+                tracing::debug!(failures, "WhatsApp probe unanswered");
+            }
+        }
+        if failures >= PROBE_FAILURES {
+            tracing::warn!(
+                "WhatsApp link answers nothing ({PROBE_FAILURES} probes unanswered although \
+                 connected): reconnecting"
+            );
+            client.reconnect_immediately().await;
+            return;
         }
     }
 }
