@@ -67,7 +67,7 @@ fn pick(rng: &mut fastrand::Rng, (lo, hi): (u64, u64)) -> Duration {
     Duration::from_millis(rng.u64(lo..=hi))
 }
 
-fn proxy<'a>(rig: &'a Rig, chan: Chan) -> &'a FaultProxy {
+fn proxy(rig: &Rig, chan: Chan) -> &FaultProxy {
     match chan {
         Chan::WhatsApp => rig.wa_proxy(),
         Chan::Telegram => rig.tg_proxy(),

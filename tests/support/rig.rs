@@ -449,7 +449,7 @@ impl Rig {
         for i in self.inbound.iter().filter(|i| tokens.contains(&i.token)) {
             if let Some(m) = sent
                 .iter()
-                .find(|m| tokens_in(&m.text).iter().any(|t| *t == i.token))
+                .find(|m| tokens_in(&m.text).contains(&i.token))
             {
                 out.push(m.at.saturating_duration_since(i.at));
             }
