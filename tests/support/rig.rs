@@ -447,10 +447,7 @@ impl Rig {
         let sent = self.tg().sent();
         let mut out = Vec::new();
         for i in self.inbound.iter().filter(|i| tokens.contains(&i.token)) {
-            if let Some(m) = sent
-                .iter()
-                .find(|m| tokens_in(&m.text).contains(&i.token))
-            {
+            if let Some(m) = sent.iter().find(|m| tokens_in(&m.text).contains(&i.token)) {
                 out.push(m.at.saturating_duration_since(i.at));
             }
         }
