@@ -142,7 +142,7 @@ impl Delivery {
                     self.store.mark_sent(seq).await?;
                     rec.next = rec.next.saturating_add(1);
                 }
-                Sent::InDoubt | Sent::Failed(SendError::Retry(_)) => {
+                Sent::InDoubt | Sent::Failed(SendError::Retry(_) | SendError::InDoubt(_)) => {
                     Metrics::inc(&self.metrics.send_failures[ch.index()]);
                     if crate::store::now_ms().saturating_sub(rec.created_ms) > MAX_REPLY_AGE_MS {
                         tracing::error!(channel = %ch, seq, "reply could not be sent for a day; giving up on it");
@@ -186,6 +186,7 @@ impl Delivery {
         }
         match tokio::time::timeout(SEND_TIMEOUT, rx).await {
             Ok(Ok(Ok(()))) => Sent::Ok,
+            Ok(Ok(Err(SendError::InDoubt(_)))) => Sent::InDoubt,
             Ok(Ok(Err(e))) => Sent::Failed(e),
             Ok(Err(_)) | Err(_) => Sent::InDoubt,
         }

@@ -26,7 +26,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub enum HttpError {
-    /// Could not connect, TLS failed, or the connection broke: retry later.
+    /// Could not connect or TLS failed: nothing was sent; retry later.
+    Connect(String),
+    /// The connection broke after the request may have been sent: retry a read, but a write
+    /// (a message sent) may have taken effect.
     Transport(String),
     /// The deadline passed.
     Timeout,
@@ -39,6 +42,7 @@ pub enum HttpError {
 impl fmt::Display for HttpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            HttpError::Connect(e) => write!(f, "could not connect: {e}"),
             HttpError::Transport(e) => write!(f, "connection failed: {e}"),
             HttpError::Timeout => f.write_str("timed out"),
             HttpError::TooLarge(n) => write!(f, "response body over the {n}-byte limit"),
@@ -100,11 +104,7 @@ impl HttpClient {
         max_body: usize,
     ) -> Result<Response<Bytes>, HttpError> {
         let fut = async {
-            let resp = self
-                .inner
-                .request(req)
-                .await
-                .map_err(|e| HttpError::Transport(error_chain(&e)))?;
+            let resp = self.inner.request(req).await.map_err(|e| classify(&e))?;
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, max_body).collect().await.map_err(|e| {
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -132,7 +132,16 @@ impl HttpClient {
         tokio::time::timeout(timeout, self.inner.request(req))
             .await
             .map_err(|_| HttpError::Timeout)?
-            .map_err(|e| HttpError::Transport(error_chain(&e)))
+            .map_err(|e| classify(&e))
+    }
+}
+
+/// A failure to connect (nothing was sent) apart from a connection that broke afterwards.
+fn classify(e: &hyper_util::client::legacy::Error) -> HttpError {
+    if e.is_connect() {
+        HttpError::Connect(error_chain(e))
+    } else {
+        HttpError::Transport(error_chain(e))
     }
 }
 

@@ -2,6 +2,7 @@
 //! says what is valid; the exit code is 78 (EX_CONFIG) so systemd does not restart-loop. A damaged
 //! store is a clear error with a recovery path (exit 65), never a panic.
 
+mod fakes;
 mod support;
 
 use std::path::Path;

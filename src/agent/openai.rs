@@ -307,7 +307,7 @@ impl Inner {
                 )
             }
             HttpError::Request(e) => format!("`{url}` is not a usable URL: {e}"),
-            HttpError::Transport(t) => {
+            HttpError::Transport(t) | HttpError::Connect(t) => {
                 let lower = t.to_ascii_lowercase();
                 if lower.contains("connection refused") {
                     format!("cannot connect to {url} — is the server running? ({t})")

@@ -140,6 +140,10 @@ pub enum SendError {
     RetryAfter(std::time::Duration),
     /// Will never succeed (chat gone, blocked by the user, text rejected): give up on this reply.
     Permanent(String),
+    /// The request may have reached the server and the answer was lost (the connection broke or
+    /// timed out after sending): whether the message went out is unknown. Resent only by channels
+    /// whose sends are idempotent.
+    InDoubt(String),
 }
 
 impl fmt::Display for SendError {
@@ -148,6 +152,7 @@ impl fmt::Display for SendError {
             SendError::Retry(why) => write!(f, "temporary failure: {why}"),
             SendError::RetryAfter(d) => write!(f, "rate limited, retry after {d:?}"),
             SendError::Permanent(why) => write!(f, "rejected: {why}"),
+            SendError::InDoubt(why) => write!(f, "outcome unknown: {why}"),
         }
     }
 }

@@ -181,3 +181,6 @@ pub async fn http_get(url: &str) -> String {
         .unwrap();
     String::from_utf8_lossy(resp.body()).to_string()
 }
+
+pub mod faultproxy;
+pub mod rig;

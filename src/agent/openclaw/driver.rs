@@ -24,12 +24,14 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
-/// TCP + TLS + WebSocket upgrade must finish within this.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP + TLS + WebSocket upgrade must finish within this: short, so an attempt hung in a dead
+/// network gives way to a fresh one soon after the network heals.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reconnect backoff: first delay up to this, doubling…
 pub const RECONNECT_BASE: Duration = Duration::from_millis(500);
-/// …up to this: a restarted gateway is found again within seconds.
-pub const RECONNECT_CAP: Duration = Duration::from_secs(10);
+/// …up to this: a restarted gateway (or a healed link) is found again within 5 s; half-jittered,
+/// so attempts land 1.5–3 s apart at worst.
+pub const RECONNECT_CAP: Duration = Duration::from_secs(3);
 /// Turns and resets waiting or running at once. The router's `max_concurrent_turns` (8) plus
 /// resets stays far below; beyond it the caller gets an error rather than memory growth.
 pub const MAX_OPS: usize = 64;

@@ -8,7 +8,7 @@ use super::proto::{
     self, Fetched, MAX_ACTION_BODY, MAX_GETME_BODY, MAX_SEND_BODY, MAX_UPDATES_BODY, PollStep,
     Poller, RateLimiter, StartStep, Status, TypingSchedule,
 };
-use crate::channel::{ChannelCommand, ChannelContext, ChannelError, ChannelKind};
+use crate::channel::{ChannelCommand, ChannelContext, ChannelError, ChannelKind, SendError};
 use crate::config::{Secret, TelegramConfig};
 use crate::http::{HttpClient, HttpError};
 use crate::metrics::Metrics;
@@ -42,7 +42,12 @@ struct Api {
 enum Reply {
     Body(u16, Bytes),
     TooLarge,
-    Failed(String),
+    /// No answer; `maybe_sent`: the request may have reached Telegram (the connection broke or
+    /// timed out after it was sent), as opposed to a failure to connect.
+    Failed {
+        why: String,
+        maybe_sent: bool,
+    },
     Invalid(String),
 }
 
@@ -54,7 +59,7 @@ impl Reply {
                 body,
             },
             Reply::TooLarge => Fetched::TooLarge,
-            Reply::Failed(e) => Fetched::Failed(e),
+            Reply::Failed { why, .. } => Fetched::Failed(why),
             Reply::Invalid(e) => Fetched::Invalid(e),
         }
     }
@@ -85,7 +90,14 @@ impl Api {
             Ok(resp) => Reply::Body(resp.status().as_u16(), resp.into_body()),
             Err(HttpError::TooLarge(_)) => Reply::TooLarge,
             Err(HttpError::Request(e)) => Reply::Invalid(e),
-            Err(e) => Reply::Failed(e.to_string()),
+            Err(e @ HttpError::Connect(_)) => Reply::Failed {
+                why: e.to_string(),
+                maybe_sent: false,
+            },
+            Err(e) => Reply::Failed {
+                why: e.to_string(),
+                maybe_sent: true,
+            },
         }
     }
 }
@@ -332,7 +344,15 @@ async fn command_loop(api: &Api, ctx: &ChannelContext, rx: &mut mpsc::Receiver<C
                 {
                     Metrics::inc(&ctx.metrics.malformed[KIND.index()]);
                 }
-                let outcome = proto::send_outcome(reply.fetched());
+                // A sendMessage whose answer was lost may have gone out: Telegram has no
+                // idempotency key, so it is reported in doubt (never resent), not retried.
+                let outcome = match &reply {
+                    Reply::Failed {
+                        why,
+                        maybe_sent: true,
+                    } => Err(SendError::InDoubt(why.clone())),
+                    _ => proto::send_outcome(reply.fetched()),
+                };
                 // Sent/failed counts are kept by the delivery loop, once for every channel.
                 if let Err(e) = &outcome {
                     tracing::warn!(error = %e, "telegram: sendMessage failed");

@@ -31,8 +31,9 @@ pub const MAX_ACTION_BODY: usize = 16 * 1024;
 pub const POLL_GRACE: Duration = Duration::from_secs(10);
 /// First retry delay after a failed poll; doubles per failure (with jitter).
 pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
-/// Longest wait between poll retries: a box that lost its network is back within 10 s of it.
-pub const BACKOFF_CAP: Duration = Duration::from_secs(10);
+/// Longest wait between poll retries: a box that lost its network must be back within 5 s of it
+/// healing (the soak test's promise); half-jittered, so retries land 1.5–3 s apart at worst.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(3);
 /// A `retry_after` beyond this is capped: an hour-long flood ban is re-asked hourly, which is
 /// harmless, and a garbage value cannot park the channel for days.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);

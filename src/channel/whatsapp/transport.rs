@@ -25,8 +25,9 @@ use whatsapp_rust::wacore::net::{
 use whatsapp_rust::{anyhow, async_channel, async_trait};
 
 /// TCP connect + TLS + WebSocket upgrade must finish within this (the library's own handshake
-/// deadline, 20 s, covers the Noise handshake after it).
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// deadline, 20 s, covers the Noise handshake after it). Short, so an attempt hung in a dead
+/// network gives way to a fresh one soon after the network heals; a Pi does TLS in well under 1 s.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// tungstenite's read buffer: stanzas are small; its 128 KiB default is sized for throughput.
 const READ_BUFFER: usize = 32 * 1024;
 /// Bytes written per flush: one outgoing stanza at a time, a few KiB each.

@@ -1,0 +1,512 @@
+//! A whole box for system tests: the fake WhatsApp (paired once by QR), the fake Telegram Bot API
+//! and the fake OpenAI server (or the built-in echo agent), each behind its own [`FaultProxy`],
+//! plus the real `clawbox run` binary on a temp state dir with a /healthz port. Helpers kill -9 and
+//! restart it on the same state, read /metrics, `clawbox status` and VmRSS, send traffic from N
+//! contacts on both channels and collect the replies per (channel, chat, inbound token) so a test
+//! can check exactly-once. Owns no assertion policy (the test files decide what passes) and never
+//! reaches beyond 127.0.0.1.
+#![allow(dead_code)]
+
+use super::faultproxy::FaultProxy;
+use super::{Proc, SOON, free_port, http_get, spawn};
+use crate::fakes::openai::{FakeConfig, FakeOpenAi};
+use crate::fakes::telegram::FakeTelegram;
+use crate::fakes::whatsapp::FakeWhatsApp;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The bot token the fake Telegram accepts.
+pub const TG_TOKEN: &str = "123456:RIG-token_abc";
+/// First WhatsApp contact number; contact i is this + i.
+const WA_CONTACT_BASE: u64 = 15_550_100_000;
+/// First Telegram user id; user i (chatting in its private chat, same id) is this + i.
+const TG_USER_BASE: i64 = 900_001;
+/// Long-poll hold the box asks Telegram for: short, so a poll cut by a fault is renewed soon.
+pub const TG_POLL_TIMEOUT_S: u64 = 2;
+/// Bound on one `clawbox status` run.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Chan {
+    WhatsApp,
+    Telegram,
+}
+
+impl Chan {
+    pub fn name(self) -> &'static str {
+        match self {
+            Chan::WhatsApp => "whatsapp",
+            Chan::Telegram => "telegram",
+        }
+    }
+}
+
+pub enum Agent {
+    Echo,
+    OpenAi(FakeConfig),
+}
+
+pub struct Options {
+    pub whatsapp: bool,
+    pub telegram: bool,
+    pub agent: Agent,
+    /// WhatsApp contacts on the allowlist.
+    pub wa_contacts: usize,
+    /// Telegram users on the allowlist, each in its own private chat.
+    pub tg_users: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            whatsapp: true,
+            telegram: true,
+            agent: Agent::Echo,
+            wa_contacts: 3,
+            tg_users: 3,
+        }
+    }
+}
+
+/// One inbound message the test sent: where, its token (the text carries `[token]`), when.
+#[derive(Clone, Debug)]
+pub struct Inbound {
+    pub chan: Chan,
+    pub chat: String,
+    pub token: String,
+    pub at: Instant,
+}
+
+pub struct Rig {
+    pub dir: tempfile::TempDir,
+    pub cfg: PathBuf,
+    pub health_port: u16,
+    pub wa: Option<FakeWhatsApp>,
+    pub wa_proxy: Option<FaultProxy>,
+    pub tg: Option<FakeTelegram>,
+    pub tg_proxy: Option<FaultProxy>,
+    pub ai: Option<FakeOpenAi>,
+    pub ai_proxy: Option<FaultProxy>,
+    pub proc: Option<Proc>,
+    pub wa_contacts: Vec<String>,
+    pub tg_users: Vec<i64>,
+    /// stderr of every `clawbox run` that ended (kill -9 or stop), for counting log lines.
+    pub past_stderr: Vec<String>,
+    pub inbound: Vec<Inbound>,
+    /// WhatsApp replies seen so far, by the reply's message id (a phone dedupes by id), per contact.
+    wa_seen: HashMap<String, HashMap<String, String>>,
+    next_token: u64,
+    /// Times the daemon was started.
+    pub starts: u64,
+}
+
+impl Rig {
+    /// Starts the fakes and their proxies and writes the config; pairs nothing, runs nothing.
+    pub async fn new(opts: Options) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let health_port = free_port();
+        let mut cfg = format!(
+            "[gateway]\nstate_dir = \"{}\"\nhealth_listen = \"127.0.0.1:{health_port}\"\n\
+             [pacing]\nenabled = false\n",
+            dir.path().join("state").display()
+        );
+        let (ai, ai_proxy) = match opts.agent {
+            Agent::Echo => (None, None),
+            Agent::OpenAi(c) => {
+                let ai = FakeOpenAi::start(c).await;
+                let px = FaultProxy::start(ai.addr()).await;
+                cfg.push_str(&format!(
+                    "[agents.ai]\nkind = \"openai\"\nurl = \"http://{}/v1\"\nmodel = \"m\"\n",
+                    px.addr()
+                ));
+                (Some(ai), Some(px))
+            }
+        };
+        let wa_contacts: Vec<String> = (0..opts.wa_contacts)
+            .map(|i| format!("+{}", WA_CONTACT_BASE + i as u64))
+            .collect();
+        let tg_users: Vec<i64> = (0..opts.tg_users)
+            .map(|i| TG_USER_BASE + i as i64)
+            .collect();
+        let (wa, wa_proxy) = if opts.whatsapp {
+            let wa = FakeWhatsApp::start().await;
+            let px = FaultProxy::start(wa.ws_addr()).await;
+            let allow: Vec<String> = wa_contacts.iter().map(|c| format!("\"{c}\"")).collect();
+            cfg.push_str(&format!(
+                "[channels.whatsapp]\nserver_url = \"ws://{}{}\"\nallow_from = [{}]\n",
+                px.addr(),
+                crate::fakes::whatsapp::WS_PATH,
+                allow.join(", ")
+            ));
+            (Some(wa), Some(px))
+        } else {
+            cfg.push_str("[channels.whatsapp]\nenabled = false\n");
+            (None, None)
+        };
+        let (tg, tg_proxy) = if opts.telegram {
+            let tg = FakeTelegram::start(TG_TOKEN).await;
+            let addr: std::net::SocketAddr =
+                tg.api_root().trim_start_matches("http://").parse().unwrap();
+            let px = FaultProxy::start(addr).await;
+            std::fs::write(dir.path().join("tg.token"), TG_TOKEN).unwrap();
+            let allow: Vec<String> = tg_users.iter().map(|u| u.to_string()).collect();
+            cfg.push_str(&format!(
+                "[channels.telegram]\ntoken_file = \"tg.token\"\nallow_from = [{}]\n\
+                 api_root = \"http://{}\"\npoll_timeout_s = {TG_POLL_TIMEOUT_S}\n",
+                allow.join(", "),
+                px.addr()
+            ));
+            (Some(tg), Some(px))
+        } else {
+            (None, None)
+        };
+        let path = dir.path().join("clawbox.toml");
+        std::fs::write(&path, cfg).unwrap();
+        Rig {
+            dir,
+            cfg: path,
+            health_port,
+            wa,
+            wa_proxy,
+            tg,
+            tg_proxy,
+            ai,
+            ai_proxy,
+            proc: None,
+            wa_contacts,
+            tg_users,
+            past_stderr: Vec::new(),
+            inbound: Vec::new(),
+            wa_seen: HashMap::new(),
+            next_token: 0,
+            starts: 0,
+        }
+    }
+
+    /// [`Rig::new`], then pairing by QR (when WhatsApp is on), then `clawbox run`, connected.
+    pub async fn up(opts: Options) -> Rig {
+        let mut rig = Rig::new(opts).await;
+        if rig.wa.is_some() {
+            rig.pair().await;
+        }
+        rig.run().await;
+        rig
+    }
+
+    pub fn wa(&self) -> &FakeWhatsApp {
+        self.wa.as_ref().expect("rig without WhatsApp")
+    }
+    pub fn tg(&self) -> &FakeTelegram {
+        self.tg.as_ref().expect("rig without Telegram")
+    }
+    pub fn wa_proxy(&self) -> &FaultProxy {
+        self.wa_proxy.as_ref().expect("rig without WhatsApp")
+    }
+    pub fn tg_proxy(&self) -> &FaultProxy {
+        self.tg_proxy.as_ref().expect("rig without Telegram")
+    }
+
+    pub fn args<'a>(&'a self, cmd: &'a [&'a str]) -> Vec<&'a str> {
+        let mut v = cmd.to_vec();
+        v.extend_from_slice(&["--config", self.cfg.to_str().unwrap()]);
+        v
+    }
+
+    // ---- pairing ---------------------------------------------------------------------------
+
+    /// Starts `clawbox pair whatsapp` (no wait).
+    pub fn spawn_pair(&self) -> Proc {
+        spawn(&self.args(&["pair", "whatsapp"]), &[], self.dir.path())
+    }
+
+    /// Waits for the QR data line of a running `pair`; returns the payload.
+    pub async fn wait_qr(p: &Proc) -> String {
+        p.wait_stdout("the QR data", |o| {
+            o.iter()
+                .position(|l| l.starts_with("QR data"))
+                .is_some_and(|at| o.len() > at + 1)
+        })
+        .await;
+        let out = p.stdout();
+        let at = out.iter().position(|l| l.starts_with("QR data")).unwrap();
+        out[at + 1].trim().to_string()
+    }
+
+    /// Pairs by QR: the phone scans, the command exits 0 saying "linked".
+    pub async fn pair(&self) {
+        let mut p = self.spawn_pair();
+        let qr = Rig::wait_qr(&p).await;
+        self.wa().scan(&qr).await.unwrap();
+        assert_eq!(
+            p.exit_code().await,
+            Some(0),
+            "pairing: {:#?}\n{:#?}",
+            p.stdout(),
+            p.stderr()
+        );
+    }
+
+    // ---- the daemon ------------------------------------------------------------------------
+
+    /// Starts `clawbox run` and waits for "ready" (the store opened, the channels started).
+    pub async fn run(&mut self) {
+        assert!(self.proc.is_none(), "already running");
+        let p = spawn(&self.args(&["run"]), &[], self.dir.path());
+        self.starts += 1;
+        p.wait_stderr("ready", |e| e.iter().any(|l| l.contains("ready")))
+            .await;
+        self.proc = Some(p);
+    }
+
+    /// Starts `clawbox run` without waiting for anything.
+    pub fn run_nowait(&mut self) {
+        assert!(self.proc.is_none(), "already running");
+        self.proc = Some(spawn(&self.args(&["run"]), &[], self.dir.path()));
+        self.starts += 1;
+    }
+
+    pub fn proc(&self) -> &Proc {
+        self.proc.as_ref().expect("not running")
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().and_then(|p| p.child.id())
+    }
+
+    /// SIGKILL; its stderr is kept in `past_stderr`.
+    pub async fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9().await;
+            self.past_stderr.extend(p.stderr());
+        }
+    }
+
+    /// SIGTERM and a clean exit (code 0 asserted).
+    pub async fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.sigterm();
+            let code = p.exit_code().await;
+            self.past_stderr.extend(p.stderr());
+            assert_eq!(code, Some(0), "clean stop: {:#?}", self.past_stderr);
+        }
+    }
+
+    /// Every stderr line of every run so far, the current one included.
+    pub fn all_stderr(&self) -> Vec<String> {
+        let mut v = self.past_stderr.clone();
+        if let Some(p) = &self.proc {
+            v.extend(p.stderr());
+        }
+        v
+    }
+
+    pub async fn health(&self) -> String {
+        http_get(&format!("http://127.0.0.1:{}/healthz", self.health_port)).await
+    }
+    pub async fn metrics(&self) -> String {
+        http_get(&format!("http://127.0.0.1:{}/metrics", self.health_port)).await
+    }
+
+    /// `clawbox status`: (exit code, stdout).
+    pub async fn status(&self) -> (Option<i32>, String) {
+        let mut p = spawn(&self.args(&["status"]), &[], self.dir.path());
+        let code = tokio::time::timeout(STATUS_TIMEOUT, p.exit_code())
+            .await
+            .ok()
+            .flatten();
+        (code, p.stdout().join("\n"))
+    }
+
+    /// Resident memory of the running daemon, in KiB (VmRSS from /proc/<pid>/status).
+    pub fn rss_kib(&self) -> Option<u64> {
+        let pid = self.pid()?;
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    /// Waits until the fake WhatsApp sees the box logged in; returns how long that took.
+    pub async fn wait_wa_connected(&self, within: Duration) -> Option<Duration> {
+        let t = Instant::now();
+        loop {
+            if self.wa().state().await.connected {
+                return Some(t.elapsed());
+            }
+            if t.elapsed() > within {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // ---- traffic ---------------------------------------------------------------------------
+
+    fn token(&mut self, prefix: &str) -> String {
+        self.next_token += 1;
+        format!("{prefix}{}", self.next_token)
+    }
+
+    /// Contact `i` sends a WhatsApp text carrying a fresh token; recorded as inbound.
+    pub async fn send_wa(&mut self, i: usize) -> Result<String, String> {
+        let who = self.wa_contacts[i % self.wa_contacts.len()].clone();
+        let token = self.token("w");
+        self.wa()
+            .contact_send(&who, &format!("hello [{token}]"), None, None)
+            .await?;
+        self.inbound.push(Inbound {
+            chan: Chan::WhatsApp,
+            chat: who,
+            token: token.clone(),
+            at: Instant::now(),
+        });
+        Ok(token)
+    }
+
+    /// User `i` sends a Telegram text carrying a fresh token (the update is available from now).
+    pub fn send_tg(&mut self, i: usize) -> String {
+        let user = self.tg_users[i % self.tg_users.len()];
+        let token = self.token("t");
+        self.tg().push_text(user, user, &format!("hello [{token}]"));
+        self.inbound.push(Inbound {
+            chan: Chan::Telegram,
+            chat: user.to_string(),
+            token: token.clone(),
+            at: Instant::now(),
+        });
+        token
+    }
+
+    /// Reads the fake WhatsApp inboxes and remembers every reply by id (the fake keeps a bounded
+    /// inbox per contact, so call this at least every couple of hundred messages per contact).
+    pub async fn collect_wa(&mut self) {
+        let Some(wa) = self.wa.as_ref() else { return };
+        for who in &self.wa_contacts {
+            let inbox = wa.contact_inbox(who).await;
+            let seen = self.wa_seen.entry(who.clone()).or_default();
+            for m in inbox {
+                seen.entry(m.id).or_insert(m.text);
+            }
+        }
+    }
+
+    /// Distinct replies per inbound token, for every inbound sent so far.
+    pub async fn reply_counts(&mut self) -> BTreeMap<(Chan, String, String), usize> {
+        self.collect_wa().await;
+        let mut counts: BTreeMap<(Chan, String, String), usize> = BTreeMap::new();
+        let mut by_token: HashMap<String, (Chan, String)> = HashMap::new();
+        for i in &self.inbound {
+            by_token.insert(i.token.clone(), (i.chan, i.chat.clone()));
+            counts.insert((i.chan, i.chat.clone(), i.token.clone()), 0);
+        }
+        let mut bump = |text: &str, chan: Chan, chat: &str| {
+            for tok in tokens_in(text) {
+                if let Some((c, ch)) = by_token.get(&tok)
+                    && *c == chan
+                    && ch == chat
+                {
+                    *counts.entry((chan, chat.to_string(), tok)).or_default() += 1;
+                }
+            }
+        };
+        for (who, seen) in &self.wa_seen {
+            for text in seen.values() {
+                bump(text, Chan::WhatsApp, who);
+            }
+        }
+        if let Some(tg) = &self.tg {
+            for m in tg.sent() {
+                bump(&m.text, Chan::Telegram, &m.chat_id.to_string());
+            }
+        }
+        counts
+    }
+
+    /// Waits until every inbound has at least one reply, or `within` passes; returns the counts.
+    pub async fn wait_all_answered(
+        &mut self,
+        within: Duration,
+    ) -> BTreeMap<(Chan, String, String), usize> {
+        let t = Instant::now();
+        loop {
+            let counts = self.reply_counts().await;
+            if counts.values().all(|&n| n >= 1) || t.elapsed() > within {
+                return counts;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Per Telegram token: when its update was made available and when the reply reached the fake.
+    pub fn tg_turn_latencies(&self, tokens: &HashSet<String>) -> Vec<Duration> {
+        let sent = self.tg().sent();
+        let mut out = Vec::new();
+        for i in self.inbound.iter().filter(|i| tokens.contains(&i.token)) {
+            if let Some(m) = sent.iter().find(|m| tokens_in(&m.text).contains(&i.token)) {
+                out.push(m.at.saturating_duration_since(i.at));
+            }
+        }
+        out
+    }
+
+    /// Log lines saying a reply chunk's outcome is in doubt and it is not resent (Telegram policy).
+    pub fn in_doubt_lines(&self, chan: Chan) -> usize {
+        self.all_stderr()
+            .iter()
+            .filter(|l| l.contains("not resending") && l.contains(chan.name()))
+            .count()
+    }
+}
+
+/// Every `[token]` in a text.
+pub fn tokens_in(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(a) = rest.find('[') {
+        let after = &rest[a + 1..];
+        match after.find(']') {
+            Some(b) => {
+                out.push(after[..b].to_string());
+                rest = &after[b + 1..];
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+/// Percentile (0..=100) of a sample, nearest-rank; zero for an empty one.
+pub fn percentile(sample: &[Duration], p: f64) -> Duration {
+    if sample.is_empty() {
+        return Duration::ZERO;
+    }
+    let mut v = sample.to_vec();
+    v.sort();
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+/// Polls `cond` every 20 ms until it holds or `within` passes; returns the time it took.
+pub async fn poll_until(within: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let t = Instant::now();
+    loop {
+        if cond() {
+            return Some(t.elapsed());
+        }
+        if t.elapsed() > within {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A generous bound for a whole test phase to settle.
+pub const SETTLE: Duration = Duration::from_secs(60);
+
+/// `SOON`, re-exported for tests that use only the rig.
+pub const RIG_SOON: Duration = SOON;
