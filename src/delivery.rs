@@ -23,6 +23,11 @@ use tokio::time::{Instant, sleep, sleep_until};
 pub const QUEUE_DEPTH: usize = 256;
 /// A channel that has not reported a send's outcome by then is treated as having failed it.
 const SEND_TIMEOUT: Duration = Duration::from_secs(120);
+/// First wait before a failed chunk is tried again.
+const RETRY_BASE: Duration = Duration::from_secs(1);
+/// Longest wait between tries of a failed chunk: once a link is back, the reply follows within
+/// seconds (a failed try while it is down is local or one small request, so this costs little).
+const RETRY_CAP: Duration = Duration::from_secs(8);
 /// A reply still unsent after this long (a channel down for a day) is given up, with a log line.
 const MAX_REPLY_AGE_MS: u64 = 24 * 3600 * 1000;
 /// The longest `retry_after` honoured as asked; longer ones are capped (then asked again).
@@ -101,7 +106,7 @@ impl Delivery {
                 rec.in_flight = false;
             }
         }
-        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60), seq);
+        let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP, seq);
         let total = rec.chunks.len();
         let mut first = true;
         while (rec.next as usize) < total {

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use serde::Serialize;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, sleep_until};
@@ -26,6 +27,9 @@ use tokio::time::{Instant, sleep, sleep_until};
 const BEAT_EVERY: Duration = Duration::from_secs(2);
 /// Deadline of getMe, sendMessage and sendChatAction.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline of the getMe that checks a suspect link before a send: short, since nothing is lost by
+/// holding the send back and trying again.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The cursor name of the next getUpdates offset in the store.
 const OFFSET_CURSOR: &str = "telegram.offset";
 
@@ -36,6 +40,11 @@ struct Api {
     http: HttpClient,
     root: String,
     token: Secret,
+    /// Set when a call got no answer, cleared by any answer: the link may be down. A sendMessage
+    /// is then preceded by an idempotent getMe, so a send is only risked on a link that just
+    /// answered — a send cut mid-way is "in doubt" and never resent, so fewer of them is fewer
+    /// replies lost.
+    suspect: AtomicBool,
 }
 
 /// What a call returned, owned, so it can be lent to the core as [`Fetched`].
@@ -86,6 +95,33 @@ impl Api {
             // http's error words name the problem, never the URL itself.
             Err(e) => return Reply::Invalid(e.to_string()),
         };
+        let reply = self.exchange(req, timeout, max_body).await;
+        self.suspect
+            .store(matches!(reply, Reply::Failed { .. }), Ordering::Relaxed);
+        reply
+    }
+
+    /// `Some(why)` when the last call got no answer and a getMe now gets none either.
+    async fn unreachable(&self) -> Option<String> {
+        if !self.suspect.load(Ordering::Relaxed) {
+            return None;
+        }
+        let empty = serde_json::Map::new();
+        match self
+            .call("getMe", &empty, PROBE_TIMEOUT, MAX_GETME_BODY)
+            .await
+        {
+            Reply::Failed { why, .. } => Some(why),
+            _ => None,
+        }
+    }
+
+    async fn exchange(
+        &self,
+        req: http::Request<Full<Bytes>>,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Reply {
         match self.http.request(req, timeout, max_body).await {
             Ok(resp) => Reply::Body(resp.status().as_u16(), resp.into_body()),
             Err(HttpError::TooLarge(_)) => Reply::TooLarge,
@@ -117,6 +153,7 @@ pub async fn run(cfg: Arc<TelegramConfig>, ctx: ChannelContext) -> Result<(), Ch
         http: ctx.http.clone(),
         root: cfg.api_root.get_ref().trim_end_matches('/').to_string(),
         token,
+        suspect: AtomicBool::new(false),
     };
     // The queue outlives this task; hold it for as long as this run lives.
     let commands = ctx.commands.clone();
@@ -332,6 +369,12 @@ async fn command_loop(api: &Api, ctx: &ChannelContext, rx: &mut mpsc::Receiver<C
                 let ready = limiter.ready_at(&chat, Instant::now().into_std());
                 sleep_until(Instant::from_std(ready)).await;
                 limiter.record(&chat, Instant::now().into_std());
+                if let Some(why) = api.unreachable().await {
+                    // Nothing was sent: the delivery loop retries this chunk later.
+                    tracing::info!(error = %why, "telegram: unreachable; sendMessage held back");
+                    let _ = done.send(Err(SendError::Retry(why)));
+                    continue;
+                }
                 let body = proto::SendMessage {
                     chat_id: proto::chat_id_json(&chat),
                     text: &text,
