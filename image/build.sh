@@ -147,7 +147,7 @@ start=$(date +%s)
 ROOTFS="$WORK/rootfs"
 rm -rf "$ROOTFS"
 cp -a "$BASE" "$ROOTFS"
-cp image/rootfs-customize.sh "$WORK/"
+cp image/rootfs-customize.sh systemd/journald-clawbox.conf "$WORK/"
 mkdir -p "$ROOTFS/tmp/clawbox-deb"
 cp "$CLAWBOX_DEB" "$ROOTFS/tmp/clawbox-deb/"
 # The .deb is installed the way a user installs it: dpkg in the target system, postinst included
@@ -155,7 +155,7 @@ cp "$CLAWBOX_DEB" "$ROOTFS/tmp/clawbox-deb/"
 in_arm_ns chroot "$ROOTFS" sh -c 'dpkg -i /tmp/clawbox-deb/*.deb && dpkg -s clawbox | sed -n "s/^\(Status\|Version\|Architecture\):/dpkg: &/p"' \
   2>&1 | tee dist/clawbox-pi.deb-install.log
 rm -rf "$ROOTFS/tmp/clawbox-deb"
-in_arm_ns sh "$WORK/rootfs-customize.sh" "$ROOTFS" "$WORK/data"
+in_arm_ns sh "$WORK/rootfs-customize.sh" "$ROOTFS" "$WORK/data" "$WORK/journald-clawbox.conf"
 log "clawbox installed and image settings applied in $(( $(date +%s) - start )) s"
 
 # --- Partitions and filesystems (no loop devices) -------------------------------------------------

@@ -1,7 +1,8 @@
 #!/bin/sh
 # The SD image's settings, applied by image/build.sh to the root filesystem ($1) after the clawbox
 # .deb is installed in it, inside the build's user namespace (arm64 binaries run under qemu-user, so
-# `chroot "$R" …` works). Fills $2 with the data partition's initial content. Makes the root
+# `chroot "$R" …` works). Fills $2 with the data partition's initial content; $3 is
+# systemd/journald-clawbox.conf. Makes the root
 # read-mostly, enables the network, and writes the Pi boot files. Never touches the host outside
 # $1 and $2.
 set -eu
@@ -60,9 +61,10 @@ tmpfs                         /var/tmp               tmpfs  nosuid,nodev,mode=17
 tmpfs                         /var/log               tmpfs  nosuid,nodev,noexec,mode=0755,size=16M         0 0
 tmpfs                         /var/lib/systemd       tmpfs  nosuid,nodev,noexec,mode=0755,size=8M          0 0
 EOT
-# The .deb's journald settings (logs in RAM, capped, rate limited), made active.
+# The journald settings the .deb ships as an example (logs in RAM, capped, rate limited), made
+# active; $3 is the repository's copy (the image unpacks no /usr/share/doc).
 mkdir -p "$R/etc/systemd/journald.conf.d"
-cp "$R/usr/share/doc/clawbox/journald-clawbox.conf" "$R/etc/systemd/journald.conf.d/clawbox.conf"
+cp "$3" "$R/etc/systemd/journald.conf.d/clawbox.conf"
 # An empty machine-id on a read-only root: systemd uses a transient one each boot.
 : > "$R/etc/machine-id"
 
@@ -72,7 +74,7 @@ cp "$R/usr/share/doc/clawbox/journald-clawbox.conf" "$R/etc/systemd/journald.con
 B="$R/boot/firmware"
 mkdir -p "$B"
 kver=$(basename "$(ls -d "$R"/usr/lib/modules/* | sort -V | tail -n 1)")
-cp "$R"/usr/lib/raspi-firmware/* "$B/"
+cp -r "$R"/usr/lib/raspi-firmware/* "$B/"
 cp "$R"/usr/lib/linux-image-"$kver"/broadcom/bcm27*.dtb "$B/" 2>/dev/null || true
 cp "$R/boot/vmlinuz-$kver" "$B/vmlinuz"
 cp "$R/boot/initrd.img-$kver" "$B/initrd.img"
