@@ -1,21 +1,31 @@
 #!/bin/sh
-# mmdebstrap --customize-hook (runs after all packages are installed; $1 = the new root, $2 = the
-# work dir holding clawbox-aarch64 and clawbox.service). Installs and enables clawbox, makes the root
-# read-mostly, and writes the Pi boot files. Never touches the host outside $1.
+# The SD image's settings, applied by image/build.sh to the root filesystem ($1) after the clawbox
+# .deb is installed in it, inside the build's user namespace (arm64 binaries run under qemu-user, so
+# `chroot "$R" …` works). Fills $2 with the data partition's initial content; $3 is
+# systemd/journald-clawbox.conf. Makes the root
+# read-mostly, enables the network, and writes the Pi boot files. Never touches the host outside
+# $1 and $2.
 set -eu
 R="$1"
-W="$2"
+D="$2"
 
-# --- clawbox: binary, unit, system user, config and state dirs ----------------------------------
-install -m 0755 "$3" "$R/usr/bin/clawbox"
-install -m 0644 "$W/clawbox.service" "$R/usr/lib/systemd/system/clawbox.service"
-chroot "$R" useradd --system --user-group --home-dir /var/lib/clawbox --no-create-home \
-  --shell /usr/sbin/nologin clawbox
-# The root is read-only at run time: systemd cannot create these, so they exist already.
-# /etc/clawbox holds clawbox.toml and token files (none: clawbox runs on its embedded defaults,
-# the echo agent); /var/lib/clawbox is the mount point of the data partition.
-install -d -m 0755 "$R/etc/clawbox"
-install -d -m 0700 "$R/var/lib/clawbox"
+# --- clawbox: installed by the .deb (binary, units, user, postinst enabled the units) -------------
+chroot "$R" dpkg -s clawbox >/dev/null
+chroot "$R" getent passwd clawbox >/dev/null
+
+# The root is read-only at run time, so clawbox's config and store live on the data partition
+# (LABEL=CLAWDATA at /var/lib/clawbox-data) and are bind-mounted where the unit expects them:
+#   state/ -> /var/lib/clawbox (StateDirectory=, 0700 clawbox), etc/ -> /etc/clawbox (0755 root,
+#   written by clawbox-firstboot.service from /boot/firmware/clawbox.toml).
+# Without a clawbox.toml clawbox runs on its embedded defaults (the echo agent).
+uid=$(chroot "$R" id -u clawbox)
+gid=$(chroot "$R" id -g clawbox)
+rm -rf "$D"
+install -d -m 0755 -o 0 -g 0 "$D" "$D/etc"
+install -d -m 0700 -o "$uid" -g "$gid" "$D/state"
+# The bind mount hides the .deb's example under /etc/clawbox: the data partition gets a copy.
+cp "$R/etc/clawbox/clawbox.toml.example" "$D/etc/"
+install -d -m 0755 "$R/var/lib/clawbox-data" "$R/var/lib/clawbox" "$R/etc/clawbox"
 
 # --- Network, names, time ------------------------------------------------------------------------
 mkdir -p "$R/etc/systemd/network"
@@ -29,30 +39,32 @@ EOT
 ln -sf ../run/systemd/resolve/stub-resolv.conf "$R/etc/resolv.conf"
 echo clawbox > "$R/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\tclawbox\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' > "$R/etc/hosts"
-systemctl --root="$R" enable clawbox.service systemd-networkd.service systemd-resolved.service \
-  systemd-timesyncd.service
+chroot "$R" systemctl enable systemd-networkd.service systemd-resolved.service systemd-timesyncd.service
+chroot "$R" systemctl is-enabled clawbox.service clawbox-firstboot.service
 # SSH is off: no server is installed (see image/README.md).
 
 # --- Read-mostly root ------------------------------------------------------------------------------
-# / is mounted read-only; the only persistent writes go to the data partition (clawbox's store).
-# Logs stay in RAM (journald volatile), like /tmp, /var/tmp and systemd's own state (timesyncd's
-# clock file, random seed): lost on reboot, never wearing the card.
+# / is mounted read-only; the only persistent writes go to the data partition (clawbox's store and
+# config). /boot/firmware is writable only so that clawbox-firstboot.service can delete the config
+# (it holds secrets) after installing it. Logs stay in RAM (journald volatile), like /tmp, /var/tmp
+# and systemd's own state (timesyncd's clock file, random seed): lost on reboot, never wearing the
+# card.
 cat > "$R/etc/fstab" <<'EOT'
-# <fs>          <mount point>     <type> <options>                                  <dump> <pass>
-LABEL=CLAWROOT  /                 ext4   ro,noatime,errors=remount-ro               0 1
-LABEL=CLAWBOOT  /boot/firmware    vfat   ro,noatime,umask=0077,nofail               0 2
-LABEL=CLAWDATA  /var/lib/clawbox  ext4   rw,noatime,nosuid,nodev,noexec             0 2
-tmpfs           /tmp              tmpfs  nosuid,nodev,mode=1777,size=64M            0 0
-tmpfs           /var/tmp          tmpfs  nosuid,nodev,mode=1777,size=16M            0 0
-tmpfs           /var/log          tmpfs  nosuid,nodev,noexec,mode=0755,size=16M     0 0
-tmpfs           /var/lib/systemd  tmpfs  nosuid,nodev,noexec,mode=0755,size=8M      0 0
+# <fs>                        <mount point>          <type> <options>                                      <dump> <pass>
+LABEL=CLAWROOT                /                      ext4   ro,noatime,errors=remount-ro                   0 1
+LABEL=CLAWBOOT                /boot/firmware         vfat   rw,noatime,umask=0077,nofail                   0 2
+LABEL=CLAWDATA                /var/lib/clawbox-data  ext4   rw,noatime,nosuid,nodev,noexec                 0 2
+/var/lib/clawbox-data/state   /var/lib/clawbox       none   bind,x-systemd.requires-mounts-for=/var/lib/clawbox-data 0 0
+/var/lib/clawbox-data/etc     /etc/clawbox           none   bind,x-systemd.requires-mounts-for=/var/lib/clawbox-data 0 0
+tmpfs                         /tmp                   tmpfs  nosuid,nodev,mode=1777,size=64M                0 0
+tmpfs                         /var/tmp               tmpfs  nosuid,nodev,mode=1777,size=16M                0 0
+tmpfs                         /var/log               tmpfs  nosuid,nodev,noexec,mode=0755,size=16M         0 0
+tmpfs                         /var/lib/systemd       tmpfs  nosuid,nodev,noexec,mode=0755,size=8M          0 0
 EOT
+# The journald settings the .deb ships as an example (logs in RAM, capped, rate limited), made
+# active; $3 is the repository's copy (the image unpacks no /usr/share/doc).
 mkdir -p "$R/etc/systemd/journald.conf.d"
-cat > "$R/etc/systemd/journald.conf.d/clawbox.conf" <<'EOT'
-[Journal]
-Storage=volatile
-RuntimeMaxUse=16M
-EOT
+cp "$3" "$R/etc/systemd/journald.conf.d/clawbox.conf"
 # An empty machine-id on a read-only root: systemd uses a transient one each boot.
 : > "$R/etc/machine-id"
 
@@ -60,8 +72,9 @@ EOT
 # raspi-firmware's kernel hooks normally fill /boot/firmware; copy again so the result does not
 # depend on whether they ran inside the chroot.
 B="$R/boot/firmware"
+mkdir -p "$B"
 kver=$(basename "$(ls -d "$R"/usr/lib/modules/* | sort -V | tail -n 1)")
-cp "$R"/usr/lib/raspi-firmware/* "$B/"
+cp -r "$R"/usr/lib/raspi-firmware/* "$B/"
 cp "$R"/usr/lib/linux-image-"$kver"/broadcom/bcm27*.dtb "$B/" 2>/dev/null || true
 cp "$R/boot/vmlinuz-$kver" "$B/vmlinuz"
 cp "$R/boot/initrd.img-$kver" "$B/initrd.img"
@@ -79,5 +92,7 @@ disable_overscan=1
 max_framebuffers=2
 [all]
 EOT
-echo "console=tty0 console=ttyS1,115200 root=LABEL=CLAWROOT ro rootwait fsck.repair=yes net.ifnames=0" \
+# systemd.firstboot=0: the machine-id is empty on every boot (read-only root), which systemd treats
+# as a first boot; nobody is at the console to answer systemd-firstboot's questions.
+echo "console=tty0 console=ttyS1,115200 root=LABEL=CLAWROOT ro rootwait fsck.repair=yes net.ifnames=0 systemd.firstboot=0" \
   > "$B/cmdline.txt"
