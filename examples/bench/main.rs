@@ -42,6 +42,9 @@ const MIB: f64 = 1024.0 * 1024.0;
 /// Head delay of the overhead runs' agent: long enough to read /metrics between the request's
 /// arrival and the reply (whose send marks are fsynced too), short enough for 400 samples.
 const SLOW_HEAD: Duration = Duration::from_millis(100);
+/// Before the idle window: the first connection's writes (pre-keys, the app-state sync about 10 s
+/// after login) are start-up, not idle.
+const IDLE_SETTLE: Duration = Duration::from_secs(15);
 
 /// Trials per figure: (full, --quick).
 struct Plan {
@@ -515,19 +518,10 @@ async fn run(args: &Args, t: &mut Table) -> Result<(), String> {
         bin.display()
     );
 
-    // The fakes. The agent's reply echoes the turn's text; it records when each request arrived.
-    let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let arr = arrivals.clone();
-    let reply: fakes::openai::ReplyFn = Arc::new(move |req: &Value| {
-        let now = Instant::now();
-        let text = last_user_message(req);
-        if text.starts_with("ovh") {
-            arr.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(text.clone(), now);
-        }
-        format!("echo: {text}")
-    });
+    // The fakes. The agent's reply echoes the turn's text; the fake records when each request had
+    // arrived (before its head delay).
+    let reply: fakes::openai::ReplyFn =
+        Arc::new(move |req: &Value| format!("echo: {}", last_user_message(req)));
     let fast = FakeConfig {
         reply,
         chunk_delay: Duration::ZERO,
@@ -583,7 +577,8 @@ async fn run(args: &Args, t: &mut Table) -> Result<(), String> {
         "spawn → the fake server sees the logged-in session (Noise handshake and login through the proxy)",
     );
 
-    // Idle.
+    // Idle, after the first connection's writes (pre-keys, the app-state sync ~10 s after login).
+    sleep(IDLE_SETTLE).await;
     let m0 = bx.metrics().await?;
     let io0 = proc::io(p.pid)?;
     let cpu0 = proc::cpu_ticks(p.pid)?;
@@ -703,7 +698,7 @@ async fn run(args: &Args, t: &mut Table) -> Result<(), String> {
 
     // The OpenAI agent: overhead and writes per message, then the load.
     let (p, _, _) = start_run(bin, &bx, "overhead.toml", &wa, &tg, 98).await?;
-    overhead(&p, &bx, &wa, &tg, &arrivals, plan, t).await?;
+    overhead(&p, &bx, &wa, &tg, &slow, plan, t).await?;
     if p.stop().await != Some(0) {
         return Err("the overhead run did not exit 0 on SIGTERM".into());
     }
@@ -715,17 +710,15 @@ async fn run(args: &Args, t: &mut Table) -> Result<(), String> {
     Ok(())
 }
 
-async fn wait_arrival(
-    arrivals: &Arc<Mutex<HashMap<String, Instant>>>,
-    marker: &str,
-) -> Result<Instant, String> {
+async fn wait_arrival(agent: &FakeOpenAi, marker: &str) -> Result<Instant, String> {
     let mut found = None;
     until(&format!("the agent request for {marker}"), SOON, || {
-        let f = arrivals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(marker)
-            .copied();
+        let f = agent
+            .received()
+            .iter()
+            .rev()
+            .find(|r| last_user_message(&r.body) == marker)
+            .map(|r| r.at);
         found = f;
         async move { f.is_some() }
     })
@@ -740,7 +733,7 @@ async fn overhead(
     bx: &Bx,
     wa: &FakeWhatsApp,
     tg: &FakeTelegram,
-    arrivals: &Arc<Mutex<HashMap<String, Instant>>>,
+    agent: &FakeOpenAi,
     plan: &Plan,
     t: &mut Table,
 ) -> Result<(), String> {
@@ -764,7 +757,7 @@ async fn overhead(
                 t0 = Instant::now();
                 tg.push_text(42, 42, &marker);
             }
-            let t1 = wait_arrival(arrivals, &marker).await?;
+            let t1 = wait_arrival(agent, &marker).await?;
             d.push(t1.saturating_duration_since(t0));
             let after = bx.metrics().await?;
             inbound_fsyncs.push(

@@ -116,6 +116,8 @@ pub struct Received {
     pub accept: Option<String>,
     /// The JSON body (`Value::Null` when empty or not JSON).
     pub body: Value,
+    /// When the whole request had arrived (before any `head_delay`).
+    pub at: tokio::time::Instant,
 }
 
 struct State {
@@ -314,6 +316,7 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<FakeB
         content_type,
         accept,
         body: parsed.clone().unwrap_or(Value::Null),
+        at: tokio::time::Instant::now(),
     });
 
     if let Some(key) = &st.cfg.api_key {

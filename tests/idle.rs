@@ -1,0 +1,53 @@
+//! An idle box spares the SD card: with WhatsApp paired and connected and Telegram long-polling,
+//! nothing arrives and nothing is written — no store commit, no fsync — over a window longer than
+//! every keepalive and ping period. Owns no product code; the figure goes to a `QA idle:` line.
+
+mod fakes;
+mod support;
+
+use std::time::Duration;
+use support::rig::{Options, Rig};
+
+/// Longer than the transport ping (5 s), the deaf-link probe (15 s) and the library's shortest
+/// keepalive tick (15 s), so each periodic task has run at least once inside it.
+const IDLE_WINDOW: Duration = Duration::from_secs(30);
+/// Time for the first connection's writes to finish: login, pre-keys, and the app-state sync
+/// whose version rows land about 10 s after login (measured against the fake).
+const SETTLE: Duration = Duration::from_secs(15);
+
+fn metric(m: &str, name: &str) -> u64 {
+    m.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{m}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connected_idle_box_writes_nothing() {
+    let mut rig = Rig::up(Options::default()).await;
+    assert!(
+        rig.wait_wa_connected(support::SOON).await.is_some(),
+        "WhatsApp connects"
+    );
+    tokio::time::sleep(SETTLE).await;
+    let before = rig.metrics().await;
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let after = rig.metrics().await;
+    let fsyncs = metric(&after, "clawbox_store_fsyncs_total")
+        - metric(&before, "clawbox_store_fsyncs_total");
+    let commits = metric(&after, "clawbox_store_commits_total")
+        - metric(&before, "clawbox_store_commits_total");
+    println!(
+        "QA idle: WhatsApp connected + Telegram polling, {} s idle: {commits} store commits, \
+         {fsyncs} fsyncs",
+        IDLE_WINDOW.as_secs()
+    );
+    assert!(
+        rig.health().await.contains("whatsapp"),
+        "still serving /healthz"
+    );
+    assert_eq!(commits, 0, "an idle box commits nothing");
+    assert_eq!(fsyncs, 0, "an idle box fsyncs nothing");
+    rig.stop().await;
+}
