@@ -136,7 +136,10 @@ impl Default for GatewayConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// Writes arriving within this window share one commit (and one fsync).
+    /// 0 (the default): group commit without waiting — the writer commits what is queued at once,
+    /// and whatever arrives during that fsync shares the next one, so latency stays one fsync and
+    /// a burst still costs few. A window > 0 first waits that long for company (fewer fsyncs on a
+    /// card with very slow flushes, at that much latency per message).
     pub commit_window_ms: u64,
     /// redb page cache. redb's own default is 1 GiB: far too much for a Pi.
     pub cache_kib: u64,
@@ -145,7 +148,7 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            commit_window_ms: 5,
+            commit_window_ms: 0,
             cache_kib: 2048,
         }
     }

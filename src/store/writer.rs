@@ -1,5 +1,6 @@
-//! The writer thread: the only place that opens transactions. Operations arriving within the
-//! commit window share one transaction; it is fsynced (`Durability::Immediate`) only when one of
+//! The writer thread: the only place that opens transactions. Operations queued together (those
+//! that arrived while the previous commit ran, or within the optional commit window) share one
+//! transaction; it is fsynced (`Durability::Immediate`) only when one of
 //! them needs it, otherwise committed with `Durability::None` and made durable by the next fsync.
 //! Replies are sent after the commit, so a caller told "durable" can rely on it.
 
