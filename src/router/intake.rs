@@ -68,68 +68,123 @@ impl Intake {
 
     /// Policy, dedupe, durable write, then hand to the turn scheduler. Returns once durable.
     pub async fn submit(&self, msg: Inbound) -> Result<Submitted, IntakeError> {
+        let mut one = self.submit_batch(vec![msg]).await;
+        one.pop().unwrap_or(Err(IntakeError::ShuttingDown))
+    }
+
+    /// [`Intake::submit`] for messages that arrived together (a getUpdates answer): one durable
+    /// write for the batch; one outcome per message, in order.
+    pub async fn submit_batch(&self, msgs: Vec<Inbound>) -> Vec<Result<Submitted, IntakeError>> {
         match &self.inner {
             Inner::Test(tx) => {
-                let (reply, rx) = tokio::sync::oneshot::channel();
-                tx.send(Submission { msg, reply })
-                    .await
-                    .map_err(|_| IntakeError::ShuttingDown)?;
-                rx.await.map_err(|_| IntakeError::ShuttingDown)?
+                let mut out = Vec::with_capacity(msgs.len());
+                for msg in msgs {
+                    let (reply, rx) = tokio::sync::oneshot::channel();
+                    let r = match tx.send(Submission { msg, reply }).await {
+                        Ok(()) => rx.await.unwrap_or(Err(IntakeError::ShuttingDown)),
+                        Err(_) => Err(IntakeError::ShuttingDown),
+                    };
+                    let failed = r.is_err();
+                    out.push(r);
+                    // Like a failed batch write: what follows is not taken.
+                    if failed {
+                        break;
+                    }
+                }
+                out
             }
-            Inner::Core(core) => core.submit(msg).await,
+            Inner::Core(core) => core.submit(msgs).await,
         }
     }
 }
 
 impl Core {
-    async fn submit(&self, msg: Inbound) -> Result<Submitted, IntakeError> {
-        if let Verdict::Drop(why) = self.policies.check(&msg) {
-            self.metrics.dropped(msg.channel, why);
-            tracing::debug!(channel = %msg.channel, reason = why.as_str(), "dropped by policy");
-            return Ok(Submitted::Dropped(why));
+    async fn submit(&self, msgs: Vec<Inbound>) -> Vec<Result<Submitted, IntakeError>> {
+        let mut out: Vec<Option<Result<Submitted, IntakeError>>> = Vec::with_capacity(msgs.len());
+        // (position in `out`, channel, record) of the messages to write.
+        let mut writes = Vec::new();
+        let mut pending = self
+            .metrics
+            .inbox_pending
+            .load(std::sync::atomic::Ordering::Relaxed);
+        for msg in msgs {
+            if let Verdict::Drop(why) = self.policies.check(&msg) {
+                self.metrics.dropped(msg.channel, why);
+                tracing::debug!(channel = %msg.channel, reason = why.as_str(), "dropped by policy");
+                out.push(Some(Ok(Submitted::Dropped(why))));
+                continue;
+            }
+            if pending >= MAX_UNANSWERED {
+                tracing::warn!(channel = %msg.channel, "{MAX_UNANSWERED} messages already wait for an answer; leaving this one with the server for now");
+                out.push(Some(Err(IntakeError::Busy)));
+                continue;
+            }
+            pending += 1;
+            writes.push((out.len(), msg.channel, self.record(&msg)));
+            out.push(None);
         }
+        if !writes.is_empty() {
+            let recs = writes.iter().map(|(_, _, r)| r.clone()).collect();
+            match self.store.accept_many(recs).await {
+                Ok(outcomes) => {
+                    for ((at, channel, rec), outcome) in writes.into_iter().zip(outcomes) {
+                        out[at] = Some(Ok(self.accepted(channel, rec, outcome).await));
+                    }
+                }
+                Err(e) => {
+                    for (at, _, _) in writes {
+                        out[at] = Some(Err(IntakeError::Store(e.to_string())));
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or(Err(IntakeError::ShuttingDown)))
+            .collect()
+    }
+
+    fn record(&self, msg: &Inbound) -> InboxRecord {
         let mut text = msg.content.render();
         if text.chars().count() > MAX_INBOUND_CHARS {
             text = text.chars().take(MAX_INBOUND_CHARS).collect::<String>()
                 + "\n[…message cut: too long]";
         }
-        let rec = InboxRecord {
+        InboxRecord {
             channel: msg.channel.as_str().to_string(),
             msg_id: msg.id.clone(),
             chat: msg.chat.clone(),
             sender: msg.sender.clone(),
             text,
             ts_ms: msg.ts_ms,
-            session: session::identity(self.scope, &msg),
+            session: session::identity(self.scope, msg),
             state: INBOX_PENDING,
             accepted_ms: crate::store::now_ms(),
             agent: self.agent_for[msg.channel.index()].clone(),
-        };
-        if self
-            .metrics
-            .inbox_pending
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= MAX_UNANSWERED
-        {
-            tracing::warn!(channel = %msg.channel, "{MAX_UNANSWERED} messages already wait for an answer; leaving this one with the server for now");
-            return Err(IntakeError::Busy);
         }
-        match self.store.accept(rec.clone()).await {
-            Ok(Accepted::Duplicate) => {
-                self.metrics.dropped(msg.channel, DropReason::Duplicate);
-                tracing::debug!(channel = %msg.channel, id = %msg.id, "duplicate ignored");
-                Ok(Submitted::Duplicate)
+    }
+
+    /// After the durable write: count, log, hand the new message to the scheduler.
+    async fn accepted(
+        &self,
+        channel: crate::channel::ChannelKind,
+        rec: InboxRecord,
+        outcome: Accepted,
+    ) -> Submitted {
+        match outcome {
+            Accepted::Duplicate => {
+                self.metrics.dropped(channel, DropReason::Duplicate);
+                tracing::debug!(channel = %channel, id = %rec.msg_id, "duplicate ignored");
+                Submitted::Duplicate
             }
-            Ok(Accepted::New(seq)) => {
-                Metrics::inc(&self.metrics.messages_in[msg.channel.index()]);
+            Accepted::New(seq) => {
+                Metrics::inc(&self.metrics.messages_in[channel.index()]);
                 Metrics::inc(&self.metrics.inbox_pending);
-                tracing::info!(channel = %msg.channel, id = %msg.id, seq, "accepted");
+                tracing::info!(channel = %channel, id = %rec.msg_id, seq, "accepted");
                 crate::fault::crash_point("after-accept");
                 // Durable already: if the router is gone (shutdown), the restart resumes it.
                 let _ = self.events.send(Event::Inbound(seq, rec)).await;
-                Ok(Submitted::Accepted)
+                Submitted::Accepted
             }
-            Err(e) => Err(IntakeError::Store(e.to_string())),
         }
     }
 }

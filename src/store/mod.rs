@@ -97,7 +97,11 @@ pub struct TurnDone {
 }
 
 pub(crate) enum Op {
-    Accept(InboxRecord, oneshot::Sender<Result<Accepted, StoreError>>),
+    /// One or more inbound messages, accepted in order in one transaction (one fsync).
+    Accept(
+        Vec<InboxRecord>,
+        oneshot::Sender<Result<Vec<Accepted>, StoreError>>,
+    ),
     TurnDone(TurnDone, oneshot::Sender<Result<Option<u64>, StoreError>>),
     InFlight(u64, oneshot::Sender<Result<(), StoreError>>),
     Sent(u64, oneshot::Sender<Result<bool, StoreError>>),
@@ -203,7 +207,15 @@ impl Store {
 
     /// Adds an inbound message to the inbox unless its (channel, id) was seen; durable on return.
     pub async fn accept(&self, rec: InboxRecord) -> Result<Accepted, StoreError> {
-        self.call(|tx| Op::Accept(rec, tx)).await
+        let mut one = self.accept_many(vec![rec]).await?;
+        one.pop()
+            .ok_or_else(|| StoreError::Io("internal: accept answered nothing".into()))
+    }
+
+    /// [`Store::accept`] for a batch (a Telegram getUpdates answer): one transaction, one fsync,
+    /// the outcomes in the records' order.
+    pub async fn accept_many(&self, recs: Vec<InboxRecord>) -> Result<Vec<Accepted>, StoreError> {
+        self.call(|tx| Op::Accept(recs, tx)).await
     }
 
     /// Records a finished turn: inbox rows answered, history, the reply queued; returns the outbox
@@ -300,4 +312,47 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    fn rec(id: &str) -> InboxRecord {
+        InboxRecord {
+            channel: "telegram".into(),
+            msg_id: id.into(),
+            chat: "42".into(),
+            sender: "42".into(),
+            text: "hi".into(),
+            session: "telegram:42".into(),
+            ..InboxRecord::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_accepted_in_order_with_one_fsync() {
+        let metrics = Arc::new(Metrics::default());
+        let store = Store::open_in_memory(metrics.clone()).unwrap();
+        store.accept(rec("1")).await.unwrap();
+        let before = metrics.store_fsyncs.load(Relaxed);
+        let got = store
+            .accept_many(vec![rec("2"), rec("1"), rec("3"), rec("2")])
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                got.as_slice(),
+                [
+                    Accepted::New(a),
+                    Accepted::Duplicate,
+                    Accepted::New(b),
+                    Accepted::Duplicate
+                ] if b > a
+            ),
+            "{got:?}"
+        );
+        assert_eq!(metrics.store_fsyncs.load(Relaxed), before + 1);
+    }
 }

@@ -456,20 +456,24 @@ impl Writer {
                 let mut auth = tx.open_table(AUTH).map_err(io)?;
                 for op in batch {
                     match op {
-                        Op::Accept(rec, r) => {
-                            let key = id_key(&rec.channel, &rec.msg_id);
-                            if ids.get(key.as_str()).map_err(io)?.is_some() {
-                                replies.push(reply(r, Ok(Accepted::Duplicate)));
-                                continue;
+                        Op::Accept(recs, r) => {
+                            let mut outcomes = Vec::with_capacity(recs.len());
+                            for rec in recs {
+                                let key = id_key(&rec.channel, &rec.msg_id);
+                                if ids.get(key.as_str()).map_err(io)?.is_some() {
+                                    outcomes.push(Accepted::Duplicate);
+                                    continue;
+                                }
+                                let seq = self.next_inbox;
+                                self.next_inbox += 1;
+                                let buf = rec.encode_to_vec();
+                                bytes += buf.len() as u64 + key.len() as u64 + 16;
+                                inbox.insert(seq, buf.as_slice()).map_err(io)?;
+                                ids.insert(key.as_str(), seq).map_err(io)?;
+                                durable = true;
+                                outcomes.push(Accepted::New(seq));
                             }
-                            let seq = self.next_inbox;
-                            self.next_inbox += 1;
-                            let buf = rec.encode_to_vec();
-                            bytes += buf.len() as u64 + key.len() as u64 + 16;
-                            inbox.insert(seq, buf.as_slice()).map_err(io)?;
-                            ids.insert(key.as_str(), seq).map_err(io)?;
-                            durable = true;
-                            replies.push(reply(r, Ok(Accepted::New(seq))));
+                            replies.push(reply(r, Ok(outcomes)));
                         }
                         Op::TurnDone(done, r) => {
                             let TurnDone {

@@ -324,12 +324,17 @@ async fn poll_loop(
 /// Submits the batch in order. `Some(wait)` when the intake failed: the rest waits for the next
 /// poll from the same offset.
 async fn deliver(ctx: &ChannelContext, poller: &mut Poller) -> Option<Duration> {
-    while let Some(inbound) = poller.next_submission() {
-        let inbound = inbound.clone();
-        let id = inbound.id.clone();
-        match ctx.intake.submit(inbound).await {
+    // The whole answer in one durable write (one fsync), then confirmed in order up to the first
+    // message the intake could not take.
+    let batch = poller.submissions();
+    let ids: Vec<String> = batch.iter().map(|i| i.id.clone()).collect();
+    let outcomes = ctx.intake.submit_batch(batch).await;
+    for (id, outcome) in ids.iter().zip(outcomes) {
+        match outcome {
             Ok(outcome) => {
                 tracing::debug!(update_id = %id, ?outcome, "telegram: update handed on");
+                // Skips (unsupported updates) before it are confirmed on the way.
+                let _ = poller.next_submission();
                 poller.confirm();
             }
             Err(e) => {
@@ -338,6 +343,8 @@ async fn deliver(ctx: &ChannelContext, poller: &mut Poller) -> Option<Duration> 
             }
         }
     }
+    // Trailing skips.
+    let _ = poller.next_submission();
     None
 }
 

@@ -588,6 +588,14 @@ impl Poller {
         self.batch.front().and_then(|i| i.inbound.as_ref())
     }
 
+    /// Every message of the batch still to submit, in order (at most [`UPDATES_LIMIT`] of them).
+    pub fn submissions(&self) -> Vec<Inbound> {
+        self.batch
+            .iter()
+            .filter_map(|i| i.inbound.clone())
+            .collect()
+    }
+
     /// The front of the batch is durable (or deliberately skipped): move the offset past it.
     pub fn confirm(&mut self) {
         if let Some(item) = self.batch.pop_front() {
