@@ -6,6 +6,7 @@ mod fakes;
 mod support;
 
 use std::time::Duration;
+use support::metric;
 use support::rig::{Options, Rig};
 
 /// Longer than the transport ping (5 s), the deaf-link probe (15 s) and the library's shortest
@@ -14,14 +15,6 @@ const IDLE_WINDOW: Duration = Duration::from_secs(30);
 /// Time for the first connection's writes to finish: login, pre-keys, and the app-state sync
 /// whose version rows land about 10 s after login (measured against the fake).
 const SETTLE: Duration = Duration::from_secs(15);
-
-fn metric(m: &str, name: &str) -> u64 {
-    m.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{m}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connected_idle_box_writes_nothing() {
@@ -32,6 +25,10 @@ async fn a_connected_idle_box_writes_nothing() {
     );
     tokio::time::sleep(SETTLE).await;
     let before = rig.metrics().await;
+    assert!(
+        metric(&before, "clawbox_store_fsyncs_total") > 0,
+        "pairing and start-up were written (the counter is read right): {before}"
+    );
     tokio::time::sleep(IDLE_WINDOW).await;
     let after = rig.metrics().await;
     let fsyncs = metric(&after, "clawbox_store_fsyncs_total")

@@ -77,14 +77,6 @@ impl Bx {
     }
 }
 
-fn metric(m: &str, name: &str) -> u64 {
-    m.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 fn telegram_section(tg: &FakeTelegram, agent: Option<&str>) -> String {
     format!(
         "[channels.telegram]\ntoken_file = \"tg.token\"\nallow_from = [{ALICE}]\napi_root = \"{}\"\npoll_timeout_s = 2\n{}",

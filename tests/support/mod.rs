@@ -184,3 +184,17 @@ pub async fn http_get(url: &str) -> String {
 
 pub mod faultproxy;
 pub mod rig;
+
+/// The value of a `/metrics` line that starts with `name` (a full series such as
+/// `clawbox_dropped_total{channel="telegram",reason="not_allowed"}`, or a bare counter name);
+/// 0 when absent.
+pub fn metric(m: &str, name: &str) -> u64 {
+    m.lines()
+        .find(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
