@@ -12,9 +12,9 @@ use support::rig::{Options, Rig};
 /// Longer than the transport ping (5 s), the deaf-link probe (15 s) and the library's shortest
 /// keepalive tick (15 s), so each periodic task has run at least once inside it.
 const IDLE_WINDOW: Duration = Duration::from_secs(30);
-/// Time for the first connection's writes to finish: login, pre-keys, and the app-state sync
-/// whose version rows land about 10 s after login (measured against the fake).
-const SETTLE: Duration = Duration::from_secs(15);
+/// After clawbox reports WhatsApp up (the app-state sync's version rows are written just then,
+/// about 10 s after login against the fake), time for the last start-up writes to land.
+const SETTLE: Duration = Duration::from_secs(5);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connected_idle_box_writes_nothing() {
@@ -23,6 +23,15 @@ async fn a_connected_idle_box_writes_nothing() {
         rig.wait_wa_connected(support::SOON).await.is_some(),
         "WhatsApp connects"
     );
+    let deadline = tokio::time::Instant::now() + support::SOON;
+    while !rig.health().await.contains("linked") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "clawbox never reported WhatsApp up: {}",
+            rig.health().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     tokio::time::sleep(SETTLE).await;
     let before = rig.metrics().await;
     assert!(

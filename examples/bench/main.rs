@@ -43,8 +43,8 @@ const MIB: f64 = 1024.0 * 1024.0;
 /// arrival and the reply (whose send marks are fsynced too), short enough for 400 samples.
 const SLOW_HEAD: Duration = Duration::from_millis(100);
 /// Before the idle window: the first connection's writes (pre-keys, the app-state sync about 10 s
-/// after login) are start-up, not idle.
-const IDLE_SETTLE: Duration = Duration::from_secs(15);
+/// after login, later on a loaded machine) are start-up, not idle.
+const IDLE_SETTLE: Duration = Duration::from_secs(25);
 
 /// Trials per figure: (full, --quick).
 struct Plan {
