@@ -4,7 +4,9 @@
 # one input running longer than 10 s); prints one line per target with the executions run, then
 # a `fuzz: N passed, N failed` line.
 #
-#   tests/fuzz.sh [SECONDS]
+#   tests/fuzz.sh [SECONDS] [JOBS]
+#
+# JOBS targets run side by side (default 1; each fuzzer uses one core).
 #
 # Needs cargo-fuzz (`cargo install --locked cargo-fuzz --version 0.13.2`). The machine has stable
 # Rust only: RUSTC_BOOTSTRAP=1 lets it take the nightly flags libFuzzer's instrumentation needs.
@@ -14,7 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 secs="${1:-30}"
-case "$secs" in '' | *[!0-9]*) echo "usage: tests/fuzz.sh [SECONDS]" >&2; exit 2 ;; esac
+jobs="${2:-1}"
+case "$secs$jobs" in '' | *[!0-9]*) echo "usage: tests/fuzz.sh [SECONDS] [JOBS]" >&2; exit 2 ;; esac
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "tests/fuzz.sh: cargo-fuzz is missing: cargo install --locked cargo-fuzz --version 0.13.2" >&2
   exit 2
@@ -32,12 +35,9 @@ flags=(--debug-assertions --sanitizer none --codegen-units 16 --target-dir "$tar
 echo "== cargo fuzz build"
 cargo fuzz build "${flags[@]}"
 
-passed=0
-failed=0
-for t in $(cargo fuzz list); do
-  corpus="$work/corpus/$t"
-  artifacts="$work/artifacts/$t/"
-  log="$work/$t.log"
+# One target: its verdict line goes to $work/<target>.verdict.
+run_target() {
+  local t="$1" corpus="$work/corpus/$1" artifacts="$work/artifacts/$1/" log="$work/$1.log" runs
   mkdir -p "$corpus" "$artifacts"
   # The first corpus dir receives new inputs; the checked-in seeds are read only.
   if cargo fuzz run "${flags[@]}" "$t" "$corpus" "fuzz/corpus/$t" -- \
@@ -45,11 +45,31 @@ for t in $(cargo fuzz list); do
     -artifact_prefix="$artifacts" -print_final_stats=1 >"$log" 2>&1; then
     runs=$(awk '/stat::number_of_executed_units/ {print $2}' "$log")
     runs="${runs:-0}"
-    echo "fuzz $t: ok, $runs executions in ${secs} s ($((runs / (secs > 0 ? secs : 1)))/s), corpus $(ls "$corpus" | wc -l) inputs"
+    echo "fuzz $t: ok, $runs executions in ${secs} s ($((runs / (secs > 0 ? secs : 1)))/s), corpus $(ls "$corpus" | wc -l) inputs" >"$work/$t.verdict"
+  else
+    {
+      echo "fuzz $t: CRASH (log: $log; inputs: $artifacts)"
+      grep -E "panicked at|^==[0-9]+== ERROR|SUMMARY|Test unit written|Base64" "$log" | head -20 || true
+    } >"$work/$t.verdict"
+  fi
+}
+
+targets=$(cargo fuzz list)
+mkdir -p "$work"
+for t in $targets; do
+  rm -f "$work/$t.verdict"
+  run_target "$t" &
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+done
+wait
+
+passed=0
+failed=0
+for t in $targets; do
+  cat "$work/$t.verdict" 2>/dev/null || echo "fuzz $t: CRASH (no verdict)"
+  if grep -q "^fuzz $t: ok" "$work/$t.verdict" 2>/dev/null; then
     passed=$((passed + 1))
   else
-    echo "fuzz $t: CRASH (log: $log; inputs: $artifacts)"
-    grep -E "panicked at|^==[0-9]+== ERROR|SUMMARY|Test unit written|Base64" "$log" | head -20 || true
     failed=$((failed + 1))
   fi
 done

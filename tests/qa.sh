@@ -85,7 +85,7 @@ run_one() {
   set -- $how
   local kind="$1"; shift
   if [ "$kind" = fuzz ]; then
-    if bash tests/fuzz.sh "$fuzz_secs" >"$log" 2>&1; then status=PASS; else status=FAIL; fi
+    if bash tests/fuzz.sh "$fuzz_secs" "${FUZZ_JOBS:-1}" >"$log" 2>&1; then status=PASS; else status=FAIL; fi
   else
     local file="$1"; shift
     local args=(--test-threads=1 --nocapture)
