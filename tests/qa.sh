@@ -69,6 +69,7 @@ crash-loop|Crash loop|test crash_loop|SIGKILLs at random instants during traffic
 isolation|Channel isolation|test isolation|WhatsApp blackholed while Telegram traffic flows: Telegram latency p99 within 10 % of undisturbed; /healthz and status answer.
 malformed|Malformed frames from every server|test malformed|Bad frames from WhatsApp, Telegram, OpenAI and OpenClaw fakes: a clear error, the link recovers, nothing lost.
 security|Security matrix|test security|Strangers, replays, self-chat echo, oversized messages, state dir permissions, secrets never in logs.
+idle|Idle box writes nothing|test idle|WhatsApp connected and Telegram polling, 30 s idle: no store commit, no fsync (the SD card is spared).
 config|Bad config and damaged store|test config|Bad configs exit 78 with file:line:col; a damaged store exits 65 with the recovery command; no panic.
 watchdog|systemd notify and watchdog|test systemd_notify|READY=1, STATUS= per channel, WATCHDOG=1 only while channels make progress, STOPPING=1.
 fuzz|Fuzzing every parser|fuzz|Every cargo-fuzz target runs its length with 0 crashes under a 512 MiB RSS limit.
