@@ -14,7 +14,6 @@ use fakes::openai::{FakeConfig as AiConfig, FakeOpenAi, Scripted};
 use fakes::openclaw::{FakeConfig as ClawConfig, FakeGateway};
 use fakes::telegram::{FakeError, FakeTelegram};
 use fakes::whatsapp::FakeWhatsApp;
-use std::path::PathBuf;
 use std::time::Duration;
 use support::*;
 use tokio::time::Instant;
@@ -25,51 +24,6 @@ const FRIEND: &str = "+15550002222";
 const POLITE: &str = "Sorry, I couldn't reach the assistant just now.";
 
 // ---- shared helpers ------------------------------------------------------------------------
-
-struct Bx {
-    dir: tempfile::TempDir,
-    cfg: PathBuf,
-    port: u16,
-}
-
-/// A box whose config is `[gateway]` + pacing off + `rest`; `files` are written next to it.
-fn new_box(rest: &str, files: &[(&str, &str)]) -> Bx {
-    let dir = tempfile::tempdir().unwrap();
-    for (name, text) in files {
-        std::fs::write(dir.path().join(name), text).unwrap();
-    }
-    let port = free_port();
-    let cfg = format!(
-        "[gateway]\nstate_dir = \"{}\"\nhealth_listen = \"127.0.0.1:{port}\"\n[pacing]\nenabled = false\n{rest}",
-        dir.path().join("state").display()
-    );
-    let path = dir.path().join("clawbox.toml");
-    std::fs::write(&path, cfg).unwrap();
-    Bx {
-        dir,
-        cfg: path,
-        port,
-    }
-}
-
-impl Bx {
-    async fn run(&self) -> Proc {
-        let p = spawn(
-            &["run", "--config", self.cfg.to_str().unwrap()],
-            &[],
-            self.dir.path(),
-        );
-        p.wait_stderr("ready", |e| e.iter().any(|l| l.contains("ready")))
-            .await;
-        p
-    }
-    async fn metrics(&self) -> String {
-        http_get(&format!("http://127.0.0.1:{}/metrics", self.port)).await
-    }
-    async fn health(&self) -> String {
-        http_get(&format!("http://127.0.0.1:{}/healthz", self.port)).await
-    }
-}
 
 fn telegram_section(tg: &FakeTelegram) -> String {
     format!(
@@ -137,7 +91,7 @@ fn still_running(p: &mut Proc) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_bot_api_answers_are_logged_and_nothing_is_lost() {
     let tg = FakeTelegram::start(TOKEN).await;
-    let bx = new_box(&telegram_section(&tg), &[("tg.token", TOKEN)]);
+    let bx = TestBox::new(&telegram_section(&tg), &[("tg.token", TOKEN)]);
     let mut p = bx.run().await;
     tg.push_text(ALICE, ALICE, "warm-up");
     tg_wait_reply(&tg, "warm-up").await;
@@ -237,7 +191,7 @@ async fn malformed_openai_streams_end_in_the_polite_reply_once() {
         "[agents.ai]\nkind = \"openai\"\nurl = \"{}\"\nmodel = \"m\"\n",
         ai.base_url()
     );
-    let bx = new_box(
+    let bx = TestBox::new(
         &format!("{agent}{}", telegram_section(&tg)),
         &[("tg.token", TOKEN)],
     );
@@ -340,7 +294,7 @@ async fn malformed_gateway_frames_are_logged_and_the_turn_is_answered_once() {
         "[agents.claw]\nkind = \"openclaw\"\nurl = \"{}\"\ntoken_file = \"gw.token\"\n",
         gw.url
     );
-    let bx = new_box(
+    let bx = TestBox::new(
         &format!("{agent}{}", telegram_section(&tg)),
         &[("tg.token", TOKEN), ("gw.token", "test-token")],
     );
@@ -469,7 +423,7 @@ async fn wa_wait_reply_within(fake: &FakeWhatsApp, p: &Proc, word: &str, within:
 }
 
 /// Pairs by QR with `clawbox pair whatsapp`.
-async fn pair(fake: &FakeWhatsApp, bx: &Bx) {
+async fn pair(fake: &FakeWhatsApp, bx: &TestBox) {
     let mut p = spawn(
         &["pair", "whatsapp", "--config", bx.cfg.to_str().unwrap()],
         &[],
@@ -485,8 +439,8 @@ async fn pair(fake: &FakeWhatsApp, bx: &Bx) {
     assert_eq!(p.exit_code().await, Some(0), "{:#?}", p.stderr());
 }
 
-fn wa_box(fake: &FakeWhatsApp) -> Bx {
-    new_box(
+fn wa_box(fake: &FakeWhatsApp) -> TestBox {
+    TestBox::new(
         &format!(
             "[channels.whatsapp]\nserver_url = \"{}\"\nallow_from = [\"{FRIEND}\"]\n",
             fake.ws_url()
@@ -496,7 +450,7 @@ fn wa_box(fake: &FakeWhatsApp) -> Bx {
 }
 
 /// A linked, running, connected box that has answered one message.
-async fn wa_running() -> (FakeWhatsApp, Bx, Proc) {
+async fn wa_running() -> (FakeWhatsApp, TestBox, Proc) {
     let fake = FakeWhatsApp::start().await;
     let bx = wa_box(&fake);
     pair(&fake, &bx).await;

@@ -16,7 +16,6 @@ use fakes::openclaw::{FakeConfig as ClawConfig, FakeGateway};
 use fakes::telegram::FakeTelegram;
 use fakes::whatsapp::FakeWhatsApp;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::Duration;
 use support::*;
 use tokio::time::Instant;
@@ -28,54 +27,6 @@ const FRIEND: &str = "+15550002222";
 const STRANGER: &str = "+15550003333";
 const OPENAI_KEY: &str = "sk-test-SECRETopenaiKEY0123456789";
 const CLAW_TOKEN: &str = "claw-SECRET-gateway-token-42";
-
-struct Bx {
-    dir: tempfile::TempDir,
-    cfg: PathBuf,
-    port: u16,
-}
-
-/// A box whose config is `[gateway]` + pacing off + `rest`; `files` are written next to it.
-fn new_box(rest: &str, files: &[(&str, &str)]) -> Bx {
-    let dir = tempfile::tempdir().unwrap();
-    for (name, text) in files {
-        std::fs::write(dir.path().join(name), text).unwrap();
-    }
-    let port = free_port();
-    let cfg = format!(
-        "[gateway]\nstate_dir = \"{}\"\nhealth_listen = \"127.0.0.1:{port}\"\n[pacing]\nenabled = false\n{rest}",
-        dir.path().join("state").display()
-    );
-    let path = dir.path().join("clawbox.toml");
-    std::fs::write(&path, cfg).unwrap();
-    Bx {
-        dir,
-        cfg: path,
-        port,
-    }
-}
-
-impl Bx {
-    async fn run_with(&self, envs: &[(&str, &str)]) -> Proc {
-        let p = spawn(
-            &["run", "--config", self.cfg.to_str().unwrap()],
-            envs,
-            self.dir.path(),
-        );
-        p.wait_stderr("ready", |e| e.iter().any(|l| l.contains("ready")))
-            .await;
-        p
-    }
-    async fn run(&self) -> Proc {
-        self.run_with(&[]).await
-    }
-    async fn metrics(&self) -> String {
-        http_get(&format!("http://127.0.0.1:{}/metrics", self.port)).await
-    }
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-}
 
 fn telegram_section(tg: &FakeTelegram, agent: Option<&str>) -> String {
     format!(
@@ -149,7 +100,7 @@ async fn wa_wait_connected(fake: &FakeWhatsApp) {
 }
 
 /// Pairs by QR with `clawbox pair whatsapp`.
-async fn pair(fake: &FakeWhatsApp, bx: &Bx) {
+async fn pair(fake: &FakeWhatsApp, bx: &TestBox) {
     let mut p = spawn(
         &["pair", "whatsapp", "--config", bx.cfg.to_str().unwrap()],
         &[],
@@ -187,7 +138,7 @@ async fn strangers_and_replays_on_both_channels_never_reach_the_agent_twice() {
         ..Default::default()
     })
     .await;
-    let bx = new_box(
+    let bx = TestBox::new(
         &format!(
             "{}{}{}",
             openai_section(&ai),
@@ -294,7 +245,7 @@ async fn strangers_and_replays_on_both_channels_never_reach_the_agent_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_own_reply_echoed_back_is_never_answered() {
     let tg = FakeTelegram::start(TOKEN).await;
-    let bx = new_box(&telegram_section(&tg, None), &[("tg.token", TOKEN)]);
+    let bx = TestBox::new(&telegram_section(&tg, None), &[("tg.token", TOKEN)]);
     let p = bx.run().await;
     tg.push_text(ALICE, ALICE, "ping-1");
     tg_wait_reply(&tg, "ping-1").await;
@@ -352,7 +303,7 @@ async fn a_one_mebibyte_message_is_bounded_and_the_box_stays_up() {
         ..Default::default()
     })
     .await;
-    let bx = new_box(
+    let bx = TestBox::new(
         &format!(
             "[agents.ai]\nkind = \"openai\"\nurl = \"{}\"\nmodel = \"m\"\n{}",
             ai.base_url(),
@@ -419,7 +370,7 @@ fn mode(p: &std::path::Path) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_dir_open_to_others_is_made_private_and_the_log_says_so() {
     let tg = FakeTelegram::start(TOKEN).await;
-    let bx = new_box(&telegram_section(&tg, None), &[("tg.token", TOKEN)]);
+    let bx = TestBox::new(&telegram_section(&tg, None), &[("tg.token", TOKEN)]);
     let p = bx.run().await;
     tg.push_text(ALICE, ALICE, "first");
     tg_wait_reply(&tg, "first").await;
@@ -478,7 +429,7 @@ async fn run_and_capture(level: &str) -> (Vec<String>, [&'static str; 2]) {
         ..Default::default()
     })
     .await;
-    let bx = new_box(
+    let bx = TestBox::new(
         &format!(
             "{}[agents.claw]\nkind = \"openclaw\"\nurl = \"{}\"\ntoken_file = \"claw.token\"\n\
              [channels.console]\nenabled = true\nagent = \"claw\"\n{}",

@@ -198,3 +198,57 @@ pub fn metric(m: &str, name: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+/// A box for tests of the real binary: a temp dir holding `clawbox.toml` — `[gateway]` with the
+/// state dir inside it and /healthz on a free port, pacing off, then `rest` — and `files` next to
+/// it (token files and the like).
+pub struct TestBox {
+    pub dir: tempfile::TempDir,
+    pub cfg: PathBuf,
+    pub port: u16,
+}
+
+impl TestBox {
+    pub fn new(rest: &str, files: &[(&str, &str)]) -> TestBox {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let port = free_port();
+        let cfg = format!(
+            "[gateway]\nstate_dir = \"{}\"\nhealth_listen = \"127.0.0.1:{port}\"\n[pacing]\nenabled = false\n{rest}",
+            dir.path().join("state").display()
+        );
+        let path = dir.path().join("clawbox.toml");
+        std::fs::write(&path, cfg).unwrap();
+        TestBox {
+            dir,
+            cfg: path,
+            port,
+        }
+    }
+
+    /// `clawbox run` on this box, once it logged "ready".
+    pub async fn run_with(&self, envs: &[(&str, &str)]) -> Proc {
+        let p = spawn(
+            &["run", "--config", self.cfg.to_str().unwrap()],
+            envs,
+            self.dir.path(),
+        );
+        p.wait_stderr("ready", |e| e.iter().any(|l| l.contains("ready")))
+            .await;
+        p
+    }
+    pub async fn run(&self) -> Proc {
+        self.run_with(&[]).await
+    }
+    pub async fn metrics(&self) -> String {
+        http_get(&format!("http://127.0.0.1:{}/metrics", self.port)).await
+    }
+    pub async fn health(&self) -> String {
+        http_get(&format!("http://127.0.0.1:{}/healthz", self.port)).await
+    }
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+}
