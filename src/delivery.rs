@@ -158,6 +158,7 @@ impl Delivery {
                     tracing::info!(channel = %ch, seq, retry_in_ms = wait.as_millis() as u64, "send failed; retrying");
                     sleep(wait).await;
                 }
+                Sent::Failed(SendError::NotYet(d)) => sleep(d.min(MAX_RETRY_AFTER)).await,
                 Sent::Failed(SendError::RetryAfter(d)) => {
                     Metrics::inc(&self.metrics.send_failures[ch.index()]);
                     tracing::info!(channel = %ch, seq, retry_after_s = d.as_secs(), "rate limited by the channel");

@@ -138,6 +138,10 @@ pub enum SendError {
     Retry(String),
     /// The channel asked for a specific wait (Telegram 429 `retry_after`): retry after it.
     RetryAfter(std::time::Duration),
+    /// The channel's own rate limit says not yet; nothing was sent. Not a failure: the delivery
+    /// loop waits this long and marks the chunk in flight again only when it can really go, so a
+    /// crash during the wait leaves no chunk "in doubt".
+    NotYet(std::time::Duration),
     /// Will never succeed (chat gone, blocked by the user, text rejected): give up on this reply.
     Permanent(String),
     /// The request may have reached the server and the answer was lost (the connection broke or
@@ -151,6 +155,7 @@ impl fmt::Display for SendError {
         match self {
             SendError::Retry(why) => write!(f, "temporary failure: {why}"),
             SendError::RetryAfter(d) => write!(f, "rate limited, retry after {d:?}"),
+            SendError::NotYet(d) => write!(f, "not yet (own rate limit), in {d:?}"),
             SendError::Permanent(why) => write!(f, "rejected: {why}"),
             SendError::InDoubt(why) => write!(f, "outcome unknown: {why}"),
         }

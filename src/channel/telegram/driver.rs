@@ -373,9 +373,15 @@ async fn command_loop(api: &Api, ctx: &ChannelContext, rx: &mut mpsc::Receiver<C
             ChannelCommand::Send {
                 chat, text, done, ..
             } => {
-                let ready = limiter.ready_at(&chat, Instant::now().into_std());
-                sleep_until(Instant::from_std(ready)).await;
-                limiter.record(&chat, Instant::now().into_std());
+                // Waiting here would stretch the delivery loop's "in flight" window (a crash in
+                // it leaves a chunk in doubt that was never sent): say when instead.
+                let now = Instant::now().into_std();
+                let ready = limiter.ready_at(&chat, now);
+                if ready > now {
+                    let _ = done.send(Err(SendError::NotYet(ready - now)));
+                    continue;
+                }
+                limiter.record(&chat, now);
                 if let Some(why) = api.unreachable().await {
                     // Nothing was sent: the delivery loop retries this chunk later.
                     tracing::info!(error = %why, "telegram: unreachable; sendMessage held back");
