@@ -191,9 +191,28 @@ pub(super) fn spawn(
     metrics: Arc<Metrics>,
     rx: mpsc::Receiver<Op>,
 ) -> Result<(), StoreError> {
-    let db = open_db(path, cfg)?;
     let window = Duration::from_millis(cfg.commit_window_ms);
-    let w = Writer::new(db, metrics, window, path.to_path_buf())?;
+    // redb can panic on some forms of damage (an allocator assertion, on a truncated file) while
+    // the file is opened or first read; that must be the damaged-store message, not a crash with a
+    // backtrace. The default panic report is silenced for just this step (start-up, before any
+    // channel runs).
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let db = open_db(path, cfg)?;
+        Writer::new(db, metrics, window, path.to_path_buf())
+    }));
+    std::panic::set_hook(quiet);
+    let w = match made {
+        Ok(w) => w?,
+        Err(_) => {
+            return Err(StoreError::Corrupt(format!(
+                "{}: damaged; {}",
+                path.display(),
+                recovery_hint(path)
+            )));
+        }
+    };
     std::thread::Builder::new()
         .name("clawbox-store".into())
         .spawn(move || w.run(rx))
