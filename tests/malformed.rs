@@ -422,23 +422,6 @@ async fn wa_wait_reply_within(fake: &FakeWhatsApp, p: &Proc, word: &str, within:
     }
 }
 
-/// Pairs by QR with `clawbox pair whatsapp`.
-async fn pair(fake: &FakeWhatsApp, bx: &TestBox) {
-    let mut p = spawn(
-        &["pair", "whatsapp", "--config", bx.cfg.to_str().unwrap()],
-        &[],
-        bx.dir.path(),
-    );
-    p.wait_stdout("the QR data", |o| {
-        o.iter().any(|l| l.starts_with("QR data"))
-    })
-    .await;
-    let out = p.stdout();
-    let at = out.iter().position(|l| l.starts_with("QR data")).unwrap();
-    fake.scan(out[at + 1].trim()).await.unwrap();
-    assert_eq!(p.exit_code().await, Some(0), "{:#?}", p.stderr());
-}
-
 fn wa_box(fake: &FakeWhatsApp) -> TestBox {
     TestBox::new(
         &format!(
@@ -453,7 +436,7 @@ fn wa_box(fake: &FakeWhatsApp) -> TestBox {
 async fn wa_running() -> (FakeWhatsApp, TestBox, Proc) {
     let fake = FakeWhatsApp::start().await;
     let bx = wa_box(&fake);
-    pair(&fake, &bx).await;
+    pair_whatsapp(&fake, &bx).await;
     let p = bx.run().await;
     let t = Instant::now();
     while !wa_connected(&fake).await {

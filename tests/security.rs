@@ -99,23 +99,6 @@ async fn wa_wait_connected(fake: &FakeWhatsApp) {
     }
 }
 
-/// Pairs by QR with `clawbox pair whatsapp`.
-async fn pair(fake: &FakeWhatsApp, bx: &TestBox) {
-    let mut p = spawn(
-        &["pair", "whatsapp", "--config", bx.cfg.to_str().unwrap()],
-        &[],
-        bx.dir.path(),
-    );
-    p.wait_stdout("the QR data", |o| {
-        o.iter().any(|l| l.starts_with("QR data"))
-    })
-    .await;
-    let out = p.stdout();
-    let at = out.iter().position(|l| l.starts_with("QR data")).unwrap();
-    fake.scan(out[at + 1].trim()).await.unwrap();
-    assert_eq!(p.exit_code().await, Some(0), "{:#?}", p.stderr());
-}
-
 async fn stop(mut p: Proc) -> Vec<String> {
     p.sigterm();
     assert_eq!(
@@ -147,7 +130,7 @@ async fn strangers_and_replays_on_both_channels_never_reach_the_agent_twice() {
         ),
         &[("tg.token", TOKEN), ("ai.key", OPENAI_KEY)],
     );
-    pair(&wa, &bx).await;
+    pair_whatsapp(&wa, &bx).await;
     let p = bx.run().await;
     wa_wait_connected(&wa).await;
 

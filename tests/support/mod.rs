@@ -252,3 +252,20 @@ impl TestBox {
         self.dir.path().join("state")
     }
 }
+
+/// Pairs `bx` with the fake by QR through `clawbox pair whatsapp`; returns once it exited 0.
+pub async fn pair_whatsapp(fake: &crate::fakes::whatsapp::FakeWhatsApp, bx: &TestBox) {
+    let mut p = spawn(
+        &["pair", "whatsapp", "--config", bx.cfg.to_str().unwrap()],
+        &[],
+        bx.dir.path(),
+    );
+    p.wait_stdout("the QR data", |o| {
+        o.iter().any(|l| l.starts_with("QR data"))
+    })
+    .await;
+    let out = p.stdout();
+    let at = out.iter().position(|l| l.starts_with("QR data")).unwrap();
+    fake.scan(out[at + 1].trim()).await.unwrap();
+    assert_eq!(p.exit_code().await, Some(0), "{:#?}", p.stderr());
+}
