@@ -12,7 +12,7 @@ mod support;
 use fakes::openai::FakeConfig;
 use std::time::Duration;
 use support::rig::{self, Agent, Chan, Options, Rig};
-use support::{Proc, SOON};
+use support::{Proc, SOON, wait_qr};
 use tokio::time::Instant;
 
 /// Kills during traffic when CLAWBOX_CRASH_KILLS is unset.
@@ -73,12 +73,12 @@ async fn sigkill_loop_never_repairs_loses_or_duplicates() {
     // ---- kills during pairing ------------------------------------------------------------
     // 1. The QR is up: kill. Nothing was linked.
     let p = rig.spawn_pair();
-    let _ = Rig::wait_qr(&p).await;
+    let _ = wait_qr(&p).await;
     kill_pair(p).await;
     assert!(!rig.wa().state().await.paired, "nothing linked yet");
     // 2. The phone scans, and the box dies right away.
     let p = rig.spawn_pair();
-    let qr = Rig::wait_qr(&p).await;
+    let qr = wait_qr(&p).await;
     rig.wa().scan(&qr).await.unwrap();
     kill_pair(p).await;
     // 3. Start the service. If the kill beat the save, the box is not linked and shows it; then it

@@ -95,13 +95,8 @@ async fn wait_disconnected(fake: &FakeWhatsApp) {
 /// `clawbox pair whatsapp`: the phone scans the printed QR data; the command exits 0 once linked.
 async fn pair_by_qr(fake: &FakeWhatsApp, bx: &Bx) {
     let mut p = spawn(&bx.args(&["pair", "whatsapp"]), &[], bx.dir.path());
-    p.wait_stdout("the QR data", |o| {
-        o.iter().any(|l| l.starts_with("QR data"))
-    })
-    .await;
+    let payload = wait_qr(&p).await;
     let out = p.stdout();
-    let at = out.iter().position(|l| l.starts_with("QR data")).unwrap();
-    let payload = out[at + 1].trim().to_string();
     assert!(payload.split(',').count() >= 4, "a QR payload: {payload}");
     assert!(
         out.iter()
@@ -379,13 +374,7 @@ async fn a_crash_between_pair_success_and_the_515_reconnect_needs_no_pairing_aga
         &[("CLAWBOX_FAULT", "crash:after-pair-success")],
         bx.dir.path(),
     );
-    p.wait_stdout("the QR data", |o| {
-        o.iter().any(|l| l.starts_with("QR data"))
-    })
-    .await;
-    let out = p.stdout();
-    let at = out.iter().position(|l| l.starts_with("QR data")).unwrap();
-    fake.scan(out[at + 1].trim()).await.unwrap();
+    fake.scan(&wait_qr(&p).await).await.unwrap();
     assert_eq!(
         p.exit_code().await,
         None,

@@ -253,6 +253,20 @@ impl TestBox {
     }
 }
 
+/// Waits for the QR data of a running `clawbox pair whatsapp`; returns the payload.
+/// The label and the data are two lines, flushed apart: wait for the line after the label.
+pub async fn wait_qr(p: &Proc) -> String {
+    p.wait_stdout("the QR data", |o| {
+        o.iter()
+            .position(|l| l.starts_with("QR data"))
+            .is_some_and(|at| at + 1 < o.len())
+    })
+    .await;
+    let out = p.stdout();
+    let at = out.iter().position(|l| l.starts_with("QR data")).unwrap();
+    out[at + 1].trim().to_string()
+}
+
 /// Pairs `bx` with the fake by QR through `clawbox pair whatsapp`; returns once it exited 0.
 pub async fn pair_whatsapp(fake: &crate::fakes::whatsapp::FakeWhatsApp, bx: &TestBox) {
     let mut p = spawn(
@@ -260,12 +274,7 @@ pub async fn pair_whatsapp(fake: &crate::fakes::whatsapp::FakeWhatsApp, bx: &Tes
         &[],
         bx.dir.path(),
     );
-    p.wait_stdout("the QR data", |o| {
-        o.iter().any(|l| l.starts_with("QR data"))
-    })
-    .await;
-    let out = p.stdout();
-    let at = out.iter().position(|l| l.starts_with("QR data")).unwrap();
-    fake.scan(out[at + 1].trim()).await.unwrap();
+    let qr = wait_qr(&p).await;
+    fake.scan(&qr).await.unwrap();
     assert_eq!(p.exit_code().await, Some(0), "{:#?}", p.stderr());
 }

@@ -221,23 +221,10 @@ impl Rig {
         spawn(&self.args(&["pair", "whatsapp"]), &[], self.dir.path())
     }
 
-    /// Waits for the QR data line of a running `pair`; returns the payload.
-    pub async fn wait_qr(p: &Proc) -> String {
-        p.wait_stdout("the QR data", |o| {
-            o.iter()
-                .position(|l| l.starts_with("QR data"))
-                .is_some_and(|at| o.len() > at + 1)
-        })
-        .await;
-        let out = p.stdout();
-        let at = out.iter().position(|l| l.starts_with("QR data")).unwrap();
-        out[at + 1].trim().to_string()
-    }
-
     /// Pairs by QR: the phone scans, the command exits 0 saying "linked".
     pub async fn pair(&self) {
         let mut p = self.spawn_pair();
-        let qr = Rig::wait_qr(&p).await;
+        let qr = super::wait_qr(&p).await;
         self.wa().scan(&qr).await.unwrap();
         assert_eq!(
             p.exit_code().await,
