@@ -1,6 +1,8 @@
-//! The channels' way in: policy first, then the durable write (which dedupes by channel + id),
-//! then the hand-off to the turn scheduler. A channel acknowledges upstream only after
-//! [`Intake::submit`] returned `Ok`, so every acknowledged message is on disk.
+//! The channels' way in: policy first, then the write (which dedupes by channel + id), then the
+//! hand-off to the turn scheduler. The hand-off happens as soon as the write is committed, while
+//! its fsync runs, so the agent call does not wait for the disk; [`Intake::submit`] returns `Ok`
+//! only after the fsync, and a channel acknowledges upstream only then, so every acknowledged
+//! message is on disk. (No reply can leave before that fsync either: see `store::writer`.)
 
 use super::{Event, IntakeError, Submitted, session};
 use crate::channel::Inbound;
@@ -66,7 +68,7 @@ impl Intake {
         )
     }
 
-    /// Policy, dedupe, durable write, then hand to the turn scheduler. Returns once durable.
+    /// Policy, dedupe, write, hand to the turn scheduler. Returns once the write is durable.
     pub async fn submit(&self, msg: Inbound) -> Result<Submitted, IntakeError> {
         let mut one = self.submit_batch(vec![msg]).await;
         one.pop().unwrap_or(Err(IntakeError::ShuttingDown))
@@ -125,10 +127,22 @@ impl Core {
         }
         if !writes.is_empty() {
             let recs = writes.iter().map(|(_, _, r)| r.clone()).collect();
-            match self.store.accept_many(recs).await {
-                Ok(outcomes) => {
+            match self.store.accept_visible(recs).await {
+                Ok((outcomes, durable)) => {
+                    let written: Vec<usize> = writes.iter().map(|(at, _, _)| *at).collect();
                     for ((at, channel, rec), outcome) in writes.into_iter().zip(outcomes) {
                         out[at] = Some(Ok(self.accepted(channel, rec, outcome).await));
+                    }
+                    // Not acknowledged upstream unless durable. (The router may already run a turn
+                    // for it: if the fsync failed, the server redelivers and the dedupe, or a
+                    // restart, sorts it out; no reply is sent before a later fsync succeeds.)
+                    match durable.wait().await {
+                        Ok(()) => crate::fault::crash_point("after-accept"),
+                        Err(e) => {
+                            for at in written {
+                                out[at] = Some(Err(IntakeError::Store(e.to_string())));
+                            }
+                        }
                     }
                 }
                 Err(e) => {
@@ -163,7 +177,7 @@ impl Core {
         }
     }
 
-    /// After the durable write: count, log, hand the new message to the scheduler.
+    /// After the write is committed: count, log, hand the new message to the scheduler.
     async fn accepted(
         &self,
         channel: crate::channel::ChannelKind,
@@ -180,8 +194,7 @@ impl Core {
                 Metrics::inc(&self.metrics.messages_in[channel.index()]);
                 Metrics::inc(&self.metrics.inbox_pending);
                 tracing::info!(channel = %channel, id = %rec.msg_id, seq, "accepted");
-                crate::fault::crash_point("after-accept");
-                // Durable already: if the router is gone (shutdown), the restart resumes it.
+                // Committed: if the router is gone (shutdown), the restart resumes it.
                 let _ = self.events.send(Event::Inbound(seq, rec)).await;
                 Submitted::Accepted
             }

@@ -2,13 +2,16 @@
 //!
 //! Holds the inbox (every accepted inbound message), the outbox (every reply and how far its sending
 //! got), per-session state with bounded history, channel cursors, and channel auth state. All
-//! writes go through one writer thread ([`writer`]) that groups the operations arriving within a
-//! short window into one transaction, and fsyncs that transaction only if one of its operations
-//! needs durability (an accepted message, a send about to happen, auth state). Everything else rides
-//! along and becomes durable with the next fsync. This is the only code that commits.
+//! writes go through one writer thread ([`writer`]) that groups the operations queued while the
+//! previous commit ran into one transaction, and fsyncs that transaction only if one of its
+//! operations needs durability (an accepted message, a send about to happen, auth state). Everything
+//! else rides along and becomes durable with the next fsync. This is the only code that commits.
+//! Reads are answered by a reader thread and never wait for a commit.
 //!
 //! The rules the rest of the daemon relies on:
 //! - [`Store::accept`] returns only once the message is durable: channels acknowledge upstream after.
+//!   [`Store::accept_visible`] answers earlier, once the rows are committed, so the turn can start
+//!   while the fsync runs; its [`Durable`] resolves after the fsync.
 //! - [`Store::mark_in_flight`] is durable before a chunk is sent; after a crash a chunk marked in
 //!   flight is resent only on channels whose sends are idempotent, so no reply is sent twice.
 //! - A turn's completion (inbox rows answered, history, outbox row) is one atomic transaction.
@@ -28,7 +31,8 @@ use tokio::sync::{mpsc, oneshot};
 
 /// The store's file name inside the state directory.
 pub const FILE_NAME: &str = "clawbox.redb";
-/// Operations waiting for the writer thread; senders wait (backpressure) beyond this.
+/// Operations waiting for the writer thread, and reads waiting for the reader thread; senders wait
+/// (backpressure) beyond this.
 const QUEUE_DEPTH: usize = 1024;
 /// How often lazily committed writes are made durable while any are outstanding.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(2);
@@ -69,6 +73,16 @@ pub enum Accepted {
     Duplicate,
 }
 
+/// The second answer of [`Store::accept_visible`]: resolves once the accepted rows are fsynced.
+#[must_use = "acknowledge upstream only after the write is durable"]
+pub struct Durable(oneshot::Receiver<Result<(), StoreError>>);
+
+impl Durable {
+    pub async fn wait(self) -> Result<(), StoreError> {
+        self.0.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
 /// What a restarted daemon must finish.
 #[derive(Debug, Default)]
 pub struct Recovery {
@@ -97,10 +111,12 @@ pub struct TurnDone {
 }
 
 pub(crate) enum Op {
-    /// One or more inbound messages, accepted in order in one transaction (one fsync).
+    /// One or more inbound messages, accepted in order in one transaction (one fsync): the
+    /// outcomes once committed (visible), then a second answer once fsynced (durable).
     Accept(
         Vec<InboxRecord>,
         oneshot::Sender<Result<Vec<Accepted>, StoreError>>,
+        oneshot::Sender<Result<(), StoreError>>,
     ),
     TurnDone(TurnDone, oneshot::Sender<Result<Option<u64>, StoreError>>),
     InFlight(u64, oneshot::Sender<Result<(), StoreError>>),
@@ -144,8 +160,11 @@ impl Op {
 
 #[derive(Clone)]
 enum Backend {
-    /// The writer thread over the file.
-    Thread(mpsc::Sender<Op>),
+    /// The writer thread and the reader thread over the file.
+    Thread {
+        writes: mpsc::Sender<Op>,
+        reads: mpsc::Sender<Op>,
+    },
     /// In memory, each operation handled inline (tests under a paused clock).
     Inline(Arc<std::sync::Mutex<writer::Writer>>),
 }
@@ -162,10 +181,11 @@ impl Store {
     /// wrong modes are fixed (with a warning).
     pub fn open(dir: &Path, cfg: &StoreConfig, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
         let path = writer::prepare_dir_and_file(dir)?;
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        writer::spawn(&path, cfg, metrics, rx)?;
+        let (writes, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (reads, read_rx) = mpsc::channel(QUEUE_DEPTH);
+        writer::spawn(&path, cfg, metrics, rx, read_rx)?;
         Ok(Store {
-            backend: Backend::Thread(tx),
+            backend: Backend::Thread { writes, reads },
             path: Arc::new(path),
         })
     }
@@ -183,7 +203,10 @@ impl Store {
 
     async fn send(&self, op: Op) -> Result<(), StoreError> {
         match &self.backend {
-            Backend::Thread(tx) => tx.send(op).await.map_err(|_| StoreError::Closed),
+            Backend::Thread { writes, reads } => {
+                let to = if op.is_read() { reads } else { writes };
+                to.send(op).await.map_err(|_| StoreError::Closed)
+            }
             Backend::Inline(w) => {
                 // A poisoned lock means a panic mid-operation; redb itself stays consistent.
                 w.lock().unwrap_or_else(|p| p.into_inner()).handle(op);
@@ -215,7 +238,22 @@ impl Store {
     /// [`Store::accept`] for a batch (a Telegram getUpdates answer): one transaction, one fsync,
     /// the outcomes in the records' order.
     pub async fn accept_many(&self, recs: Vec<InboxRecord>) -> Result<Vec<Accepted>, StoreError> {
-        self.call(|tx| Op::Accept(recs, tx)).await
+        let (outcomes, durable) = self.accept_visible(recs).await?;
+        durable.wait().await?;
+        Ok(outcomes)
+    }
+
+    /// [`Store::accept_many`] in two answers: the outcomes as soon as the rows are committed
+    /// (every later operation sees them; a crash before the fsync loses them, and the server, not
+    /// yet acknowledged, redelivers), then [`Durable`] once they are fsynced. Acknowledge upstream
+    /// only after [`Durable::wait`].
+    pub async fn accept_visible(
+        &self,
+        recs: Vec<InboxRecord>,
+    ) -> Result<(Vec<Accepted>, Durable), StoreError> {
+        let (done, durable) = oneshot::channel();
+        let outcomes = self.call(|tx| Op::Accept(recs, tx, done)).await?;
+        Ok((outcomes, Durable(durable)))
     }
 
     /// Records a finished turn: inbox rows answered, history, the reply queued; returns the outbox
@@ -354,5 +392,37 @@ mod tests {
             "{got:?}"
         );
         assert_eq!(metrics.store_fsyncs.load(Relaxed), before + 1);
+    }
+
+    /// On the file store: the accept's rows are readable (from the reader thread) as soon as its
+    /// outcomes are out, before anyone waited for the fsync; waiting costs exactly one fsync; and
+    /// what was waited for is there after a reopen.
+    #[tokio::test]
+    async fn accepted_rows_are_readable_before_the_fsync_and_durable_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let store = Store::open(dir.path(), &StoreConfig::default(), metrics.clone()).unwrap();
+        let fsyncs = metrics.store_fsyncs.load(Relaxed);
+        let (got, durable) = store
+            .accept_visible(vec![rec("1"), rec("2")])
+            .await
+            .unwrap();
+        assert!(
+            matches!(got.as_slice(), [Accepted::New(_), Accepted::New(_)]),
+            "{got:?}"
+        );
+        let seen = store.pending_for("telegram:42").await.unwrap();
+        assert_eq!(seen.len(), 2, "committed rows are visible to reads");
+        durable.wait().await.unwrap();
+        assert_eq!(metrics.store_fsyncs.load(Relaxed), fsyncs + 1);
+        // A redelivery of what is in the inbox is a duplicate and writes nothing.
+        let commits = metrics.store_commits.load(Relaxed);
+        let again = store.accept_many(vec![rec("2")]).await.unwrap();
+        assert_eq!(again, vec![Accepted::Duplicate]);
+        assert_eq!(metrics.store_commits.load(Relaxed), commits);
+        store.close().await;
+        drop(store);
+        let store = Store::open(dir.path(), &StoreConfig::default(), metrics).unwrap();
+        assert_eq!(store.recover().await.unwrap().pending.len(), 2);
     }
 }

@@ -1,8 +1,17 @@
-//! The writer thread: the only place that opens transactions. Operations queued together (those
-//! that arrived while the previous commit ran, or within the optional commit window) share one
-//! transaction; it is fsynced (`Durability::Immediate`) only when one of
-//! them needs it, otherwise committed with `Durability::None` and made durable by the next fsync.
-//! Replies are sent after the commit, so a caller told "durable" can rely on it.
+//! The writer thread: the only place that opens write transactions. Operations queued together
+//! (those that arrived while the previous commit ran, or within the optional commit window) share
+//! one transaction; it is fsynced (`Durability::Immediate`) only when one of them needs it,
+//! otherwise committed with `Durability::None` and made durable by the next fsync. Replies are sent
+//! after the commit, so a caller told "durable" can rely on it.
+//!
+//! A batch that accepts new inbound messages commits in two steps: first without fsync, which makes
+//! the rows visible to every later operation and lets the accept's outcomes go out at once (the
+//! router starts the turn), then an fsync, after which the "durable" answers go out (the channel
+//! acknowledges upstream). Nothing can be sent in reply before that fsync: every send is preceded
+//! by a durable in-flight mark, and the writer runs operations in order.
+//!
+//! Reads do not queue behind commits: the reader thread ([`serve_reads`]) answers them from read
+//! transactions, which see every commit that returned, fsynced or not.
 
 use super::records::{INBOX_ANSWERED, INBOX_PENDING};
 use super::{
@@ -190,6 +199,7 @@ pub(super) fn spawn(
     cfg: &StoreConfig,
     metrics: Arc<Metrics>,
     rx: mpsc::Receiver<Op>,
+    read_rx: mpsc::Receiver<Op>,
 ) -> Result<(), StoreError> {
     let window = Duration::from_millis(cfg.commit_window_ms);
     // redb can panic on some forms of damage (an allocator assertion, on a truncated file) while
@@ -200,7 +210,7 @@ pub(super) fn spawn(
     std::panic::set_hook(Box::new(|_| {}));
     let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let db = open_db(path, cfg)?;
-        Writer::new(db, metrics, window, path.to_path_buf())
+        Writer::new(Arc::new(db), metrics, window, path.to_path_buf())
     }));
     std::panic::set_hook(quiet);
     let w = match made {
@@ -213,15 +223,53 @@ pub(super) fn spawn(
             )));
         }
     };
+    let db = Arc::downgrade(&w.db);
     std::thread::Builder::new()
         .name("clawbox-store".into())
         .spawn(move || w.run(rx))
         .map_err(|e| StoreError::Open(format!("cannot start the store thread: {e}")))?;
+    std::thread::Builder::new()
+        .name("clawbox-store-read".into())
+        .spawn(move || serve_reads(db, read_rx))
+        .map_err(|e| StoreError::Open(format!("cannot start the store reader thread: {e}")))?;
     Ok(())
+}
+
+/// The reader thread: answers read operations from read transactions, so a read (a session's
+/// history before an agent call, the WhatsApp library's keys) never waits for an fsync. Ends when
+/// every handle is dropped; after the writer closed the file it answers [`StoreError::Closed`].
+fn serve_reads(db: std::sync::Weak<Database>, mut rx: mpsc::Receiver<Op>) {
+    while let Some(op) = rx.blocking_recv() {
+        match db.upgrade() {
+            Some(db) => read(&db, op),
+            None => fail(op, StoreError::Closed),
+        }
+    }
 }
 
 /// A reply to send once the batch's commit outcome is known.
 type Reply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+
+/// A reply and whether it promises durability (sent only after the batch's fsync).
+struct Pending {
+    reply: Reply,
+    durable: bool,
+}
+
+impl Pending {
+    fn visible(reply: Reply) -> Pending {
+        Pending {
+            reply,
+            durable: false,
+        }
+    }
+    fn durable(reply: Reply) -> Pending {
+        Pending {
+            reply,
+            durable: true,
+        }
+    }
+}
 
 fn reply<T: Send + 'static>(
     tx: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
@@ -236,7 +284,8 @@ fn reply<T: Send + 'static>(
 }
 
 pub(super) struct Writer {
-    db: Database,
+    /// The only strong reference: the file closes when the writer ends (the reader holds a `Weak`).
+    db: Arc<Database>,
     metrics: Arc<Metrics>,
     window: Duration,
     /// Lazily committed writes not yet fsynced.
@@ -261,12 +310,17 @@ pub(super) fn in_memory(metrics: Arc<Metrics>) -> Result<Writer, StoreError> {
     let backend = redb::backends::InMemoryBackend::new();
     let opened = std::panic::catch_unwind(|| Database::builder().create_with_backend(backend));
     let db = init_db(opened, Path::new("<memory>"))?;
-    Writer::new(db, metrics, Duration::ZERO, PathBuf::from("<memory>"))
+    Writer::new(
+        Arc::new(db),
+        metrics,
+        Duration::ZERO,
+        PathBuf::from("<memory>"),
+    )
 }
 
 impl Writer {
     fn new(
-        db: Database,
+        db: Arc<Database>,
         metrics: Arc<Metrics>,
         window: Duration,
         path: PathBuf,
@@ -288,7 +342,7 @@ impl Writer {
     pub(super) fn handle(&mut self, op: Op) {
         match op {
             Op::Close(done) => self.close(done),
-            op if op.is_read() => self.read(op),
+            op if op.is_read() => read(&self.db, op),
             op => self.write_batch(vec![op]),
         }
     }
@@ -313,11 +367,11 @@ impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         while let Some(first) = rx.blocking_recv() {
             if let Op::Close(done) = first {
-                self.close(done);
+                self.close_file(done);
                 return;
             }
             if first.is_read() {
-                self.read(first);
+                read(&self.db, first);
                 continue;
             }
             let mut batch = vec![first];
@@ -340,10 +394,10 @@ impl Writer {
             }
             self.write_batch(batch);
             for op in deferred {
-                self.read(op);
+                read(&self.db, op);
             }
             if let Some(done) = close {
-                self.close(done);
+                self.close_file(done);
                 return;
             }
         }
@@ -353,12 +407,24 @@ impl Writer {
         }
     }
 
-    fn close(&mut self, done: tokio::sync::oneshot::Sender<()>) {
+    /// Flushes, closes the file (the reader holds only a `Weak`), then answers: once the caller
+    /// hears back, the file can be opened again.
+    fn close_file(mut self, done: tokio::sync::oneshot::Sender<()>) {
+        self.flush_for_close();
+        drop(self);
+        let _ = done.send(());
+    }
+
+    fn flush_for_close(&mut self) {
         if self.dirty {
             if let Err(e) = self.commit_empty_durable() {
                 tracing::error!(error = %e, "final store flush failed");
             }
         }
+    }
+
+    fn close(&mut self, done: tokio::sync::oneshot::Sender<()>) {
+        self.flush_for_close();
         let _ = done.send(());
     }
 
@@ -370,99 +436,104 @@ impl Writer {
         Metrics::inc(&self.metrics.store_fsyncs);
         Ok(())
     }
+}
 
-    fn read(&mut self, op: Op) {
-        let tx = match self.db.begin_read() {
-            Ok(tx) => tx,
-            Err(e) => {
-                fail(op, io(e));
-                return;
-            }
-        };
-        match op {
-            Op::Cursor(name, r) => {
-                let v = (|| {
-                    let t = tx.open_table(CURSORS).map_err(io)?;
-                    Ok(t.get(name.as_str())
-                        .map_err(io)?
-                        .map(|v| v.value().to_vec()))
-                })();
-                let _ = r.send(v);
-            }
-            Op::Auth(key, r) => {
-                let v = (|| {
-                    let t = tx.open_table(AUTH).map_err(io)?;
-                    Ok(t.get(key.as_str()).map_err(io)?.map(|v| v.value().to_vec()))
-                })();
-                let _ = r.send(v);
-            }
-            Op::Session(s, r) => {
-                let v = (|| {
-                    let t = tx.open_table(SESSIONS).map_err(io)?;
-                    match t.get(s.as_str()).map_err(io)? {
-                        Some(v) => decode::<SessionRecord>(v.value()).or_else(|e| {
-                            tracing::warn!(error = %e, "session record unreadable; starting it afresh");
-                            Ok(SessionRecord::default())
-                        }),
-                        None => Ok(SessionRecord::default()),
-                    }
-                })();
-                let _ = r.send(v);
-            }
-            Op::Recover(r) => {
-                let v = (|| {
-                    let mut rec = Recovery::default();
-                    let inbox = tx.open_table(INBOX).map_err(io)?;
-                    for row in inbox.iter().map_err(io)? {
-                        let (k, v) = row.map_err(io)?;
-                        match decode::<InboxRecord>(v.value()) {
-                            Ok(m) if m.state == INBOX_PENDING => rec.pending.push((k.value(), m)),
-                            Ok(_) => {}
-                            Err(e) => {
-                                tracing::error!(seq = k.value(), error = %e, "skipping an unreadable inbox row");
-                                rec.skipped += 1;
-                            }
-                        }
-                    }
-                    let outbox = tx.open_table(OUTBOX).map_err(io)?;
-                    for row in outbox.iter().map_err(io)? {
-                        let (k, v) = row.map_err(io)?;
-                        match decode::<OutboxRecord>(v.value()) {
-                            Ok(m) => rec.outbox.push((k.value(), m)),
-                            Err(e) => {
-                                tracing::error!(seq = k.value(), error = %e, "skipping an unreadable outbox row");
-                                rec.skipped += 1;
-                            }
-                        }
-                    }
-                    Ok(rec)
-                })();
-                let _ = r.send(v);
-            }
-            Op::PendingFor(s, r) => {
-                let v = (|| {
-                    let inbox = tx.open_table(INBOX).map_err(io)?;
-                    let mut out = Vec::new();
-                    for row in inbox.iter().map_err(io)? {
-                        let (k, v) = row.map_err(io)?;
-                        if let Ok(m) = decode::<InboxRecord>(v.value()) {
-                            if m.state == INBOX_PENDING && m.session == s {
-                                out.push((k.value(), m));
-                            }
-                        }
-                    }
-                    Ok(out)
-                })();
-                let _ = r.send(v);
-            }
-            Op::Kv(op) => super::kv::read(&tx, op),
-            other => fail(other, StoreError::Io("internal: not a read".into())),
+/// Answers one read operation from a fresh read transaction.
+fn read(db: &Database, op: Op) {
+    let tx = match db.begin_read() {
+        Ok(tx) => tx,
+        Err(e) => {
+            fail(op, io(e));
+            return;
         }
+    };
+    match op {
+        Op::Cursor(name, r) => {
+            let v = (|| {
+                let t = tx.open_table(CURSORS).map_err(io)?;
+                Ok(t.get(name.as_str())
+                    .map_err(io)?
+                    .map(|v| v.value().to_vec()))
+            })();
+            let _ = r.send(v);
+        }
+        Op::Auth(key, r) => {
+            let v = (|| {
+                let t = tx.open_table(AUTH).map_err(io)?;
+                Ok(t.get(key.as_str()).map_err(io)?.map(|v| v.value().to_vec()))
+            })();
+            let _ = r.send(v);
+        }
+        Op::Session(s, r) => {
+            let v = (|| {
+                let t = tx.open_table(SESSIONS).map_err(io)?;
+                match t.get(s.as_str()).map_err(io)? {
+                    Some(v) => decode::<SessionRecord>(v.value()).or_else(|e| {
+                        tracing::warn!(error = %e, "session record unreadable; starting it afresh");
+                        Ok(SessionRecord::default())
+                    }),
+                    None => Ok(SessionRecord::default()),
+                }
+            })();
+            let _ = r.send(v);
+        }
+        Op::Recover(r) => {
+            let v = (|| {
+                let mut rec = Recovery::default();
+                let inbox = tx.open_table(INBOX).map_err(io)?;
+                for row in inbox.iter().map_err(io)? {
+                    let (k, v) = row.map_err(io)?;
+                    match decode::<InboxRecord>(v.value()) {
+                        Ok(m) if m.state == INBOX_PENDING => rec.pending.push((k.value(), m)),
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::error!(seq = k.value(), error = %e, "skipping an unreadable inbox row");
+                            rec.skipped += 1;
+                        }
+                    }
+                }
+                let outbox = tx.open_table(OUTBOX).map_err(io)?;
+                for row in outbox.iter().map_err(io)? {
+                    let (k, v) = row.map_err(io)?;
+                    match decode::<OutboxRecord>(v.value()) {
+                        Ok(m) => rec.outbox.push((k.value(), m)),
+                        Err(e) => {
+                            tracing::error!(seq = k.value(), error = %e, "skipping an unreadable outbox row");
+                            rec.skipped += 1;
+                        }
+                    }
+                }
+                Ok(rec)
+            })();
+            let _ = r.send(v);
+        }
+        Op::PendingFor(s, r) => {
+            let v = (|| {
+                let inbox = tx.open_table(INBOX).map_err(io)?;
+                let mut out = Vec::new();
+                for row in inbox.iter().map_err(io)? {
+                    let (k, v) = row.map_err(io)?;
+                    if let Ok(m) = decode::<InboxRecord>(v.value()) {
+                        if m.state == INBOX_PENDING && m.session == s {
+                            out.push((k.value(), m));
+                        }
+                    }
+                }
+                Ok(out)
+            })();
+            let _ = r.send(v);
+        }
+        Op::Kv(op) => super::kv::read(&tx, op),
+        other => fail(other, StoreError::Io("internal: not a read".into())),
     }
+}
 
+impl Writer {
     fn write_batch(&mut self, batch: Vec<Op>) {
-        let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+        let mut replies: Vec<Pending> = Vec::with_capacity(batch.len() + 1);
         let mut durable = false;
+        // New inbound messages in the batch: commit in two steps (see the module doc).
+        let mut early = false;
         let mut bytes = 0u64;
         let result = (|| -> Result<bool, StoreError> {
             let mut tx = self.db.begin_write().map_err(io)?;
@@ -475,7 +546,7 @@ impl Writer {
                 let mut auth = tx.open_table(AUTH).map_err(io)?;
                 for op in batch {
                     match op {
-                        Op::Accept(recs, r) => {
+                        Op::Accept(recs, r, done) => {
                             let mut outcomes = Vec::with_capacity(recs.len());
                             for rec in recs {
                                 let key = id_key(&rec.channel, &rec.msg_id);
@@ -490,9 +561,11 @@ impl Writer {
                                 inbox.insert(seq, buf.as_slice()).map_err(io)?;
                                 ids.insert(key.as_str(), seq).map_err(io)?;
                                 durable = true;
+                                early = true;
                                 outcomes.push(Accepted::New(seq));
                             }
-                            replies.push(reply(r, Ok(outcomes)));
+                            replies.push(Pending::visible(reply(r, Ok(outcomes))));
+                            replies.push(Pending::durable(reply(done, Ok(()))));
                         }
                         Op::TurnDone(done, r) => {
                             let TurnDone {
@@ -545,7 +618,7 @@ impl Writer {
                                 }
                                 _ => None,
                             };
-                            replies.push(reply(r, Ok(seq)));
+                            replies.push(Pending::visible(reply(r, Ok(seq))));
                         }
                         Op::InFlight(seq, r) => {
                             let row = outbox
@@ -559,13 +632,13 @@ impl Writer {
                                     bytes += buf.len() as u64;
                                     outbox.insert(seq, buf.as_slice()).map_err(io)?;
                                     durable = true;
-                                    replies.push(reply(r, Ok(())));
+                                    replies.push(Pending::durable(reply(r, Ok(()))));
                                 }
-                                Some(Err(e)) => replies.push(reply(r, Err(e))),
-                                None => replies.push(reply(
+                                Some(Err(e)) => replies.push(Pending::visible(reply(r, Err(e)))),
+                                None => replies.push(Pending::visible(reply(
                                     r,
                                     Err(StoreError::Io(format!("no outbox row {seq}"))),
-                                )),
+                                ))),
                             }
                         }
                         Op::Sent(seq, r) => {
@@ -580,38 +653,38 @@ impl Writer {
                                     if o.next as usize >= o.chunks.len() {
                                         bytes += 1;
                                         outbox.remove(seq).map_err(io)?;
-                                        replies.push(reply(r, Ok(true)));
+                                        replies.push(Pending::visible(reply(r, Ok(true))));
                                     } else {
                                         let buf = o.encode_to_vec();
                                         bytes += buf.len() as u64;
                                         outbox.insert(seq, buf.as_slice()).map_err(io)?;
-                                        replies.push(reply(r, Ok(false)));
+                                        replies.push(Pending::visible(reply(r, Ok(false))));
                                     }
                                 }
                                 Some(Err(e)) => {
                                     outbox.remove(seq).map_err(io)?;
-                                    replies.push(reply(r, Err(e)));
+                                    replies.push(Pending::visible(reply(r, Err(e))));
                                 }
-                                None => replies.push(reply(r, Ok(true))),
+                                None => replies.push(Pending::visible(reply(r, Ok(true)))),
                             }
                         }
                         Op::Abandon(seq, r) => {
                             bytes += 1;
                             outbox.remove(seq).map_err(io)?;
-                            replies.push(reply(r, Ok(())));
+                            replies.push(Pending::visible(reply(r, Ok(()))));
                         }
                         Op::SetCursor(name, value, r) => {
                             bytes += (name.len() + value.len()) as u64;
                             cursors
                                 .insert(name.as_str(), value.as_slice())
                                 .map_err(io)?;
-                            replies.push(reply(r, Ok(())));
+                            replies.push(Pending::visible(reply(r, Ok(()))));
                         }
                         Op::SetAuth(key, value, r) => {
                             bytes += (key.len() + value.len()) as u64;
                             auth.insert(key.as_str(), value.as_slice()).map_err(io)?;
                             durable = true;
-                            replies.push(reply(r, Ok(())));
+                            replies.push(Pending::durable(reply(r, Ok(()))));
                         }
                         Op::DeleteAuthPrefix(prefix, r) => {
                             let mut n = 0usize;
@@ -623,18 +696,21 @@ impl Writer {
                             .map_err(io)?;
                             durable = true;
                             bytes += n as u64;
-                            replies.push(reply(r, Ok(n)));
+                            replies.push(Pending::durable(reply(r, Ok(n))));
                         }
                         Op::Kv(op) => {
                             let a = super::kv::apply(&tx, op)?;
                             bytes += a.bytes;
                             durable |= a.durable;
-                            replies.push(a.reply);
+                            replies.push(Pending {
+                                reply: a.reply,
+                                durable: a.durable,
+                            });
                         }
                         Op::Flush(r) => {
                             // Only if something is waiting to be made durable: an idle box writes nothing.
                             durable |= self.dirty;
-                            replies.push(reply(r, Ok(())));
+                            replies.push(Pending::durable(reply(r, Ok(()))));
                         }
                         Op::Gc(now_ms) => {
                             bytes += gc(&mut inbox, &mut ids, &mut sessions, now_ms)?;
@@ -645,27 +721,27 @@ impl Writer {
                                 .get(name.as_str())
                                 .map_err(io)?
                                 .map(|v| v.value().to_vec());
-                            replies.push(reply(r, Ok(v)));
+                            replies.push(Pending::visible(reply(r, Ok(v))));
                         }
                         Op::Auth(key, r) => {
                             let v = auth
                                 .get(key.as_str())
                                 .map_err(io)?
                                 .map(|v| v.value().to_vec());
-                            replies.push(reply(r, Ok(v)));
+                            replies.push(Pending::visible(reply(r, Ok(v))));
                         }
                         Op::Session(s, r) => {
                             let v = match sessions.get(s.as_str()).map_err(io)? {
                                 Some(v) => decode::<SessionRecord>(v.value()).unwrap_or_default(),
                                 None => SessionRecord::default(),
                             };
-                            replies.push(reply(r, Ok(v)));
+                            replies.push(Pending::visible(reply(r, Ok(v))));
                         }
                         // Never batched (see `run`); answered from a read transaction.
                         op @ (Op::Recover(_) | Op::PendingFor(..) | Op::Close(_)) => {
-                            replies.push(Box::new(move |_| {
+                            replies.push(Pending::visible(Box::new(move |_| {
                                 fail(op, StoreError::Io("internal: misrouted read".into()))
-                            }));
+                            })));
                         }
                     }
                 }
@@ -675,7 +751,8 @@ impl Writer {
                 tx.abort().map_err(io)?;
                 return Ok(false);
             }
-            let durability = if durable {
+            // Two steps for new inbound messages: this commit without fsync, the fsync below.
+            let durability = if durable && !early {
                 Durability::Immediate
             } else {
                 Durability::None
@@ -689,7 +766,7 @@ impl Writer {
             Ok(true) => {
                 Metrics::inc(&self.metrics.store_commits);
                 self.metrics.store_bytes_written.fetch_add(bytes, Relaxed);
-                if durable {
+                if durable && !early {
                     Metrics::inc(&self.metrics.store_fsyncs);
                     self.dirty = false;
                 } else {
@@ -702,8 +779,22 @@ impl Writer {
             }
         }
         let err = result.err();
-        for r in replies {
-            r(err.as_ref());
+        let (later, now): (Vec<Pending>, Vec<Pending>) = replies
+            .into_iter()
+            .partition(|p| p.durable && early && err.is_none());
+        for p in now {
+            (p.reply)(err.as_ref());
+        }
+        if later.is_empty() {
+            return;
+        }
+        // The accepts' outcomes are out (the router may start the turns); now make it durable.
+        let synced = self.commit_empty_durable();
+        if let Err(e) = &synced {
+            tracing::error!(error = %e, file = %self.path.display(), "store fsync failed");
+        }
+        for p in later {
+            (p.reply)(synced.as_ref().err());
         }
     }
 }
@@ -781,7 +872,10 @@ fn gc(
 
 fn fail(op: Op, e: StoreError) {
     match op {
-        Op::Accept(_, r) => drop(r.send(Err(e))),
+        Op::Accept(_, r, done) => {
+            drop(r.send(Err(e.clone())));
+            drop(done.send(Err(e)));
+        }
         Op::TurnDone(_, r) => drop(r.send(Err(e))),
         Op::InFlight(_, r)
         | Op::Abandon(_, r)
