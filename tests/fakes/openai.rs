@@ -206,6 +206,13 @@ impl FakeOpenAi {
         self.state.received.lock().unwrap().clone()
     }
 
+    /// When the newest request matching `pred` arrived, looked up under the lock without copying
+    /// the log (a poll loop that clones every request would slow the fake it is timing).
+    pub fn arrival_of(&self, pred: impl Fn(&Received) -> bool) -> Option<tokio::time::Instant> {
+        let log = self.state.received.lock().unwrap();
+        log.iter().rev().find(|r| pred(r)).map(|r| r.at)
+    }
+
     /// Streams the client dropped before their end.
     pub fn abandoned(&self) -> usize {
         *self.state.abandoned.borrow()
