@@ -4,9 +4,18 @@
 # emulation (binfmt_misc is not available in containers, so qemu is the cargo runner).
 # Debug profile: this proves the code behaves on ARM; the release binary is image/build-binaries.sh.
 # Extra arguments go to `cargo test` after the selection (e.g. `tests/arm.sh -- --nocapture`).
+# `tests/arm.sh --build-only` builds the test binary and stops (CI starts it early, beside the
+# native tests). ARM artifacts live in <target dir>/arm, apart from the host build's, so the two
+# never wait on each other's build-directory lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TRIPLE=aarch64-unknown-linux-musl
+build_only=0
+if [ "${1:-}" = --build-only ]; then
+  build_only=1
+  shift
+fi
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/arm"
 
 # --- The release build must verify WhatsApp's certificate chain ------------------------------------
 # The fake WhatsApp server's dev-dependency enables danger-skip-cert-chain-verify for test builds
@@ -21,16 +30,20 @@ fi
 echo "ok: wacore-noise has no danger-* feature outside dev builds"
 
 # --- Tools --------------------------------------------------------------------------------------
+rustup target list --installed | grep -qx "$TRIPLE" || rustup target add "$TRIPLE"
+# shellcheck source=image/zig-tools.sh
+. image/zig-tools.sh
+zig_tools
+if [ "$build_only" = 1 ]; then
+  echo "== cargo test --lib --no-run on $TRIPLE (build only)"
+  exec cargo-zigbuild test --locked --target "$TRIPLE" --lib --no-run "$@"
+fi
 if ! command -v qemu-aarch64-static >/dev/null 2>&1; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends qemu-user-static >/dev/null
 fi
-rustup target list --installed | grep -qx "$TRIPLE" || rustup target add "$TRIPLE"
-# shellcheck source=image/zig-tools.sh
-. image/zig-tools.sh
-zig_tools
 
 # --- Tests under emulation ---------------------------------------------------------------------
 # The unit tests (the binary-spawning integration tests stay with the native run). qemu is the

@@ -5,6 +5,7 @@
 # a `fuzz: N passed, N failed` line.
 #
 #   tests/fuzz.sh [SECONDS] [JOBS]
+#   tests/fuzz.sh --build-only      (build every target and stop; CI starts this early)
 #
 # JOBS targets run side by side (default 1; each fuzzer uses one core).
 #
@@ -15,6 +16,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+build_only=0
+if [ "${1:-}" = --build-only ]; then
+  build_only=1
+  shift
+fi
 secs="${1:-30}"
 jobs="${2:-1}"
 case "$secs$jobs" in '' | *[!0-9]*) echo "usage: tests/fuzz.sh [SECONDS] [JOBS]" >&2; exit 2 ;; esac
@@ -34,6 +40,7 @@ flags=(--debug-assertions --sanitizer none --codegen-units 16 --target-dir "$tar
 
 echo "== cargo fuzz build"
 cargo fuzz build "${flags[@]}"
+[ "$build_only" = 1 ] && exit 0
 
 # One target: its verdict line goes to $work/<target>.verdict.
 run_target() {
