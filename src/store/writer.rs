@@ -370,6 +370,8 @@ impl Writer {
                 self.close_file(done);
                 return;
             }
+            // Store routes reads to the reader thread; one that reaches the writer anyway is
+            // answered from a read transaction, never folded into a write batch.
             if first.is_read() {
                 read(&self.db, first);
                 continue;
@@ -379,23 +381,18 @@ impl Writer {
                 std::thread::sleep(self.window);
             }
             let mut close = None;
-            let mut deferred = Vec::new();
             while batch.len() < MAX_BATCH_OPS {
                 match rx.try_recv() {
                     Ok(Op::Close(done)) => {
                         close = Some(done);
                         break;
                     }
-                    // Whole-table scans read after the batch commits, from a read transaction.
-                    Ok(op @ (Op::Recover(_) | Op::PendingFor(..))) => deferred.push(op),
+                    Ok(op) if op.is_read() => read(&self.db, op),
                     Ok(op) => batch.push(op),
                     Err(_) => break,
                 }
             }
             self.write_batch(batch);
-            for op in deferred {
-                read(&self.db, op);
-            }
             if let Some(done) = close {
                 self.close_file(done);
                 return;
@@ -715,30 +712,13 @@ impl Writer {
                         Op::Gc(now_ms) => {
                             bytes += gc(&mut inbox, &mut ids, &mut sessions, now_ms)?;
                         }
-                        // Reads inside a write batch see the batch's own writes.
-                        Op::Cursor(name, r) => {
-                            let v = cursors
-                                .get(name.as_str())
-                                .map_err(io)?
-                                .map(|v| v.value().to_vec());
-                            replies.push(Pending::visible(reply(r, Ok(v))));
-                        }
-                        Op::Auth(key, r) => {
-                            let v = auth
-                                .get(key.as_str())
-                                .map_err(io)?
-                                .map(|v| v.value().to_vec());
-                            replies.push(Pending::visible(reply(r, Ok(v))));
-                        }
-                        Op::Session(s, r) => {
-                            let v = match sessions.get(s.as_str()).map_err(io)? {
-                                Some(v) => decode::<SessionRecord>(v.value()).unwrap_or_default(),
-                                None => SessionRecord::default(),
-                            };
-                            replies.push(Pending::visible(reply(r, Ok(v))));
-                        }
-                        // Never batched (see `run`); answered from a read transaction.
-                        op @ (Op::Recover(_) | Op::PendingFor(..) | Op::Close(_)) => {
+                        // Never batched (see `run`): reads go to a read transaction.
+                        op @ (Op::Cursor(..)
+                        | Op::Auth(..)
+                        | Op::Session(..)
+                        | Op::Recover(_)
+                        | Op::PendingFor(..)
+                        | Op::Close(_)) => {
                             replies.push(Pending::visible(Box::new(move |_| {
                                 fail(op, StoreError::Io("internal: misrouted read".into()))
                             })));
