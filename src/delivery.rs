@@ -1,13 +1,17 @@
 //! The per-channel send loop: takes finished replies in order, paces them like a person (typing,
 //! gaps, a global budget: [`crate::pacing`]), and sends each chunk through the channel with the
-//! durability order that makes a reply never go out twice:
-//! mark the chunk in flight (fsynced) → send → mark it sent.
+//! durability order that makes a reply neither lost nor sent twice:
+//! the channel arms the chunk right before its request leaves (marked in flight, fsynced:
+//! [`crate::channel::Arm`]) → send → mark it sent.
 //!
-//! After a crash, a chunk found in flight is resent only if the channel's sends are idempotent
-//! (the same key cannot make a second message); otherwise it is counted as in doubt and skipped.
+//! A chunk whose outcome is unknown — the request may have reached the server, and the answer was
+//! lost to a broken link, a crash or a power cut — is settled with the channel before anything
+//! else is sent ([`ChannelCommand::Reconcile`]): sent (never again), not sent (send it), or
+//! unknowable on that channel (not resent, logged). Nothing is skipped while the channel cannot
+//! tell yet (a Telegram outage): the question is asked again until it can.
 
 use crate::backoff::Backoff;
-use crate::channel::{ChannelCommand, ChannelSpec, SendError};
+use crate::channel::{Arm, ChannelCommand, ChannelSpec, Doubt, SendError};
 use crate::config::PacingConfig;
 use crate::metrics::Metrics;
 use crate::pacing::Pacer;
@@ -32,6 +36,9 @@ const RETRY_CAP: Duration = Duration::from_secs(8);
 const MAX_REPLY_AGE_MS: u64 = 24 * 3600 * 1000;
 /// The longest `retry_after` honoured as asked; longer ones are capped (then asked again).
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// A channel that has not settled a chunk in doubt by then is asked again later (its probing is
+/// bounded by its own request deadlines; this only guards against a channel that vanished).
+const RECONCILE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// One reply to deliver.
 #[derive(Debug)]
@@ -53,6 +60,16 @@ enum Sent {
     /// Outcome unknown (channel vanished or timed out mid-send).
     InDoubt,
     Failed(SendError),
+}
+
+/// How a chunk in doubt was settled.
+enum Settled {
+    /// It arrived: count it sent.
+    Sent,
+    /// Send it (again).
+    Resend,
+    /// The reply is too old to keep trying: given up.
+    GaveUp,
 }
 
 impl Delivery {
@@ -93,20 +110,23 @@ impl Delivery {
     async fn deliver(&mut self, job: Job) -> Result<(), crate::store::StoreError> {
         let Job { seq, mut rec } = job;
         let ch = self.spec.kind;
-        // A chunk left in flight by a crash: resend only where that cannot duplicate it.
-        if rec.in_flight {
-            if self.spec.idempotent_send {
-                tracing::info!(channel = %ch, seq, chunk = rec.next, "resending a chunk interrupted by a restart (idempotent)");
-            } else {
-                tracing::warn!(channel = %ch, seq, chunk = rec.next, "a reply chunk was being sent when clawbox stopped; not resending it, to never send it twice");
-                if self.store.mark_sent(seq).await? {
-                    return Ok(());
-                }
-                rec.next = rec.next.saturating_add(1);
-                rec.in_flight = false;
-            }
-        }
         let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP, seq);
+        // A chunk left in flight by a crash: settle it before anything else goes to this channel.
+        if rec.in_flight {
+            tracing::info!(channel = %ch, seq, chunk = rec.next, "a reply chunk was being sent when clawbox stopped; asking the channel whether it arrived");
+            let (hint, since) = (rec.doubt_hint, rec.in_flight_ms);
+            match self.settle(seq, &rec, hint, since).await? {
+                Settled::Sent => {
+                    if self.store.mark_sent(seq).await? {
+                        return Ok(());
+                    }
+                    rec.next = rec.next.saturating_add(1);
+                }
+                Settled::Resend => self.store.clear_in_flight(seq).await?,
+                Settled::GaveUp => return Ok(()),
+            }
+            rec.in_flight = false;
+        }
         let total = rec.chunks.len();
         let mut first = true;
         while (rec.next as usize) < total {
@@ -126,11 +146,25 @@ impl Delivery {
                 });
             }
             sleep_until(plan.send_at).await;
-            self.store.mark_in_flight(seq).await?;
-            crate::fault::crash_point("before-send");
+            let armed = Arc::new(std::sync::Mutex::new(None));
+            let arm = Arm::new(self.store.clone(), seq, armed.clone());
             let outcome = self
-                .send(&rec.chat, text, format!("{}.{idx}", rec.key))
+                .send(
+                    &rec.chat,
+                    text,
+                    format!("{}.{idx}", rec.key),
+                    rec.after_wire_seq,
+                    arm,
+                )
                 .await;
+            let hint = *armed.lock().unwrap_or_else(|p| p.into_inner());
+            // Whatever went wrong, a chunk that was never armed never left.
+            let outcome = match (outcome, hint) {
+                (Sent::InDoubt, None) => {
+                    Sent::Failed(SendError::Retry("the channel dropped the send".into()))
+                }
+                (o, _) => o,
+            };
             match outcome {
                 Sent::Ok => {
                     crate::fault::crash_point("after-send");
@@ -140,31 +174,56 @@ impl Delivery {
                     rec.next = rec.next.saturating_add(1);
                     first = false;
                     backoff.reset();
+                    continue;
                 }
-                Sent::InDoubt if !self.spec.idempotent_send => {
+                Sent::InDoubt => {
                     Metrics::inc(&self.metrics.send_failures[ch.index()]);
-                    tracing::warn!(channel = %ch, seq, chunk = idx, "send outcome unknown; not resending, to never send it twice");
-                    self.store.mark_sent(seq).await?;
-                    rec.next = rec.next.saturating_add(1);
+                    tracing::warn!(channel = %ch, seq, chunk = idx, "send outcome unknown; asking the channel whether it arrived");
+                    let since = crate::store::now_ms();
+                    match self
+                        .settle(seq, &rec, hint.unwrap_or_default(), since)
+                        .await?
+                    {
+                        Settled::Sent => {
+                            self.pacer.on_sent(Instant::now());
+                            Metrics::inc(&self.metrics.messages_out[ch.index()]);
+                            self.store.mark_sent(seq).await?;
+                            rec.next = rec.next.saturating_add(1);
+                            first = false;
+                        }
+                        Settled::Resend => self.store.clear_in_flight(seq).await?,
+                        Settled::GaveUp => break,
+                    }
+                    continue;
                 }
-                Sent::InDoubt | Sent::Failed(SendError::Retry(_) | SendError::InDoubt(_)) => {
+                Sent::Failed(_) if hint.is_some() => {
+                    // Refused before it left (an answer from the server, or no connection at
+                    // all): the mark is lifted. Lazily: a crash before the next fsync leaves it,
+                    // and the chunk is then settled with the channel like any other.
+                    self.store.clear_in_flight(seq).await?;
+                }
+                Sent::Failed(_) => {}
+            }
+            let Sent::Failed(e) = outcome else { continue };
+            match e {
+                SendError::Retry(why) | SendError::InDoubt(why) => {
                     Metrics::inc(&self.metrics.send_failures[ch.index()]);
-                    if crate::store::now_ms().saturating_sub(rec.created_ms) > MAX_REPLY_AGE_MS {
+                    if self.too_old(&rec) {
                         tracing::error!(channel = %ch, seq, "reply could not be sent for a day; giving up on it");
                         self.store.abandon(seq).await?;
                         break;
                     }
                     let wait = backoff.next_delay();
-                    tracing::info!(channel = %ch, seq, retry_in_ms = wait.as_millis() as u64, "send failed; retrying");
+                    tracing::info!(channel = %ch, seq, retry_in_ms = wait.as_millis() as u64, reason = %why, "send failed; retrying");
                     sleep(wait).await;
                 }
-                Sent::Failed(SendError::NotYet(d)) => sleep(d.min(MAX_RETRY_AFTER)).await,
-                Sent::Failed(SendError::RetryAfter(d)) => {
+                SendError::NotYet(d) => sleep(d.min(MAX_RETRY_AFTER)).await,
+                SendError::RetryAfter(d) => {
                     Metrics::inc(&self.metrics.send_failures[ch.index()]);
                     tracing::info!(channel = %ch, seq, retry_after_s = d.as_secs(), "rate limited by the channel");
                     sleep(d.min(MAX_RETRY_AFTER)).await;
                 }
-                Sent::Failed(SendError::Permanent(why)) => {
+                SendError::Permanent(why) => {
                     Metrics::inc(&self.metrics.send_failures[ch.index()]);
                     tracing::warn!(channel = %ch, seq, reason = %why, "reply rejected by the channel; dropping it");
                     self.store.abandon(seq).await?;
@@ -179,12 +238,78 @@ impl Delivery {
         Ok(())
     }
 
-    async fn send(&self, chat: &str, text: String, key: String) -> Sent {
+    fn too_old(&self, rec: &OutboxRecord) -> bool {
+        crate::store::now_ms().saturating_sub(rec.created_ms) > MAX_REPLY_AGE_MS
+    }
+
+    /// Asks the channel until it can say whether chunk `rec.next` arrived. Unknowable counts as
+    /// sent (never twice); a reply still unsettled after a day is given up.
+    async fn settle(
+        &mut self,
+        seq: u64,
+        rec: &OutboxRecord,
+        hint: u64,
+        since_ms: u64,
+    ) -> Result<Settled, crate::store::StoreError> {
+        let ch = self.spec.kind;
+        let key = format!("{}.{}", rec.key, rec.next);
+        let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP, seq ^ 0xd0b7);
+        loop {
+            if self.too_old(rec) {
+                tracing::error!(channel = %ch, seq, "a reply chunk in doubt could not be settled for a day; giving up on the reply");
+                self.store.abandon(seq).await?;
+                return Ok(Settled::GaveUp);
+            }
+            match self.reconcile(&rec.chat, &key, hint, since_ms).await {
+                Doubt::Sent => {
+                    tracing::info!(channel = %ch, seq, chunk = rec.next, "the chunk in doubt had arrived; not sending it again");
+                    return Ok(Settled::Sent);
+                }
+                Doubt::NotSent => {
+                    tracing::info!(channel = %ch, seq, chunk = rec.next, "the chunk in doubt had not arrived (or resending it cannot duplicate it); sending it");
+                    return Ok(Settled::Resend);
+                }
+                Doubt::Unknowable => {
+                    tracing::warn!(channel = %ch, seq, chunk = rec.next, "whether a reply chunk arrived cannot be known on this channel; not resending it, to never send it twice");
+                    return Ok(Settled::Sent);
+                }
+                Doubt::NotYet(d) => sleep(d.min(MAX_RETRY_AFTER)).await,
+                Doubt::Unresolved(why) => {
+                    let wait = backoff.next_delay();
+                    tracing::info!(channel = %ch, seq, retry_in_ms = wait.as_millis() as u64, reason = %why, "cannot tell yet whether a chunk in doubt arrived; asking again");
+                    sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    async fn reconcile(&self, chat: &str, key: &str, hint: u64, since_ms: u64) -> Doubt {
+        let (done, rx) = oneshot::channel();
+        let cmd = ChannelCommand::Reconcile {
+            chat: chat.to_string(),
+            key: key.to_string(),
+            hint,
+            since_ms,
+            done,
+        };
+        if self.commands.send(cmd).await.is_err() {
+            return Doubt::Unresolved("the channel is not running".into());
+        }
+        match tokio::time::timeout(RECONCILE_TIMEOUT, rx).await {
+            Ok(Ok(d)) => d,
+            Ok(Err(_)) => Doubt::Unresolved("the channel restarted".into()),
+            Err(_) => Doubt::Unresolved("the channel did not answer".into()),
+        }
+    }
+
+    async fn send(&self, chat: &str, text: String, key: String, after: u64, arm: Arm) -> Sent {
         let (done, rx) = oneshot::channel();
         let cmd = ChannelCommand::Send {
             chat: chat.to_string(),
             text,
             key,
+            after,
+            arm,
             done,
         };
         if self.commands.send(cmd).await.is_err() {
@@ -196,5 +321,194 @@ impl Delivery {
             Ok(Ok(Err(e))) => Sent::Failed(e),
             Ok(Err(_)) | Err(_) => Sent::InDoubt,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::ChannelKind;
+    use crate::store::TurnDone;
+
+    const SPEC: ChannelSpec = ChannelSpec {
+        kind: ChannelKind::Telegram,
+        max_chars: 4096,
+    };
+
+    fn setup() -> (Delivery, mpsc::Receiver<ChannelCommand>, Store) {
+        let metrics = Arc::new(Metrics::default());
+        let store = Store::open_in_memory(metrics.clone()).unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        let pacing = PacingConfig {
+            enabled: false,
+            ..PacingConfig::default()
+        };
+        let d = Delivery::new(SPEC, &pacing, 7, store.clone(), metrics, tx);
+        (d, rx, store)
+    }
+
+    async fn queue(store: &Store, chunks: &[&str]) -> Job {
+        let rec = OutboxRecord {
+            channel: "telegram".into(),
+            chat: "42".into(),
+            chunks: chunks.iter().map(|c| c.to_string()).collect(),
+            key: "k".into(),
+            created_ms: crate::store::now_ms(),
+            ..OutboxRecord::default()
+        };
+        let seq = store
+            .turn_done(TurnDone {
+                inbox: vec![],
+                session: "s".into(),
+                history: None,
+                reset: false,
+                new_generation: false,
+                reply: Some(rec.clone()),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        Job { seq, rec }
+    }
+
+    /// The outbox row as stored now (None once the reply is complete).
+    async fn row(store: &Store, seq: u64) -> Option<OutboxRecord> {
+        let r = store.recover().await.unwrap();
+        r.outbox
+            .into_iter()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, o)| o)
+    }
+
+    /// The next command that is not a typing indicator.
+    async fn next(rx: &mut mpsc::Receiver<ChannelCommand>) -> ChannelCommand {
+        loop {
+            match rx.recv().await.unwrap() {
+                ChannelCommand::Typing { .. } => continue,
+                c => return c,
+            }
+        }
+    }
+
+    /// Held back by the channel's own limit (never armed): nothing is marked in flight, so a
+    /// crash during the wait leaves nothing in doubt. Armed, then refused by the server: the
+    /// mark is lifted before the wait.
+    #[tokio::test(start_paused = true)]
+    async fn a_chunk_is_in_flight_only_while_its_request_may_be_out() {
+        let (d, mut rx, store) = setup();
+        let job = queue(&store, &["one"]).await;
+        let seq = job.seq;
+        let run = tokio::spawn(async move {
+            let mut d = d;
+            d.deliver(job).await
+        });
+        let ChannelCommand::Send { done, .. } = next(&mut rx).await else {
+            panic!("a send")
+        };
+        done.send(Err(SendError::NotYet(Duration::from_secs(1))))
+            .unwrap();
+        let ChannelCommand::Send { arm, done, .. } = next(&mut rx).await else {
+            panic!("a send")
+        };
+        assert!(!row(&store, seq).await.unwrap().in_flight, "not armed");
+        arm.arm(99).await.unwrap();
+        let r = row(&store, seq).await.unwrap();
+        assert!(r.in_flight && r.doubt_hint == 99, "armed durably: {r:?}");
+        done.send(Err(SendError::RetryAfter(Duration::from_secs(5))))
+            .unwrap();
+        let ChannelCommand::Send { arm, done, .. } = next(&mut rx).await else {
+            panic!("a send")
+        };
+        // During the 5 s wait the mark was lifted; now it goes.
+        assert!(!row(&store, seq).await.unwrap().in_flight);
+        arm.arm(99).await.unwrap();
+        done.send(Ok(())).unwrap();
+        run.await.unwrap().unwrap();
+        assert!(row(&store, seq).await.is_none(), "complete");
+    }
+
+    /// A chunk found in flight (a crash mid-send) is settled with the channel before anything
+    /// is sent: arrived → the next chunk; not arrived → sent again; cannot tell yet → asked
+    /// again, never skipped.
+    #[tokio::test(start_paused = true)]
+    async fn a_chunk_found_in_flight_is_settled_before_anything_is_sent() {
+        for (answers, resent) in [
+            (vec![Doubt::Sent], false),
+            (vec![Doubt::NotSent], true),
+            (
+                vec![
+                    Doubt::Unresolved("down".into()),
+                    Doubt::NotYet(Duration::from_secs(3)),
+                    Doubt::Sent,
+                ],
+                false,
+            ),
+        ] {
+            let (d, mut rx, store) = setup();
+            let mut job = queue(&store, &["one", "two"]).await;
+            store.mark_in_flight(job.seq, 1234).await.unwrap();
+            job.rec = row(&store, job.seq).await.unwrap();
+            let seq = job.seq;
+            let run = tokio::spawn(async move {
+                let mut d = d;
+                d.deliver(job).await
+            });
+            for a in answers {
+                let ChannelCommand::Reconcile {
+                    hint, key, done, ..
+                } = next(&mut rx).await
+                else {
+                    panic!("settled first")
+                };
+                assert_eq!((hint, key.as_str()), (1234, "k.0"));
+                done.send(a).unwrap();
+            }
+            let mut sent = Vec::new();
+            while row(&store, seq).await.is_some() {
+                let ChannelCommand::Send {
+                    text, arm, done, ..
+                } = next(&mut rx).await
+                else {
+                    panic!("a send")
+                };
+                arm.arm(1).await.unwrap();
+                sent.push(text);
+                done.send(Ok(())).unwrap();
+                tokio::task::yield_now().await;
+            }
+            run.await.unwrap().unwrap();
+            let want: &[&str] = if resent { &["one", "two"] } else { &["two"] };
+            assert_eq!(sent, want);
+        }
+    }
+
+    /// A send whose answer was lost is settled in place; a channel that never armed the chunk
+    /// (it dropped the command) is simply asked again.
+    #[tokio::test(start_paused = true)]
+    async fn a_send_in_doubt_is_settled_and_an_unarmed_one_retried() {
+        let (d, mut rx, store) = setup();
+        let job = queue(&store, &["one"]).await;
+        let seq = job.seq;
+        let run = tokio::spawn(async move {
+            let mut d = d;
+            d.deliver(job).await
+        });
+        // Dropped without arming: not in doubt, just retried.
+        let ChannelCommand::Send { done, .. } = next(&mut rx).await else {
+            panic!("a send")
+        };
+        drop(done);
+        let ChannelCommand::Send { arm, done, .. } = next(&mut rx).await else {
+            panic!("retried")
+        };
+        arm.arm(5).await.unwrap();
+        done.send(Err(SendError::InDoubt("cut".into()))).unwrap();
+        let ChannelCommand::Reconcile { hint, done, .. } = next(&mut rx).await else {
+            panic!("settled")
+        };
+        assert_eq!(hint, 5);
+        done.send(Doubt::Sent).unwrap();
+        run.await.unwrap().unwrap();
+        assert!(row(&store, seq).await.is_none(), "counted sent, not resent");
     }
 }

@@ -7,6 +7,8 @@
 //!   not yet acknowledged upstream), `after-turn` (reply recorded, not yet sent), `before-send`
 //!   (chunk marked in flight, not sent), `after-send` (sent, not yet marked sent),
 //!   `after-pair-success` (WhatsApp credentials durable, the 515 reconnect not yet made).
+//! - `panic:<point>[:<n>]` — panic there the `n`-th time (a bug in a channel's driver). Points:
+//!   `whatsapp-connected` (the WhatsApp driver, once a connection is up).
 //! - `stall:<component>` — that component's loop stops making progress (for the watchdog test).
 
 use std::sync::OnceLock;
@@ -54,6 +56,18 @@ pub fn crash_point(name: &str) {
             if n == f.at {
                 eprintln!("clawbox: injected crash at {name} (hit {n})");
                 std::process::abort();
+            }
+        }
+    }
+}
+
+/// Panics here if a `panic:<name>[:<n>]` fault is armed and due (the supervisor's restart path).
+pub fn panic_point(name: &str) {
+    for f in faults() {
+        if f.kind == "panic" && f.target == name {
+            let n = f.hits.fetch_add(1, Ordering::SeqCst) + 1;
+            if n == f.at {
+                panic!("injected panic at {name} (hit {n})");
             }
         }
     }

@@ -122,6 +122,8 @@ mod tests {
             id: "1".into(),
             chat: "c".into(),
             sender: sender.into(),
+            author: sender.into(),
+            wire_seq: 0,
             is_group: group,
             content: Content::Text("hi".into()),
             ts_ms: 0,

@@ -16,7 +16,6 @@ use tokio::time::Instant;
 const SPEC: ChannelSpec = ChannelSpec {
     kind: ChannelKind::Telegram,
     max_chars: 100,
-    idempotent_send: false,
 };
 const SEED: u64 = 42;
 
@@ -35,6 +34,7 @@ async fn queue(store: &Store, text: &str, key: &str) -> Job {
         in_flight: false,
         key: key.into(),
         created_ms: clawbox::store::now_ms(),
+        ..OutboxRecord::default()
     };
     let seq = store
         .turn_done(TurnDone {
@@ -70,11 +70,15 @@ async fn typing_gaps_and_chunks_are_exactly_as_configured() {
                     s.lock().unwrap().push((Instant::now(), Seen::Typing(on)));
                     offs += usize::from(!on);
                 }
-                ChannelCommand::Send { text, done, .. } => {
+                ChannelCommand::Send {
+                    text, arm, done, ..
+                } => {
+                    arm.arm(0).await.unwrap();
                     s.lock().unwrap().push((Instant::now(), Seen::Sent(text)));
                     let _ = done.send(Ok(()));
                     sends += 1;
                 }
+                ChannelCommand::Reconcile { .. } => panic!("nothing was in doubt"),
             }
             if sends == 4 && offs == 2 {
                 if let Some(tx) = all_sent.take() {

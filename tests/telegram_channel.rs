@@ -6,10 +6,11 @@
 
 mod fakes;
 
+use clawbox::channel::telegram::doubt;
 use clawbox::channel::telegram::{self, proto};
 use clawbox::channel::{
-    ChannelCommand, ChannelContext, ChannelError, ChannelKind, Content, Inbound, MediaKind,
-    SendError,
+    Arm, ChannelCommand, ChannelContext, ChannelError, ChannelKind, Content, Doubt, Inbound,
+    MediaKind, SendError,
 };
 use clawbox::config::{Secret, TelegramConfig};
 use clawbox::http::HttpClient;
@@ -128,11 +129,51 @@ impl Harness {
                 chat: chat.to_string(),
                 text: text.into(),
                 key: format!("k-{text}"),
+                after: 0,
+                arm: clawbox::channel::Arm::unrecorded(),
                 done,
             })
             .await
             .unwrap();
         rx
+    }
+
+    /// Sends with an arm that reports the hint it was armed with.
+    async fn send_armed(&self, chat: i64, text: &str) -> (Result<(), SendError>, Option<u64>) {
+        let armed = Arc::new(std::sync::Mutex::new(None));
+        let (done, rx) = oneshot::channel();
+        self.cmds
+            .send(ChannelCommand::Send {
+                chat: chat.to_string(),
+                text: text.into(),
+                key: format!("k-{text}"),
+                after: 0,
+                arm: Arm::observed(armed.clone()),
+                done,
+            })
+            .await
+            .unwrap();
+        let r = rx.await.unwrap();
+        let hint = *armed.lock().unwrap();
+        (r, hint)
+    }
+
+    /// Asks the channel to settle a chunk armed with `hint`, whose outcome became unknown long
+    /// enough ago that no wait is due.
+    async fn reconcile(&self, chat: i64, hint: u64) -> Doubt {
+        let (done, rx) = oneshot::channel();
+        let since_ms = clawbox::store::now_ms() - 2 * doubt::SETTLE_AFTER.as_millis() as u64;
+        self.cmds
+            .send(ChannelCommand::Reconcile {
+                chat: chat.to_string(),
+                key: "k".into(),
+                hint,
+                since_ms,
+                done,
+            })
+            .await
+            .unwrap();
+        rx.await.unwrap()
     }
 
     async fn stop(self) -> Result<(), ChannelError> {
@@ -166,6 +207,8 @@ async fn private_text_is_submitted_confirmed_and_answered_with_typing() {
             id: id.to_string(),
             chat: USER.to_string(),
             sender: USER.to_string(),
+            author: USER.to_string(),
+            wire_seq: s.msg.wire_seq,
             is_group: false,
             content: Content::Text("hello there".into()),
             ts_ms: s.msg.ts_ms,
@@ -429,8 +472,10 @@ async fn send_errors_map_to_what_delivery_should_do() {
         ))
     );
     tokio::time::sleep(proto::PER_CHAT_INTERVAL).await;
+    // A 5xx answers a request that reached the server side: whether the message was made is
+    // not known (a proxy may fail after Telegram did), so the chunk is settled, not resent.
     let r = h.send(USER, "three").await.await.unwrap();
-    assert!(matches!(r, Err(SendError::Retry(_))), "{r:?}");
+    assert!(matches!(r, Err(SendError::InDoubt(_))), "{r:?}");
     // A chat the bot never saw: the real server's 400.
     let r = h.send(999_999, "four").await.await.unwrap();
     assert_eq!(
@@ -556,4 +601,107 @@ async fn fake_accepts_form_bodies_and_query_strings() {
         serde_json::from_slice::<serde_json::Value>(r.body()).unwrap(),
         serde_json::json!({"ok": false, "error_code": 401, "description": "Unauthorized"})
     );
+}
+
+/// A chunk is armed (marked in flight) only when its request really goes: never while the chat's
+/// rate limit holds it back. It is armed with the highest private message id the bot knows.
+#[tokio::test(start_paused = true)]
+async fn a_send_is_armed_only_when_its_request_goes() {
+    let fake = FakeTelegram::start(TOKEN).await;
+    let mut h = start(fake).await;
+    let update = h.fake.push_text(USER, USER, "hello");
+    let _ = h.accept().await;
+    let _ = update;
+    let user_msg = h.fake.last_message_id();
+    let (r, hint) = h.send_armed(USER, "one").await;
+    assert_eq!(r, Ok(()));
+    assert_eq!(hint, Some(user_msg as u64), "armed with the last id known");
+    let (r, hint) = h.send_armed(USER, "two").await;
+    assert!(matches!(r, Err(SendError::NotYet(_))), "{r:?}");
+    assert_eq!(hint, None, "held back by the per-chat limit: never armed");
+    // The next send knows the id its own first message got.
+    tokio::time::sleep(proto::PER_CHAT_INTERVAL).await;
+    let (r, hint) = h.send_armed(USER, "two").await;
+    assert_eq!(r, Ok(()));
+    assert_eq!(hint, Some(h.fake.sent()[0].message_id as u64));
+    h.stop().await.unwrap();
+}
+
+/// A sendMessage that Telegram carried out but whose answer never came: in doubt, then found by
+/// probing, never sent again.
+#[tokio::test(start_paused = true)]
+async fn a_send_carried_out_but_unanswered_is_found_not_repeated() {
+    let fake = FakeTelegram::start(TOKEN).await;
+    let mut h = start(fake).await;
+    h.fake.push_text(USER, USER, "hello");
+    let _ = h.accept().await;
+    // Other traffic in the bot's message box between the hint and the chunk: another user's
+    // private message (another chat), and the user's own next message.
+    h.fake.fail_next(
+        "sendMessage",
+        1,
+        FakeError::CarriedOutAnswerHeld(Duration::from_secs(120)),
+    );
+    let (r, hint) = h.send_armed(USER, "the reply").await;
+    assert!(matches!(r, Err(SendError::InDoubt(_))), "{r:?}");
+    let hint = hint.expect("armed");
+    assert_eq!(h.fake.sent().len(), 1, "Telegram made the message");
+    h.fake.push_text(USER + 1, USER + 1, "someone else");
+    h.fake.push_text(USER, USER, "and again");
+    assert_eq!(h.reconcile(USER, hint).await, Doubt::Sent);
+    assert_eq!(h.fake.sent().len(), 1, "probing sends nothing");
+    // The ids above the hint were probed in order, up to the chunk's.
+    let probes = h.fake.calls_of("editMessageReplyMarkup");
+    assert_eq!(
+        probes.len(),
+        1,
+        "the chunk's id is the first above the hint"
+    );
+    h.stop().await.unwrap();
+}
+
+/// A chunk that never reached Telegram (armed, then cut before the request left) is found
+/// missing: sending it is safe. Ids of other chats and of the user's messages are stepped over.
+#[tokio::test(start_paused = true)]
+async fn a_send_that_never_arrived_is_found_missing() {
+    let fake = FakeTelegram::start(TOKEN).await;
+    let mut h = start(fake).await;
+    h.fake.push_text(USER, USER, "hello");
+    let _ = h.accept().await;
+    let hint = h.fake.last_message_id() as u64;
+    h.fake.push_text(USER + 1, USER + 1, "someone else");
+    h.fake.push_text(USER, USER, "and again");
+    assert_eq!(h.reconcile(USER, hint).await, Doubt::NotSent);
+    assert_eq!(
+        h.fake.calls_of("editMessageReplyMarkup").len() as u64,
+        doubt::MAX_PROBES
+    );
+    assert!(h.fake.sent().is_empty());
+    // No id known when it was armed: the bot's older messages could not be told apart.
+    assert_eq!(h.reconcile(USER, 0).await, Doubt::Unknowable);
+    h.stop().await.unwrap();
+}
+
+/// While Telegram cannot be reached, a chunk in doubt stays unresolved (asked again later), never
+/// resent and never dropped.
+#[tokio::test(start_paused = true)]
+async fn a_chunk_in_doubt_stays_unresolved_while_telegram_is_down() {
+    let fake = FakeTelegram::start(TOKEN).await;
+    let mut h = start(fake).await;
+    h.fake.push_text(USER, USER, "hello");
+    let _ = h.accept().await;
+    let hint = h.fake.last_message_id() as u64;
+    h.fake
+        .fail_next("editMessageReplyMarkup", 1, FakeError::ServerError);
+    assert!(matches!(
+        h.reconcile(USER, hint).await,
+        Doubt::Unresolved(_)
+    ));
+    h.fake
+        .fail_next("editMessageReplyMarkup", 1, FakeError::TooManyRequests(7));
+    assert_eq!(
+        h.reconcile(USER, hint).await,
+        Doubt::NotYet(Duration::from_secs(7))
+    );
+    h.stop().await.unwrap();
 }

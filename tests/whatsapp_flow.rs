@@ -447,3 +447,40 @@ async fn sigkill_mid_traffic_then_every_message_is_answered_once() {
     );
     stop(p).await;
 }
+
+/// A bug that panics the WhatsApp driver: the supervisor restarts it, and the old client is
+/// disconnected before the new one connects — never two clients on one identity (the server
+/// would replace one with the other, and both would work on the same Signal state).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_driver_never_leaves_a_second_client_connected() {
+    let fake = FakeWhatsApp::start().await;
+    let bx = new_box(&fake);
+    pair_by_qr(&fake, &bx).await;
+    let p = spawn(
+        &bx.args(&["run"]),
+        &[("CLAWBOX_FAULT", "panic:whatsapp-connected")],
+        bx.dir.path(),
+    );
+    p.wait_stderr("the driver panicked and was restarted", |e| {
+        e.iter().any(|l| l.contains("panicked; restarting"))
+    })
+    .await;
+    let attempts = fake.connection_attempts().await;
+    // Connected again, by the restarted driver (a new connection).
+    let t = Instant::now();
+    while !(fake.state().await.connected && fake.connection_attempts().await > attempts) {
+        assert!(t.elapsed() < SOON, "reconnected after the panic");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    fake.contact_send(FRIEND, "after the panic", None, None)
+        .await
+        .unwrap();
+    wait_reply(&fake, FRIEND, "after the panic").await;
+    assert_eq!(
+        fake.state().await.replaced,
+        0,
+        "a connection was pushed out by a second client: {:#?}",
+        p.stderr()
+    );
+    stop(p).await;
+}

@@ -13,7 +13,6 @@ use tokio::sync::watch;
 pub const SPEC: ChannelSpec = ChannelSpec {
     kind: ChannelKind::Console,
     max_chars: 4096,
-    idempotent_send: false,
 };
 
 /// Longest line read as one message; the rest of a longer line is discarded.
@@ -73,6 +72,8 @@ pub async fn run(ctx: ChannelContext, eof: watch::Sender<bool>) -> Result<(), Ch
                             id: format!("{run_id}-{n}"),
                             chat: CHAT.into(),
                             sender: CHAT.into(),
+                            author: "console".into(),
+                            wire_seq: 0,
                             is_group: false,
                             content: Content::Text(line),
                             ts_ms: crate::store::now_ms(),
@@ -85,11 +86,21 @@ pub async fn run(ctx: ChannelContext, eof: watch::Sender<bool>) -> Result<(), Ch
                 }
             }
             cmd = commands.recv() => match cmd {
-                Some(ChannelCommand::Send { text, done, .. }) => {
-                    let mut out = std::io::stdout().lock();
-                    let r = writeln!(out, "{text}").and_then(|()| out.flush());
+                Some(ChannelCommand::Send { text, arm, done, .. }) => {
+                    if let Err(e) = arm.arm(0).await {
+                        let _ = done.send(Err(e));
+                        continue;
+                    }
+                    let r = {
+                        let mut out = std::io::stdout().lock();
+                        writeln!(out, "{text}").and_then(|()| out.flush())
+                    };
                     let _ = done.send(r.map_err(|e| super::SendError::Permanent(format!("stdout: {e}"))));
                     if tty { prompt(); }
+                }
+                // A terminal keeps no record of what it printed.
+                Some(ChannelCommand::Reconcile { done, .. }) => {
+                    let _ = done.send(super::Doubt::Unknowable);
                 }
                 Some(ChannelCommand::Typing { .. }) => {}
                 None => return Ok(()),

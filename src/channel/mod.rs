@@ -124,11 +124,90 @@ pub struct Inbound {
     pub chat: String,
     /// Who sent it, in the form the allowlist uses: E.164 (`+4915…`) or a Telegram user id.
     pub sender: String,
+    /// Who sent it as the wire names them (WhatsApp: the sender JID with its device; Telegram:
+    /// the user id): the same on every redelivery, so part of the dedupe key with `chat` and `id`.
+    pub author: String,
+    /// Where the channel numbers messages in order (Telegram: the message id in the bot's own
+    /// message box, for private chats), this message's number; else 0. A reply to it comes after
+    /// it: the lower bound a send in doubt is settled from.
+    pub wire_seq: u64,
     /// Group chats are not handled yet: the policy drops them.
     pub is_group: bool,
     pub content: Content,
     /// Sent time, milliseconds since the Unix epoch, as the channel reports it.
     pub ts_ms: u64,
+}
+
+/// The moment a reply chunk may leave the box. A connector calls [`Arm::arm`] right before it puts
+/// the chunk's request on the wire — after its own rate limits, connection checks and probes, so
+/// a chunk is "in doubt" after a crash only when a request carrying it may really have reached the
+/// server. Arming marks the chunk in flight in the store (fsynced) with the connector's `hint`,
+/// which [`ChannelCommand::Reconcile`] gets back to settle the chunk's fate.
+pub struct Arm {
+    store: Option<Store>,
+    seq: u64,
+    armed: Arc<std::sync::Mutex<Option<u64>>>,
+}
+
+impl Arm {
+    /// An arm for outbox row `seq`; `armed` reports the hint once armed.
+    pub fn new(store: Store, seq: u64, armed: Arc<std::sync::Mutex<Option<u64>>>) -> Arm {
+        Arm {
+            store: Some(store),
+            seq,
+            armed,
+        }
+    }
+
+    /// An arm that records nothing (tests and tools that drive a connector without a store).
+    pub fn unrecorded() -> Arm {
+        Arm::observed(Arc::default())
+    }
+
+    /// An arm that records nothing but reports the hint in `armed` (tests).
+    pub fn observed(armed: Arc<std::sync::Mutex<Option<u64>>>) -> Arm {
+        Arm {
+            store: None,
+            seq: 0,
+            armed,
+        }
+    }
+
+    /// Marks the chunk in flight, durably, with `hint`; the request may go once this returns Ok.
+    /// An error means nothing may be sent (the delivery loop retries the chunk later).
+    pub async fn arm(&self, hint: u64) -> Result<(), SendError> {
+        *self.armed.lock().unwrap_or_else(|p| p.into_inner()) = Some(hint);
+        if let Some(store) = &self.store {
+            store
+                .mark_in_flight(self.seq, hint)
+                .await
+                .map_err(|e| SendError::Retry(format!("could not record the send: {e}")))?;
+        }
+        crate::fault::crash_point("before-send");
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Arm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Arm").field("seq", &self.seq).finish()
+    }
+}
+
+/// What a connector found out about a chunk whose send may or may not have reached the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Doubt {
+    /// It arrived: never send it again.
+    Sent,
+    /// It did not arrive, or sending it again cannot make a second message (WhatsApp: the same
+    /// message id): send it (again).
+    NotSent,
+    /// Ask again after this long (too early to tell; rate limited).
+    NotYet(std::time::Duration),
+    /// Could not find out now (the link is down): ask again later.
+    Unresolved(String),
+    /// Cannot be found out on this channel: it is not resent, to never send it twice.
+    Unknowable,
 }
 
 /// Why a send failed, and what the delivery loop should do about it.
@@ -138,15 +217,14 @@ pub enum SendError {
     Retry(String),
     /// The channel asked for a specific wait (Telegram 429 `retry_after`): retry after it.
     RetryAfter(std::time::Duration),
-    /// The channel's own rate limit says not yet; nothing was sent. Not a failure: the delivery
-    /// loop waits this long and marks the chunk in flight again only when it can really go, so a
-    /// crash during the wait leaves no chunk "in doubt".
+    /// The channel's own rate limit says not yet; nothing was sent (the chunk was not armed).
+    /// Not a failure: the delivery loop waits this long and asks again.
     NotYet(std::time::Duration),
     /// Will never succeed (chat gone, blocked by the user, text rejected): give up on this reply.
     Permanent(String),
     /// The request may have reached the server and the answer was lost (the connection broke or
-    /// timed out after sending): whether the message went out is unknown. Resent only by channels
-    /// whose sends are idempotent.
+    /// timed out after sending): whether the message went out is unknown. The delivery loop
+    /// settles it with [`ChannelCommand::Reconcile`] before anything else is sent.
     InDoubt(String),
 }
 
@@ -169,11 +247,24 @@ pub enum ChannelCommand {
     Typing { chat: String, on: bool },
     /// Send one chunk of a reply. `key` is stable for this chunk across restarts: channels whose
     /// protocol lets the client choose message ids derive the id from it, so a resend is deduped.
+    /// The connector calls `arm` right before the request leaves (never before a wait).
     Send {
         chat: String,
         text: String,
         key: String,
+        /// The highest `wire_seq` of the messages this reply answers (0: none known).
+        after: u64,
+        arm: Arm,
         done: oneshot::Sender<Result<(), SendError>>,
+    },
+    /// Settle a chunk whose send may have reached the server: `hint` is what the connector gave
+    /// [`Arm::arm`], `since_ms` when the outcome became unknown (ms since the epoch).
+    Reconcile {
+        chat: String,
+        key: String,
+        hint: u64,
+        since_ms: u64,
+        done: oneshot::Sender<Doubt>,
     },
 }
 
@@ -183,9 +274,6 @@ pub struct ChannelSpec {
     pub kind: ChannelKind,
     /// Longest text one message may carry (Telegram 4096 characters); longer replies are chunked.
     pub max_chars: usize,
-    /// True when resending a chunk with the same `key` cannot produce a second message, so a send
-    /// whose outcome is unknown after a crash may be repeated safely.
-    pub idempotent_send: bool,
 }
 
 /// Everything a channel task gets from the core. The command receiver lives behind a mutex outside

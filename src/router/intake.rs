@@ -168,6 +168,8 @@ impl Core {
             msg_id: msg.id.clone(),
             chat: msg.chat.clone(),
             sender: msg.sender.clone(),
+            author: msg.author.clone(),
+            wire_seq: msg.wire_seq,
             text,
             ts_ms: msg.ts_ms,
             session: session::identity(self.scope, msg),

@@ -245,6 +245,8 @@ pub async fn run_turn(shared: Arc<Shared>, turn: Turn) -> Finished {
         in_flight: false,
         key,
         created_ms: crate::store::now_ms(),
+        after_wire_seq: messages.iter().map(|m| m.rec.wire_seq).max().unwrap_or(0),
+        ..OutboxRecord::default()
     };
     let done = TurnDone {
         inbox: seqs,

@@ -68,6 +68,8 @@ mod tests {
             id: "x".into(),
             chat: chat.into(),
             sender: sender.into(),
+            author: sender.into(),
+            wire_seq: 0,
             is_group: false,
             content: Content::Text(String::new()),
             ts_ms: 0,

@@ -12,8 +12,9 @@
 //! - [`Store::accept`] returns only once the message is durable: channels acknowledge upstream after.
 //!   [`Store::accept_visible`] answers earlier, once the rows are committed, so the turn can start
 //!   while the fsync runs; its [`Durable`] resolves after the fsync.
-//! - [`Store::mark_in_flight`] is durable before a chunk is sent; after a crash a chunk marked in
-//!   flight is resent only on channels whose sends are idempotent, so no reply is sent twice.
+//! - [`Store::mark_in_flight`] is durable before a chunk's request may leave the box; after a crash
+//!   a chunk marked in flight is settled with its channel (was it sent?) before anything else is
+//!   sent, so no reply is lost and none is sent twice ([`crate::delivery`]).
 //! - A turn's completion (inbox rows answered, history, outbox row) is one atomic transaction.
 
 pub mod kv;
@@ -119,7 +120,10 @@ pub(crate) enum Op {
         oneshot::Sender<Result<(), StoreError>>,
     ),
     TurnDone(TurnDone, oneshot::Sender<Result<Option<u64>, StoreError>>),
-    InFlight(u64, oneshot::Sender<Result<(), StoreError>>),
+    /// Outbox row, the channel's doubt hint.
+    InFlight(u64, u64, oneshot::Sender<Result<(), StoreError>>),
+    /// The in-flight chunk certainly did not leave (the channel refused it before sending).
+    ClearInFlight(u64, oneshot::Sender<Result<(), StoreError>>),
     Sent(u64, oneshot::Sender<Result<bool, StoreError>>),
     Abandon(u64, oneshot::Sender<Result<(), StoreError>>),
     SetCursor(String, Vec<u8>, oneshot::Sender<Result<(), StoreError>>),
@@ -262,9 +266,17 @@ impl Store {
         self.call(|tx| Op::TurnDone(done, tx)).await
     }
 
-    /// Marks the outbox row's next chunk as possibly sent; durable on return. Call just before sending.
-    pub async fn mark_in_flight(&self, outbox: u64) -> Result<(), StoreError> {
-        self.call(|tx| Op::InFlight(outbox, tx)).await
+    /// Marks the outbox row's next chunk as possibly sent, with the channel's `hint` for settling
+    /// it after a crash; durable on return. Call just before the request may leave the box.
+    pub async fn mark_in_flight(&self, outbox: u64, hint: u64) -> Result<(), StoreError> {
+        self.call(|tx| Op::InFlight(outbox, hint, tx)).await
+    }
+
+    /// The in-flight chunk did not leave after all (the channel refused it before sending, or
+    /// its send was found not to have arrived). Not fsynced on its own: a crash before the next
+    /// fsync leaves the mark, and the chunk is then settled with the channel again.
+    pub async fn clear_in_flight(&self, outbox: u64) -> Result<(), StoreError> {
+        self.call(|tx| Op::ClearInFlight(outbox, tx)).await
     }
 
     /// The in-flight chunk was confirmed sent; returns true when the reply is complete (row removed).
@@ -392,6 +404,43 @@ mod tests {
             "{got:?}"
         );
         assert_eq!(metrics.store_fsyncs.load(Relaxed), before + 1);
+    }
+
+    /// A message id is unique only per chat and sender: the same id from another chat or another
+    /// sender is a new message; the same id from the same chat and sender is a redelivery.
+    #[tokio::test]
+    async fn the_dedupe_key_is_chat_sender_and_id() {
+        let store = Store::open_in_memory(Arc::new(Metrics::default())).unwrap();
+        let m = |chat: &str, author: &str| InboxRecord {
+            chat: chat.into(),
+            author: author.into(),
+            ..rec("same-id")
+        };
+        let got = store
+            .accept_many(vec![
+                m("1", "1"),
+                m("2", "2"),
+                m("g", "1"),
+                m("g", "2"),
+                m("g", "2"),
+                m("1", "1"),
+            ])
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                got.as_slice(),
+                [
+                    Accepted::New(_),
+                    Accepted::New(_),
+                    Accepted::New(_),
+                    Accepted::New(_),
+                    Accepted::Duplicate,
+                    Accepted::Duplicate
+                ]
+            ),
+            "{got:?}"
+        );
     }
 
     /// On the file store: the accept's rows are readable (from the reader thread) as soon as its

@@ -32,6 +32,13 @@ pub struct InboxRecord {
     /// The agent (by config name) this message's channel routes to.
     #[prost(string, tag = "10")]
     pub agent: String,
+    /// The sender as the channel's wire names them (WhatsApp: the sender JID with its device;
+    /// Telegram: the user id), stable across redeliveries; part of the dedupe key.
+    #[prost(string, tag = "11")]
+    pub author: String,
+    /// The channel's ordinal for the message (see `channel::Inbound::wire_seq`); 0 if none.
+    #[prost(uint64, tag = "12")]
+    pub wire_seq: u64,
 }
 
 /// One reply, split into the chunks the channel will send, and how far sending got.
@@ -54,6 +61,16 @@ pub struct OutboxRecord {
     pub key: String,
     #[prost(uint64, tag = "7")]
     pub created_ms: u64,
+    /// What the channel noted when it armed the in-flight chunk, to settle its fate after a crash
+    /// (Telegram: the highest message id the bot knew then; see `channel::telegram::doubt`).
+    #[prost(uint64, tag = "8")]
+    pub doubt_hint: u64,
+    /// When the in-flight chunk was armed (our clock, ms since the epoch).
+    #[prost(uint64, tag = "9")]
+    pub in_flight_ms: u64,
+    /// The highest `wire_seq` of the inbound messages this reply answers (0: none known).
+    #[prost(uint64, tag = "10")]
+    pub after_wire_seq: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

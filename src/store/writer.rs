@@ -30,7 +30,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 const INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("inbox");
-/// `<channel>\x1f<message id>` → inbox sequence: the dedupe index.
+/// `<channel>\x1f<chat>\x1f<author>\x1f<message id>` → inbox sequence: the dedupe index (a
+/// message id is unique only per chat and sender).
 const INBOX_IDS: TableDefinition<&str, u64> = TableDefinition::new("inbox_ids");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
@@ -39,7 +40,8 @@ const AUTH: TableDefinition<&str, &[u8]> = TableDefinition::new("auth");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// Bumped when the layout changes incompatibly; an unknown newer version refuses to open.
-const SCHEMA_VERSION: u64 = 1;
+/// 2: the dedupe index is keyed by chat and author too (rebuilt from the inbox on upgrade).
+const SCHEMA_VERSION: u64 = 2;
 /// Operations folded into one transaction at most: bounds a transaction's size and latency.
 const MAX_BATCH_OPS: usize = 256;
 /// Answered inbox rows are kept this long for dedupe: longer than Telegram keeps unconfirmed
@@ -172,6 +174,10 @@ fn init_db(
                 None => {
                     meta.insert("schema_version", SCHEMA_VERSION).map_err(io)?;
                 }
+                Some(1) => {
+                    rebuild_ids(&tx)?;
+                    meta.insert("schema_version", SCHEMA_VERSION).map_err(io)?;
+                }
                 Some(v) if v == SCHEMA_VERSION => {}
                 Some(v) => {
                     return Err(StoreError::Open(format!(
@@ -299,8 +305,27 @@ fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, StoreError> {
     M::decode(bytes).map_err(|e| StoreError::Corrupt(format!("undecodable record: {e}")))
 }
 
-fn id_key(channel: &str, msg_id: &str) -> String {
-    format!("{channel}\u{1f}{msg_id}")
+/// The dedupe key of an inbox record: a message id is unique only per chat and sender.
+fn id_key(rec: &InboxRecord) -> String {
+    format!(
+        "{}\u{1f}{}\u{1f}{}\u{1f}{}",
+        rec.channel, rec.chat, rec.author, rec.msg_id
+    )
+}
+
+/// Schema 1 → 2: the dedupe index gains chat and author; rebuilt from the inbox rows (bounded by
+/// the inbox's own retention).
+fn rebuild_ids(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let inbox = tx.open_table(INBOX).map_err(io)?;
+    let mut ids = tx.open_table(INBOX_IDS).map_err(io)?;
+    ids.retain(|_, _| false).map_err(io)?;
+    for row in inbox.iter().map_err(io)? {
+        let (k, v) = row.map_err(io)?;
+        if let Ok(rec) = decode::<InboxRecord>(v.value()) {
+            ids.insert(id_key(&rec).as_str(), k.value()).map_err(io)?;
+        }
+    }
+    Ok(())
 }
 
 /// A writer over an in-memory database that handles each operation inline, in the caller's task:
@@ -546,7 +571,7 @@ impl Writer {
                         Op::Accept(recs, r, done) => {
                             let mut outcomes = Vec::with_capacity(recs.len());
                             for rec in recs {
-                                let key = id_key(&rec.channel, &rec.msg_id);
+                                let key = id_key(&rec);
                                 if ids.get(key.as_str()).map_err(io)?.is_some() {
                                     outcomes.push(Accepted::Duplicate);
                                     continue;
@@ -617,7 +642,7 @@ impl Writer {
                             };
                             replies.push(Pending::visible(reply(r, Ok(seq))));
                         }
-                        Op::InFlight(seq, r) => {
+                        Op::InFlight(seq, hint, r) => {
                             let row = outbox
                                 .get(seq)
                                 .map_err(io)?
@@ -625,6 +650,8 @@ impl Writer {
                             match row {
                                 Some(Ok(mut o)) => {
                                     o.in_flight = true;
+                                    o.doubt_hint = hint;
+                                    o.in_flight_ms = super::now_ms();
                                     let buf = o.encode_to_vec();
                                     bytes += buf.len() as u64;
                                     outbox.insert(seq, buf.as_slice()).map_err(io)?;
@@ -637,6 +664,21 @@ impl Writer {
                                     Err(StoreError::Io(format!("no outbox row {seq}"))),
                                 ))),
                             }
+                        }
+                        Op::ClearInFlight(seq, r) => {
+                            let row = outbox
+                                .get(seq)
+                                .map_err(io)?
+                                .map(|v| decode::<OutboxRecord>(v.value()));
+                            if let Some(Ok(mut o)) = row
+                                && o.in_flight
+                            {
+                                o.in_flight = false;
+                                let buf = o.encode_to_vec();
+                                bytes += buf.len() as u64;
+                                outbox.insert(seq, buf.as_slice()).map_err(io)?;
+                            }
+                            replies.push(Pending::visible(reply(r, Ok(()))));
                         }
                         Op::Sent(seq, r) => {
                             let row = outbox
@@ -814,7 +856,7 @@ fn gc(
                 let old = now_ms.saturating_sub(m.accepted_ms) > INBOX_RETENTION_MS;
                 if old || over > 0 {
                     over = over.saturating_sub(1);
-                    doomed.push((k.value(), id_key(&m.channel, &m.msg_id)));
+                    doomed.push((k.value(), id_key(&m)));
                 }
             }
             Ok(_) => {}
@@ -857,7 +899,8 @@ fn fail(op: Op, e: StoreError) {
             drop(done.send(Err(e)));
         }
         Op::TurnDone(_, r) => drop(r.send(Err(e))),
-        Op::InFlight(_, r)
+        Op::InFlight(_, _, r)
+        | Op::ClearInFlight(_, r)
         | Op::Abandon(_, r)
         | Op::SetCursor(_, _, r)
         | Op::SetAuth(_, _, r)
@@ -871,5 +914,52 @@ fn fail(op: Op, e: StoreError) {
         Op::Kv(op) => op.fail(e),
         Op::Gc(_) => {}
         Op::Close(r) => drop(r.send(())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(chat: &str, author: &str, id: &str) -> InboxRecord {
+        InboxRecord {
+            channel: "whatsapp".into(),
+            msg_id: id.into(),
+            chat: chat.into(),
+            author: author.into(),
+            ..InboxRecord::default()
+        }
+    }
+
+    /// A store written by schema 1 (dedupe keys `<channel>\x1f<id>`) opens as schema 2 with its
+    /// dedupe index rebuilt from the inbox: a redelivery of a message it holds is still
+    /// recognised, and the same id from another chat is a new message.
+    #[test]
+    fn schema_1_upgrades_its_dedupe_index_from_the_inbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut inbox = tx.open_table(INBOX).unwrap();
+                let mut ids = tx.open_table(INBOX_IDS).unwrap();
+                let mut meta = tx.open_table(META).unwrap();
+                let r = rec("a@s.whatsapp.net", "a@s.whatsapp.net", "ID1");
+                inbox.insert(7, r.encode_to_vec().as_slice()).unwrap();
+                ids.insert("whatsapp\u{1f}ID1", 7).unwrap();
+                meta.insert("schema_version", 1).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let db = open_db(&path, &StoreConfig::default()).unwrap();
+        let tx = db.begin_read().unwrap();
+        let meta = tx.open_table(META).unwrap();
+        assert_eq!(meta.get("schema_version").unwrap().unwrap().value(), 2);
+        let ids = tx.open_table(INBOX_IDS).unwrap();
+        let key = id_key(&rec("a@s.whatsapp.net", "a@s.whatsapp.net", "ID1"));
+        assert_eq!(ids.get(key.as_str()).unwrap().unwrap().value(), 7);
+        assert!(ids.get("whatsapp\u{1f}ID1").unwrap().is_none());
+        assert_eq!(ids.len().unwrap(), 1);
     }
 }

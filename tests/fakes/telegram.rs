@@ -61,6 +61,10 @@ pub enum FakeError {
     NotJson,
     /// 502 with nginx's HTML error page, as a reverse proxy in front of the Bot API sends it.
     ProxyHtml502,
+    /// The call is carried out (a sendMessage makes its message), but its answer is held this
+    /// long before it goes out: the request reached Telegram and the answer is lost to a client
+    /// that gives up, is cut off or is killed meanwhile.
+    CarriedOutAnswerHeld(Duration),
 }
 
 /// What a `NotJson` fault sends back.
@@ -119,7 +123,11 @@ struct State {
     confirmed_offset: i64,
     /// Chats the bot has seen (from pushed updates), by id: sendMessage to others is "chat not found".
     chats: HashMap<i64, Value>,
+    /// The bot's message counter: private chats (and, in this fake, groups) share it, as a real
+    /// bot account's message box does.
     next_message_id: i64,
+    /// Every message in the bot's box by id: (chat, sent by the bot), for editMessageReplyMarkup.
+    messages: HashMap<i64, (i64, bool)>,
     sent: Vec<SentMessage>,
     actions: Vec<ChatAction>,
     faults: HashMap<String, VecDeque<FakeError>>,
@@ -206,6 +214,7 @@ impl FakeTelegram {
                 confirmed_offset: 0,
                 chats: HashMap::new(),
                 next_message_id: 1,
+                messages: HashMap::new(),
                 sent: Vec::new(),
                 actions: Vec::new(),
                 faults: HashMap::new(),
@@ -242,6 +251,11 @@ impl FakeTelegram {
         format!("http://{}", self.addr)
     }
 
+    /// The id the newest message in the bot's box got (0 before any).
+    pub fn last_message_id(&self) -> i64 {
+        self.inner.lock().next_message_id - 1
+    }
+
     /// The bot's own user id (the number before the token's colon).
     pub fn bot_id(&self) -> i64 {
         self.inner.lock().bot_id
@@ -255,6 +269,7 @@ impl FakeTelegram {
         st.next_message_id += 1;
         if let Some(cid) = chat["id"].as_i64() {
             st.chats.insert(cid, chat.clone());
+            st.messages.insert(message_id, (cid, false));
         }
         let mut msg = json!({
             "message_id": message_id,
@@ -560,6 +575,8 @@ fn fault_response(err: &FakeError) -> Response<Full<Bytes>> {
         FakeError::ProxyHtml502 => {
             raw_response(StatusCode::BAD_GATEWAY, "text/html", PROXY_HTML_502)
         }
+        // Carried out in `handle`, which holds the real answer back.
+        FakeError::CarriedOutAnswerHeld(_) => error(500, "Internal Server Error"),
         FakeError::Garbage => {
             let mut r = Response::new(Full::new(Bytes::from_static(GARBAGE_BODY.as_bytes())));
             r.headers_mut().insert(
@@ -701,18 +718,53 @@ async fn handle(
         st.faults.get_mut(&method).and_then(VecDeque::pop_front)
     };
     inner.bump();
-    if let Some(f) = fault {
-        return Ok(fault_response(&f));
-    }
-
-    Ok(match method.as_str() {
+    let held = match fault {
+        Some(FakeError::CarriedOutAnswerHeld(d)) => Some(d),
+        Some(f) => return Ok(fault_response(&f)),
+        None => None,
+    };
+    let answer = match method.as_str() {
         "getme" => get_me(&inner),
         "getupdates" => get_updates(&inner, &params).await,
         "sendmessage" => send_message(&inner, &params),
         "sendchataction" => send_chat_action(&inner, &params),
+        "editmessagereplymarkup" => edit_reply_markup(&inner, &params),
         "deletewebhook" => ok(json!(true)),
         _ => error(404, "Not Found"),
-    })
+    };
+    if let Some(d) = held {
+        tokio::time::sleep(d).await;
+    }
+    Ok(answer)
+}
+
+/// editMessageReplyMarkup without `reply_markup` ("remove the keyboard"), as Telegram answers it
+/// for a message without one: "not modified" when the message is the bot's own in that chat,
+/// "can't be edited" when it is someone else's, "not found" when the id is not in that chat.
+fn edit_reply_markup(inner: &Inner, params: &Value) -> Response<Full<Bytes>> {
+    let st = inner.lock();
+    let (chat_id, _) = match chat_param(&st, params) {
+        Ok(c) => c,
+        Err(why) => return error(400, why),
+    };
+    let Some(id) = int_param(params, "message_id") else {
+        return error(400, "Bad Request: message identifier is not specified");
+    };
+    if params.get("reply_markup").is_some() {
+        // clawbox never sets markup; this fake only models the probe.
+        return error(
+            400,
+            "Bad Request: reply markup is not supported by this fake",
+        );
+    }
+    match st.messages.get(&id) {
+        Some(&(c, true)) if c == chat_id => error(
+            400,
+            "Bad Request: message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message",
+        ),
+        Some(&(c, false)) if c == chat_id => error(400, "Bad Request: message can't be edited"),
+        _ => error(400, "Bad Request: message to edit not found"),
+    }
 }
 
 fn bot_user(st: &State) -> Value {
@@ -824,6 +876,7 @@ fn send_message(inner: &Inner, params: &Value) -> Response<Full<Bytes>> {
     }
     let message_id = st.next_message_id;
     st.next_message_id += 1;
+    st.messages.insert(message_id, (chat_id, true));
     st.sent.push(SentMessage {
         chat_id,
         text: text.clone(),

@@ -4,11 +4,14 @@
 //! Holds no protocol logic of its own. Never logs a URL (it carries the token) and never logs a
 //! message body; only method names, update ids, status codes and error words.
 
+use super::doubt::{self, Probed};
 use super::proto::{
     self, Fetched, MAX_ACTION_BODY, MAX_GETME_BODY, MAX_SEND_BODY, MAX_UPDATES_BODY, PollStep,
     Poller, RateLimiter, StartStep, Status, TypingSchedule,
 };
-use crate::channel::{ChannelCommand, ChannelContext, ChannelError, ChannelKind, SendError};
+use crate::channel::{
+    Arm, ChannelCommand, ChannelContext, ChannelError, ChannelKind, Doubt, SendError,
+};
 use crate::config::{Secret, TelegramConfig};
 use crate::http::{HttpClient, HttpError};
 use crate::metrics::Metrics;
@@ -17,7 +20,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use serde::Serialize;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, sleep_until};
@@ -42,9 +45,11 @@ struct Api {
     token: Secret,
     /// Set when a call got no answer, cleared by any answer: the link may be down. A sendMessage
     /// is then preceded by an idempotent getMe, so a send is only risked on a link that just
-    /// answered — a send cut mid-way is "in doubt" and never resent, so fewer of them is fewer
-    /// replies lost.
+    /// answered: a send cut mid-way must be settled by probing ([`doubt`]), which costs time.
     suspect: AtomicBool,
+    /// The highest private-chat message id the bot knows (updates, its own sends): the hint a
+    /// send is armed with ([`doubt`]).
+    box_max: AtomicI64,
 }
 
 /// What a call returned, owned, so it can be lent to the core as [`Fetched`].
@@ -154,6 +159,7 @@ pub async fn run(cfg: Arc<TelegramConfig>, ctx: ChannelContext) -> Result<(), Ch
         root: cfg.api_root.get_ref().trim_end_matches('/').to_string(),
         token,
         suspect: AtomicBool::new(false),
+        box_max: AtomicI64::new(load_box_max(&ctx).await),
     };
     // The queue outlives this task; hold it for as long as this run lives.
     let commands = ctx.commands.clone();
@@ -207,6 +213,31 @@ async fn load_offset(ctx: &ChannelContext) -> Option<i64> {
             tracing::warn!(error = %e, "telegram: could not read the saved offset");
             None
         }
+    }
+}
+
+/// The highest message id of the bot's own sends saved before this start (0 if none).
+async fn load_box_max(ctx: &ChannelContext) -> i64 {
+    match ctx.store.cursor(doubt::BOX_MAX_CURSOR).await {
+        Ok(Some(bytes)) => proto::decode_offset(&bytes).unwrap_or(0),
+        Ok(None) => 0,
+        Err(e) => {
+            tracing::warn!(error = %e, "telegram: could not read the last known message id");
+            0
+        }
+    }
+}
+
+/// Raises the known message id to `id`, saving it when it came from the bot's own message (so it
+/// is durable whenever the record of that send is: the store writes in order).
+async fn know_own_message(ctx: &ChannelContext, api: &Api, id: i64) {
+    if api.box_max.fetch_max(id, Ordering::Relaxed) < id
+        && let Err(e) = ctx
+            .store
+            .set_cursor(doubt::BOX_MAX_CURSOR, proto::encode_offset(id))
+            .await
+    {
+        tracing::warn!(error = %e, "telegram: could not save the last sent message id");
     }
 }
 
@@ -288,6 +319,7 @@ async fn poll_loop(
                 if malformed > 0 {
                     tracing::warn!(count = malformed, "telegram: skipped unreadable updates");
                 }
+                api.box_max.fetch_max(poller.box_max(), Ordering::Relaxed);
                 let failed = deliver(ctx, &mut poller).await;
                 save_offset(ctx, &mut poller).await;
                 if let Some(wait) = failed {
@@ -371,53 +403,139 @@ async fn command_loop(api: &Api, ctx: &ChannelContext, rx: &mut mpsc::Receiver<C
                 typing.set(&chat, on, Instant::now().into_std());
             }
             ChannelCommand::Send {
-                chat, text, done, ..
+                chat,
+                text,
+                after,
+                arm,
+                done,
+                ..
             } => {
-                // Waiting here would stretch the delivery loop's "in flight" window (a crash in
-                // it leaves a chunk in doubt that was never sent): say when instead.
-                let now = Instant::now().into_std();
-                let ready = limiter.ready_at(&chat, now);
-                if ready > now {
-                    let _ = done.send(Err(SendError::NotYet(ready - now)));
-                    continue;
-                }
-                limiter.record(&chat, now);
-                if let Some(why) = api.unreachable().await {
-                    // Nothing was sent: the delivery loop retries this chunk later.
-                    tracing::info!(error = %why, "telegram: unreachable; sendMessage held back");
-                    let _ = done.send(Err(SendError::Retry(why)));
-                    continue;
-                }
-                let body = proto::SendMessage {
-                    chat_id: proto::chat_id_json(&chat),
-                    text: &text,
-                };
-                let reply = api
-                    .call("sendMessage", &body, CALL_TIMEOUT, MAX_SEND_BODY)
-                    .await;
-                if matches!(reply, Reply::Body(200..=299, _))
-                    && proto::classify::<serde::de::IgnoredAny>(reply.fetched()).is_err()
-                {
-                    Metrics::inc(&ctx.metrics.malformed[KIND.index()]);
-                }
-                // A sendMessage whose answer was lost may have gone out: Telegram has no
-                // idempotency key, so it is reported in doubt (never resent), not retried.
-                let outcome = match &reply {
-                    Reply::Failed {
-                        why,
-                        maybe_sent: true,
-                    } => Err(SendError::InDoubt(why.clone())),
-                    _ => proto::send_outcome(reply.fetched()),
-                };
+                let outcome = send_message(api, ctx, &mut limiter, &chat, &text, after, arm).await;
                 // Sent/failed counts are kept by the delivery loop, once for every channel.
                 if let Err(e) = &outcome {
-                    tracing::warn!(error = %e, "telegram: sendMessage failed");
+                    if !matches!(e, SendError::NotYet(_)) {
+                        tracing::warn!(error = %e, "telegram: sendMessage failed");
+                    }
                 }
                 // The delivery loop may have given up waiting; nothing to do then.
                 let _ = done.send(outcome);
             }
+            ChannelCommand::Reconcile {
+                chat,
+                hint,
+                since_ms,
+                done,
+                ..
+            } => {
+                let _ = done.send(reconcile(api, ctx, &chat, hint, since_ms).await);
+            }
         }
     }
+}
+
+/// One chunk: the per-chat limit and a suspect link are checked first (nothing armed, nothing
+/// sent); then the chunk is armed with the highest message id the bot knows — its own sends, the
+/// updates it saw, and `after`, the id of the message the reply answers — and sent.
+async fn send_message(
+    api: &Api,
+    ctx: &ChannelContext,
+    limiter: &mut RateLimiter,
+    chat: &str,
+    text: &str,
+    after: u64,
+    arm: Arm,
+) -> Result<(), SendError> {
+    let now = Instant::now().into_std();
+    let ready = limiter.ready_at(chat, now);
+    if ready > now {
+        return Err(SendError::NotYet(ready - now));
+    }
+    limiter.record(chat, now);
+    if let Some(why) = api.unreachable().await {
+        tracing::info!(error = %why, "telegram: unreachable; sendMessage held back");
+        return Err(SendError::Retry(why));
+    }
+    let hint = u64::try_from(api.box_max.load(Ordering::Relaxed))
+        .unwrap_or(0)
+        .max(after);
+    arm.arm(hint).await?;
+    let body = proto::SendMessage {
+        chat_id: proto::chat_id_json(chat),
+        text,
+    };
+    let reply = api
+        .call("sendMessage", &body, CALL_TIMEOUT, MAX_SEND_BODY)
+        .await;
+    if matches!(reply, Reply::Body(200..=299, _))
+        && proto::classify::<serde::de::IgnoredAny>(reply.fetched()).is_err()
+    {
+        Metrics::inc(&ctx.metrics.malformed[KIND.index()]);
+    }
+    // An answer lost after the request left: the chunk is settled by probing ([`doubt`]).
+    let outcome = match &reply {
+        Reply::Failed {
+            why,
+            maybe_sent: true,
+        } => Err(SendError::InDoubt(why.clone())),
+        _ => proto::send_outcome(reply.fetched()),
+    };
+    if outcome.is_ok()
+        && let Some(id) = doubt::sent_message_id(reply.fetched())
+    {
+        know_own_message(ctx, api, id).await;
+    }
+    outcome
+}
+
+/// Settles a chunk in doubt ([`doubt`]): probes the ids above `hint` in `chat` for the bot's own
+/// message.
+async fn reconcile(api: &Api, ctx: &ChannelContext, chat: &str, hint: u64, since_ms: u64) -> Doubt {
+    if !doubt::is_private(chat) {
+        return Doubt::Unknowable;
+    }
+    let wait = doubt::wait_before_probe(since_ms, crate::store::now_ms());
+    if !wait.is_zero() {
+        return Doubt::NotYet(wait);
+    }
+    // No id known when it was armed (a fresh state, before any update): the bot's older
+    // messages could not be told from the chunk.
+    let Ok(first) = i64::try_from(hint) else {
+        return Doubt::Unknowable;
+    };
+    if first == 0 {
+        return Doubt::Unknowable;
+    }
+    for n in 1..=doubt::MAX_PROBES as i64 {
+        let id = first.saturating_add(n);
+        let body = doubt::Probe {
+            chat_id: proto::chat_id_json(chat),
+            message_id: id,
+        };
+        let reply = api
+            .call(
+                "editMessageReplyMarkup",
+                &body,
+                PROBE_TIMEOUT,
+                MAX_SEND_BODY,
+            )
+            .await;
+        match doubt::classify_probe(reply.fetched()) {
+            Probed::Ours => {
+                know_own_message(ctx, api, id).await;
+                return Doubt::Sent;
+            }
+            Probed::NotOurs => {}
+            Probed::ChatGone => return Doubt::NotSent,
+            Probed::RetryAfter(d) => return Doubt::NotYet(d),
+            Probed::Failed(why) => return Doubt::Unresolved(why),
+            Probed::Unclear(why) => {
+                tracing::warn!(error = %why, "telegram: unexpected answer while checking a send in doubt");
+                return Doubt::Unknowable;
+            }
+        }
+        sleep(doubt::PROBE_GAP).await;
+    }
+    Doubt::NotSent
 }
 
 /// Best effort: a failed typing indicator is only logged.

@@ -9,6 +9,7 @@
 //! Never logs the token (it lives in the URL path `/bot<token>/<method>`, and URLs are not logged)
 //! and never logs message bodies.
 
+pub mod doubt;
 pub mod driver;
 pub mod proto;
 
@@ -16,9 +17,9 @@ use crate::channel::{ChannelKind, ChannelSpec};
 
 pub use driver::run;
 
-/// Telegram: 4096 characters per message; a resent sendMessage makes a second message.
+/// Telegram: 4096 characters per message. A resent sendMessage makes a second message: a send
+/// in doubt is settled by [`doubt`] before anything else is sent.
 pub const SPEC: ChannelSpec = ChannelSpec {
     kind: ChannelKind::Telegram,
     max_chars: 4096,
-    idempotent_send: false,
 };

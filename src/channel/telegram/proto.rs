@@ -292,6 +292,10 @@ pub fn send_outcome(fetched: Fetched<'_>) -> Result<(), SendError> {
         Err(ApiError::Invalid(e)) => Err(SendError::Permanent(format!("bad Bot API URL: {e}"))),
         Err(ApiError::TokenRejected) => Err(SendError::Retry(TOKEN_REJECTED_DETAIL.into())),
         Err(ApiError::Conflict) => Err(SendError::Retry("conflict".into())),
+        // A 5xx may come from a proxy in front of Telegram after the message was made: settle it.
+        Err(ApiError::Transient(e)) if matches!(fetched, Fetched::Body { .. }) => {
+            Err(SendError::InDoubt(e))
+        }
         Err(ApiError::Transient(e)) => Err(SendError::Retry(e)),
         Err(ApiError::Malformed(e)) => Err(SendError::Retry(format!("malformed response: {e}"))),
     }
@@ -307,6 +311,9 @@ pub struct Item {
     /// `None`: nothing to submit (an unreadable update, or a kind we do not handle); it is
     /// confirmed as soon as everything before it is.
     pub inbound: Option<Inbound>,
+    /// The message's id when it counts on the bot's own message counter (a private chat): see
+    /// [`super::doubt`].
+    pub box_msg_id: Option<i64>,
 }
 
 /// Converts one update; `Err` when it is unreadable (its id, if readable, is still returned).
@@ -318,10 +325,15 @@ pub fn convert(raw: Value, handle_edits: bool) -> Result<Item, Option<i64>> {
         (None, Some(m)) if handle_edits => Some(m),
         _ => None,
     };
+    let box_msg_id = message
+        .as_ref()
+        .filter(|m| m.chat.kind == "private")
+        .map(|m| m.message_id);
     let inbound = message.map(|m| message_to_inbound(update.update_id, m));
     Ok(Item {
         update_id: update.update_id,
         inbound,
+        box_msg_id,
     })
 }
 
@@ -361,6 +373,12 @@ fn message_to_inbound(update_id: i64, m: Message) -> Inbound {
         id: update_id.to_string(),
         chat: m.chat.id.to_string(),
         sender: sender.to_string(),
+        author: sender.to_string(),
+        wire_seq: if m.chat.kind == "private" {
+            u64::try_from(m.message_id).unwrap_or(0)
+        } else {
+            0
+        },
         is_group: m.chat.kind != "private",
         content,
         ts_ms: u64::try_from(m.date).unwrap_or(0).saturating_mul(1000),
@@ -422,6 +440,8 @@ pub struct Poller {
     up_detail: String,
     /// Set after a TooLarge answer: ask for one update at a time until one poll succeeds.
     small_batches: bool,
+    /// The highest private-chat message id seen in any update (see [`super::doubt`]).
+    box_max: i64,
 }
 
 impl Poller {
@@ -436,7 +456,13 @@ impl Poller {
             failing: false,
             up_detail: String::new(),
             small_batches: false,
+            box_max: 0,
         }
+    }
+
+    /// The highest private-chat message id seen in any update so far.
+    pub fn box_max(&self) -> i64 {
+        self.box_max
     }
 
     /// The offset of the next getUpdates.
@@ -517,6 +543,7 @@ impl Poller {
                     items.push(Item {
                         update_id,
                         inbound: None,
+                        box_msg_id: None,
                     });
                 }
                 // No readable id: it cannot be skipped on its own; a later good update moves the
@@ -525,6 +552,9 @@ impl Poller {
             }
         }
         items.sort_by_key(|i| i.update_id);
+        if let Some(m) = items.iter().filter_map(|i| i.box_msg_id).max() {
+            self.box_max = self.box_max.max(m);
+        }
         let floor = self.offset.unwrap_or(i64::MIN);
         self.batch
             .extend(items.into_iter().filter(|i| i.update_id >= floor));
@@ -882,7 +912,7 @@ mod tests {
                 body:
                     b"{\"ok\":false,\"error_code\":500,\"description\":\"Internal Server Error\"}"
             }),
-            Err(SendError::Retry(_))
+            Err(SendError::InDoubt(_))
         ));
         let b = ok(
             json!({"message_id": 5, "date": 1, "chat": {"id": 1, "type": "private"}, "text": "hi"}),

@@ -241,6 +241,8 @@ pub fn classify(
         id: info.id.clone(),
         chat: src.chat.to_non_ad().to_string(),
         sender,
+        author: src.sender.to_string(),
+        wire_seq: 0,
         is_group: src.is_group || src.chat.is_group(),
         content,
         ts_ms: u64::try_from(info.timestamp.timestamp_millis()).unwrap_or(0),

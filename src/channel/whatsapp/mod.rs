@@ -19,6 +19,7 @@
 
 pub mod adapter;
 pub mod http;
+mod inbound;
 pub mod qr;
 pub mod storage;
 pub mod transport;
@@ -30,10 +31,10 @@ use crate::channel::{
 use crate::config::WhatsAppConfig;
 use crate::metrics::Metrics;
 use crate::pairing::{Pairing, PairingPublisher};
-use crate::router::{IntakeError, Submitted};
+use crate::router::IntakeError;
 use crate::status::State;
 use crate::store::kv::KvTable;
-use adapter::{Classified, Decision, Ending, Own, Rules, SentIds};
+use adapter::{Decision, Ending, Own, Rules, SentIds};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -42,16 +43,16 @@ use storage::KvBackend;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use whatsapp_rust::prelude::*;
-use whatsapp_rust::types::events::{Event, EventHandler, InboundMessage};
+use whatsapp_rust::types::events::{Event, EventHandler};
 use whatsapp_rust::waproto::whatsapp as wa;
-use whatsapp_rust::{InboundDurabilityHook, Jid, TokioRuntime, anyhow, async_trait};
+use whatsapp_rust::{Jid, TokioRuntime};
 
 /// WhatsApp allows ~65k characters; 4000 keeps a reply chunk readable on a phone and leaves room
-/// for the self-chat prefix. Sends are idempotent: the message id is derived from the chunk key.
+/// for the self-chat prefix. A send in doubt is simply repeated: the message id is derived from the
+/// chunk key, and a recipient's devices keep one message per id.
 pub const SPEC: ChannelSpec = ChannelSpec {
     kind: ChannelKind::WhatsApp,
     max_chars: 4000,
-    idempotent_send: true,
 };
 
 /// The production endpoint; any other URL is a test server.
@@ -132,6 +133,7 @@ struct Shared {
     seen: Mutex<Seen>,
     sent: Mutex<SentIds>,
     wake: Notify,
+    inflow: inbound::Inflow,
 }
 
 impl Shared {
@@ -149,6 +151,10 @@ impl Shared {
         }
         drop(s);
         self.wake.notify_one();
+    }
+    #[cfg(test)]
+    fn inflow_redrive_pending(&self) -> bool {
+        self.inflow.redrive_pending()
     }
     fn rules(&self) -> Rules {
         Rules {
@@ -233,110 +239,16 @@ impl EventHandler for Events {
                 }
             }
             Event::Messages(batch) => {
-                // Placeholder recoveries bypass the durability hook (the server already has
-                // them acked); submit those here so none is lost.
+                // Placeholder recoveries bypass the durability hook (the library acked them on
+                // its own path): queued for the same submit path as every other message.
                 for m in batch.messages.iter() {
                     if m.info.unavailable_request_id.is_some() {
-                        let sh = sh.clone();
-                        let m = m.clone();
-                        tokio::spawn(async move {
-                            let _ = submit_one(&sh, None, &m).await;
-                        });
+                        inbound::queue_recovered(sh, m.clone());
                     }
                 }
             }
             _ => {}
         }
-    }
-}
-
-/// Submits one message; `Ok(true)` when it became new and durable (worth a read receipt).
-async fn submit_one(
-    sh: &Arc<Shared>,
-    client: Option<&Arc<Client>>,
-    m: &InboundMessage,
-) -> Result<bool, IntakeError> {
-    let own = client.map(|c| own_of(c)).unwrap_or_default();
-    let sender = &m.info.source.sender;
-    let lid_pn = match (client, sender.is_lid(), &m.info.source.sender_alt) {
-        (Some(c), true, None) => c
-            .get_lid_pn_entry(sender)
-            .await
-            .ok()
-            .flatten()
-            .map(|e| e.phone_number.to_string()),
-        _ => None,
-    };
-    let verdict = {
-        let mut sent = sh.sent();
-        adapter::classify(
-            &m.message,
-            &m.info,
-            &own,
-            &sh.rules(),
-            &mut sent,
-            lid_pn.as_deref(),
-            Instant::now(),
-        )
-    };
-    match verdict {
-        Classified::Skip(adapter::Skip::SelfEcho) => {
-            sh.ctx
-                .metrics
-                .dropped(ChannelKind::WhatsApp, crate::metrics::DropReason::SelfEcho);
-            Ok(false)
-        }
-        Classified::Skip(why) => {
-            tracing::debug!(reason = ?why, "WhatsApp message not submitted");
-            Ok(false)
-        }
-        Classified::Submit(inbound) => {
-            let r = sh.ctx.intake.submit(inbound).await?;
-            Ok(r == Submitted::Accepted)
-        }
-    }
-}
-
-/// The client's inbound durability hook: the ack waits for our durable inbox write.
-struct Hook(Arc<Shared>);
-
-#[async_trait]
-impl InboundDurabilityHook for Hook {
-    async fn on_messages(
-        &self,
-        client: Arc<Client>,
-        batch: &[InboundMessage],
-    ) -> Result<(), anyhow::Error> {
-        let mut receipts: Vec<(Jid, Option<Jid>, String)> = Vec::new();
-        for m in batch {
-            match submit_one(&self.0, Some(&client), m).await {
-                Ok(true) => {
-                    let src = &m.info.source;
-                    let sender = src.is_group.then(|| src.sender.clone());
-                    receipts.push((src.chat.clone(), sender, m.info.id.clone()));
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    // Not acked: the server keeps it and redelivers; the core dedupes by id.
-                    tracing::warn!(error = ?e, "could not store a WhatsApp message; it will be redelivered");
-                    return Err(anyhow::anyhow!("inbox write failed: {e:?}"));
-                }
-            }
-        }
-        if self.0.cfg.read_receipts && !receipts.is_empty() {
-            // After the hook returns (never inside it: the sender's lock is held here).
-            tokio::spawn(async move {
-                for (chat, sender, id) in receipts {
-                    if let Err(e) = client
-                        .mark_as_read(&chat, sender.as_ref(), &[id.as_str()])
-                        .await
-                    {
-                        tracing::debug!(error = %e, "read receipt not sent");
-                    }
-                }
-            });
-        }
-        Ok(())
     }
 }
 
@@ -364,6 +276,7 @@ pub async fn run_with(
         seen: Mutex::new(Seen::default()),
         sent: Mutex::new(SentIds::default()),
         wake: Notify::new(),
+        inflow: inbound::Inflow::new(),
     });
     let url = cfg.server_url.get_ref().clone();
     let factory = transport::WsFactory::new(&url);
@@ -374,7 +287,7 @@ pub async fn run_with(
         .with_http_client(http::WaHttp::new(ctx.http.clone()))
         .with_runtime(TokioRuntime)
         .with_event_handler(Events(shared.clone()))
-        .with_inbound_durability_hook(Hook(shared.clone()))
+        .with_inbound_durability_hook(inbound::Hook(shared.clone()))
         // An assistant needs no chat history: skips downloading and storing it.
         .skip_history_sync();
     if url != DEFAULT_SERVER_URL {
@@ -385,8 +298,19 @@ pub async fn run_with(
         .await
         .map_err(|e| ChannelError(format!("cannot start the WhatsApp client: {e}")))?;
     let client = bot.client();
+    // Wait for a previous driver's client (a restart after a panic) to be gone.
+    let slot = ONE_CLIENT.clone().lock_owned().await;
+    let mut teardown = Teardown {
+        client: client.clone(),
+        conn: None,
+        slot: Some(slot),
+    };
     // We drive reconnects ourselves (adapter::decide).
     client.enable_auto_reconnect.store(false, Ordering::Relaxed);
+    let _recovered = AbortOnDrop(tokio::spawn(inbound::drain_recovered(
+        shared.clone(),
+        client.clone(),
+    )));
     let mut bot = Some(bot);
 
     let mut commands = ctx.commands.clone().lock_owned().await;
@@ -436,6 +360,7 @@ pub async fn run_with(
             }
         }
         let mut conn = conn;
+        teardown.conn = Some(conn.abort_handle());
         // Aborted when this connection's loop is left, whichever way.
         let _probe = AbortOnDrop(tokio::spawn(deaf_link_probe(client.clone())));
         let mut announced_up = false;
@@ -462,6 +387,7 @@ pub async fn run_with(
                         ctx.reporter.set(State::Up, format!("linked {number}"));
                         pairing.publish(Pairing::Linked { number: number.clone() });
                         tracing::info!("WhatsApp connected");
+                        crate::fault::panic_point("whatsapp-connected");
                         if opts.exit_when_linked {
                             shutdown_client(&client).await;
                             let _ = conn.await;
@@ -575,6 +501,36 @@ pub async fn run_with(
     }
 }
 
+/// One WhatsApp client per process at a time: a driver holds this until its client is gone.
+static ONE_CLIENT: std::sync::LazyLock<Arc<tokio::sync::Mutex<()>>> =
+    std::sync::LazyLock::new(Arc::default);
+
+/// Ends the client when the driver ends, however it ends (a panic included): aborts its
+/// connection task, disconnects it (bounded), and only then frees the one-client slot. Two
+/// clients on one identity would both process messages on the same Signal state, and the server
+/// would replace one with the other.
+struct Teardown {
+    client: Arc<Client>,
+    conn: Option<tokio::task::AbortHandle>,
+    slot: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            c.abort();
+        }
+        let client = self.client.clone();
+        let slot = self.slot.take();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                shutdown_client(&client).await;
+                drop(slot);
+            });
+        }
+    }
+}
+
 /// Aborts a task when dropped: ties a helper task's life to a scope.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -661,16 +617,22 @@ fn handle_command(sh: &Arc<Shared>, client: &Arc<Client>, cmd: ChannelCommand) {
                 }
             });
         }
+        // A resend carries the same message id: a recipient's devices keep one message per id.
+        ChannelCommand::Reconcile { done, .. } => {
+            let _ = done.send(crate::channel::Doubt::NotSent);
+        }
         ChannelCommand::Send {
             chat,
             text,
             key,
+            arm,
             done,
+            ..
         } => {
             let sh = sh.clone();
             let c = client.clone();
             tokio::spawn(async move {
-                let r = send(&sh, &c, &chat, text, &key).await;
+                let r = send(&sh, &c, &chat, text, &key, arm).await;
                 if let Err(e) = &r {
                     tracing::info!(error = %e, "WhatsApp send failed");
                 }
@@ -687,6 +649,7 @@ async fn send(
     chat: &str,
     text: String,
     key: &str,
+    arm: crate::channel::Arm,
 ) -> Result<(), SendError> {
     if !client.is_logged_in() {
         return Err(SendError::Retry("WhatsApp is not connected".into()));
@@ -718,6 +681,10 @@ async fn send(
         conversation: Some(text),
         ..Default::default()
     };
+    if let Err(e) = arm.arm(0).await {
+        sh.seen().acks.remove(&id);
+        return Err(e);
+    }
     let sent = client
         .send_message_with_options(jid, msg, SendOptions::default().with_message_id(id.clone()))
         .await;
@@ -727,14 +694,33 @@ async fn send(
     }
     match tokio::time::timeout(SEND_ACK_TIMEOUT, rx).await {
         Ok(Ok(None)) => Ok(()),
-        Ok(Ok(Some(code))) => Err(SendError::Permanent(format!(
-            "WhatsApp refused the message (error {code})"
-        ))),
+        Ok(Ok(Some(code))) => Err(classify_nack(&code)),
         Ok(Err(_)) => Err(SendError::Retry("channel restarted".into())),
         Err(_) => {
             sh.seen().acks.remove(&id);
             Err(SendError::Retry("no acknowledgement from WhatsApp".into()))
         }
+    }
+}
+
+/// How long to wait before offering again a message WhatsApp refused for an account restriction
+/// that lifts with time (463: no trusted-contact token yet; 475: too many new chats).
+pub const RESTRICTED_RETRY: Duration = Duration::from_secs(300);
+
+/// What a server nack (the `error` attribute of the `<ack>` to our message; codes as WA Web's
+/// `NackFromStanza` and whatsapp-rust's `NackReason` name them) means for the reply: the same id
+/// is sent again later, or the reply is given up.
+pub fn classify_nack(code: &str) -> SendError {
+    let why = |what: &str| format!("WhatsApp refused the message (error {code}: {what})");
+    match code {
+        // Transient on the server's side: try again.
+        "408" | "429" | "500" | "503" | "552" => SendError::Retry(why("temporary")),
+        // Stale group addressing / an old Signal counter: the client refreshes and re-encrypts.
+        "421" | "496" => SendError::Retry(why("stale state, re-encrypting")),
+        // Account restrictions that lift with time.
+        "463" | "475" => SendError::RetryAfter(RESTRICTED_RETRY),
+        // Malformed, unknown recipient, unsupported: it will never go.
+        _ => SendError::Permanent(why("rejected")),
     }
 }
 
@@ -880,14 +866,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn spec_is_idempotent_with_room_for_the_prefix() {
-        const { assert!(SPEC.idempotent_send) };
+    fn spec_has_room_for_the_prefix() {
         assert_eq!(SPEC.kind, ChannelKind::WhatsApp);
         const { assert!(SPEC.max_chars + 8 < 65_000) };
     }
 
-    use crate::router::Intake;
+    use crate::router::{Intake, Submitted};
     use crate::store::Store;
+    use inbound::Hook;
+    use whatsapp_rust::InboundDurabilityHook;
 
     fn shared(
         read_receipts: bool,
@@ -924,6 +911,7 @@ mod tests {
             seen: Mutex::new(Seen::default()),
             sent: Mutex::new(SentIds::default()),
             wake: Notify::new(),
+            inflow: inbound::Inflow::new(),
         });
         (sh, subs, prx, board)
     }
@@ -1017,9 +1005,10 @@ mod tests {
         second.reply.send(Ok(Submitted::Duplicate)).unwrap();
         call.await.unwrap();
 
-        // A failed store write fails the hook: the client does not ack, the server redelivers.
+        // A refused message is offered again (a busy inbox drains in seconds): taken the
+        // second time, the hook succeeds and nothing is redelivered.
         let batch = [inbound("B1", "x")];
-        let call = hook.on_messages(client, &batch);
+        let call = hook.on_messages(client.clone(), &batch);
         tokio::pin!(call);
         let s = tokio::select! {
             _ = &mut call => panic!("returned early"),
@@ -1028,7 +1017,61 @@ mod tests {
         s.reply
             .send(Err(IntakeError::Store("disk full".into())))
             .unwrap();
-        assert!(call.await.is_err());
+        let again = tokio::select! {
+            _ = &mut call => panic!("gave up after one refusal"),
+            s = subs.recv() => s.unwrap(),
+        };
+        assert_eq!(again.msg.id, "B1");
+        again.reply.send(Ok(Submitted::Accepted)).unwrap();
+        call.await.unwrap();
+        assert!(!sh.inflow_redrive_pending());
+    }
+
+    /// An inbox that keeps refusing: after its patience the hook fails (the client does not ack)
+    /// and a reconnect is on its way, so the server delivers the message again within seconds
+    /// instead of at the next reconnect, days later on a stable link.
+    #[tokio::test(start_paused = true)]
+    async fn a_message_the_inbox_keeps_refusing_is_redriven_within_seconds() {
+        let (sh, mut subs, _prx, _board) = shared(false);
+        let client = test_client(&sh).await;
+        let hook = Hook(sh.clone());
+        let batch = [inbound("C1", "x")];
+        let t0 = tokio::time::Instant::now();
+        let call = hook.on_messages(client, &batch);
+        tokio::pin!(call);
+        let mut offers = 0;
+        let r = loop {
+            tokio::select! {
+                r = &mut call => break r,
+                s = subs.recv() => {
+                    offers += 1;
+                    s.unwrap().reply.send(Err(IntakeError::Busy)).unwrap();
+                }
+            }
+        };
+        assert!(r.is_err(), "not acknowledged");
+        assert!(offers > 2, "offered again before giving up ({offers})");
+        assert!(t0.elapsed() <= inbound::HOOK_PATIENCE);
+        assert!(sh.inflow_redrive_pending(), "a reconnect is on its way");
+    }
+
+    /// A message recovered from the phone is submitted through the same path, and a store error
+    /// does not lose it: it is offered until the inbox takes it.
+    #[tokio::test(start_paused = true)]
+    async fn a_recovered_message_is_retried_until_the_inbox_takes_it() {
+        let (sh, mut subs, _prx, _board) = shared(false);
+        let client = test_client(&sh).await;
+        let drain = tokio::spawn(inbound::drain_recovered(sh.clone(), client));
+        inbound::queue_recovered(&sh, inbound("R1", "while you were away"));
+        let s = subs.recv().await.unwrap();
+        assert_eq!(s.msg.id, "R1");
+        s.reply
+            .send(Err(IntakeError::Store("disk full".into())))
+            .unwrap();
+        let s = subs.recv().await.unwrap();
+        assert_eq!(s.msg.id, "R1", "offered again");
+        s.reply.send(Ok(Submitted::Accepted)).unwrap();
+        drain.abort();
     }
 
     #[test]
@@ -1062,6 +1105,29 @@ mod tests {
             .unwrap(),
             "WhatsApp: linked +4917\n"
         );
+    }
+
+    #[test]
+    fn server_nacks_are_retried_or_given_up_by_code() {
+        for code in ["408", "429", "500", "503", "552", "421", "496"] {
+            assert!(
+                matches!(classify_nack(code), SendError::Retry(_)),
+                "{code} is retried"
+            );
+        }
+        for code in ["463", "475"] {
+            assert_eq!(
+                classify_nack(code),
+                SendError::RetryAfter(RESTRICTED_RETRY),
+                "{code} waits"
+            );
+        }
+        for code in ["400", "404", "479", "487", "491", "499", "551"] {
+            assert!(
+                matches!(classify_nack(code), SendError::Permanent(_)),
+                "{code} is given up"
+            );
+        }
     }
 
     #[test]

@@ -237,8 +237,14 @@ fn prekey_row(record: &[u8], uploaded: bool) -> Vec<u8> {
     v
 }
 
-fn prekey_record(row: Vec<u8>) -> Bytes {
-    Bytes::from(row).slice(1..)
+/// The record of a `[uploaded][record]` row; an empty (damaged) row is no record, logged: the
+/// client then treats the pre-key as used, which costs one session setup, never a crash.
+fn prekey_record(row: Vec<u8>) -> Option<Bytes> {
+    if row.is_empty() {
+        tracing::warn!("WhatsApp: an empty pre-key row in the store was skipped");
+        return None;
+    }
+    Some(Bytes::from(row).slice(1..))
 }
 
 fn secret_row(secret: &[u8; 32], expires_at: i64, message_ts: i64) -> Vec<u8> {
@@ -344,7 +350,7 @@ impl SignalStore for KvBackend {
     }
 
     async fn load_prekey(&self, id: u32) -> Result<Option<Bytes>> {
-        Ok(self.get(&k_pk(id)).await?.map(prekey_record))
+        Ok(self.get(&k_pk(id)).await?.and_then(prekey_record))
     }
 
     async fn load_prekeys_batch(&self, ids: &[u32]) -> Result<Vec<(u32, Bytes)>> {
@@ -353,7 +359,7 @@ impl SignalStore for KvBackend {
         Ok(ids
             .iter()
             .zip(vals)
-            .filter_map(|(id, v)| v.map(|v| (*id, prekey_record(v))))
+            .filter_map(|(id, v)| v.and_then(prekey_record).map(|r| (*id, r)))
             .collect())
     }
 
@@ -903,6 +909,16 @@ impl DeviceStore for KvBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_prekey_row_is_no_record_not_a_panic() {
+        assert_eq!(prekey_record(Vec::new()), None);
+        assert_eq!(prekey_record(vec![1]), Some(Bytes::new()));
+        assert_eq!(
+            prekey_record(prekey_row(b"rec", true)),
+            Some(Bytes::from_static(b"rec"))
+        );
+    }
     use crate::metrics::Metrics;
     use crate::store::Store;
     use crate::store::kv::KvTable;

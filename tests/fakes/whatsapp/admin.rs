@@ -62,6 +62,7 @@ pub async fn state_json(world: &Mutex<World>) -> serde_json::Value {
         "connected": w.conn.as_ref().is_some_and(|c| c.logged_in),
         "paired": w.companion.is_some(),
         "jid": w.own_jid(),
+        "replaced": w.replaced,
     })
 }
 

@@ -24,8 +24,13 @@ pub const CLIENT_PREKEYS_CAP: usize = 2048;
 /// Padding version WhatsApp uses inside `<enc v="2">`.
 pub const PADDING_VERSION: u8 = 2;
 
+/// One message the contact's phone received and decrypted, as it arrived: a retransmission with
+/// an id the phone already has is recorded again (the phone itself shows one message per id).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct InboxEntry {
+    /// Deliveries to this contact so far when this one arrived (0, 1, 2, …): lets a reader that
+    /// polls the bounded inbox take each delivery exactly once.
+    pub seq: u64,
     pub id: String,
     pub text: String,
     pub ts: u64,
@@ -34,6 +39,8 @@ pub struct InboxEntry {
 pub struct Contact {
     pub peer: PeerStore,
     pub inbox: VecDeque<InboxEntry>,
+    /// Deliveries recorded so far (never reset; the next entry's `seq`).
+    pub delivered: u64,
 }
 
 impl Contact {
@@ -42,13 +49,16 @@ impl Contact {
         Self {
             peer: PeerStore::new(&pair),
             inbox: VecDeque::new(),
+            delivered: 0,
         }
     }
 
-    pub fn record(&mut self, entry: InboxEntry) {
+    pub fn record(&mut self, mut entry: InboxEntry) {
         if self.inbox.len() >= INBOX_CAP {
             self.inbox.pop_front();
         }
+        entry.seq = self.delivered;
+        self.delivered += 1;
         self.inbox.push_back(entry);
     }
 }

@@ -54,6 +54,8 @@ pub struct State {
     pub connected: bool,
     pub paired: bool,
     pub jid: Option<String>,
+    /// Logged-in connections pushed out by a newer one (two clients on one identity at once).
+    pub replaced: u64,
 }
 
 pub struct FakeWhatsApp {
@@ -145,6 +147,7 @@ impl FakeWhatsApp {
             connected: w.conn.as_ref().is_some_and(|c| c.logged_in),
             paired: w.companion.is_some(),
             jid: w.own_jid(),
+            replaced: w.replaced,
         }
     }
 

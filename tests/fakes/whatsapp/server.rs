@@ -105,6 +105,9 @@ pub struct World {
     pub blackhole: tokio::sync::watch::Sender<bool>,
     /// TCP connections accepted on the WebSocket listener so far.
     pub attempts: u64,
+    /// Logged-in connections pushed out by a newer one of the same device (the real server sends
+    /// the old one `<conflict type="replaced"/>`): two clients on one identity at once.
+    pub replaced: u64,
     /// Every message stanza delivered so far (up to `OFFLINE_QUEUE_CAP`), for the `replay` fault.
     delivered: VecDeque<Node>,
 }
@@ -147,6 +150,7 @@ impl World {
             next_conn: 1,
             blackhole: tokio::sync::watch::Sender::new(false),
             attempts: 0,
+            replaced: 0,
             delivered: VecDeque::new(),
         }
     }
@@ -185,6 +189,9 @@ impl World {
         let id = self.next_conn;
         self.next_conn += 1;
         if let Some(old) = self.conn.take() {
+            if old.logged_in {
+                self.replaced += 1;
+            }
             let _ = old.tx.try_send(Cmd::Close);
         }
         self.requeue_unreceipted();
@@ -961,6 +968,7 @@ impl World {
                 Ok(msg) => {
                     if let Some(text) = contacts::message_text(&msg) {
                         contact.record(InboxEntry {
+                            seq: 0,
                             id: id.clone(),
                             text,
                             ts: now,

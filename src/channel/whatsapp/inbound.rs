@@ -1,0 +1,243 @@
+//! From a decrypted WhatsApp message to the durable inbox: the client's durability hook (the
+//! server is acknowledged only after the inbox write), messages recovered from the phone ("waiting
+//! for this message"), and what happens when the inbox cannot take a message right now.
+//!
+//! Every message takes the one submit path, [`submit_one`], with the client's own identity (so the
+//! self chat and LID senders are recognised): live ones from the hook, recovered ones from a
+//! bounded queue drained by [`drain_recovered`]. A message the inbox refused (busy, a store error)
+//! is never left for the next reconnect, which on a stable link may be days away: the hook retries
+//! for [`HOOK_PATIENCE`], then withholds the acknowledgement and forces a reconnect after
+//! [`REDRIVE_AFTER`], so the server redelivers it within seconds.
+
+use super::adapter::{self, Classified, Own};
+use super::{Shared, own_of};
+use crate::backoff::Backoff;
+use crate::channel::ChannelKind;
+use crate::router::{IntakeError, Submitted};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use whatsapp_rust::prelude::*;
+use whatsapp_rust::types::events::InboundMessage;
+use whatsapp_rust::{InboundDurabilityHook, Jid, anyhow, async_trait};
+
+/// Recovered messages waiting for the inbox. The phone answers a placeholder request with one
+/// message at a time; 64 covers a burst after a long outage many times over. Beyond it a message
+/// is counted and logged (the phone still has it; WhatsApp shows it there).
+pub const MAX_RECOVERED: usize = 64;
+/// How long the hook keeps offering a refused message to the inbox before it withholds the
+/// acknowledgement: a busy inbox drains in seconds, and the client's receive pipeline waits
+/// meanwhile (backpressure, as whatsmeow's synchronous ack does).
+pub const HOOK_PATIENCE: Duration = Duration::from_secs(10);
+/// After the hook gave up on a message: the pause before the forced reconnect that makes the
+/// server deliver it again (time for the inbox to drain; short enough to be "within seconds").
+pub const REDRIVE_AFTER: Duration = Duration::from_secs(5);
+/// Retry pacing for a refused message (hook and recovered queue alike).
+const RETRY_BASE: Duration = Duration::from_millis(250);
+const RETRY_CAP: Duration = Duration::from_secs(2);
+
+/// The queue of recovered messages, and whether a redrive reconnect is already on its way.
+pub(super) struct Inflow {
+    tx: mpsc::Sender<InboundMessage>,
+    rx: std::sync::Mutex<Option<mpsc::Receiver<InboundMessage>>>,
+    redrive_pending: AtomicBool,
+}
+
+impl Inflow {
+    pub(super) fn new() -> Inflow {
+        let (tx, rx) = mpsc::channel(MAX_RECOVERED);
+        Inflow {
+            tx,
+            rx: std::sync::Mutex::new(Some(rx)),
+            redrive_pending: AtomicBool::new(false),
+        }
+    }
+
+    /// A redrive reconnect is on its way.
+    #[cfg(test)]
+    pub(super) fn redrive_pending(&self) -> bool {
+        self.redrive_pending.load(Ordering::Acquire)
+    }
+}
+
+/// From the client's event handler (never blocks): queues a message recovered from the phone.
+pub(super) fn queue_recovered(sh: &Arc<Shared>, m: InboundMessage) {
+    if sh.inflow.tx.try_send(m).is_err() {
+        crate::metrics::Metrics::inc(&sh.ctx.metrics.malformed[ChannelKind::WhatsApp.index()]);
+        tracing::warn!(
+            "WhatsApp: too many recovered messages waiting; one was not taken (it stays on the phone)"
+        );
+    }
+}
+
+/// Submits recovered messages for as long as the channel runs, each until the inbox took it.
+pub(super) async fn drain_recovered(sh: Arc<Shared>, client: Arc<Client>) {
+    let rx = sh
+        .inflow
+        .rx
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    let Some(mut rx) = rx else { return };
+    let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP, 0x7ec0);
+    while let Some(m) = rx.recv().await {
+        loop {
+            match submit_one(&sh, Some(&client), &m).await {
+                Ok(_) => break,
+                Err(IntakeError::ShuttingDown) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "WhatsApp: could not store a recovered message yet; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+        backoff.reset();
+    }
+}
+
+/// Submits one message; `Ok(true)` when it became new and durable (worth a read receipt).
+pub(super) async fn submit_one(
+    sh: &Arc<Shared>,
+    client: Option<&Arc<Client>>,
+    m: &InboundMessage,
+) -> Result<bool, IntakeError> {
+    let own = client.map(|c| own_of(c)).unwrap_or_default();
+    let sender = &m.info.source.sender;
+    let lid_pn = match (client, sender.is_lid(), &m.info.source.sender_alt) {
+        (Some(c), true, None) => c
+            .get_lid_pn_entry(sender)
+            .await
+            .ok()
+            .flatten()
+            .map(|e| e.phone_number.to_string()),
+        _ => None,
+    };
+    submit_as(sh, &own, lid_pn.as_deref(), m).await
+}
+
+/// [`submit_one`] with the identity already known.
+pub(super) async fn submit_as(
+    sh: &Arc<Shared>,
+    own: &Own,
+    lid_pn: Option<&str>,
+    m: &InboundMessage,
+) -> Result<bool, IntakeError> {
+    let verdict = {
+        let mut sent = sh.sent();
+        adapter::classify(
+            &m.message,
+            &m.info,
+            own,
+            &sh.rules(),
+            &mut sent,
+            lid_pn,
+            Instant::now(),
+        )
+    };
+    match verdict {
+        Classified::Skip(adapter::Skip::SelfEcho) => {
+            sh.ctx
+                .metrics
+                .dropped(ChannelKind::WhatsApp, crate::metrics::DropReason::SelfEcho);
+            Ok(false)
+        }
+        Classified::Skip(why) => {
+            tracing::debug!(reason = ?why, "WhatsApp message not submitted");
+            Ok(false)
+        }
+        Classified::Submit(inbound) => {
+            let r = sh.ctx.intake.submit(inbound).await?;
+            Ok(r == Submitted::Accepted)
+        }
+    }
+}
+
+/// Offers `m` to the inbox until it takes it or [`HOOK_PATIENCE`] runs out.
+async fn submit_patiently(
+    sh: &Arc<Shared>,
+    client: &Arc<Client>,
+    m: &InboundMessage,
+) -> Result<bool, IntakeError> {
+    let give_up = Instant::now() + HOOK_PATIENCE;
+    let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP, 0x400c);
+    loop {
+        match submit_one(sh, Some(client), m).await {
+            Err(e @ (IntakeError::Busy | IntakeError::Store(_))) => {
+                let wait = backoff.next_delay();
+                if Instant::now() + wait > give_up {
+                    return Err(e);
+                }
+                tracing::debug!(error = %e, "WhatsApp: the inbox cannot take a message yet; offering it again");
+                tokio::time::sleep(wait).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// After the hook withheld an acknowledgement: one reconnect, [`REDRIVE_AFTER`] from now, so the
+/// server delivers the message again (at most one on its way at a time).
+fn redrive(sh: &Arc<Shared>, client: &Arc<Client>) {
+    if sh.inflow.redrive_pending.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let sh = sh.clone();
+    let client = client.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(REDRIVE_AFTER).await;
+        sh.inflow.redrive_pending.store(false, Ordering::Release);
+        tracing::info!(
+            "WhatsApp: reconnecting so the server delivers a message the inbox could not take"
+        );
+        client.reconnect_immediately().await;
+    });
+}
+
+/// The client's inbound durability hook: the ack waits for our durable inbox write.
+pub(super) struct Hook(pub(super) Arc<Shared>);
+
+#[async_trait]
+impl InboundDurabilityHook for Hook {
+    async fn on_messages(
+        &self,
+        client: Arc<Client>,
+        batch: &[InboundMessage],
+    ) -> Result<(), anyhow::Error> {
+        let mut receipts: Vec<(Jid, Option<Jid>, String)> = Vec::new();
+        for m in batch {
+            match submit_patiently(&self.0, &client, m).await {
+                Ok(true) => {
+                    let src = &m.info.source;
+                    let sender = src.is_group.then(|| src.sender.clone());
+                    receipts.push((src.chat.clone(), sender, m.info.id.clone()));
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    // Not acked: the server keeps it; a reconnect soon makes it deliver it again
+                    // (the core dedupes by id).
+                    tracing::warn!(error = %e, "could not store a WhatsApp message; it will be delivered again shortly");
+                    if !matches!(e, IntakeError::ShuttingDown) {
+                        redrive(&self.0, &client);
+                    }
+                    return Err(anyhow::anyhow!("inbox write failed: {e}"));
+                }
+            }
+        }
+        if self.0.cfg.read_receipts && !receipts.is_empty() {
+            // After the hook returns (never inside it: the sender's lock is held here).
+            tokio::spawn(async move {
+                for (chat, sender, id) in receipts {
+                    if let Err(e) = client
+                        .mark_as_read(&chat, sender.as_ref(), &[id.as_str()])
+                        .await
+                    {
+                        tracing::debug!(error = %e, "read receipt not sent");
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+}
