@@ -2,9 +2,9 @@
 //! and the fake OpenAI server (or the built-in echo agent), each behind its own [`FaultProxy`],
 //! plus the real `clawbox run` binary on a temp state dir with a /healthz port. Helpers kill -9 and
 //! restart it on the same state, read /metrics, `clawbox status` and VmRSS, send traffic from N
-//! contacts on both channels and collect the replies per (channel, chat, inbound token) so a test
-//! can check exactly-once. Owns no assertion policy (the test files decide what passes) and never
-//! reaches beyond 127.0.0.1.
+//! contacts on both channels and tally every raw delivery the fakes recorded per (channel, chat,
+//! inbound token, reply part) so a test can check exactly-once. Owns no assertion policy (the test
+//! files decide what passes) and never reaches beyond 127.0.0.1.
 #![allow(dead_code)]
 
 use super::faultproxy::FaultProxy;
@@ -56,6 +56,8 @@ pub struct Options {
     pub wa_contacts: usize,
     /// Telegram users on the allowlist, each in its own private chat.
     pub tg_users: usize,
+    /// Pacing as shipped (typing, gaps, send budget); off by default to keep tests short.
+    pub pacing: bool,
 }
 
 impl Default for Options {
@@ -66,6 +68,7 @@ impl Default for Options {
             agent: Agent::Echo,
             wa_contacts: 3,
             tg_users: 3,
+            pacing: false,
         }
     }
 }
@@ -95,8 +98,11 @@ pub struct Rig {
     /// stderr of every `clawbox run` that ended (kill -9 or stop), for counting log lines.
     pub past_stderr: Vec<String>,
     pub inbound: Vec<Inbound>,
-    /// WhatsApp replies seen so far, by the reply's message id (a phone dedupes by id), per contact.
-    wa_seen: HashMap<String, HashMap<String, String>>,
+    /// Every WhatsApp delivery the fake's contacts recorded so far, each once (by its delivery
+    /// sequence), per contact: (message id, text).
+    wa_raw: HashMap<String, Vec<(String, String)>>,
+    /// Per contact: the next delivery sequence not yet taken.
+    wa_next: HashMap<String, u64>,
     next_token: u64,
     /// Times the daemon was started.
     pub starts: u64,
@@ -108,10 +114,12 @@ impl Rig {
         let dir = tempfile::tempdir().unwrap();
         let health_port = free_port();
         let mut cfg = format!(
-            "[gateway]\nstate_dir = \"{}\"\nhealth_listen = \"127.0.0.1:{health_port}\"\n\
-             [pacing]\nenabled = false\n",
+            "[gateway]\nstate_dir = \"{}\"\nhealth_listen = \"127.0.0.1:{health_port}\"\n",
             dir.path().join("state").display()
         );
+        if !opts.pacing {
+            cfg.push_str("[pacing]\nenabled = false\n");
+        }
         let (ai, ai_proxy) = match opts.agent {
             Agent::Echo => (None, None),
             Agent::OpenAi(c) => {
@@ -179,7 +187,8 @@ impl Rig {
             tg_users,
             past_stderr: Vec::new(),
             inbound: Vec::new(),
-            wa_seen: HashMap::new(),
+            wa_raw: HashMap::new(),
+            wa_next: HashMap::new(),
             next_token: 0,
             starts: 0,
         }
@@ -239,8 +248,13 @@ impl Rig {
 
     /// Starts `clawbox run` and waits for "ready" (the store opened, the channels started).
     pub async fn run(&mut self) {
+        self.run_env(&[]).await;
+    }
+
+    /// [`Rig::run`] with extra environment (e.g. `CLAWBOX_FAULT`).
+    pub async fn run_env(&mut self, envs: &[(&str, &str)]) {
         assert!(self.proc.is_none(), "already running");
-        let p = spawn(&self.args(&["run"]), &[], self.dir.path());
+        let p = spawn(&self.args(&["run"]), envs, self.dir.path());
         self.starts += 1;
         p.wait_stderr("ready", |e| e.iter().any(|l| l.contains("ready")))
             .await;
@@ -369,46 +383,109 @@ impl Rig {
         token
     }
 
-    /// Reads the fake WhatsApp inboxes and remembers every reply by id (the fake keeps a bounded
-    /// inbox per contact, so call this at least every couple of hundred messages per contact).
+    /// Reads the fake WhatsApp inboxes and takes every delivery not taken yet (the fake keeps a
+    /// bounded inbox per contact, so call this at least every couple of hundred messages per
+    /// contact; a delivery that fell out before it was read fails the test).
     pub async fn collect_wa(&mut self) {
         let Some(wa) = self.wa.as_ref() else { return };
         for who in &self.wa_contacts {
             let inbox = wa.contact_inbox(who).await;
-            let seen = self.wa_seen.entry(who.clone()).or_default();
+            let next = self.wa_next.entry(who.clone()).or_insert(0);
+            if let Some(first) = inbox.first() {
+                assert!(
+                    first.seq <= *next,
+                    "deliveries to {who} fell out of the fake's inbox before they were read"
+                );
+            }
+            let raw = self.wa_raw.entry(who.clone()).or_default();
             for m in inbox {
-                seen.entry(m.id).or_insert(m.text);
+                if m.seq >= *next {
+                    *next = m.seq + 1;
+                    raw.push((m.id, m.text));
+                }
             }
         }
     }
 
-    /// Distinct replies per inbound token, for every inbound sent so far.
-    pub async fn reply_counts(&mut self) -> BTreeMap<(Chan, String, String), usize> {
+    /// WhatsApp deliveries whose id had already been delivered to that contact (a resend after
+    /// a send in doubt, which the phone shows once), and whether each carried the same text as
+    /// the first delivery of that id.
+    pub async fn wa_retransmissions(&mut self) -> (usize, usize) {
         self.collect_wa().await;
-        let mut counts: BTreeMap<(Chan, String, String), usize> = BTreeMap::new();
+        let (mut again, mut differ) = (0, 0);
+        for raw in self.wa_raw.values() {
+            let mut first: HashMap<&str, &str> = HashMap::new();
+            for (id, text) in raw {
+                match first.get(id.as_str()) {
+                    Some(t) => {
+                        again += 1;
+                        differ += usize::from(t != text);
+                    }
+                    None => {
+                        first.insert(id, text);
+                    }
+                }
+            }
+        }
+        (again, differ)
+    }
+
+    /// How many times each inbound token was answered, from the raw deliveries the fakes
+    /// recorded: every Telegram message the fake Bot API made, and every WhatsApp message a
+    /// contact's phone got (a phone keeps one message per id, so a retransmission of an id is not
+    /// a second message; [`Rig::wa_retransmissions`] counts those apart). A reply in parts
+    /// (`(part k/N)` in each chunk, see [`long_reply`]) is tallied per part: every part must
+    /// arrive exactly once. Keys: (channel, chat, token, part — 0 for a reply in one piece).
+    pub async fn reply_counts(&mut self) -> BTreeMap<(Chan, String, String, u32), usize> {
+        self.collect_wa().await;
         let mut by_token: HashMap<String, (Chan, String)> = HashMap::new();
         for i in &self.inbound {
             by_token.insert(i.token.clone(), (i.chan, i.chat.clone()));
-            counts.insert((i.chan, i.chat.clone(), i.token.clone()), 0);
         }
+        let mut counts: BTreeMap<(Chan, String, String, u32), usize> = BTreeMap::new();
+        let mut parts: HashMap<String, u32> = HashMap::new();
         let mut bump = |text: &str, chan: Chan, chat: &str| {
+            let part = part_of(text);
             for tok in tokens_in(text) {
                 if let Some((c, ch)) = by_token.get(&tok)
                     && *c == chan
                     && ch == chat
                 {
-                    *counts.entry((chan, chat.to_string(), tok)).or_default() += 1;
+                    if let Some((_, n)) = part {
+                        parts.insert(tok.clone(), n);
+                    }
+                    let k = part.map_or(0, |(k, _)| k);
+                    *counts.entry((chan, chat.to_string(), tok, k)).or_default() += 1;
                 }
             }
         };
-        for (who, seen) in &self.wa_seen {
-            for text in seen.values() {
-                bump(text, Chan::WhatsApp, who);
+        for (who, raw) in &self.wa_raw {
+            let mut ids: HashSet<&str> = HashSet::new();
+            for (id, text) in raw {
+                if ids.insert(id) {
+                    bump(text, Chan::WhatsApp, who);
+                }
             }
         }
         if let Some(tg) = &self.tg {
             for m in tg.sent() {
                 bump(&m.text, Chan::Telegram, &m.chat_id.to_string());
+            }
+        }
+        for i in &self.inbound {
+            match parts.get(&i.token) {
+                Some(&n) => {
+                    for k in 1..=n {
+                        counts
+                            .entry((i.chan, i.chat.clone(), i.token.clone(), k))
+                            .or_insert(0);
+                    }
+                }
+                None => {
+                    counts
+                        .entry((i.chan, i.chat.clone(), i.token.clone(), 0))
+                        .or_insert(0);
+                }
             }
         }
         counts
@@ -418,7 +495,7 @@ impl Rig {
     pub async fn wait_all_answered(
         &mut self,
         within: Duration,
-    ) -> BTreeMap<(Chan, String, String), usize> {
+    ) -> BTreeMap<(Chan, String, String, u32), usize> {
         let t = Instant::now();
         loop {
             let counts = self.reply_counts().await;
@@ -441,13 +518,151 @@ impl Rig {
         out
     }
 
-    /// Log lines saying a reply chunk's outcome is in doubt and it is not resent (Telegram policy).
-    pub fn in_doubt_lines(&self, chan: Chan) -> usize {
+    /// Log lines saying a reply chunk's outcome was unknown and the channel was asked whether it
+    /// arrived (a send cut mid-flight, or found in flight after a restart).
+    pub fn doubt_lines(&self, chan: Chan) -> usize {
+        self.count_lines(chan, "asking the channel whether it arrived")
+    }
+
+    /// Log lines saying a chunk in doubt was settled: (it had arrived, it had not).
+    pub fn settled_lines(&self, chan: Chan) -> (usize, usize) {
+        (
+            self.count_lines(chan, "the chunk in doubt had arrived"),
+            self.count_lines(chan, "the chunk in doubt had not arrived"),
+        )
+    }
+
+    /// Log lines saying a chunk's fate could not be known and it was not resent.
+    pub fn unknowable_lines(&self, chan: Chan) -> usize {
+        self.count_lines(chan, "cannot be known on this channel")
+    }
+
+    fn count_lines(&self, chan: Chan, words: &str) -> usize {
         self.all_stderr()
             .iter()
-            .filter(|l| l.contains("not resending") && l.contains(chan.name()))
+            .filter(|l| l.contains(words) && l.contains(chan.name()))
             .count()
     }
+}
+
+/// What the fakes recorded, tallied: every (message, part) must have arrived exactly once.
+pub struct Tally {
+    pub keys: usize,
+    pub once: usize,
+    pub lost: Vec<(Chan, String, String, u32)>,
+    pub dup: Vec<((Chan, String, String, u32), usize)>,
+    pub wa_resent_ids: usize,
+    pub wa_resent_differ: usize,
+    pub doubt: [usize; 2],
+    pub settled: [(usize, usize); 2],
+    pub unknowable: [usize; 2],
+}
+
+impl Tally {
+    pub async fn of(rig: &mut Rig, counts: &BTreeMap<(Chan, String, String, u32), usize>) -> Tally {
+        let (wa_resent_ids, wa_resent_differ) = rig.wa_retransmissions().await;
+        let chans = [Chan::WhatsApp, Chan::Telegram];
+        Tally {
+            keys: counts.len(),
+            once: counts.values().filter(|n| **n == 1).count(),
+            lost: counts
+                .iter()
+                .filter(|(_, n)| **n == 0)
+                .map(|(k, _)| k.clone())
+                .collect(),
+            dup: counts
+                .iter()
+                .filter(|(_, n)| **n > 1)
+                .map(|(k, n)| (k.clone(), *n))
+                .collect(),
+            wa_resent_ids,
+            wa_resent_differ,
+            doubt: chans.map(|c| rig.doubt_lines(c)),
+            settled: chans.map(|c| rig.settled_lines(c)),
+            unknowable: chans.map(|c| rig.unknowable_lines(c)),
+        }
+    }
+
+    pub fn lost_on(&self, chan: Chan) -> usize {
+        self.lost.iter().filter(|k| k.0 == chan).count()
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "{} reply parts expected: answered once={}, lost={} (whatsapp {}, telegram {}), duplicates={}; chunks in doubt: whatsapp {} (settled: arrived {}, resent {}; same-id retransmissions {}, with other text {}), telegram {} (settled: arrived {}, resent {}), not resendable {}",
+            self.keys,
+            self.once,
+            self.lost.len(),
+            self.lost_on(Chan::WhatsApp),
+            self.lost_on(Chan::Telegram),
+            self.dup.len(),
+            self.doubt[0],
+            self.settled[0].0,
+            self.settled[0].1,
+            self.wa_resent_ids,
+            self.wa_resent_differ,
+            self.doubt[1],
+            self.settled[1].0,
+            self.settled[1].1,
+            self.unknowable[0] + self.unknowable[1],
+        )
+    }
+
+    /// Writes every log line of the box to a file under the system temp dir (kept after the test
+    /// for a post-mortem) and returns its path.
+    pub fn keep_logs(rig: &Rig, name: &str) -> String {
+        let path = std::env::temp_dir().join(format!("clawbox-{name}-{}.log", std::process::id()));
+        let _ = std::fs::write(&path, rig.all_stderr().join("\n"));
+        path.display().to_string()
+    }
+
+    pub fn assert_exactly_once(&self) {
+        assert!(
+            self.dup.is_empty(),
+            "answered more than once: {:#?}",
+            self.dup
+        );
+        assert!(self.lost.is_empty(), "never answered: {:#?}", self.lost);
+        assert_eq!(
+            self.wa_resent_differ, 0,
+            "a WhatsApp message id was delivered again with other text"
+        );
+        assert_eq!(
+            self.unknowable[0] + self.unknowable[1],
+            0,
+            "a chunk was given up as unknowable"
+        );
+    }
+}
+
+/// `(k, n)` when the text is part k of n of a reply made by [`long_reply`].
+pub fn part_of(text: &str) -> Option<(u32, u32)> {
+    let at = text.find("(part ")?;
+    let rest = &text[at + 6..];
+    let (k, rest) = rest.split_once('/')?;
+    let (n, _) = rest.split_once(')')?;
+    Some((k.parse().ok()?, n.parse().ok()?))
+}
+
+/// An agent reply in `parts` paragraphs of about `chars` characters each, every one naming the
+/// tokens of the request's last user message and its part number, so a reply split into chunks
+/// (`chars` > half the channel's limit: one paragraph per chunk) can be tallied chunk by chunk.
+pub fn long_reply(parts: u32, chars: usize) -> crate::fakes::openai::ReplyFn {
+    std::sync::Arc::new(move |req| {
+        let last = crate::fakes::openai::last_user_message(req);
+        let toks: Vec<String> = tokens_in(&last).iter().map(|t| format!("[{t}]")).collect();
+        let head = toks.join(" ");
+        (1..=parts)
+            .map(|k| {
+                let mut p = format!("(part {k}/{parts}) {head} ");
+                while p.len() < chars {
+                    p.push_str("lorem ipsum ");
+                }
+                p
+            })
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    })
 }
 
 /// Every `[token]` in a text.
