@@ -239,8 +239,13 @@ impl Rig {
 
     /// Starts `clawbox run` and waits for "ready" (the store opened, the channels started).
     pub async fn run(&mut self) {
+        self.run_with_env(&[]).await
+    }
+
+    /// [`Rig::run`] with more environment (a notify socket, a fault).
+    pub async fn run_with_env(&mut self, envs: &[(&str, &str)]) {
         assert!(self.proc.is_none(), "already running");
-        let p = spawn(&self.args(&["run"]), &[], self.dir.path());
+        let p = spawn(&self.args(&["run"]), envs, self.dir.path());
         self.starts += 1;
         p.wait_stderr("ready", |e| e.iter().any(|l| l.contains("ready")))
             .await;
