@@ -28,9 +28,6 @@ const COMMAND_QUEUE: usize = 64;
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 /// Watchdog/STATUS period when systemd did not ask for a watchdog.
 const STATUS_PERIOD: Duration = Duration::from_secs(5);
-/// A channel counts as stalled after this long without a beat at the least (channels beat every
-/// couple of seconds).
-const MIN_STALL: Duration = Duration::from_secs(3);
 /// A console session waits this often for its last replies after stdin closed.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
 
@@ -93,6 +90,7 @@ fn slot(spec: ChannelSpec) -> ChannelSlot {
 
 /// Runs until SIGTERM/SIGINT (or, in chat mode, until stdin is closed and everything is answered).
 pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
+    crate::fault::init();
     let metrics = Arc::new(Metrics::default());
     let board = Board::default();
     let (trigger, shutdown) = Shutdown::new();
@@ -150,6 +148,7 @@ pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
                 format!("agent {name}"),
                 metrics.clone(),
                 shutdown.clone(),
+                Some(reporter.clone()),
                 move || {
                     let e = e.clone();
                     let sd = sd.clone();
@@ -343,6 +342,7 @@ pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
                     name,
                     metrics.clone(),
                     shutdown.clone(),
+                    Some(ctx.reporter.clone()),
                     move || crate::channel::console::run(ctx.clone(), eof.clone()),
                 ));
             }
@@ -355,6 +355,7 @@ pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
                     name,
                     metrics.clone(),
                     shutdown.clone(),
+                    Some(ctx.reporter.clone()),
                     move || crate::channel::telegram::run(tcfg.clone(), ctx.clone()),
                 ));
             }
@@ -368,6 +369,7 @@ pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
                     name,
                     metrics.clone(),
                     shutdown.clone(),
+                    Some(ctx.reporter.clone()),
                     move || {
                         crate::channel::whatsapp::run(wcfg.clone(), ctx.clone(), pairing.clone())
                     },
@@ -376,7 +378,8 @@ pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
         }
     }
     drop(intake);
-    tasks.push(tokio::spawn(router.run(shutdown.clone())));
+    let router_row = board.register_internal(crate::router::ROW, crate::router::ALLOWANCE);
+    tasks.push(tokio::spawn(router.run(router_row, shutdown.clone())));
 
     // Housekeeping: make lazy writes durable, trim old rows.
     {
@@ -411,15 +414,21 @@ pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
                 tracing::error!(%addr, error = %e, "cannot serve /healthz and /metrics; carrying on without them")
             }
         }
-        // Pings every WatchdogSec/2 while every channel beat within one period (floor: a few
-        // seconds, so a beat every 2 s always counts): a stalled channel stops the pings and
-        // systemd restarts the service within WatchdogSec.
+        // The store's threads prove they are alive by answering a no-op each period.
+        for thread in [crate::store::Thread::Writer, crate::store::Thread::Reader] {
+            let row = board.register_internal(thread.row_name(), crate::store::ROW_ALLOWANCE);
+            tasks.push(tokio::spawn(store.clone().prove_alive(
+                thread,
+                row,
+                shutdown.clone(),
+            )));
+        }
+        // Pings every WatchdogSec/2 while no row on the board is past its due beat: a stalled
+        // component stops the pings and systemd restarts the service within WatchdogSec.
         let period = crate::systemd::watchdog_interval();
-        let stall_after = period.unwrap_or(STATUS_PERIOD * 6).max(MIN_STALL);
         tasks.push(tokio::spawn(crate::systemd::watchdog_loop(
             board.clone(),
             period.unwrap_or(STATUS_PERIOD),
-            stall_after,
             shutdown.clone(),
         )));
     }

@@ -1,10 +1,15 @@
 //! Runs each channel and agent connection in its own task and restarts it after an error or a
 //! panic, with capped, jittered backoff, while the others carry on. A task that returns `Ok` is
 //! finished for good (shutdown, or it needs the owner: token rejected, logged out).
+//!
+//! Waiting to restart is progress: the task's row on the board is told the restart is coming
+//! (the wait plus the standing allowance to its first beat), so a channel that keeps failing is
+//! retried here, not escalated to a watchdog restart of the whole process.
 
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
+use crate::status::Reporter;
 use std::fmt::Display;
 use std::future::Future;
 use std::sync::Arc;
@@ -22,10 +27,12 @@ const HEALTHY_RUN: Duration = Duration::from_secs(60);
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Spawns `make()` under supervision; the returned handle ends when the task is finished for good.
+/// `row`, the task's row on the board, beats for each restart wait.
 pub fn supervise<F, Fut, E>(
     name: String,
     metrics: Arc<Metrics>,
     mut shutdown: Shutdown,
+    row: Option<Reporter>,
     make: F,
 ) -> JoinHandle<()>
 where
@@ -70,6 +77,9 @@ where
                 backoff.reset();
             }
             let delay = backoff.next_delay();
+            if let Some(row) = &row {
+                row.beat_within(delay + crate::status::DEFAULT_ALLOWANCE);
+            }
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.wait() => return,
@@ -93,6 +103,7 @@ mod tests {
             "flaky".into(),
             metrics.clone(),
             shutdown.clone(),
+            None,
             move || {
                 let r = r.clone();
                 async move {
@@ -111,6 +122,7 @@ mod tests {
             "steady".into(),
             metrics.clone(),
             shutdown.clone(),
+            None,
             move || {
                 let t = t.clone();
                 let mut sd = sd.clone();
@@ -133,5 +145,34 @@ mod tests {
         );
         trigger.trip();
         steady.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_that_keeps_failing_is_retried_here_not_reported_stalled() {
+        let board = crate::status::Board::default();
+        let row = board.register("telegram", true);
+        let metrics = Arc::new(Metrics::default());
+        let (trigger, shutdown) = Shutdown::new();
+        let runs = Arc::new(AtomicU32::new(0));
+        let r = runs.clone();
+        let task = supervise("telegram".into(), metrics, shutdown, Some(row), move || {
+            let r = r.clone();
+            async move {
+                r.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>("cannot start")
+            }
+        });
+        // Ten times the longest restart wait: the task never beats by itself, yet the row is
+        // never overdue while the supervisor keeps retrying.
+        for _ in 0..300 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            assert!(board.stalled(Instant::now()).is_empty());
+        }
+        assert!(
+            runs.load(Ordering::SeqCst) > 10,
+            "the waits reached the cap"
+        );
+        trigger.trip();
+        task.await.unwrap();
     }
 }

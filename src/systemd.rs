@@ -5,9 +5,11 @@
 //! variables (edition 2024 makes that unsafe, and the crate forbids unsafe).
 //!
 //! The watchdog is fed from [`watchdog_loop`], a task on the same event loop as everything else:
-//! that it runs at all proves the loop is alive, and it feeds systemd only while every watched
-//! component on the [`Board`] keeps beating. When one stalls, pings stop and systemd restarts the
-//! service (`WatchdogSec=` in the unit, `Restart=on-failure`).
+//! that it runs at all proves the loop is alive, and it pings only while no watched row on the
+//! [`Board`] is past its due beat. What counts as progress, and for how long a row may go without
+//! it, is the board's business ([`crate::status`]); this module only reads it and pings. When a
+//! row stalls, pings stop and systemd restarts the service (`WatchdogSec=` in the unit,
+//! `Restart=on-failure`) within WatchdogSec of the last ping.
 
 use crate::shutdown::Shutdown;
 use crate::status::Board;
@@ -64,34 +66,19 @@ struct Decision {
 }
 
 /// Pure: reads the board at `now`, touches nothing.
-fn watchdog_decision(
-    board: &Board,
-    now: Instant,
-    stall_after: Duration,
-    last_status: &str,
-) -> Decision {
-    let ping = board.all_progressing(now, stall_after);
-    let stalled = if ping {
-        Vec::new()
-    } else {
-        board.stalled(now, stall_after)
-    };
+fn watchdog_decision(board: &Board, now: Instant, last_status: &str) -> Decision {
+    let stalled = board.stalled(now);
     let line = board.status_line();
     Decision {
-        ping,
+        ping: stalled.is_empty(),
         stalled,
         status: (line != last_status).then_some(line),
     }
 }
 
-/// Every `period`: pings the watchdog while every watched component has beaten within
-/// `stall_after`, and updates `STATUS=` when the board's line changed. Returns on shutdown.
-pub async fn watchdog_loop(
-    board: Board,
-    period: Duration,
-    stall_after: Duration,
-    mut shutdown: Shutdown,
-) {
+/// Every `period`: pings the watchdog while no watched row is past its due beat, and updates
+/// `STATUS=` when the board's line changed. Returns on shutdown.
+pub async fn watchdog_loop(board: Board, period: Duration, mut shutdown: Shutdown) {
     let mut tick = tokio::time::interval(period.max(MIN_PERIOD));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_status = String::new();
@@ -100,7 +87,7 @@ pub async fn watchdog_loop(
             _ = shutdown.wait() => return,
             _ = tick.tick() => {}
         }
-        let d = watchdog_decision(&board, Instant::now(), stall_after, &last_status);
+        let d = watchdog_decision(&board, Instant::now(), &last_status);
         if let Some(line) = d.status {
             status(&line);
             last_status = line;
@@ -121,7 +108,7 @@ mod tests {
     use super::*;
     use crate::status::State;
 
-    const STALL: Duration = Duration::from_secs(60);
+    use crate::status::DEFAULT_ALLOWANCE;
 
     #[tokio::test(start_paused = true)]
     async fn pings_while_progressing_and_stops_when_a_component_stalls() {
@@ -130,7 +117,7 @@ mod tests {
         let _agent = board.register("agent", false);
         tg.set(State::Up, "@bot");
 
-        let d = watchdog_decision(&board, Instant::now(), STALL, "");
+        let d = watchdog_decision(&board, Instant::now(), "");
         assert!(d.ping);
         assert!(d.stalled.is_empty());
         assert_eq!(
@@ -140,8 +127,8 @@ mod tests {
 
         // Same line again: no new STATUS=.
         let line = board.status_line();
-        tokio::time::advance(Duration::from_secs(59)).await;
-        let d = watchdog_decision(&board, Instant::now(), STALL, &line);
+        tokio::time::advance(DEFAULT_ALLOWANCE - Duration::from_secs(1)).await;
+        let d = watchdog_decision(&board, Instant::now(), &line);
         assert_eq!(
             d,
             Decision {
@@ -151,15 +138,45 @@ mod tests {
             }
         );
 
-        // Past the stall limit without a beat: no ping, the stalled row is named.
+        // Past the due beat: no ping, the stalled row is named.
         tokio::time::advance(Duration::from_secs(2)).await;
-        let d = watchdog_decision(&board, Instant::now(), STALL, &line);
+        let d = watchdog_decision(&board, Instant::now(), &line);
         assert!(!d.ping);
         assert_eq!(d.stalled, vec!["telegram".to_string()]);
 
         // A beat brings the pings back.
         tg.beat();
-        assert!(watchdog_decision(&board, Instant::now(), STALL, &line).ping);
+        assert!(watchdog_decision(&board, Instant::now(), &line).ping);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_step_announced_keeps_the_pings_and_a_stalled_internal_row_stops_them() {
+        let board = Board::default();
+        let tg = board.register("telegram", true);
+        let writer = board.register_internal("store-writer", Duration::from_secs(25));
+        tg.set(State::Up, "@bot");
+        let line = board.status_line();
+        // A long poll announced for 60 s; the writer answers every 5 s.
+        tg.beat_within(Duration::from_secs(60));
+        for _ in 0..11 {
+            tokio::time::advance(Duration::from_secs(5)).await;
+            writer.beat();
+            assert!(watchdog_decision(&board, Instant::now(), &line).ping);
+        }
+        // The writer stops answering: the pings stop once its allowance is spent, not before.
+        tg.beat_within(Duration::from_secs(60));
+        tokio::time::advance(Duration::from_secs(25)).await;
+        assert!(watchdog_decision(&board, Instant::now(), &line).ping);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let d = watchdog_decision(&board, Instant::now(), &line);
+        assert_eq!(
+            d,
+            Decision {
+                ping: false,
+                stalled: vec!["store-writer".to_string()],
+                status: None
+            }
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -167,8 +184,8 @@ mod tests {
         let board = Board::default();
         let wa = board.register("whatsapp", true);
         wa.set(State::NeedsOwner, "scan the QR");
-        tokio::time::advance(STALL * 10).await;
-        let d = watchdog_decision(&board, Instant::now(), STALL, "");
+        tokio::time::advance(DEFAULT_ALLOWANCE * 10).await;
+        let d = watchdog_decision(&board, Instant::now(), "");
         assert!(d.ping);
         assert_eq!(
             d.status.as_deref(),
@@ -180,12 +197,7 @@ mod tests {
     async fn the_loop_returns_on_shutdown() {
         let board = Board::default();
         let (trigger, shutdown) = Shutdown::new();
-        let task = tokio::spawn(watchdog_loop(
-            board,
-            Duration::from_secs(15),
-            STALL,
-            shutdown,
-        ));
+        let task = tokio::spawn(watchdog_loop(board, Duration::from_secs(15), shutdown));
         tokio::time::advance(Duration::from_secs(40)).await;
         assert!(!task.is_finished());
         trigger.trip();
@@ -210,7 +222,7 @@ mod tests {
         // The first tick fires at once; the loop runs in this task until the timeout cancels it.
         let looped = tokio::time::timeout(
             Duration::from_millis(500),
-            watchdog_loop(board, Duration::from_secs(1), STALL, shutdown),
+            watchdog_loop(board, Duration::from_secs(1), shutdown),
         )
         .await;
         assert!(looped.is_err(), "the loop only returns on shutdown");

@@ -1,6 +1,6 @@
 //! End to end through the real binary, on loopback, against the fakes: a streamed turn with
 //! history and 🗑️ reset (console), the allowlist, two chats at once, batching during a turn, and
-//! the ack and accumulation timeouts (Telegram and console).
+//! the ack and accumulation timeouts (Telegram and console), a console line typed slowly.
 
 mod fakes;
 mod support;
@@ -301,4 +301,39 @@ async fn three_messages_during_a_turn_become_exactly_one_next_turn() {
     assert_eq!(sent[1].text, "echo: second\nthird\nfourth");
     gw.proc_.sigterm();
     assert_eq!(gw.proc_.exit_code().await, Some(0));
+}
+
+/// A line typed in two parts, with a pause longer than the console loop's idle tick between them,
+/// is one message: the tick that turns the loop does not lose the part already read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_line_typed_slowly_is_one_message() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nstate_dir = \"{}\"\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let mut p = spawn(
+        &["chat", "--config", cfg.to_str().unwrap()],
+        &[],
+        dir.path(),
+    );
+    let stdin = p.stdin.as_mut().unwrap();
+    stdin.write_all(b"hello ").await.unwrap();
+    stdin.flush().await.unwrap();
+    // The typing pause itself (the scenario, not a wait for a result).
+    tokio::time::sleep(clawbox::channel::console::TICK + Duration::from_secs(1)).await;
+    p.write_line("world").await;
+    p.wait_stdout("the echo of the whole line", |o| {
+        o.iter().any(|l| l == "hello world")
+    })
+    .await;
+    p.close_stdin();
+    assert_eq!(p.exit_code().await, Some(0), "{:?}", p.stderr());
+    assert_eq!(p.stdout(), vec!["hello world".to_string()], "one message");
 }

@@ -71,7 +71,7 @@ malformed|Malformed frames from every server|test malformed|Bad frames from What
 security|Security matrix|test security|Strangers, replays, self-chat echo, oversized messages, state dir permissions, secrets never in logs.
 idle|Idle box writes nothing|test idle|WhatsApp connected and Telegram polling, 30 s idle: no store commit, no fsync (the SD card is spared).
 config|Bad config and damaged store|test config|Bad configs exit 78 with file:line:col; a damaged store exits 65 with the recovery command; no panic.
-watchdog|systemd notify and watchdog|test systemd_notify|READY=1, STATUS= per channel, WATCHDOG=1 only while channels make progress, STOPPING=1.
+watchdog|systemd notify and watchdog|test systemd_notify|READY=1, STATUS= per channel, STOPPING=1; WATCHDOG=1 stops when the store writer, the router loop or the Telegram poll loop really hangs (the log names it), and keeps flowing on an idle box, connected or offline.
 fuzz|Fuzzing every parser|fuzz|Every cargo-fuzz target runs its length with 0 crashes under a 512 MiB RSS limit.
 EOF
 )

@@ -211,7 +211,7 @@ async fn telegram_crash(fault: &str, trouble: impl FnOnce(&Rig)) -> Rig {
         ..Default::default()
     })
     .await;
-    rig.run_env(&[("CLAWBOX_FAULT", fault)]).await;
+    rig.run_with_env(&[("CLAWBOX_FAULT", fault)]).await;
     rig.send_tg(0);
     let counts = rig.wait_all_answered(TG_TURN).await;
     assert!(counts.values().all(|n| *n == 1), "first reply: {counts:#?}");

@@ -19,6 +19,9 @@ pub const SPEC: ChannelSpec = ChannelSpec {
 const MAX_LINE_BYTES: u64 = 64 * 1024;
 /// The console's chat and sender ids.
 pub const CHAT: &str = "console";
+/// The loop turns (and beats) at least this often while nobody types: well inside the row's
+/// standing allowance ([`crate::status::DEFAULT_ALLOWANCE`]).
+pub const TICK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs the console until stdin closes (then sets `eof`) and shutdown. Replies keep printing after
 /// EOF until the daemon has answered everything and shuts down.
@@ -42,13 +45,20 @@ pub async fn run(ctx: ChannelContext, eof: watch::Sender<bool>) -> Result<(), Ch
     if tty {
         prompt();
     }
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Each turn of the loop is progress: a body that blocks (a stuck submit or write) stops it.
         ctx.reporter.beat();
         tokio::select! {
+            // Nobody typed for a tick: turn anyway, so an idle console still beats.
+            _ = tick.tick() => {}
             read = async {
-                buf.clear();
-                let r = (&mut reader).take(MAX_LINE_BYTES).read_until(b'\n', &mut buf).await;
-                if matches!(r, Ok(n) if n as u64 == MAX_LINE_BYTES) && buf.last() != Some(&b'\n') {
+                // A read cut short by another arm leaves its bytes in `buf` (read_until appends);
+                // the next turn goes on with the same line.
+                let room = MAX_LINE_BYTES.saturating_sub(buf.len() as u64);
+                let r = (&mut reader).take(room).read_until(b'\n', &mut buf).await;
+                if buf.len() as u64 >= MAX_LINE_BYTES && buf.last() != Some(&b'\n') {
                     // Discard the rest of an over-long line.
                     let mut rest = Vec::new();
                     let _ = (&mut reader).take(16 * MAX_LINE_BYTES).read_until(b'\n', &mut rest).await;
@@ -56,12 +66,14 @@ pub async fn run(ctx: ChannelContext, eof: watch::Sender<bool>) -> Result<(), Ch
                 r
             }, if stdin_open => {
                 match read {
-                    Ok(0) | Err(_) => {
+                    Ok(0) | Err(_) if buf.is_empty() => {
                         stdin_open = false;
                         let _ = eof.send(true);
                     }
-                    Ok(_) => {
+                    // A line, or the last one before the end of input.
+                    Ok(_) | Err(_) => {
                         let line = String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']).to_string();
+                        buf.clear();
                         if line.trim().is_empty() {
                             if tty { prompt(); }
                             continue;

@@ -4,6 +4,9 @@
 //! runs next (one per session, batched, bounded); [`runner`] runs a turn against its agent with the
 //! ack and accumulation timeouts and queues the reply for [`crate::delivery`]. After a restart,
 //! [`Router::resume`] re-queues every unanswered message, so each is answered exactly once.
+//!
+//! The loop beats the router's row on the board each time it turns, and turns at least every
+//! [`TICK`] even when nothing arrives: a loop blocked in its body stops beating.
 
 pub mod intake;
 pub mod runner;
@@ -14,9 +17,11 @@ pub use intake::{Intake, Submission};
 
 use crate::metrics::DropReason;
 use crate::shutdown::Shutdown;
+use crate::status::Reporter;
 use crate::store::InboxRecord;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -62,6 +67,13 @@ pub(crate) enum Event {
 
 /// Inbound events waiting for the router; the intake waits (backpressure) beyond this.
 const EVENT_QUEUE: usize = 256;
+/// The loop turns at least this often while nothing arrives, so an idle router still beats.
+pub const TICK: Duration = Duration::from_secs(5);
+/// The router row's allowance: one [`TICK`], plus the loop's own work between two turns (all in
+/// memory: queueing, scheduling, spawning turns) and the scheduling delays of a loaded box.
+pub const ALLOWANCE: Duration = Duration::from_secs(10);
+/// The router's row on the board (also its `hang:` fault point).
+pub const ROW: &str = "router";
 
 /// The router's loop: schedules turns and runs them as tasks.
 pub struct Router {
@@ -131,10 +143,18 @@ impl Router {
         );
     }
 
-    pub async fn run(mut self, mut shutdown: Shutdown) {
+    /// Runs until shutdown (or every intake is gone), beating `row` at each turn of the loop.
+    pub async fn run(mut self, row: Reporter, mut shutdown: Shutdown) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            row.beat();
+            // `CLAWBOX_FAULT=hang:router`: the loop awaits something that never comes.
+            crate::fault::hang(ROW).await;
             self.start_turns();
             tokio::select! {
+                // Nothing arrived for a tick: turn anyway, so the beat shows the loop is free.
+                _ = tick.tick() => {}
                 ev = self.events.recv() => match ev {
                     Some(Event::Inbound(seq, rec)) => self.push(seq, rec),
                     None => break,
@@ -156,7 +176,60 @@ impl Router {
                 _ = shutdown.wait() => break,
             }
         }
+        // Ended on purpose (shutdown, or no channel is left to feed it): nothing to watch.
+        row.set(crate::status::State::Off, "stopped");
         // Unfinished turns stay pending in the store and resume after the restart.
         self.tasks.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::status::{Board, State};
+    use tokio::time::Instant;
+
+    fn router() -> (Router, Intake) {
+        let metrics = Arc::new(Metrics::default());
+        let shared = Arc::new(runner::Shared {
+            store: crate::store::Store::open_in_memory(metrics.clone()).unwrap(),
+            metrics,
+            cfg: crate::config::RouterConfig::default(),
+            agents: HashMap::new(),
+            default_agent: "echo".into(),
+            specs: Default::default(),
+            delivery: Default::default(),
+            commands: Default::default(),
+        });
+        Router::new(
+            shared,
+            crate::policy::Policies::default(),
+            crate::config::SessionScope::default(),
+            Default::default(),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_router_keeps_beating_and_its_row_is_off_once_it_ends() {
+        let board = Board::default();
+        let row = board.register_internal(ROW, ALLOWANCE);
+        let (router, intake) = router();
+        let (trigger, shutdown) = Shutdown::new();
+        let task = tokio::spawn(router.run(row, shutdown));
+        // Nothing arrives for ten allowances: the loop still turns, so the row is never overdue.
+        for _ in 0..100 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            assert!(board.stalled(Instant::now()).is_empty());
+        }
+        trigger.trip();
+        task.await.unwrap();
+        drop(intake);
+        assert_eq!(board.snapshot()[0].state, State::Off);
+        tokio::time::advance(ALLOWANCE * 2).await;
+        assert!(
+            board.stalled(Instant::now()).is_empty(),
+            "off is not watched"
+        );
     }
 }

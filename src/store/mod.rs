@@ -8,6 +8,11 @@
 //! else rides along and becomes durable with the next fsync. This is the only code that commits.
 //! Reads are answered by a reader thread and never wait for a commit.
 //!
+//! Each thread proves it is alive by answering: [`Store::prove_alive`] sends it a no-op every
+//! [`PROBE_EVERY`] and beats the thread's row on the board when the answer comes back. A writer
+//! stuck in an fsync that never returns never answers, and its row stops beating. The no-op opens
+//! no transaction: an idle store still writes nothing.
+//!
 //! The rules the rest of the daemon relies on:
 //! - [`Store::accept`] returns only once the message is durable: channels acknowledge upstream after.
 //!   [`Store::accept_visible`] answers earlier, once the rows are committed, so the turn can start
@@ -23,6 +28,8 @@ mod writer;
 
 use crate::config::StoreConfig;
 use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use crate::status::Reporter;
 pub use records::{HistoryItem, InboxRecord, OutboxRecord, SessionRecord};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -39,6 +46,34 @@ const QUEUE_DEPTH: usize = 1024;
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(2);
 /// How often old inbox rows and idle sessions are removed.
 pub const GC_INTERVAL: Duration = Duration::from_secs(600);
+/// How often each store thread is asked to answer a no-op ([`Store::prove_alive`]).
+pub const PROBE_EVERY: Duration = Duration::from_secs(5);
+/// How long a thread may take to answer that no-op before it counts as stuck. The answer waits
+/// behind whatever was queued before it: the slowest legitimate batch (256 operations, a GC pass
+/// over 20 000 rows, two fsyncs on a worn SD card) takes a few seconds, not twenty.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(20);
+/// The allowance of each store thread's row: from one answer to the next.
+pub const ROW_ALLOWANCE: Duration =
+    Duration::from_secs(PROBE_EVERY.as_secs() + ANSWER_WITHIN.as_secs());
+
+/// One of the store's two threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Thread {
+    /// The writer: every commit and fsync.
+    Writer,
+    /// The reader: every read.
+    Reader,
+}
+
+impl Thread {
+    /// The thread's row on the board (also its `hang:` fault point, for the writer).
+    pub fn row_name(self) -> &'static str {
+        match self {
+            Thread::Writer => "store-writer",
+            Thread::Reader => "store-reader",
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {
@@ -141,6 +176,8 @@ pub(crate) enum Op {
     /// The generic key-value tables ([`kv`]).
     Kv(kv::KvOp),
     // Housekeeping.
+    /// A no-op the thread answers as soon as it gets to it (liveness): no transaction.
+    Ping(oneshot::Sender<()>),
     Flush(oneshot::Sender<Result<(), StoreError>>),
     Gc(u64),
     Close(oneshot::Sender<()>),
@@ -203,6 +240,50 @@ impl Store {
             backend: Backend::Inline(Arc::new(std::sync::Mutex::new(w))),
             path: Arc::new(PathBuf::from("<memory>")),
         })
+    }
+
+    /// Sends a no-op to `thread` and waits (without a deadline) for its answer.
+    pub async fn ping(&self, thread: Thread) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        match &self.backend {
+            Backend::Thread { writes, reads } => {
+                let to = match thread {
+                    Thread::Writer => writes,
+                    Thread::Reader => reads,
+                };
+                to.send(Op::Ping(tx))
+                    .await
+                    .map_err(|_| StoreError::Closed)?;
+            }
+            Backend::Inline(_) => return Ok(()),
+        }
+        rx.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Beats `row` each time `thread` answers a no-op, one every [`PROBE_EVERY`], until shutdown.
+    /// A thread that does not answer (stuck in an fsync, wedged) holds this task in the wait, so
+    /// the row stops beating and the watchdog notices; a thread that is gone ends it for good.
+    pub async fn prove_alive(self, thread: Thread, row: Reporter, mut shutdown: Shutdown) {
+        let mut tick = tokio::time::interval(PROBE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tick.tick() => {}
+            }
+            let answered = tokio::select! {
+                _ = shutdown.wait() => return,
+                r = self.ping(thread) => r,
+            };
+            match answered {
+                Ok(()) => row.beat(),
+                Err(e) => {
+                    let thread = thread.row_name();
+                    tracing::error!(thread, error = %e, "the store thread is gone");
+                    return;
+                }
+            }
+        }
     }
 
     async fn send(&self, op: Op) -> Result<(), StoreError> {
@@ -379,6 +460,37 @@ mod tests {
             session: "telegram:42".into(),
             ..InboxRecord::default()
         }
+    }
+
+    #[tokio::test]
+    async fn both_threads_answer_a_no_op_without_a_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let store = Store::open(dir.path(), &StoreConfig::default(), metrics.clone()).unwrap();
+        store.accept(rec("1")).await.unwrap();
+        let commits = metrics.store_commits.load(Relaxed);
+        let fsyncs = metrics.store_fsyncs.load(Relaxed);
+        for _ in 0..10 {
+            store.ping(Thread::Writer).await.unwrap();
+            store.ping(Thread::Reader).await.unwrap();
+        }
+        assert_eq!(metrics.store_commits.load(Relaxed), commits, "no commit");
+        assert_eq!(metrics.store_fsyncs.load(Relaxed), fsyncs, "no fsync");
+        // Each answer beats the thread's row.
+        let board = crate::status::Board::default();
+        let row = board.register_internal(Thread::Writer.row_name(), ROW_ALLOWANCE);
+        let before = board.snapshot()[0].last_beat;
+        let (trigger, shutdown) = crate::shutdown::Shutdown::new();
+        let task = tokio::spawn(store.clone().prove_alive(Thread::Writer, row, shutdown));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while board.snapshot()[0].last_beat == before {
+            assert!(tokio::time::Instant::now() < deadline, "no beat");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        trigger.trip();
+        task.await.unwrap();
+        store.close().await;
+        assert_eq!(store.ping(Thread::Writer).await, Err(StoreError::Closed));
     }
 
     #[tokio::test]

@@ -246,6 +246,10 @@ pub(super) fn spawn(
 /// every handle is dropped; after the writer closed the file it answers [`StoreError::Closed`].
 fn serve_reads(db: std::sync::Weak<Database>, mut rx: mpsc::Receiver<Op>) {
     while let Some(op) = rx.blocking_recv() {
+        if let Op::Ping(r) = op {
+            let _ = r.send(());
+            continue;
+        }
         match db.upgrade() {
             Some(db) => read(&db, op),
             None => fail(op, StoreError::Closed),
@@ -367,6 +371,9 @@ impl Writer {
     pub(super) fn handle(&mut self, op: Op) {
         match op {
             Op::Close(done) => self.close(done),
+            Op::Ping(r) => {
+                let _ = r.send(());
+            }
             op if op.is_read() => read(&self.db, op),
             op => self.write_batch(vec![op]),
         }
@@ -395,6 +402,10 @@ impl Writer {
                 self.close_file(done);
                 return;
             }
+            if let Op::Ping(r) = first {
+                let _ = r.send(());
+                continue;
+            }
             // Store routes reads to the reader thread; one that reaches the writer anyway is
             // answered from a read transaction, never folded into a write batch.
             if first.is_read() {
@@ -406,18 +417,26 @@ impl Writer {
                 std::thread::sleep(self.window);
             }
             let mut close = None;
+            // No-ops queued behind the batch's operations are answered after its commit.
+            let mut pings = Vec::new();
             while batch.len() < MAX_BATCH_OPS {
                 match rx.try_recv() {
                     Ok(Op::Close(done)) => {
                         close = Some(done);
                         break;
                     }
+                    Ok(Op::Ping(r)) => pings.push(r),
                     Ok(op) if op.is_read() => read(&self.db, op),
                     Ok(op) => batch.push(op),
                     Err(_) => break,
                 }
             }
+            // `CLAWBOX_FAULT=hang:store-writer`: the thread blocks here, as in a hung fsync.
+            crate::fault::hang_thread(super::Thread::Writer.row_name());
             self.write_batch(batch);
+            for r in pings {
+                let _ = r.send(());
+            }
             if let Some(done) = close {
                 self.close_file(done);
                 return;
@@ -754,6 +773,12 @@ impl Writer {
                         Op::Gc(now_ms) => {
                             bytes += gc(&mut inbox, &mut ids, &mut sessions, now_ms)?;
                         }
+                        // Never batched (see `run`): answered by the thread itself.
+                        Op::Ping(r) => {
+                            replies.push(Pending::visible(Box::new(move |_| {
+                                let _ = r.send(());
+                            })));
+                        }
                         // Never batched (see `run`): reads go to a read transaction.
                         op @ (Op::Cursor(..)
                         | Op::Auth(..)
@@ -913,6 +938,8 @@ fn fail(op: Op, e: StoreError) {
         Op::PendingFor(_, r) => drop(r.send(Err(e))),
         Op::Kv(op) => op.fail(e),
         Op::Gc(_) => {}
+        // A failed no-op is no answer: the thread did not vouch for itself.
+        Op::Ping(_) => {}
         Op::Close(r) => drop(r.send(())),
     }
 }

@@ -248,11 +248,11 @@ impl Rig {
 
     /// Starts `clawbox run` and waits for "ready" (the store opened, the channels started).
     pub async fn run(&mut self) {
-        self.run_env(&[]).await;
+        self.run_with_env(&[]).await
     }
 
-    /// [`Rig::run`] with extra environment (e.g. `CLAWBOX_FAULT`).
-    pub async fn run_env(&mut self, envs: &[(&str, &str)]) {
+    /// [`Rig::run`] with more environment (a notify socket, a fault).
+    pub async fn run_with_env(&mut self, envs: &[(&str, &str)]) {
         assert!(self.proc.is_none(), "already running");
         let p = spawn(&self.args(&["run"]), envs, self.dir.path());
         self.starts += 1;

@@ -25,9 +25,13 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, sleep_until};
 
-/// How often the row beats while anything (a long poll, a backoff) is pending: well inside any
-/// watchdog window.
-const BEAT_EVERY: Duration = Duration::from_secs(2);
+/// The poll loop beats at each step and says how long the step may take: its own deadline (a
+/// call's timeout, a long poll's `poll_timeout_s` + grace, a backoff or Retry-After wait) plus
+/// this, for the in-memory work between two steps and the scheduling delays of a loaded box.
+const STEP_SLACK: Duration = Duration::from_secs(5);
+/// A step that waits on the store (handing a batch to the intake, saving the offset) may take as
+/// long as the store may take to answer.
+const STORE_STEP: Duration = crate::store::ANSWER_WITHIN;
 /// Deadline of getMe, sendMessage and sendChatAction.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Deadline of the getMe that checks a suspect link before a send: short, since nothing is lost by
@@ -171,8 +175,6 @@ pub async fn run(cfg: Arc<TelegramConfig>, ctx: ChannelContext) -> Result<(), Ch
     let poll = poll_loop(&cfg, &ctx, &api);
     let send = command_loop(&api, &ctx, &mut rx);
     tokio::pin!(poll, send);
-    let mut beat = tokio::time::interval(BEAT_EVERY);
-    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut send_open = true;
     loop {
         tokio::select! {
@@ -180,7 +182,6 @@ pub async fn run(cfg: Arc<TelegramConfig>, ctx: ChannelContext) -> Result<(), Ch
                 ctx.reporter.set(State::Off, "stopped");
                 return Ok(());
             }
-            _ = beat.tick() => ctx.reporter.beat(),
             r = &mut poll => return r,
             _ = &mut send, if send_open => {
                 // The core dropped its sender: nothing more to send, but keep receiving.
@@ -243,6 +244,7 @@ async fn know_own_message(ctx: &ChannelContext, api: &Api, id: i64) {
 
 async fn save_offset(ctx: &ChannelContext, poller: &mut Poller) {
     if let Some(o) = poller.take_offset_to_save() {
+        ctx.reporter.beat_within(STORE_STEP + STEP_SLACK);
         // Not fatal: the intake dedupes by update_id, so a lost cursor only replays updates.
         if let Err(e) = ctx
             .store
@@ -268,6 +270,8 @@ async fn poll_loop(
     );
 
     loop {
+        crate::fault::hang("telegram").await;
+        ctx.reporter.beat_within(CALL_TIMEOUT + STEP_SLACK);
         let reply = api
             .call(
                 "getMe",
@@ -284,6 +288,7 @@ async fn poll_loop(
             StartStep::Wait { delay, status } => {
                 tracing::warn!(method = "getMe", detail = %status.1, "telegram: retrying");
                 report(ctx, Some(status));
+                ctx.reporter.beat_within(delay + STEP_SLACK);
                 sleep(delay).await;
             }
             StartStep::Stop { status } => {
@@ -294,6 +299,9 @@ async fn poll_loop(
     }
 
     loop {
+        crate::fault::hang("telegram").await;
+        ctx.reporter
+            .beat_within(poller.request_deadline() + STEP_SLACK);
         let request = poller.request();
         let reply = api
             .call(
@@ -323,6 +331,7 @@ async fn poll_loop(
                 let failed = deliver(ctx, &mut poller).await;
                 save_offset(ctx, &mut poller).await;
                 if let Some(wait) = failed {
+                    ctx.reporter.beat_within(wait + STEP_SLACK);
                     sleep(wait).await;
                 }
             }
@@ -342,6 +351,7 @@ async fn poll_loop(
                     tracing::warn!(method = "getUpdates", detail = %detail, "telegram: retrying");
                 }
                 report(ctx, status);
+                ctx.reporter.beat_within(delay + STEP_SLACK);
                 sleep(delay).await;
             }
             PollStep::Stop { status } => {
@@ -359,6 +369,9 @@ async fn deliver(ctx: &ChannelContext, poller: &mut Poller) -> Option<Duration> 
     // The whole answer in one durable write (one fsync), then confirmed in order up to the first
     // message the intake could not take.
     let batch = poller.submissions();
+    if !batch.is_empty() {
+        ctx.reporter.beat_within(STORE_STEP + STEP_SLACK);
+    }
     let ids: Vec<String> = batch.iter().map(|i| i.id.clone()).collect();
     let outcomes = ctx.intake.submit_batch(batch).await;
     for (id, outcome) in ids.iter().zip(outcomes) {

@@ -63,8 +63,16 @@ pub const DEFAULT_SERVER_URL: &str = "wss://web.whatsapp.com/ws/chat";
 pub const TEST_SERVER_VERSION: (u32, u32, u32) = (2, 3000, 1_026_131_876);
 /// QR codes shown before pairing pauses: WhatsApp rate-limits repeated link attempts.
 pub const MAX_QR_CODES: u32 = 3;
-/// The status row is beaten at least this often.
-const BEAT_EVERY: Duration = Duration::from_secs(2);
+/// The status row beats from the connection's life, not from a timer: each connection attempt,
+/// the link coming up, each keepalive answered, each reconnect wait. The longest legitimate gap
+/// between two of those on a connection: the first probe goes [`PROBE_EVERY`] after the attempt
+/// starts (another `PROBE_EVERY` later if not yet logged in) and is answered within
+/// `PROBE_DEADLINE + PROBE_SLACK`; a link that stops answering is given up on within
+/// `PROBE_EVERY + PROBE_FAILURES × (PROBE_DEADLINE + PROBE_SLACK)` = 39 s, and the reconnect
+/// beats. 54 s at worst; an attempt that fails ends sooner (`transport::CONNECT_TIMEOUT`, 5 s).
+const LINK_WITHIN: Duration = Duration::from_secs(60);
+/// On top of a reconnect wait: the in-memory work before the next attempt and scheduling delays.
+const WAIT_SLACK: Duration = Duration::from_secs(5);
 /// A sent message counts as delivered to the server when its `<ack>` arrives within this; past it
 /// the send is retried (same id: no duplicate).
 pub const SEND_ACK_TIMEOUT: Duration = Duration::from_secs(20);
@@ -317,10 +325,10 @@ pub async fn run_with(
     let mut shutdown = ctx.shutdown.clone();
     let seed = crate::store::now_ms() ^ 0x5741;
     let mut backoff = Backoff::new(adapter::RECONNECT_BASE, adapter::RECONNECT_CAP, seed);
-    let mut beat = tokio::time::interval(BEAT_EVERY);
     let mut first = true;
 
     loop {
+        ctx.reporter.beat_within(LINK_WITHIN);
         {
             let mut s = shared.seen();
             s.ending = None;
@@ -362,7 +370,10 @@ pub async fn run_with(
         let mut conn = conn;
         teardown.conn = Some(conn.abort_handle());
         // Aborted when this connection's loop is left, whichever way.
-        let _probe = AbortOnDrop(tokio::spawn(deaf_link_probe(client.clone())));
+        let _probe = AbortOnDrop(tokio::spawn(deaf_link_probe(
+            client.clone(),
+            ctx.reporter.clone(),
+        )));
         let mut announced_up = false;
         let ended = loop {
             tokio::select! {
@@ -382,6 +393,7 @@ pub async fn run_with(
                     }
                     if up && !announced_up {
                         announced_up = true;
+                        ctx.reporter.beat_within(LINK_WITHIN);
                         backoff.reset();
                         let number = number_of(&client);
                         ctx.reporter.set(State::Up, format!("linked {number}"));
@@ -399,7 +411,6 @@ pub async fn run_with(
                         shutdown_client(&client).await;
                     }
                 }
-                _ = beat.tick() => ctx.reporter.beat(),
                 cmd = commands.recv() => match cmd {
                     Some(cmd) => handle_command(&shared, &client, cmd),
                     None => break true,
@@ -456,6 +467,7 @@ pub async fn run_with(
                     tracing::debug!(delay_ms = d.as_millis() as u64, reason = %why, "WhatsApp reconnecting");
                 }
                 let until = Instant::now() + d;
+                ctx.reporter.beat_within(d + WAIT_SLACK);
                 loop {
                     tokio::select! {
                         _ = tokio::time::sleep_until(until) => break,
@@ -464,7 +476,6 @@ pub async fn run_with(
                             ctx.reporter.set(State::Off, "stopped");
                             return Ok(Outcome::Shutdown);
                         }
-                        _ = beat.tick() => ctx.reporter.beat(),
                         cmd = commands.recv() => match cmd {
                             Some(cmd) => handle_command(&shared, &client, cmd),
                             None => return Ok(Outcome::Shutdown),
@@ -546,7 +557,7 @@ impl Drop for AbortOnDrop {
 /// every [`PROBE_EVERY`] while logged in; [`PROBE_FAILURES`] unanswered in a row force a
 /// reconnect (the server redelivers whatever was not acknowledged). Worst case to notice:
 /// `PROBE_EVERY + PROBE_FAILURES × (PROBE_DEADLINE + PROBE_SLACK)` = 39 s.
-async fn deaf_link_probe(client: Arc<Client>) {
+async fn deaf_link_probe(client: Arc<Client>, row: crate::status::Reporter) {
     use whatsapp_rust::wacore::iq::keepalive::KeepaliveSpec;
     use whatsapp_rust::wacore::iq::spec::IqSpec;
     let mut failures = 0u32;
@@ -561,7 +572,10 @@ async fn deaf_link_probe(client: Arc<Client>) {
         }
         let iq = KeepaliveSpec::with_timeout(PROBE_DEADLINE).build_iq();
         match tokio::time::timeout(PROBE_DEADLINE + PROBE_SLACK, client.send_iq(iq)).await {
-            Ok(Ok(_)) => failures = 0,
+            Ok(Ok(_)) => {
+                failures = 0;
+                row.beat_within(LINK_WITHIN);
+            }
             Ok(Err(e)) => {
                 failures += 1;
                 tracing::debug!(error = %e, failures, "WhatsApp probe unanswered");
@@ -600,7 +614,7 @@ fn fail_pending(sh: &Shared) {
     }
 }
 
-/// Carries out one command on its own task, so the driver keeps beating.
+/// Carries out one command on its own task, so a send never holds up the connection loop.
 fn handle_command(sh: &Arc<Shared>, client: &Arc<Client>, cmd: ChannelCommand) {
     match cmd {
         ChannelCommand::Typing { chat, on } => {
