@@ -385,6 +385,9 @@ async fn drop_and_515_reconnect_within_seconds() {
 const DEAD_LINK_DETECTED_WITHIN: Duration = Duration::from_secs(30);
 /// The reconnect promise once the link is back.
 const RECONNECT_WITHIN: Duration = Duration::from_secs(5);
+/// One retry cycle of the box against a blackholed server: the connect timeout (5 s) plus the
+/// longest backoff (3 s).
+const RETRY_CYCLE_MS: u64 = 8_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blackholed_link_is_detected_within_30s_and_heals_within_5s() {
@@ -419,6 +422,10 @@ async fn a_blackholed_link_is_detected_within_30s_and_heals_within_5s() {
         !fake.state().await.connected,
         "nobody logged in while blackholed"
     );
+    // Heal at a random point of the box's retry cycle (an attempt held open for up to its 5 s
+    // connect timeout, then up to 3 s of backoff), not always while an attempt is waiting.
+    let pause = Duration::from_millis(fastrand::u64(0..=RETRY_CYCLE_MS));
+    tokio::time::sleep(pause).await;
     let healed = Instant::now();
     fake.fault("heal", None).await.unwrap();
     // Reconnected = a new connection logged in after the heal (not the old one resuming).
@@ -435,7 +442,11 @@ async fn a_blackholed_link_is_detected_within_30s_and_heals_within_5s() {
     };
     assert!(login.conn > old, "{login:?}");
     let took = login.at - healed;
-    println!("MEASURED reconnect after heal: {} ms", took.as_millis());
+    println!(
+        "MEASURED reconnect after heal: {} ms (healed {} ms into the retry cycle)",
+        took.as_millis(),
+        pause.as_millis()
+    );
     fake.contact_send(FRIEND, "after-the-blackhole", None, None)
         .await
         .unwrap();
