@@ -398,21 +398,132 @@ async fn faults_drop_restart_and_conflict() {
 async fn fault_blackhole_then_heal_reconnects() {
     let fake = FakeWhatsApp::start().await;
     let (mut client, _backend) = paired_client(&fake).await;
-    let attempts = fake.connection_attempts().await;
+    let old = fake.state().await.conn.expect("logged in");
     fake.fault("blackhole", None).await.unwrap();
     // The client's keepalive (ping every 15-30 s, dead 20 s after an unanswered send) notices the
-    // silence and dials again; the fake holds the new socket while blackholed.
+    // silence and closes the socket; the fake then detaches that connection (it no longer counts
+    // as connected) and holds the client's new sockets while blackholed.
     let deadline = tokio::time::Instant::now() + KEEPALIVE_WAIT;
-    while fake.connection_attempts().await == attempts {
+    while fake.state().await.conn == Some(old) {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "client never noticed the blackhole"
+            "client never gave up the blackholed connection"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    assert!(
+        !fake.state().await.connected,
+        "nobody is logged in while blackholed once the client gave the old link up"
+    );
+    let healed = tokio::time::Instant::now();
     fake.fault("heal", None).await.unwrap();
     client.wait_connected().await;
-    assert!(fake.state().await.connected);
+    let login = fake
+        .login_after(healed)
+        .await
+        .expect("a connection logged in after the heal");
+    assert!(
+        login.conn > old,
+        "a new connection, not the old one: {login:?}"
+    );
+    assert_eq!(fake.state().await.conn, Some(login.conn));
+    // The admin API serves the same login log.
+    let logins: serde_json::Value =
+        serde_json::from_str(&http_get(&fake.admin_url(), "/logins").await).unwrap();
+    let last = logins.as_array().and_then(|l| l.last()).cloned().unwrap();
+    assert_eq!(last["conn"], login.conn);
+    assert_eq!(last["at_unix_ms"], login.at_unix_ms);
+    client.handle.shutdown().await;
+}
+
+/// The owner's phone writes in "message yourself": the linked client gets it as its own message
+/// in its own chat (from device 0, content unwrapped from the deviceSentMessage); what the client
+/// sends back into that chat reaches the phone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_phone_writes_in_the_self_chat_and_reads_the_answer() {
+    let fake = FakeWhatsApp::start().await;
+    let (mut client, _backend) = paired_client(&fake).await;
+    let own = fake.phone_number().trim_start_matches('+').to_string();
+    let (status, body) = http_post(
+        &fake.admin_url(),
+        "/phone/self",
+        r#"{"text":"note to self","addressing":"pn"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (text, info) = client
+        .wait_for("the self-chat message", |e| match e {
+            Event::Messages(batch) => batch
+                .messages
+                .iter()
+                .find_map(|m| text_of(&m.message).map(|t| (t, m.info.clone()))),
+            _ => None,
+        })
+        .await;
+    assert_eq!(text, "note to self");
+    assert_eq!(info.id, id);
+    assert!(info.source.is_from_me, "{info:?}");
+    assert_eq!(
+        info.source.chat.to_string(),
+        format!("{own}@s.whatsapp.net")
+    );
+    assert_eq!(info.source.sender.user, own);
+    assert_eq!(info.source.sender.device, 0, "sent by the primary phone");
+
+    // Twice: the first a pkmsg (no session yet), the second a msg on the same session.
+    fake.phone_self_send("second note").await.unwrap();
+    client
+        .wait_for("the second self-chat message", |e| match e {
+            Event::Messages(batch) => batch
+                .messages
+                .iter()
+                .find_map(|m| text_of(&m.message).filter(|t| t == "second note")),
+            _ => None,
+        })
+        .await;
+
+    let reply = wa::Message {
+        conversation: Some("noted".into()),
+        ..Default::default()
+    };
+    client
+        .client()
+        .send_message(Jid::pn(own.as_str()), reply)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !fake
+        .phone_self_messages()
+        .await
+        .iter()
+        .any(|m| m.text == "noted")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the phone never read the answer in the self chat"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = http_get(&fake.admin_url(), "/phone/self/messages").await;
+    assert!(body.contains("noted"), "{body}");
+    assert!(
+        fake.contact_inbox(&own).await.is_empty(),
+        "the account is not a contact of itself"
+    );
+    let (status, _) = http_post(
+        &fake.admin_url(),
+        "/phone/self",
+        r#"{"text":"x","addressing":"lid"}"#,
+    )
+    .await;
+    assert_eq!(
+        status, 400,
+        "LID addressing is not modelled yet: refused, not faked"
+    );
     client.handle.shutdown().await;
 }
 

@@ -9,6 +9,10 @@
 # soak, 200 SIGKILLs, a 1-minute blackhole, 10 minutes per fuzz target.
 # Each scenario's result is kept under $QA_DIR (outside the clone); --only reruns some and the report
 # is rebuilt from every result present, each stamped with the commit and time it ran.
+# A report comes from one commit: qa.sh refuses (exit 3, naming the stale scenarios and their
+# commits) to assemble results of another commit, or of a tree with uncommitted changes (the report
+# file itself aside), unless this run reran every scenario. `--only` reruns failing scenarios at the
+# same, committed HEAD.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,9 +61,10 @@ accumulation-timeout|Accumulation timeout|test flow accumulation_timeout_ends_a_
 pacing|Pacing adherence|test pacing typing_gaps_and_chunks_are_exactly_as_configured a_10000_character_reply_is_three_telegram_messages_on_boundaries|Typing presence, chunk gaps and reply gaps are exactly the configured pacing (paused clock); long replies split on boundaries.
 rate-limits|Per-chat rate limit (Telegram)|test telegram_channel sends_to_one_chat_are_a_second_apart too_many_requests_on_poll_waits_exactly_retry_after|Sends to one chat are ≥ 1 s apart; a 429 waits exactly retry_after.
 allowlist|Allowlist|test flow a_stranger_causes_no_agent_call_no_typing_no_reply|A stranger causes no agent call, no typing and no reply; the drop is counted.
+self-chat|WhatsApp self chat (the default mode)|test whatsapp_flow the_owner_writes_in_the_self_chat_and_gets_one_prefixed_answer_there|The owner writes in "message yourself" on the phone: one answer comes back there with the prefix, and the box never answers its own answer.
 allowlist-whatsapp|Allowlist (WhatsApp)|test whatsapp_flow friend_gets_the_echo_stranger_gets_nothing_media_is_a_placeholder|A WhatsApp stranger gets nothing; the friend gets the answer.
 reconnect-drop|Reconnect: dropped link and 515|test whatsapp_flow drop_and_515_reconnect_within_seconds|A dropped WhatsApp connection and a 515 stream restart reconnect within seconds.
-reconnect-blackhole|Reconnect: dead link|test whatsapp_flow a_blackholed_link_is_detected_within_30s_and_heals_within_5s|A blackholed link is detected by keepalive within 30 s and reconnects within 5 s of healing.
+reconnect-blackhole|Reconnect: dead link|test whatsapp_flow a_blackholed_link_is_detected_within_30s_and_heals_within_5s|A blackholed link is given up within 30 s, and a new connection logs in within 5 s of healing.
 reconnect-logout|Reconnect: logged out|test whatsapp_flow logged_out_wipes_whatsapp_only_and_says_pair_again|Logged out: WhatsApp state wiped, "pair again" shown, other channels untouched, no loop.
 reconnect-conflict|Reconnect: replaced session|test whatsapp_flow a_conflict_stops_reconnecting|Another client took the session: clawbox stops and says so instead of fighting it.
 reconnect-telegram|Reconnect: Telegram 409/429/401/5xx|test telegram_flow conflict_then_success_while_the_console_keeps_working rate_limited_polls_wait_retry_after_while_the_console_keeps_working a_rejected_token_stops_telegram_only|409 recovers, 429 waits retry_after, 401 stops Telegram only, the console keeps answering throughout.
@@ -76,9 +81,22 @@ fuzz|Fuzzing every parser|fuzz|Every cargo-fuzz target runs its length with 0 cr
 EOF
 )
 
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-dirty=""
-git diff --quiet 2>/dev/null || dirty="+dirty"
+# What this run is stamped with: HEAD, whether the tree differs from it (tracked or untracked files;
+# the report file is left out, so a --full run's rewrite of it does not make the next --only dirty),
+# and an id telling this run's results from older ones.
+head=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+short=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+exclude=(":(exclude)tests/QA-REPORT.md")
+case "$report" in /*) ;; *) exclude+=(":(exclude)$report") ;; esac
+if [ "$head" = unknown ]; then
+  changes="(not a git checkout: the commit cannot be told)"
+else
+  changes=$(git status --porcelain --untracked-files=normal -- . "${exclude[@]}")
+fi
+dirty=0
+[ -z "$changes" ] || dirty=1
+stamp="$short$([ "$dirty" = 0 ] || echo +dirty)"
+run_id="$(date -u +%Y%m%dT%H%M%S)-$$"
 
 run_one() {
   local id="$1" how="$2" log="$qa_dir/$1.log" start end status
@@ -96,7 +114,8 @@ run_one() {
       grep -q "test result: ok. [1-9]" "$log"; then status=PASS; else status=FAIL; fi
   fi
   end=$(date +%s)
-  printf '%s\n%s\n%s\n' "$status" "$((end - start))" "$(date -u +%Y-%m-%dT%H:%MZ) $commit$dirty" >"$qa_dir/$id.result"
+  printf '%s\n' "$status" "$((end - start))" "$(date -u +%Y-%m-%dT%H:%MZ) $stamp" \
+    "commit $head" "dirty $dirty" "run $run_id" >"$qa_dir/$id.result"
   echo "qa: $id: $status ($((end - start)) s)"
 }
 
@@ -104,6 +123,43 @@ while IFS='|' read -r id title how proves; do
   [ -n "$id" ] || continue
   if [ -z "$only" ] || [[ "$id" =~ $only ]]; then run_one "$id" "$how"; fi
 done <<<"$matrix"
+
+# --- one commit per report --------------------------------------------------------------------------
+# A result counts when this run made it, or when it ran on this very commit with no uncommitted
+# changes and the tree is still clean; anything else is stale.
+stale=()
+while IFS='|' read -r id title how proves; do
+  [ -n "$id" ] && [ -f "$qa_dir/$id.result" ] || continue
+  when="" c="" d="" r=""
+  { read -r _; read -r _; read -r when; read -r c; read -r d; read -r r; } <"$qa_dir/$id.result" || true
+  c=${c#commit }; d=${d#dirty }; r=${r#run }
+  if [ "$r" = "$run_id" ]; then continue; fi
+  if [ "$dirty" = 0 ] && [ "$head" != unknown ] && [ "$c" = "$head" ] && [ "$d" = 0 ]; then continue; fi
+  note=""
+  [ "$d" != 1 ] || note=", uncommitted changes"
+  stale+=("$id: ran ${when:-at an unknown time} (commit ${c:-unrecorded}$note)")
+done <<<"$matrix"
+if [ ${#stale[@]} -gt 0 ]; then
+  {
+    echo "qa: refusing to build a report that mixes commits: this is $stamp (HEAD $head)."
+    if [ "$dirty" = 1 ]; then
+      echo "qa: the tree has uncommitted changes, so no earlier result can be tied to it:"
+      printf '%s\n' "$changes" | head -10 | sed 's/^/      /'
+    fi
+    echo "qa: results from another commit or tree (${#stale[@]}):"
+    printf '  %s\n' "${stale[@]}"
+    ids=$(printf '%s\n' "${stale[@]}" | cut -d: -f1 | paste -sd'|')
+    again="tests/qa.sh"
+    [ "$mode" != full ] || again="tests/qa.sh --full"
+    if [ "$dirty" = 1 ]; then
+      echo "qa: commit the changes, then rerun what is not from the new HEAD ($again --only 'REGEX'),"
+    else
+      echo "qa: rerun those at HEAD ($again --only '^($ids)\$'),"
+    fi
+    echo "qa: or rerun every scenario ($again). The report ($report) was not written."
+  } >&2
+  exit 3
+fi
 
 # --- the report -------------------------------------------------------------------------------------
 evidence() {
@@ -119,7 +175,8 @@ pass=0; fail=0; missing=0
 {
   echo "# clawbox QA report ($mode mode)"
   echo
-  echo "Generated by \`tests/qa.sh$([ "$mode" = full ] && echo ' --full')\` on $(uname -m), $(nproc) cores, $(date -u +%Y-%m-%d)."
+  echo "Generated by \`tests/qa.sh$([ "$mode" = full ] && echo ' --full')\` on $(uname -m), $(nproc) cores, $(date -u +%Y-%m-%d),"
+  echo "every result from commit $stamp$([ "$dirty" = 1 ] && echo ' (uncommitted changes: all from this one run)')."
   echo "Lengths: soak ${CLAWBOX_SOAK_SECS:-default} s, crash loop ${CLAWBOX_CRASH_KILLS:-default} kills,"
   echo "blackhole ${CLAWBOX_ISOLATION_SECS:-default} s, fuzzing $fuzz_secs s per target (\"default\" = the test's CI length)."
   echo "Every scenario runs the real \`clawbox\` binary or its modules against fakes that speak the real wire"

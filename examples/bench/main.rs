@@ -299,6 +299,27 @@ async fn connected(wa: &FakeWhatsApp) -> bool {
     wa.state().await.connected
 }
 
+/// When a connection logged in after `t`, waiting up to `within`: a start or a reconnect is a
+/// new connection's login (the fake's login log), never an older connection still counted as
+/// connected.
+async fn login_after(
+    wa: &FakeWhatsApp,
+    t: Instant,
+    within: Duration,
+    what: &str,
+) -> Result<Instant, String> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(login) = wa.login_after(t).await {
+            return Ok(login.at);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("timed out after {within:?} waiting for {what}"));
+        }
+        sleep(POLL).await;
+    }
+}
+
 /// `clawbox pair whatsapp`: the mock phone scans the printed QR data.
 async fn pair(bin: &Path, bx: &Bx, wa: &FakeWhatsApp) -> Result<(), String> {
     let cfg = bx.cfg("echo.toml");
@@ -375,7 +396,7 @@ async fn start_run(
         &[("NOTIFY_SOCKET", &sp)],
         bx.dir.path(),
     )?;
-    let conn_at = until("WhatsApp connected", SOON, || connected(wa)).await;
+    let conn_at = login_after(wa, p.started, SOON, "WhatsApp logged in").await;
     let conn_at = match conn_at {
         Ok(t) => t,
         Err(e) => return Err(format!("{e}\n{}", p.tail(30))),
@@ -644,10 +665,7 @@ async fn run(args: &Args, t: &mut Table) -> Result<(), String> {
         sleep(outage).await;
         proxy.set(Link::Up);
         let up = Instant::now();
-        let back = until("WhatsApp back after the link was restored", SOON, || {
-            connected(&wa)
-        })
-        .await?;
+        let back = login_after(&wa, up, SOON, "WhatsApp back after the link was restored").await?;
         rec.push(back - up);
     }
     rec.sort();
@@ -663,11 +681,13 @@ async fn run(args: &Args, t: &mut Table) -> Result<(), String> {
         ),
         "p99 ≤ 5 s",
         Some(p99 <= Duration::from_secs(5)),
-        "link cut by the proxy (connections closed, new ones refused) for a random 0.5–20 s outage, then restored; restore → the fake sees the session logged in. Includes the backoff wait left at restore",
+        "link cut by the proxy (connections closed, new ones refused) for a random 0.5–20 s outage, then restored; restore → a new connection logged in (the fake's login log). Includes the backoff wait left at restore",
     );
 
-    // Dead link: the fake stops answering anything (pings included) but keeps the socket open.
+    // Dead link: the fake stops answering anything (pings included) but keeps the socket open;
+    // once clawbox gave it up, heal, and wait for a new connection to log in.
     let mut dead = Vec::new();
+    let mut healed_back = Vec::new();
     for _ in 0..plan.dead_links {
         until("connected", SOON, || connected(&wa)).await?;
         let from = Instant::now();
@@ -688,13 +708,13 @@ async fn run(args: &Args, t: &mut Table) -> Result<(), String> {
         .min()
         .unwrap_or(noticed);
         dead.push(at - from);
+        let healed = Instant::now();
         wa.fault("heal", None).await?;
+        let back = login_after(&wa, healed, SOON, "a new connection after the heal").await?;
+        healed_back.push(back - healed);
     }
-    until("connected after the dead-link trials", SOON, || {
-        connected(&wa)
-    })
-    .await?;
     dead.sort();
+    healed_back.sort();
     let dmax = pct(&dead, 100.0);
     t.add(
         "Dead-link detection",
@@ -702,6 +722,19 @@ async fn run(args: &Args, t: &mut Table) -> Result<(), String> {
         "≤ 30 s",
         Some(dmax <= Duration::from_secs(30)),
         "the fake server blackholes the open link (reads nothing, answers no ping); blackhole → clawbox logs the link silent (or closes its socket, whichever first)",
+    );
+    let hmax = pct(&healed_back, 100.0);
+    t.add(
+        "WhatsApp reconnect after a dead link heals",
+        format!(
+            "median {} / max {} ({} trials)",
+            secs(pct(&healed_back, 50.0)),
+            secs(hmax),
+            healed_back.len()
+        ),
+        "≤ 5 s",
+        Some(hmax <= Duration::from_secs(5)),
+        "after each dead-link trial the fake heals; heal → a new connection logged in (the fake's login log; the given-up connection no longer counts). Includes the backoff wait left at heal",
     );
     if p.stop().await != Some(0) {
         return Err("the idle run did not exit 0 on SIGTERM".into());

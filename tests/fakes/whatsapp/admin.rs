@@ -1,5 +1,6 @@
 //! The fake's admin API: JSON over HTTP/1.1 on its own loopback listener (hyper 1), driving the
-//! mock phone, the mock contacts and fault injection. Owns request routing and JSON shapes only;
+//! mock phone (linking, its own "message yourself" chat), the mock contacts and fault injection,
+//! and reporting state and the login log. Owns request routing and JSON shapes only;
 //! every action is a call into `server::World`.
 
 use std::convert::Infallible;
@@ -35,6 +36,14 @@ struct Send {
     caption: Option<String>,
 }
 
+/// `POST /phone/self`: the owner writes in "message yourself" from the primary phone.
+#[derive(Deserialize)]
+struct SelfSend {
+    text: String,
+    /// How the phone addresses its own chat: `"pn"` (the default, the only form modelled yet).
+    addressing: Option<String>,
+}
+
 #[derive(Deserialize)]
 struct Fault {
     kind: String,
@@ -55,15 +64,26 @@ fn bad(e: impl std::fmt::Display) -> Response<Full<Bytes>> {
     reply(StatusCode::BAD_REQUEST, json!({ "error": e.to_string() }))
 }
 
-/// `{"connected","paired","jid"}` as served by `GET /state`.
+/// `{"connected","paired","jid","conn"}` as served by `GET /state` (`conn`: the id of the
+/// connection logged in now, or null).
 pub async fn state_json(world: &Mutex<World>) -> serde_json::Value {
     let w = world.lock().await;
     json!({
-        "connected": w.conn.as_ref().is_some_and(|c| c.logged_in),
+        "connected": w.logged_in_conn().is_some(),
         "paired": w.companion.is_some(),
         "jid": w.own_jid(),
         "replaced": w.replaced,
+        "conn": w.logged_in_conn(),
     })
+}
+
+/// `[{"conn","at_unix_ms"}]`, oldest first, as served by `GET /logins`.
+pub async fn logins_json(world: &Mutex<World>) -> serde_json::Value {
+    let w = world.lock().await;
+    w.logins
+        .iter()
+        .map(|l| json!({ "conn": l.conn, "at_unix_ms": l.at_unix_ms }))
+        .collect()
 }
 
 pub async fn handle(
@@ -82,6 +102,26 @@ pub async fn handle(
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let resp = match (method, segments.as_slice()) {
         (Method::GET, ["state"]) => reply(StatusCode::OK, state_json(&world).await),
+        (Method::GET, ["logins"]) => reply(StatusCode::OK, logins_json(&world).await),
+        (Method::POST, ["phone", "self"]) => match serde_json::from_slice::<SelfSend>(&body) {
+            Ok(SelfSend { addressing, .. }) if addressing.as_deref().is_some_and(|a| a != "pn") => {
+                bad("phone: only \"addressing\": \"pn\" is modelled yet")
+            }
+            Ok(m) => match world
+                .lock()
+                .await
+                .phone_self_send(&m.text, now_secs())
+                .await
+            {
+                Ok(id) => reply(StatusCode::OK, json!({ "id": id })),
+                Err(e) => bad(e),
+            },
+            Err(e) => bad(e),
+        },
+        (Method::GET, ["phone", "self", "messages"]) => {
+            let inbox = world.lock().await.self_messages();
+            reply(StatusCode::OK, json!(inbox))
+        }
         (Method::POST, ["phone", "scan"]) => match serde_json::from_slice::<Scan>(&body) {
             Ok(s) => match world.lock().await.scan(&s.qr) {
                 Ok(()) => reply(StatusCode::OK, json!({})),

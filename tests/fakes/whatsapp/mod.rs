@@ -1,6 +1,7 @@
 //! A fake WhatsApp Web server for tests, speaking the real protocol on loopback: WebSocket on
 //! `/ws/chat`, Noise XX with a certificate chain, framed AES-GCM, binary nodes, QR and pair-code
-//! linking by a mock phone, Signal-encrypted messages from mock contacts, an offline queue, and
+//! linking by a mock phone, the phone writing in its own "message yourself" chat, Signal-encrypted
+//! messages from mock contacts, an offline queue, a log of which connection logged in when, and
 //! fault injection — driven by a JSON admin API on a second listener (or the Rust methods here).
 //! Built from the client's own crates (`whatsapp-rust` 0.7.0 re-exports), so the wire format is
 //! the one the real client speaks. Owns the sockets (this file) and nothing of clawbox; never
@@ -29,6 +30,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 
 pub use contacts::InboxEntry;
+pub use server::Login;
 use server::{CONN_QUEUE_CAP, Cmd, World, now_secs};
 
 /// The mock phone's account number.
@@ -48,6 +50,10 @@ const MAX_CONNS: usize = 16;
 const MAX_ADMIN_CONNS: usize = 64;
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+/// While a connection is blackholed (nothing read, nothing written), how often the fake looks at
+/// the socket for the client's FIN or RST: a client that gave the link up has closed its end, and
+/// the connection is then detached — it no longer counts as connected.
+const PEER_CLOSE_POLL: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct State {
@@ -56,6 +62,8 @@ pub struct State {
     pub jid: Option<String>,
     /// Logged-in connections pushed out by a newer one (two clients on one identity at once).
     pub replaced: u64,
+    /// The id of the connection logged in now (see [`Login`]).
+    pub conn: Option<u64>,
 }
 
 pub struct FakeWhatsApp {
@@ -141,17 +149,52 @@ impl FakeWhatsApp {
         self.world.lock().await.inbox(e164)
     }
 
+    /// The owner writes `text` in "message yourself" on the primary phone; returns the message id.
+    pub async fn phone_self_send(&self, text: &str) -> Result<String, String> {
+        self.world
+            .lock()
+            .await
+            .phone_self_send(text, now_secs())
+            .await
+    }
+
+    /// What the linked device sent into the self chat, decrypted by the phone.
+    pub async fn phone_self_messages(&self) -> Vec<InboxEntry> {
+        self.world.lock().await.self_messages()
+    }
+
     pub async fn state(&self) -> State {
         let w = self.world.lock().await;
         State {
-            connected: w.conn.as_ref().is_some_and(|c| c.logged_in),
+            connected: w.logged_in_conn().is_some(),
             paired: w.companion.is_some(),
             jid: w.own_jid(),
             replaced: w.replaced,
+            conn: w.logged_in_conn(),
         }
     }
 
+    /// Every login so far, oldest first: which connection, when.
+    pub async fn logins(&self) -> Vec<Login> {
+        self.world.lock().await.logins.iter().copied().collect()
+    }
+
+    /// The first login after `t`: the connection that came back after a fault healed at `t`
+    /// ("connected" alone may still be the connection from before the fault).
+    pub async fn login_after(&self, t: tokio::time::Instant) -> Option<Login> {
+        self.world
+            .lock()
+            .await
+            .logins
+            .iter()
+            .find(|l| l.at > t)
+            .copied()
+    }
+
     /// `drop` | `stream-error` (with `code`) | `conflict` | `blackhole` | `heal`, or a malformed
+    /// frame on the live link (see below). `blackhole`: the live connection neither reads nor
+    /// writes and new ones are held before the WebSocket upgrade, until `heal`; a connection whose
+    /// client closes its end meanwhile (it gave the link up) is detached. For a malformed
     /// frame on the live link: `bad-decrypt` (a frame whose AES-GCM tag fails), `garbage-node` (a
     /// valid Noise frame holding bytes that are no binary node), `truncated` (half a frame, then
     /// the TCP link is cut), `oversized` (one WebSocket message over the client's 4 MiB limit).
@@ -249,10 +292,16 @@ async fn serve_conn(world: Arc<Mutex<World>>, stream: TcpStream) -> Result<(), S
         w.attempts += 1;
         w.blackhole.subscribe()
     };
-    // Blackholed: the TCP connection is accepted and then nothing happens until `heal`.
+    // Blackholed: the TCP connection is accepted and then nothing happens until `heal` (or until
+    // the client gives up on it).
     while *blackhole.borrow_and_update() {
-        if blackhole.changed().await.is_err() {
-            return Ok(());
+        tokio::select! {
+            changed = blackhole.changed() => if changed.is_err() {
+                return Ok(());
+            },
+            _ = tokio::time::sleep(PEER_CLOSE_POLL) => if peer_closed(&stream) {
+                return Ok(());
+            },
         }
     }
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
@@ -285,7 +334,9 @@ async fn serve_conn(world: Arc<Mutex<World>>, stream: TcpStream) -> Result<(), S
     let id = {
         let mut w = world.lock().await;
         let id = w.attach(tx, client_static);
-        w.on_payload(id, &payload, now_secs());
+        if w.on_payload(id, &payload, now_secs()) {
+            w.record_login(id, tokio::time::Instant::now(), now_unix_ms());
+        }
         id
     };
     let mut blackholed = false;
@@ -344,10 +395,36 @@ async fn serve_conn(world: Arc<Mutex<World>>, stream: TcpStream) -> Result<(), S
                 Some(Ok(_)) => {}
                 Some(Err(e)) => break Err(format!("websocket: {e}")),
             },
+            // Blackholed: the bytes the client sends stay unread, but a client that gave the link
+            // up (closed its socket) ends the connection here, so it stops counting as connected.
+            _ = tokio::time::sleep(PEER_CLOSE_POLL), if blackholed => {
+                if peer_closed(ws.get_ref()) {
+                    tracing::debug!("fake-whatsapp: the client closed a blackholed connection");
+                    break Ok(());
+                }
+            }
         }
     };
     world.lock().await.detach(id);
     result
+}
+
+/// True once the client's end of `stream` is closed (FIN or RST seen), looked at without reading:
+/// bytes the client sent before closing stay where they are.
+fn peer_closed(stream: &TcpStream) -> bool {
+    use futures_util::FutureExt;
+    match stream.ready(tokio::io::Interest::READABLE).now_or_never() {
+        Some(Ok(ready)) => ready.is_read_closed(),
+        Some(Err(_)) => true,
+        None => false,
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 async fn write_node<S>(

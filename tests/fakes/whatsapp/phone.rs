@@ -1,10 +1,11 @@
 //! The mock primary phone's side of device linking: the ADV device identity it signs with the
 //! account key for `pair-success` (QR and pair-code flows), the check of the companion's
-//! `pair-device-sign` answer, and the phone's half of the pair-code key exchange. Pure crypto and
-//! node building; never touches a socket or the server state.
+//! `pair-device-sign` answer, and the phone's half of the pair-code key exchange; and the message
+//! the phone sends to its own other devices (`deviceSentMessage`). Pure crypto and node building;
+//! never touches a socket or the server state.
 
 use ring::hmac;
-use whatsapp_rust::buffa::Message;
+use whatsapp_rust::buffa::{Message, MessageField};
 use whatsapp_rust::wacore::libsignal::crypto::aes_256_gcm_decrypt;
 use whatsapp_rust::wacore::libsignal::protocol::{KeyPair, PublicKey};
 use whatsapp_rust::wacore::pair_code::PairCodeUtils;
@@ -37,6 +38,23 @@ pub struct PendingPair {
     pub iq_id: String,
     pub device: u16,
     pub companion_identity: [u8; 32],
+}
+
+/// What the phone encrypts to the account's other devices when its user sends `text` to
+/// `destination`: the message wrapped in a `deviceSentMessage` naming the chat it went to (the
+/// chat's own devices get the bare message; none here: the self chat has only the account's).
+pub fn device_sent(destination: &str, text: &str) -> wa::Message {
+    wa::Message {
+        device_sent_message: MessageField::some(wa::message::DeviceSentMessage {
+            destination_jid: Some(destination.to_string()),
+            message: MessageField::some(wa::Message {
+                conversation: Some(text.to_string()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 pub fn random_hex(bytes: usize) -> String {

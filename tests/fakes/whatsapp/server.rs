@@ -1,5 +1,6 @@
-//! The fake server's protocol core: account, pairing, key bundles, device lists, contacts and the
-//! offline queue, and what it answers to each stanza the client sends. Nodes in, nodes out: every
+//! The fake server's protocol core: account, pairing, key bundles, device lists, contacts, the
+//! phone's own "message yourself" chat, the offline queue and the login log, and what it answers
+//! to each stanza the client sends. Nodes in, nodes out: every
 //! outgoing stanza goes into the live connection's bounded command queue, which the socket driver
 //! in `mod.rs` drains. No sockets, no clock (`now_secs` is passed in); async only because
 //! libsignal's stores are.
@@ -33,6 +34,19 @@ const QR_REFS: usize = 6;
 pub const CONTACTS_CAP: usize = 256;
 /// Companion device id the fake assigns to a linked client.
 const COMPANION_DEVICE: u16 = 7;
+/// Logins kept in the login log (the oldest dropped beyond): a 10-minute soak logs in about a
+/// hundred times, the crash loop a few hundred.
+pub const LOGINS_CAP: usize = 4096;
+
+/// One connection that logged in (`<success>` sent): its id — connections are numbered from 1 in
+/// the order they finished the Noise handshake, so a reconnect always has a larger id — and when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Login {
+    pub conn: u64,
+    pub at: tokio::time::Instant,
+    /// The same instant as Unix milliseconds, for the admin API.
+    pub at_unix_ms: u64,
+}
 
 pub enum Cmd {
     Send(Node),
@@ -108,8 +122,15 @@ pub struct World {
     /// Logged-in connections pushed out by a newer one of the same device (the real server sends
     /// the old one `<conflict type="replaced"/>`): two clients on one identity at once.
     pub replaced: u64,
+    /// Messages the phone got in its own chat so far (the next self-inbox `seq`).
+    self_delivered: u64,
     /// Every message stanza delivered so far (up to `OFFLINE_QUEUE_CAP`), for the `replay` fault.
     delivered: VecDeque<Node>,
+    /// Every login, oldest first (up to `LOGINS_CAP`): "reconnected" means a new id in here.
+    pub logins: VecDeque<Login>,
+    /// What the linked device sent into the account's own "message yourself" chat, as the phone
+    /// (device 0) decrypted it (up to `contacts::INBOX_CAP`).
+    pub self_inbox: VecDeque<InboxEntry>,
 }
 
 pub fn now_secs() -> u64 {
@@ -151,8 +172,28 @@ impl World {
             blackhole: tokio::sync::watch::Sender::new(false),
             attempts: 0,
             replaced: 0,
+            self_delivered: 0,
             delivered: VecDeque::new(),
+            logins: VecDeque::new(),
+            self_inbox: VecDeque::new(),
         }
+    }
+
+    /// The connection logged in right now, if any.
+    pub fn logged_in_conn(&self) -> Option<u64> {
+        self.conn.as_ref().filter(|c| c.logged_in).map(|c| c.id)
+    }
+
+    /// Connection `conn_id` logged in at `at` (the socket driver's clock).
+    pub fn record_login(&mut self, conn_id: u64, at: tokio::time::Instant, at_unix_ms: u64) {
+        if self.logins.len() >= LOGINS_CAP {
+            self.logins.pop_front();
+        }
+        self.logins.push_back(Login {
+            conn: conn_id,
+            at,
+            at_unix_ms,
+        });
     }
 
     pub fn own_jid(&self) -> Option<String> {
@@ -275,10 +316,11 @@ impl World {
         self.conn.as_ref().is_some_and(|c| c.id == id)
     }
 
-    /// The client's ClientPayload: registration (unpaired) or login (paired).
-    pub fn on_payload(&mut self, conn_id: u64, payload: &wa::ClientPayload, now: u64) {
+    /// The client's ClientPayload: registration (unpaired) or login (paired). True when this
+    /// connection logged in (the caller records it in the login log with its clock).
+    pub fn on_payload(&mut self, conn_id: u64, payload: &wa::ClientPayload, now: u64) -> bool {
         if !self.is_current(conn_id) {
-            return;
+            return false;
         }
         if let Some(reg) = payload.device_pairing_data.as_option() {
             // Registration: remember the client's keys and offer QR refs.
@@ -309,7 +351,7 @@ impl World {
                     .build()])
                 .build();
             self.send(node);
-            return;
+            return false;
         }
         let user_ok = payload.username.map(|u| u.to_string()) == Some(self.account.pn.clone());
         let device_ok = self
@@ -324,7 +366,7 @@ impl World {
                     .attr("location", "fake")
                     .build(),
             );
-            return;
+            return false;
         }
         if let Some(conn) = self.conn.as_mut() {
             conn.logged_in = true;
@@ -339,6 +381,7 @@ impl World {
                 .attr("creation", now.to_string())
                 .build(),
         );
+        true
     }
 
     /// Delivers the offline queue then the end marker (the client waits for it after `passive`).
@@ -907,6 +950,45 @@ impl World {
         Ok(id)
     }
 
+    /// The owner writes `text` in "message yourself" on the primary phone (device 0). The linked
+    /// device gets the phone's copy the way WhatsApp hands a companion any message sent from
+    /// another of the account's devices: `from` the account's own JID (device 0), `recipient` the
+    /// chat it was sent to (the account itself, PN form), the content wrapped in a
+    /// `deviceSentMessage` naming that destination, Signal-encrypted by the phone to the companion
+    /// (`pkmsg` until the phone has a session with it). Returns the message id.
+    pub async fn phone_self_send(&mut self, text: &str, now: u64) -> Result<String, String> {
+        let remote = self.companion_address().ok_or("phone: no linked device")?;
+        let device = self.companion.as_ref().map(|c| c.device).unwrap_or(0);
+        if !self.client_keys.is_known() {
+            return Err("phone: the linked device has not published keys".into());
+        }
+        let own_chat = format!("{}@{SERVER}", self.account.pn);
+        let msg = phone::device_sent(&own_chat, text);
+        let keys = &mut self.client_keys;
+        let (kind, ct) =
+            contacts::encrypt(&mut self.phone, &remote, || keys.take_bundle(device), &msg).await?;
+        let id = phone::random_hex(16);
+        let stanza = NodeBuilder::new("message")
+            .attr("from", own_chat.clone())
+            .attr("recipient", own_chat)
+            .attr("id", id.clone())
+            .attr("t", now.to_string())
+            .attr("type", "text")
+            .children([NodeBuilder::new("enc")
+                .attr("v", PADDING_VERSION.to_string())
+                .attr("type", kind)
+                .bytes(ct)
+                .build()])
+            .build();
+        self.queue_or_send(stanza);
+        Ok(id)
+    }
+
+    /// What the linked device sent into the self chat, as the phone read it.
+    pub fn self_messages(&self) -> Vec<InboxEntry> {
+        self.self_inbox.iter().cloned().collect()
+    }
+
     /// The contact for `user` (digits), created on first use within `CONTACTS_CAP`.
     fn contact_mut(&mut self, user: &str) -> Option<&mut Contact> {
         let user = digits(user)?;
@@ -949,6 +1031,10 @@ impl World {
         let Some(sender) = self.companion_address() else {
             return;
         };
+        // Sent into the account's own chat ("message yourself"), PN or LID addressed.
+        let to_self = to
+            .parse::<Jid>()
+            .is_ok_and(|j| j.user == self.account.pn || j.user == self.account.lid);
         let mut delivered_to = None;
         for (jid, kind, ct, v) in copies {
             let Ok(dest) = jid.parse::<Jid>() else {
@@ -956,8 +1042,23 @@ impl World {
             };
             let own = dest.user == self.account.pn || dest.user == self.account.lid;
             if own && dest.device == 0 {
-                if let Err(e) = contacts::decrypt(&mut self.phone, &sender, &kind, &ct, v).await {
-                    tracing::debug!("fake-whatsapp: phone could not read its copy: {e}");
+                match contacts::decrypt(&mut self.phone, &sender, &kind, &ct, v).await {
+                    Ok(msg) if to_self => {
+                        if let Some(text) = contacts::message_text(&msg) {
+                            if self.self_inbox.len() >= contacts::INBOX_CAP {
+                                self.self_inbox.pop_front();
+                            }
+                            self.self_delivered += 1;
+                            self.self_inbox.push_back(InboxEntry {
+                                seq: self.self_delivered - 1,
+                                id: id.clone(),
+                                text,
+                                ts: now,
+                            });
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!("fake-whatsapp: phone could not read its copy: {e}"),
                 }
                 continue;
             }
