@@ -107,6 +107,9 @@ impl Delivery {
             }
         }
         let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP, seq);
+        // While a channel is unreachable every waiting reply retries every few seconds: say so
+        // once, then every 10 minutes ([`crate::repeat`]).
+        let repeat_site = format!("delivery {ch}");
         let total = rec.chunks.len();
         let mut first = true;
         while (rec.next as usize) < total {
@@ -139,6 +142,9 @@ impl Delivery {
                     self.store.mark_sent(seq).await?;
                     rec.next = rec.next.saturating_add(1);
                     first = false;
+                    if backoff.attempts() > 0 {
+                        crate::repeat::settled(&repeat_site);
+                    }
                     backoff.reset();
                 }
                 Sent::InDoubt if !self.spec.idempotent_send => {
@@ -155,7 +161,14 @@ impl Delivery {
                         break;
                     }
                     let wait = backoff.next_delay();
-                    tracing::info!(channel = %ch, seq, retry_in_ms = wait.as_millis() as u64, "send failed; retrying");
+                    match crate::repeat::admit(&repeat_site, "send failed; retrying") {
+                        Some(note) => {
+                            tracing::info!(channel = %ch, seq, retry_in_ms = wait.as_millis() as u64, "send failed; retrying{note}")
+                        }
+                        None => {
+                            tracing::debug!(channel = %ch, seq, retry_in_ms = wait.as_millis() as u64, "send failed; retrying")
+                        }
+                    }
                     sleep(wait).await;
                 }
                 Sent::Failed(SendError::NotYet(d)) => sleep(d.min(MAX_RETRY_AFTER)).await,

@@ -27,6 +27,8 @@
 //!   component's state, shared by health, `STATUS=` and the watchdog.
 //! - [`backoff`]: the one reconnect/restart policy (capped, jittered exponential).
 //! - [`http`]: the bounded hyper + rustls client shared by the agents and channels.
+//! - [`logging`]: journald or stderr; [`repeat`] keeps a repeating failure to one line and a
+//!   reminder every 10 minutes.
 
 pub mod agent;
 pub mod backoff;
@@ -46,6 +48,7 @@ pub mod pacing;
 pub mod pairing;
 pub mod policy;
 pub mod providers;
+pub mod repeat;
 pub mod router;
 pub mod shutdown;
 pub mod status;

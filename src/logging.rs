@@ -2,7 +2,8 @@
 //! The level comes from the config (`gateway.log_level`), overridden by `CLAWBOX_LOG`. Nothing at
 //! info or above carries a secret or a message body. The WhatsApp library logs through the `log`
 //! crate; its warnings and errors (a frame that fails decryption, an undecodable node, why the
-//! transport dropped) are forwarded here, its chattier levels never are.
+//! transport dropped) are forwarded here through the repeat suppressor ([`crate::repeat`]), its
+//! chattier levels never are.
 
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -21,7 +22,8 @@ fn parse_level(s: &str) -> Option<LevelFilter> {
 }
 
 /// Forwards `log` records (the WhatsApp library's) at warn and error into tracing. Lower levels are
-/// filtered out before formatting: they may carry stanza dumps.
+/// filtered out before formatting: they may carry stanza dumps. A line repeated within
+/// [`crate::repeat::REMINDER_EVERY`] goes out at debug level only.
 struct LibraryLog;
 
 impl log::Log for LibraryLog {
@@ -33,9 +35,14 @@ impl log::Log for LibraryLog {
             return;
         }
         let target = record.target();
-        match record.level() {
-            log::Level::Error => tracing::error!("library {target}: {}", record.args()),
-            _ => tracing::warn!("library {target}: {}", record.args()),
+        let text = record.args().to_string();
+        let line = format!("{target}: {text}");
+        match crate::repeat::admit(crate::repeat::LIBRARY, &line) {
+            None => tracing::debug!("library {line}"),
+            Some(note) => match record.level() {
+                log::Level::Error => tracing::error!("library {line}{note}"),
+                _ => tracing::warn!("library {line}{note}"),
+            },
         }
     }
     fn flush(&self) {}
