@@ -39,7 +39,7 @@ async fn start(tg: &FakeTelegram, fault: Option<&str>) -> Notified {
             }
         }
     });
-    std::fs::write(dir.path().join("tg.token"), TOKEN).unwrap();
+    write_secret(dir.path().join("tg.token"), TOKEN);
     let cfg = format!(
         "[gateway]\nstate_dir = \"{}\"\nhealth_listen = \"127.0.0.1:{}\"\n[channels.telegram]\ntoken_file = \"tg.token\"\n\
          allow_from = [1]\napi_root = \"{}\"\npoll_timeout_s = 5\n",

@@ -423,6 +423,7 @@ impl Config {
                 meta.len()
             )));
         }
+        warn_if_writable_by_all(path, &meta);
         let text = std::fs::read_to_string(path)
             .map_err(|e| at(format!("cannot read the config file: {e}")))?;
         Config::parse(&text, Some(path))
@@ -482,6 +483,20 @@ impl Config {
             }
         }
         BUILTIN_AGENT.to_string()
+    }
+}
+
+/// A config anyone can write lets anyone choose who may talk to the assistant and where messages
+/// go. Said, not refused: the file holds no secrets (those live in their own 0600 files).
+fn warn_if_writable_by_all(path: &Path, meta: &std::fs::Metadata) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o002 != 0 {
+        let p = crate::cli::shell_quote(&path.display().to_string()).into_owned();
+        tracing::warn!(
+            "{p} is writable by every user on this box (mode {mode:04o}): anyone could change who \
+             may talk to your assistant; run: chmod o-w {p}"
+        );
     }
 }
 
