@@ -19,7 +19,8 @@ Usage:
   clawbox --version | --help
 
 Without --config, clawbox reads /etc/clawbox/clawbox.toml, else ./clawbox.toml, else runs on its
-embedded defaults (the built-in echo agent, state in $STATE_DIRECTORY or ./state).";
+embedded defaults (the built-in echo agent). State: the config's state_dir, else $STATE_DIRECTORY,
+else /var/lib/clawbox if it exists (an installed box), else ./state; the same for every command.";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
