@@ -1,5 +1,6 @@
-//! The command line: parses arguments into a [`Command`]; nothing else. lexopt keeps this to a few
-//! KB of binary (clap derive costs ~190 KB on ARM) for six subcommands.
+//! The command line: parses arguments into a [`Command`], and quotes the words of a command we tell
+//! the user to run ([`shell_quote`]). lexopt keeps this to a few KB of binary (clap derive costs
+//! ~190 KB on ARM) for six subcommands.
 
 use std::path::PathBuf;
 
@@ -18,7 +19,8 @@ Usage:
   clawbox --version | --help
 
 Without --config, clawbox reads /etc/clawbox/clawbox.toml, else ./clawbox.toml, else runs on its
-embedded defaults (the built-in echo agent, state in $STATE_DIRECTORY or ./state).";
+embedded defaults (the built-in echo agent). State: the config's state_dir, else $STATE_DIRECTORY,
+else /var/lib/clawbox if it exists (an installed box), else ./state; the same for every command.";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -117,6 +119,19 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Comma
     }
 }
 
+/// `word` as one shell word: unchanged when it is plain, else in single quotes.
+pub fn shell_quote(word: &str) -> std::borrow::Cow<'_, str> {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@,%=".contains(&b));
+    if plain {
+        word.into()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''")).into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,5 +184,17 @@ mod tests {
         );
         assert!(p("pair whatsapp --phone 0170").is_err());
         assert!(p("run --phone +491701234567").is_err());
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(
+            shell_quote("/etc/clawbox/telegram.token"),
+            "/etc/clawbox/telegram.token"
+        );
+        assert_eq!(shell_quote("+491701234567"), "+491701234567");
+        assert_eq!(shell_quote("/tmp/my token"), "'/tmp/my token'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
     }
 }

@@ -96,7 +96,13 @@ pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
     let (trigger, shutdown) = Shutdown::new();
     let state_dir = match mode {
         Mode::Run => cfg.state_dir(),
-        Mode::Chat => cfg.state_dir().join("console"),
+        Mode::Chat => {
+            // The state directory first: someone else's is refused by name, not with EACCES on
+            // `console/` inside it.
+            crate::state_dir::prepare(&cfg.state_dir())
+                .map_err(|e| DaemonError::Store(StoreError::Open(e)))?;
+            cfg.state_dir().join("console")
+        }
     };
     let store = Store::open(&state_dir, &cfg.store, metrics.clone()).map_err(DaemonError::Store)?;
     tracing::info!(store = %store.path().display(), "store open");

@@ -111,6 +111,9 @@ impl Delivery {
         let Job { seq, mut rec } = job;
         let ch = self.spec.kind;
         let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP, seq);
+        // While a channel is unreachable every waiting reply retries every few seconds: say so
+        // once, then every 10 minutes ([`crate::repeat`]).
+        let repeat_site = format!("delivery {ch}");
         // A chunk left in flight by a crash: settle it before anything else goes to this channel.
         if rec.in_flight {
             tracing::info!(channel = %ch, seq, chunk = rec.next, "a reply chunk was being sent when clawbox stopped; asking the channel whether it arrived");
@@ -173,6 +176,9 @@ impl Delivery {
                     self.store.mark_sent(seq).await?;
                     rec.next = rec.next.saturating_add(1);
                     first = false;
+                    if backoff.attempts() > 0 {
+                        crate::repeat::settled(&repeat_site);
+                    }
                     backoff.reset();
                     continue;
                 }
@@ -214,7 +220,14 @@ impl Delivery {
                         break;
                     }
                     let wait = backoff.next_delay();
-                    tracing::info!(channel = %ch, seq, retry_in_ms = wait.as_millis() as u64, reason = %why, "send failed; retrying");
+                    match crate::repeat::admit(&repeat_site, "send failed; retrying") {
+                        Some(note) => {
+                            tracing::info!(channel = %ch, seq, retry_in_ms = wait.as_millis() as u64, reason = %why, "send failed; retrying{note}")
+                        }
+                        None => {
+                            tracing::debug!(channel = %ch, seq, retry_in_ms = wait.as_millis() as u64, reason = %why, "send failed; retrying")
+                        }
+                    }
                     sleep(wait).await;
                 }
                 SendError::NotYet(d) => sleep(d.min(MAX_RETRY_AFTER)).await,

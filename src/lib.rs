@@ -27,6 +27,9 @@
 //!   component's state, shared by health, `STATUS=` and the watchdog.
 //! - [`backoff`]: the one reconnect/restart policy (capped, jittered exponential).
 //! - [`http`]: the bounded hyper + rustls client shared by the agents and channels.
+//! - [`state_dir`]: where the state lives (the same for every command) and who owns it.
+//! - [`logging`]: journald or stderr; [`repeat`] keeps a repeating failure to one line and a
+//!   reminder every 10 minutes.
 
 pub mod agent;
 pub mod backoff;
@@ -46,8 +49,10 @@ pub mod pacing;
 pub mod pairing;
 pub mod policy;
 pub mod providers;
+pub mod repeat;
 pub mod router;
 pub mod shutdown;
+pub mod state_dir;
 pub mod status;
 pub mod store;
 pub mod supervisor;

@@ -19,6 +19,8 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    // Logging first: what reading the config says (a file open to everyone) must reach the log.
+    let log = clawbox::logging::init(clawbox::logging::STARTUP_LEVEL);
     match cmd {
         Command::Help => {
             println!("{}", cli::USAGE);
@@ -38,13 +40,15 @@ fn main() -> ExitCode {
             }
             Err(errors) => config_failed(&errors),
         },
-        Command::Run { config } => daemon(config, clawbox::daemon::Mode::Run),
-        Command::Chat { config } => daemon(config, clawbox::daemon::Mode::Chat),
+        Command::Run { config } => daemon(config, clawbox::daemon::Mode::Run, &log),
+        Command::Chat { config } => daemon(config, clawbox::daemon::Mode::Chat, &log),
         Command::Status { config } => {
             let cfg = match Config::discover(config.as_deref()) {
                 Ok(c) => c,
                 Err(errors) => return config_failed(&errors),
             };
+            // The answer is the output.
+            log.off();
             let addr = match cfg.gateway.health_listen.get_ref().parse() {
                 Ok(a) => a,
                 Err(_) => return ExitCode::from(EXIT_CONFIG as u8),
@@ -60,9 +64,7 @@ fn main() -> ExitCode {
                 Err(errors) => return config_failed(&errors),
             };
             // Errors only: the QR and the outcome are the output.
-            clawbox::logging::init(
-                &std::env::var("CLAWBOX_LOG").unwrap_or_else(|_| "error".to_string()),
-            );
+            log.set("error");
             let code = runtime()
                 .map(|rt| rt.block_on(clawbox::channel::whatsapp::pair(&cfg, phone)))
                 .unwrap_or(70);
@@ -73,6 +75,8 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(errors) => return config_failed(&errors),
             };
+            // The report is the output.
+            log.off();
             let code = runtime()
                 .map(|rt| rt.block_on(clawbox::providers::test(&cfg, name.as_deref(), json)))
                 .unwrap_or(70);
@@ -102,17 +106,20 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
     }
 }
 
-fn daemon(config: Option<std::path::PathBuf>, mode: clawbox::daemon::Mode) -> ExitCode {
+fn daemon(
+    config: Option<std::path::PathBuf>,
+    mode: clawbox::daemon::Mode,
+    log: &clawbox::logging::LogLevel,
+) -> ExitCode {
     let cfg = match Config::discover(config.as_deref()) {
         Ok(c) => c,
         Err(errors) => return config_failed(&errors),
     };
-    let level = match (mode, std::env::var_os("CLAWBOX_LOG")) {
+    match mode {
         // A terminal conversation is not the place for info logs unless asked for.
-        (clawbox::daemon::Mode::Chat, None) => "warn".to_string(),
-        _ => cfg.gateway.log_level.get_ref().clone(),
-    };
-    clawbox::logging::init(&level);
+        clawbox::daemon::Mode::Chat => log.set("warn"),
+        clawbox::daemon::Mode::Run => log.set(cfg.gateway.log_level.get_ref()),
+    }
     match &cfg.source {
         Some(p) => {
             tracing::info!(config = %p.display(), version = env!("CARGO_PKG_VERSION"), "starting")

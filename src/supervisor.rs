@@ -45,6 +45,7 @@ where
             .bytes()
             .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
         let mut backoff = Backoff::new(RESTART_BASE, RESTART_CAP, seed);
+        let repeat_site = format!("task {name}");
         loop {
             let started = Instant::now();
             let mut task = tokio::spawn(make());
@@ -63,7 +64,15 @@ where
                     tracing::debug!(task = %name, "finished");
                     return;
                 }
-                Ok(Err(e)) => tracing::warn!(task = %name, error = %e, "failed; restarting"),
+                Ok(Err(e)) => {
+                    let e = e.to_string();
+                    match crate::repeat::admit(&repeat_site, &e) {
+                        Some(note) => {
+                            tracing::warn!(task = %name, error = %e, "failed; restarting{note}")
+                        }
+                        None => tracing::debug!(task = %name, error = %e, "failed; restarting"),
+                    }
+                }
                 Err(e) if e.is_panic() => {
                     tracing::error!(task = %name, "panicked; restarting (a bug: please report it)")
                 }
@@ -75,6 +84,7 @@ where
             Metrics::inc(&metrics.task_restarts);
             if started.elapsed() >= HEALTHY_RUN {
                 backoff.reset();
+                crate::repeat::settled(&repeat_site);
             }
             let delay = backoff.next_delay();
             if let Some(row) = &row {

@@ -184,3 +184,111 @@ async fn a_channel_naming_an_unknown_agent_is_located_and_rejected() {
         "{err}"
     );
 }
+
+// ---- secret files and the config file's own mode --------------------------------------------
+
+/// A box whose Telegram token file has `mode`; `token_file` is on line 5, its value at column 14.
+fn token_box(mode: u32) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("telegram.token");
+    std::fs::write(&token, "123456:SECRET-token\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(mode)).unwrap();
+    let cfg = dir.path().join("clawbox.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nstate_dir = \"{}\"\nhealth_listen = \"127.0.0.1:{}\"\n[channels.telegram]\n\
+             token_file = \"{}\"\nallow_from = [1]\napi_root = \"http://127.0.0.1:{}\"\n",
+            dir.path().join("state").display(),
+            free_port(),
+            token.display(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    (dir, cfg, token)
+}
+
+/// The refusal: located at the key that names the file, with the chmod to run; never the secret.
+fn assert_refused(err: &str, cfg: &Path, token: &Path, mode: &str) {
+    assert!(
+        err.contains(&format!(
+            "{}:5:14: the bot token: {} is readable by other users (mode {mode}); run: chmod 600 {}",
+            cfg.display(),
+            token.display(),
+            token.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        !err.contains("SECRET"),
+        "the secret is never printed: {err}"
+    );
+}
+
+#[tokio::test]
+async fn a_token_file_other_users_can_read_is_refused_with_the_chmod_to_run() {
+    for mode in [0o644, 0o640] {
+        let (dir, cfg, token) = token_box(mode);
+        let (code, err) = check(cfg.to_str().unwrap()).await;
+        assert_eq!(code, Some(78), "{err}");
+        assert_refused(&err, &cfg, &token, &format!("{mode:04o}"));
+
+        let mut p = spawn(&["run", "--config", cfg.to_str().unwrap()], &[], dir.path());
+        assert_eq!(p.exit_code().await, Some(78), "{:#?}", p.stderr());
+        assert_refused(&p.stderr().join("\n"), &cfg, &token, &format!("{mode:04o}"));
+        assert!(!dir.path().join("state").exists(), "nothing was started");
+    }
+}
+
+#[tokio::test]
+async fn a_private_token_file_is_accepted() {
+    let (dir, cfg, _token) = token_box(0o600);
+    let (code, err) = check(cfg.to_str().unwrap()).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("WARN"), "nothing to say: {err}");
+    let p = spawn(&["run", "--config", cfg.to_str().unwrap()], &[], dir.path());
+    p.wait_stderr("ready", |e| e.iter().any(|l| l.contains("ready")))
+        .await;
+    p.sigterm();
+}
+
+/// Logging starts before the config is read: what loading it says reaches stderr (it used to be
+/// dropped, as the warning about a world-readable token file was). A config anyone may write is
+/// such a warning, for `config check` and for `run`.
+#[tokio::test]
+async fn a_warning_while_loading_the_config_reaches_stderr() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, cfg, _token) = token_box(0o600);
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let said = |err: &str| {
+        err.lines().any(|l| {
+            l.contains("WARN")
+                && l.contains(&format!(
+                    "{} is writable by every user on this box (mode 0666)",
+                    cfg.display()
+                ))
+                && l.ends_with(&format!("run: chmod o-w {}", cfg.display()))
+        })
+    };
+    // At the default level too: the command's own level applies only after the config is read.
+    let out = command(&["config", "check", cfg.to_str().unwrap()], &[])
+        .env_remove("CLAWBOX_LOG")
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a warning, not a refusal: {err}"
+    );
+    assert!(said(&err), "the warning reached stderr: {err}");
+
+    let p = spawn(&["run", "--config", cfg.to_str().unwrap()], &[], dir.path());
+    p.wait_stderr("ready", |e| e.iter().any(|l| l.contains("ready")))
+        .await;
+    assert!(said(&p.stderr().join("\n")), "{:#?}", p.stderr());
+    p.sigterm();
+}

@@ -160,7 +160,7 @@ struct Gateway {
 
 async fn start_gateway(tg: &FakeTelegram, ai: &FakeOpenAi, allow: &str) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("tg.token"), format!("{TOKEN}\n")).unwrap();
+    write_secret(dir.path().join("tg.token"), format!("{TOKEN}\n"));
     let port = free_port();
     let cfg = format!(
         "[gateway]\nstate_dir = \"{state}\"\nhealth_listen = \"127.0.0.1:{port}\"\n\n[pacing]\nenabled = false\n\n\

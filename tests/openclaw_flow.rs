@@ -33,8 +33,8 @@ fn write_config(
     tg: &FakeTelegram,
     timeouts: (u64, u64),
 ) -> PathBuf {
-    std::fs::write(dir.join("gw.token"), token).unwrap();
-    std::fs::write(dir.join("tg.token"), TG_TOKEN).unwrap();
+    write_secret(dir.join("gw.token"), token);
+    write_secret(dir.join("tg.token"), TG_TOKEN);
     let cfg = format!(
         "[gateway]\nstate_dir = \"{state}\"\nhealth_listen = \"127.0.0.1:{port}\"\n[pacing]\nenabled = false\n\
          [router]\nack_timeout_s = {ack}\naccumulation_timeout_s = {acc}\n\

@@ -12,7 +12,7 @@ use support::*;
 
 async fn run(config: &str, args: &[&str]) -> (Option<i32>, String, tempfile::TempDir) {
     let (dir, path) = scratch(config);
-    std::fs::write(dir.path().join("gw.token"), "gw-token").unwrap();
+    write_secret(dir.path().join("gw.token"), "gw-token");
     let mut a = vec!["providers", "test", "--config", path.to_str().unwrap()];
     a.extend_from_slice(args);
     let mut c = command(&a, &[]);

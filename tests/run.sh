@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 # systemd-analyze checks the unit file (tests/systemd_unit.rs).
 missing=()
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# unshare and ip put tests/offline.rs's daemon in a network namespace of its own.
+command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${missing[*]}" >&2
   sudo=""

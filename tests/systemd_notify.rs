@@ -113,7 +113,7 @@ struct Notified {
 async fn start(net: Net<'_>, fault: Option<&str>) -> Notified {
     let dir = tempfile::tempdir().unwrap();
     let sock = Socket::bind(dir.path());
-    std::fs::write(dir.path().join("tg.token"), TOKEN).unwrap();
+    write_secret(dir.path().join("tg.token"), TOKEN);
     // Nothing listens here: every connection is refused, as on a box without network.
     let refused = format!("127.0.0.1:{}", free_port());
     let (api_root, poll) = match net {

@@ -21,7 +21,7 @@ struct Gw {
 
 fn gateway(tg: &FakeTelegram, agent: Option<&FakeOpenAi>) -> Gw {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("tg.token"), TOKEN).unwrap();
+    write_secret(dir.path().join("tg.token"), TOKEN);
     let port = free_port();
     let agent = match agent {
         Some(ai) => format!(

@@ -237,7 +237,13 @@ impl Bx {
             .prefix("clawbox-bench.")
             .tempdir_in("/var/tmp")
             .map_err(|e| format!("scratch dir: {e}"))?;
+        // Private, as clawbox requires of a secret file.
         std::fs::write(dir.path().join("tg.token"), TOKEN).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(
+            dir.path().join("tg.token"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .map_err(|e| e.to_string())?;
         let port = free_port()?;
         let agents = format!(
             "[agents.ai]\nkind = \"openai\"\nurl = \"{}\"\nmodel = \"fake-model\"\n\

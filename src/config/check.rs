@@ -123,11 +123,21 @@ fn read_secret_file(p: &Path) -> Result<Secret, String> {
             meta.len()
         ));
     }
+    // As ssh does for a private key: a secret other users could read (or replace) is refused.
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        if meta.permissions().mode() & 0o004 != 0 {
-            tracing::warn!(file = %p.display(), "secret file is world-readable; chmod 0600 it");
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            let how = if mode & 0o044 != 0 {
+                "readable"
+            } else {
+                "writable"
+            };
+            return Err(format!(
+                "{path} is {how} by other users (mode {mode:04o}); run: chmod 600 {path}",
+                path = crate::cli::shell_quote(&p.display().to_string())
+            ));
         }
     }
     // Read at most one byte past the limit: the file may have grown since the check above.
@@ -425,6 +435,7 @@ fn check_agent(c: &mut Checker<'_>, name: &str, a: &mut AgentConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn e164() {
@@ -446,6 +457,37 @@ mod tests {
         assert!(e.contains("not a regular file"), "{e}");
         let f = dir.path().join("token");
         std::fs::write(&f, "s3cret\nignored\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(read_secret_file(&f).unwrap().expose(), "s3cret");
+    }
+
+    /// Like ssh with a private key: group or world bits on a secret file refuse it, with the fix.
+    #[test]
+    fn a_secret_file_open_to_other_users_is_refused_with_the_chmod_to_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        for (mode, how) in [
+            (0o644, "readable"),
+            (0o640, "readable"),
+            (0o604, "readable"),
+            (0o620, "writable"),
+            (0o602, "writable"),
+        ] {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = read_secret_file(&f).unwrap_err();
+            assert_eq!(
+                e,
+                format!(
+                    "{p} is {how} by other users (mode {mode:04o}); run: chmod 600 {p}",
+                    p = f.display()
+                )
+            );
+            assert!(!e.contains("s3cret"));
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(read_secret_file(&f).unwrap().expose(), "s3cret");
+        }
     }
 }

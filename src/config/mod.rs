@@ -115,7 +115,8 @@ impl Default for Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
-    /// Where the store lives. Default: `$STATE_DIRECTORY` (systemd) or `./state`.
+    /// Where the store lives. Default: `$STATE_DIRECTORY` (systemd), else `/var/lib/clawbox` when
+    /// it exists (an installed box), else `./state`.
     pub state_dir: Option<PathBuf>,
     /// Loopback address of `/healthz` and `/metrics`.
     pub health_listen: Spanned<String>,
@@ -423,6 +424,7 @@ impl Config {
                 meta.len()
             )));
         }
+        warn_if_writable_by_all(path, &meta);
         let text = std::fs::read_to_string(path)
             .map_err(|e| at(format!("cannot read the config file: {e}")))?;
         Config::parse(&text, Some(path))
@@ -457,18 +459,11 @@ impl Config {
         Ok(Config::default())
     }
 
-    /// The state directory: configured, else `$STATE_DIRECTORY` (set by systemd's
-    /// `StateDirectory=`; the first entry if several), else `./state`.
+    /// The state directory, the same for every command: configured, else `$STATE_DIRECTORY`
+    /// (systemd's `StateDirectory=`), else `/var/lib/clawbox` when it exists (an installed box),
+    /// else `./state`. See [`crate::state_dir::resolve`].
     pub fn state_dir(&self) -> PathBuf {
-        if let Some(d) = &self.gateway.state_dir {
-            return d.clone();
-        }
-        if let Some(d) = std::env::var_os("STATE_DIRECTORY") {
-            if let Some(first) = std::env::split_paths(&d).next() {
-                return first;
-            }
-        }
-        PathBuf::from("./state")
+        crate::state_dir::resolve(self.gateway.state_dir.as_deref())
     }
 
     /// The agent a channel uses: its `agent = …`, else the only declared agent, else the built-in echo.
@@ -482,6 +477,20 @@ impl Config {
             }
         }
         BUILTIN_AGENT.to_string()
+    }
+}
+
+/// A config anyone can write lets anyone choose who may talk to the assistant and where messages
+/// go. Said, not refused: the file holds no secrets (those live in their own 0600 files).
+fn warn_if_writable_by_all(path: &Path, meta: &std::fs::Metadata) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o002 != 0 {
+        let p = crate::cli::shell_quote(&path.display().to_string()).into_owned();
+        tracing::warn!(
+            "{p} is writable by every user on this box (mode {mode:04o}): anyone could change who \
+             may talk to your assistant; run: chmod o-w {p}"
+        );
     }
 }
 

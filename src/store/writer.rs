@@ -60,41 +60,27 @@ fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
-/// Creates the state directory (0700) and the store file (0600), fixing wrong modes.
+/// Creates the state directory (0700, see [`crate::state_dir::prepare`]: never owned by the wrong
+/// user) and the store file (0600), fixing wrong modes.
 pub(super) fn prepare_dir_and_file(dir: &Path) -> Result<PathBuf, StoreError> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let existed = dir.exists();
-    std::fs::create_dir_all(dir).map_err(|e| {
-        StoreError::Open(format!(
-            "cannot create the state directory {}: {e}",
-            dir.display()
-        ))
-    })?;
-    let meta =
-        std::fs::metadata(dir).map_err(|e| StoreError::Open(format!("{}: {e}", dir.display())))?;
-    if !existed {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
-            StoreError::Open(format!(
-                "cannot make {} private (chmod 0700): {e}",
-                dir.display()
-            ))
-        })?;
-    } else if meta.permissions().mode() & 0o077 != 0 {
-        tracing::warn!(dir = %dir.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777), "state directory was open to other users; setting it to 0700");
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
-            StoreError::Open(format!(
-                "cannot make {} private (chmod 0700): {e}",
-                dir.display()
-            ))
-        })?;
-    }
+    let prepared = crate::state_dir::prepare(dir).map_err(StoreError::Open)?;
     let path = dir.join(super::FILE_NAME);
+    // An existing file is checked before it is opened: one left by another user would only say
+    // "permission denied".
+    let existed = path.exists();
+    if existed {
+        prepared.claim(&path).map_err(StoreError::Open)?;
+    }
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
         .open(&path)
         .map_err(|e| StoreError::Open(format!("cannot open {}: {e}", path.display())))?;
+    if !existed {
+        prepared.claim(&path).map_err(StoreError::Open)?;
+    }
     let fmeta = file
         .metadata()
         .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
@@ -104,6 +90,16 @@ pub(super) fn prepare_dir_and_file(dir: &Path) -> Result<PathBuf, StoreError> {
             .map_err(|e| StoreError::Open(format!("cannot chmod 0600 {}: {e}", path.display())))?;
     }
     Ok(path)
+}
+
+/// The store is locked by another process: the service, or a `clawbox run` in another terminal.
+/// Until the CLI can talk to the running service, it must be stopped for the command to run.
+fn held_message(path: &Path) -> String {
+    format!(
+        "the clawbox service is running and holds {} (or another clawbox command does): stop it \
+         first with `sudo systemctl stop clawbox`, run this again, then `sudo systemctl start clawbox`",
+        path.display()
+    )
 }
 
 fn recovery_hint(path: &Path) -> String {
@@ -129,10 +125,7 @@ fn init_db(
     let db = match opened {
         Ok(Ok(db)) => db,
         Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
-            return Err(StoreError::Open(format!(
-                "{} is in use by another clawbox process (is the service running? `systemctl stop clawbox` first)",
-                path.display()
-            )));
+            return Err(StoreError::Open(held_message(path)));
         }
         Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
             if !matches!(

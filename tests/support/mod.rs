@@ -161,6 +161,14 @@ pub fn scratch(config: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+/// Writes a secret file the way its owner must: mode 0600 (clawbox refuses one that other users
+/// can read, as ssh does a private key).
+pub fn write_secret(path: impl AsRef<Path>, text: impl AsRef<[u8]>) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// A free loopback port (bound and released; fine for tests that bind it right after).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -201,7 +209,7 @@ pub fn metric(m: &str, name: &str) -> u64 {
 
 /// A box for tests of the real binary: a temp dir holding `clawbox.toml` — `[gateway]` with the
 /// state dir inside it and /healthz on a free port, pacing off, then `rest` — and `files` next to
-/// it (token files and the like).
+/// it (token files and the like, mode 0600).
 pub struct TestBox {
     pub dir: tempfile::TempDir,
     pub cfg: PathBuf,
@@ -211,8 +219,9 @@ pub struct TestBox {
 impl TestBox {
     pub fn new(rest: &str, files: &[(&str, &str)]) -> TestBox {
         let dir = tempfile::tempdir().unwrap();
+        // Token files and the like: private, as an owner must keep them.
         for (name, text) in files {
-            std::fs::write(dir.path().join(name), text).unwrap();
+            write_secret(dir.path().join(name), text);
         }
         let port = free_port();
         let cfg = format!(

@@ -158,7 +158,7 @@ impl Rig {
             let addr: std::net::SocketAddr =
                 tg.api_root().trim_start_matches("http://").parse().unwrap();
             let px = FaultProxy::start(addr).await;
-            std::fs::write(dir.path().join("tg.token"), TG_TOKEN).unwrap();
+            super::write_secret(dir.path().join("tg.token"), TG_TOKEN);
             let allow: Vec<String> = tg_users.iter().map(|u| u.to_string()).collect();
             cfg.push_str(&format!(
                 "[channels.telegram]\ntoken_file = \"tg.token\"\nallow_from = [{}]\n\

@@ -320,6 +320,11 @@ impl Shared {
         *self.device_token.lock().unwrap_or_else(|p| p.into_inner()) = Some(None);
     }
 
+    /// This agent's lines in the repeat suppressor.
+    fn repeat_site(&self) -> String {
+        format!("agent {}", self.name)
+    }
+
     /// The persistent connection loop (see [`super::OpenClaw::run`]).
     pub async fn run(&self, mut shutdown: Shutdown) -> Result<(), AgentError> {
         if self.running.swap(true, Ordering::SeqCst) {
@@ -342,7 +347,14 @@ impl Shared {
             match ended {
                 Ended::Shutdown => break,
                 Ended::Lost(reason) => {
-                    tracing::info!(agent = %self.name, %reason, "gateway link lost");
+                    // Once per reason, then a reminder every 10 minutes: a gateway that is down
+                    // is retried every few seconds.
+                    match crate::repeat::admit(&self.repeat_site(), &reason) {
+                        Some(note) => {
+                            tracing::info!(agent = %self.name, %reason, "gateway link lost{note}")
+                        }
+                        None => tracing::debug!(agent = %self.name, %reason, "gateway link lost"),
+                    }
                     self.reporter
                         .set(State::Degraded, format!("reconnecting: {reason}"));
                 }
@@ -509,6 +521,8 @@ impl Shared {
             admin = hello.admin,
             "gateway connected"
         );
+        // The next loss is news.
+        crate::repeat::settled(&self.repeat_site());
         self.reporter.set(
             State::Up,
             format!(

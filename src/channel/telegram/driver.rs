@@ -41,6 +41,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 const OFFSET_CURSOR: &str = "telegram.offset";
 
 const KIND: ChannelKind = ChannelKind::Telegram;
+/// Our retry lines in the repeat suppressor.
+const REPEAT_SITE: &str = "telegram";
 
 /// The Bot API endpoint: `<api_root>/bot<token>/<method>`. The URL is never logged.
 struct Api {
@@ -191,6 +193,14 @@ pub async fn run(cfg: Arc<TelegramConfig>, ctx: ChannelContext) -> Result<(), Ch
     }
 }
 
+/// "telegram: retrying" once per failure, then a reminder every 10 minutes ([`crate::repeat`]).
+fn retrying(method: &str, detail: &str) {
+    match crate::repeat::admit(REPEAT_SITE, &format!("{method} {detail}")) {
+        Some(note) => tracing::warn!(method, detail = %detail, "telegram: retrying{note}"),
+        None => tracing::debug!(method, detail = %detail, "telegram: retrying"),
+    }
+}
+
 fn report(ctx: &ChannelContext, status: Option<Status>) {
     if let Some((state, detail)) = status {
         ctx.reporter.set(state, detail);
@@ -282,11 +292,12 @@ async fn poll_loop(
             .await;
         match poller.handle_get_me(reply.fetched()) {
             StartStep::Ready { status } => {
+                crate::repeat::settled(REPEAT_SITE);
                 report(ctx, Some(status));
                 break;
             }
             StartStep::Wait { delay, status } => {
-                tracing::warn!(method = "getMe", detail = %status.1, "telegram: retrying");
+                retrying("getMe", &status.1);
                 report(ctx, Some(status));
                 ctx.reporter.beat_within(delay + STEP_SLACK);
                 sleep(delay).await;
@@ -319,6 +330,7 @@ async fn poll_loop(
             } => {
                 report(ctx, status);
                 if recovered {
+                    crate::repeat::settled(REPEAT_SITE);
                     Metrics::inc(&ctx.metrics.reconnects[KIND.index()]);
                 }
                 for _ in 0..malformed {
@@ -348,7 +360,7 @@ async fn poll_loop(
                         "telegram: unreadable getUpdates answer; retrying the same offset"
                     );
                 } else if let Some((_, detail)) = &status {
-                    tracing::warn!(method = "getUpdates", detail = %detail, "telegram: retrying");
+                    retrying("getUpdates", detail);
                 }
                 report(ctx, status);
                 ctx.reporter.beat_within(delay + STEP_SLACK);
@@ -465,7 +477,13 @@ async fn send_message(
     }
     limiter.record(chat, now);
     if let Some(why) = api.unreachable().await {
-        tracing::info!(error = %why, "telegram: unreachable; sendMessage held back");
+        // Nothing was sent: the delivery loop retries this chunk later.
+        match crate::repeat::admit(REPEAT_SITE, &format!("held back {why}")) {
+            Some(note) => {
+                tracing::info!(error = %why, "telegram: unreachable; sendMessage held back{note}")
+            }
+            None => tracing::debug!(error = %why, "telegram: unreachable; sendMessage held back"),
+        }
         return Err(SendError::Retry(why));
     }
     let hint = u64::try_from(api.box_max.load(Ordering::Relaxed))

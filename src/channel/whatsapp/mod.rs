@@ -91,6 +91,8 @@ const PROBE_DEADLINE: Duration = Duration::from_secs(10);
 const PROBE_SLACK: Duration = Duration::from_secs(2);
 /// Unanswered probes in a row before the link counts as deaf: one could be a slow moment.
 const PROBE_FAILURES: u32 = 2;
+/// Our reconnect lines in the repeat suppressor ([`crate::repeat`]).
+const REPEAT_SITE: &str = "whatsapp";
 
 /// How the pairing command wants the channel run.
 #[derive(Debug, Clone, Default)]
@@ -400,6 +402,9 @@ pub async fn run_with(
                         pairing.publish(Pairing::Linked { number: number.clone() });
                         tracing::info!("WhatsApp connected");
                         crate::fault::panic_point("whatsapp-connected");
+                        // The outage is over: the next failure (ours or the library's) is news.
+                        crate::repeat::settled(REPEAT_SITE);
+                        crate::repeat::settled(crate::repeat::LIBRARY);
                         if opts.exit_when_linked {
                             shutdown_client(&client).await;
                             let _ = conn.await;
@@ -459,12 +464,19 @@ pub async fn run_with(
                 .unwrap_or_else(|| "connection failed".into());
                 ctx.reporter
                     .set(State::Degraded, format!("reconnecting ({why})"));
-                // Loud once per outage, quiet while it lasts (a box without network retries
-                // every few seconds for as long as it takes).
-                if was_up || backoff.attempts() <= 1 {
-                    tracing::info!(delay_ms = d.as_millis() as u64, reason = %why, "WhatsApp reconnecting");
-                } else {
-                    tracing::debug!(delay_ms = d.as_millis() as u64, reason = %why, "WhatsApp reconnecting");
+                // Once per outage and reason, then a reminder every 10 minutes (a box without
+                // network retries every few seconds for as long as it takes). A link that was up
+                // and dropped is news.
+                if was_up {
+                    crate::repeat::settled(REPEAT_SITE);
+                }
+                match crate::repeat::admit(REPEAT_SITE, &why) {
+                    Some(note) => {
+                        tracing::info!(delay_ms = d.as_millis() as u64, reason = %why, "WhatsApp reconnecting{note}")
+                    }
+                    None => {
+                        tracing::debug!(delay_ms = d.as_millis() as u64, reason = %why, "WhatsApp reconnecting")
+                    }
                 }
                 let until = Instant::now() + d;
                 ctx.reporter.beat_within(d + WAIT_SLACK);
