@@ -32,8 +32,10 @@ const PACED_BURST: (usize, usize) = (1, 2);
 const PACED_PARTS: u32 = 2;
 const PACED_PART_CHARS: usize = 2_200;
 /// Paced variant: the drain allows the shipped pacing (typing up to 4 s, 1.5–3.5 s between
-/// replies, 20 sends a minute per channel) to catch up with everything sent.
+/// replies, 20 sends a minute per channel) to catch up with everything sent: a base, plus time
+/// per kill for the up to two messages (four chunks) each burst adds.
 const PACED_DRAIN: Duration = Duration::from_secs(240);
+const PACED_DRAIN_PER_KILL: Duration = Duration::from_secs(8);
 /// Messages sent before each kill (range).
 const BURST: (usize, usize) = (1, 4);
 /// How long the box runs before the kill (ms range): from mid-start-up to after a turn finished.
@@ -279,7 +281,9 @@ async fn sigkill_loop_with_shipped_pacing_chunked_replies_and_telegram_trouble()
         rig.collect_wa().await;
     }
     let loop_time = t0.elapsed();
-    let counts = rig.wait_all_answered(PACED_DRAIN).await;
+    let counts = rig
+        .wait_all_answered(PACED_DRAIN + PACED_DRAIN_PER_KILL * kills as u32)
+        .await;
     tokio::time::sleep(DUP_WATCH).await;
     let counts = {
         let after = rig.reply_counts().await;

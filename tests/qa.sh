@@ -34,7 +34,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/clawbox-ci-target}"
 qa_dir="${QA_DIR:-$CARGO_TARGET_DIR/qa/$mode}"
 mkdir -p "$qa_dir"
 if [ "$mode" = full ]; then
-  export CLAWBOX_SOAK_SECS=600 CLAWBOX_CRASH_KILLS=200 CLAWBOX_ISOLATION_SECS=60
+  export CLAWBOX_SOAK_SECS=600 CLAWBOX_CRASH_KILLS=200 CLAWBOX_CRASH_KILLS_PACED=40 CLAWBOX_ISOLATION_SECS=60
   fuzz_secs=600
   report="${report:-tests/QA-REPORT.md}"
 else
@@ -51,7 +51,7 @@ reset|🗑️ reset|test flow streamed_turns_keep_history_until_a_reset|A messag
 batching|Messages during a turn are batched|test flow three_messages_during_a_turn_become_exactly_one_next_turn|Three messages sent while a turn is in flight become exactly one next turn.
 media|Media placeholder|test whatsapp_flow friend_gets_the_echo_stranger_gets_nothing_media_is_a_placeholder|A WhatsApp image with a caption reaches the agent as a media placeholder plus the caption.
 media-telegram|Media placeholder (Telegram)|test telegram_channel media_groups_edits_and_unsupported_kinds_convert|Photos, documents, voice, stickers become placeholders with captions; groups are dropped.
-restart|Restart recovery|test restart sigkill_mid_turn_then_restart_answers_every_accepted_message_once crash_after_accept_before_anything_else crash_after_the_reply_was_recorded_but_not_sent crash_after_sending_before_marking_sent_does_not_send_twice a_chunk_in_doubt_is_never_sent_twice|SIGKILL mid-turn and at each crash point: every accepted message answered exactly once after restart.
+restart|Restart recovery|test restart sigkill_mid_turn_then_restart_answers_every_accepted_message_once crash_after_accept_before_anything_else crash_after_the_reply_was_recorded_but_not_sent crash_after_sending_before_marking_sent_does_not_send_twice on_the_console_a_chunk_in_doubt_is_not_printed_twice telegram_crash_before_the_request_left_is_answered_exactly_once telegram_crash_after_the_send_is_not_sent_again telegram_429_then_a_crash_during_the_wait_loses_nothing telegram_sends_cut_mid_flight_are_settled_by_probing|SIGKILL mid-turn and at each crash point: every accepted message answered exactly once after restart; on Telegram with the shipped pacing and replies in two chunks, a crash before the request left, after the send, during a 429 wait and mid-flight (answer lost, link reset) ends with every chunk exactly once (settled by probing).
 restart-whatsapp|Restart without re-pairing|test whatsapp_flow pair_by_qr_then_restarts_and_sigkill_never_need_pairing_again a_crash_between_pair_success_and_the_515_reconnect_needs_no_pairing_again|Restarts and SIGKILLs (also between pair success and the 515 reconnect) never need pairing again.
 catch-up|Offline catch-up|test whatsapp_flow messages_sent_while_down_are_answered_once_after_restart sigkill_mid_traffic_then_every_message_is_answered_once|Messages sent while the box was down are delivered by the server's offline queue and answered once.
 catch-up-telegram|Offline catch-up (Telegram)|test telegram_flow sigkill_after_accept_before_reply_gives_exactly_one_reply crash_before_the_offset_is_confirmed_is_deduplicated a_restart_after_the_reply_does_not_replay_it|Telegram redelivers unconfirmed updates after a crash: deduplicated, one reply, no replay after a restart.
@@ -69,8 +69,8 @@ reconnect-logout|Reconnect: logged out|test whatsapp_flow logged_out_wipes_whats
 reconnect-conflict|Reconnect: replaced session|test whatsapp_flow a_conflict_stops_reconnecting|Another client took the session: clawbox stops and says so instead of fighting it.
 reconnect-telegram|Reconnect: Telegram 409/429/401/5xx|test telegram_flow conflict_then_success_while_the_console_keeps_working rate_limited_polls_wait_retry_after_while_the_console_keeps_working a_rejected_token_stops_telegram_only|409 recovers, 429 waits retry_after, 401 stops Telegram only, the console keeps answering throughout.
 reconnect-openclaw|Reconnect: OpenClaw gateway|test openclaw_agent missed_ticks_make_it_reconnect a_turn_in_flight_during_a_drop_is_retried_with_the_same_key_and_runs_once a_run_that_finished_during_the_drop_is_read_back_from_history|Missed ticks reconnect; a turn cut by a drop runs once (same idempotency key) or is read back from history.
-soak|Soak with faults|test soak|Traffic on WhatsApp and Telegram with random faults on every link: every message answered once, reconnect within 5 s of each heal, RSS flat.
-crash-loop|Crash loop|test crash_loop|SIGKILLs at random instants during traffic and pairing: no re-pairing, no duplicate reply, the store opens every time; every message answered once, except Telegram reply chunks cut mid-send (Telegram has no idempotency key: logged "in doubt", never resent; counted as lost, and never more than those logged).
+soak|Soak with faults|test soak|Traffic on WhatsApp and Telegram with random faults on every link (some WhatsApp blackholes outlast dead-link detection): every message answered exactly once from the raw deliveries (0 lost, 0 duplicates), reconnect within 5 s of each heal, RSS flat.
+crash-loop|Crash loop|test crash_loop|SIGKILLs at random instants during traffic and pairing: no re-pairing, the store opens every time, and every message answered exactly once on both channels, counted from the raw deliveries the fakes recorded (0 lost, 0 duplicates, no tolerance); a second run with the shipped pacing, replies in two chunks and a Telegram outage, 429 or lost answer in each kill window.
 isolation|Channel isolation|test isolation|WhatsApp blackholed while Telegram traffic flows: Telegram latency p99 within 10 % of undisturbed; /healthz and status answer.
 malformed|Malformed frames from every server|test malformed|Bad frames from WhatsApp, Telegram, OpenAI and OpenClaw fakes: a clear error, the link recovers, nothing lost.
 security|Security matrix|test security|Strangers, replays, self-chat echo, oversized messages, state dir permissions, secrets never in logs.
@@ -177,7 +177,7 @@ pass=0; fail=0; missing=0
   echo
   echo "Generated by \`tests/qa.sh$([ "$mode" = full ] && echo ' --full')\` on $(uname -m), $(nproc) cores, $(date -u +%Y-%m-%d),"
   echo "every result from commit $stamp$([ "$dirty" = 1 ] && echo ' (uncommitted changes: all from this one run)')."
-  echo "Lengths: soak ${CLAWBOX_SOAK_SECS:-default} s, crash loop ${CLAWBOX_CRASH_KILLS:-default} kills,"
+  echo "Lengths: soak ${CLAWBOX_SOAK_SECS:-default} s, crash loop ${CLAWBOX_CRASH_KILLS:-default} kills (paced: ${CLAWBOX_CRASH_KILLS_PACED:-default}),"
   echo "blackhole ${CLAWBOX_ISOLATION_SECS:-default} s, fuzzing $fuzz_secs s per target (\"default\" = the test's CI length)."
   echo "Every scenario runs the real \`clawbox\` binary or its modules against fakes that speak the real wire"
   echo "protocols (Noise + binary nodes + Signal for WhatsApp, Bot API JSON, OpenAI SSE, OpenClaw frames)."

@@ -568,7 +568,8 @@ impl Drop for AbortOnDrop {
 /// library's and the transport's dead-link timers satisfied — is found by asking: a keepalive IQ
 /// every [`PROBE_EVERY`] while logged in; [`PROBE_FAILURES`] unanswered in a row force a
 /// reconnect (the server redelivers whatever was not acknowledged). Worst case to notice:
-/// `PROBE_EVERY + PROBE_FAILURES × (PROBE_DEADLINE + PROBE_SLACK)` = 39 s.
+/// `PROBE_EVERY + PROBE_FAILURES × (PROBE_DEADLINE + PROBE_SLACK)` = 39 s. Only an error that
+/// came back at once (not connected) paces the next probe; a probe that timed out already waited.
 async fn deaf_link_probe(client: Arc<Client>, row: crate::status::Reporter) {
     use whatsapp_rust::wacore::iq::keepalive::KeepaliveSpec;
     use whatsapp_rust::wacore::iq::spec::IqSpec;
@@ -583,6 +584,7 @@ async fn deaf_link_probe(client: Arc<Client>, row: crate::status::Reporter) {
             continue;
         }
         let iq = KeepaliveSpec::with_timeout(PROBE_DEADLINE).build_iq();
+        let asked = tokio::time::Instant::now();
         match tokio::time::timeout(PROBE_DEADLINE + PROBE_SLACK, client.send_iq(iq)).await {
             Ok(Ok(_)) => {
                 failures = 0;
@@ -591,8 +593,9 @@ async fn deaf_link_probe(client: Arc<Client>, row: crate::status::Reporter) {
             Ok(Err(e)) => {
                 failures += 1;
                 tracing::debug!(error = %e, failures, "WhatsApp probe unanswered");
-                // An error that is not a timeout came back at once: pace the retry.
-                tokio::time::sleep(PROBE_DEADLINE).await;
+                // An error that came back at once (not a timeout): pace the next probe so that
+                // it, too, has had the deadline to be answered.
+                tokio::time::sleep(PROBE_DEADLINE.saturating_sub(asked.elapsed())).await;
             }
             Err(_) => {
                 failures += 1;
