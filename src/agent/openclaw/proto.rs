@@ -587,11 +587,14 @@ impl Connection {
 
     fn on_chat_send_res(&mut self, op: OpId, payload: &Value, err: Option<GatewayError>) {
         if let Some(e) = err {
-            self.runs.remove(&op);
-            self.emit(Output::Finished {
-                op,
-                result: Err(AgentError::Failed(format!("chat.send refused: {e}"))),
-            });
+            // A `final` event (or a cancel) may have ended this turn before the refusal came:
+            // report each turn once (found by the fuzzer).
+            if self.runs.remove(&op).is_some() {
+                self.emit(Output::Finished {
+                    op,
+                    result: Err(AgentError::Failed(format!("chat.send refused: {e}"))),
+                });
+            }
             return;
         }
         let Some(run) = self.runs.get_mut(&op) else {
@@ -898,6 +901,30 @@ mod tests {
                     result: Ok("Hello!".into())
                 }
             ]
+        );
+    }
+
+    /// Found by the `openclaw_frame` fuzz target: a turn that finished with its `final` event,
+    /// then had its chat.send refused (an answer that came late), was reported twice.
+    #[test]
+    fn a_refusal_after_the_final_event_reports_the_turn_once() {
+        let now = Instant::now();
+        let mut c = ready_conn(now);
+        c.send_chat(2, "agent:main:main", "hi", "run-2").unwrap();
+        let send: Value = serde_json::from_str(&c.poll_transmit().unwrap()).unwrap();
+        let final_ev = json!({"type":"event","event":"chat","payload":{"runId":"run-2",
+            "sessionKey":"agent:main:main","seq":4,"state":"final","message":"Hi there"}});
+        c.handle_frame(&final_ev.to_string(), now).unwrap();
+        let refused = json!({"type":"res","id":send["id"],"ok":false,
+            "error":{"code":"UNAVAILABLE","message":"agent busy"}});
+        c.handle_frame(&refused.to_string(), now).unwrap();
+        let outs: Vec<Output> = std::iter::from_fn(|| c.poll_output()).collect();
+        assert_eq!(
+            outs,
+            vec![Output::Finished {
+                op: 2,
+                result: Ok("Hi there".into())
+            }]
         );
     }
 
