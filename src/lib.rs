@@ -23,6 +23,8 @@
 //!   [`agent::openclaw`].
 //! - [`pacing`]: human-like send timing (pure: given `now`, when to type and send);
 //!   [`chunk`] splits long replies; [`delivery`] is the per-channel send loop that applies both.
+//! - [`control`]: the control socket `pair`, `unpair` and `status` (and `doctor`) ask the running
+//!   service through; the WhatsApp side of it is [`channel::whatsapp::link`].
 //! - [`health`]: loopback `/healthz` and `/metrics`; [`metrics`]: the counters; [`status`]: each
 //!   component's state, shared by health, `STATUS=` and the watchdog.
 //! - [`backoff`]: the one reconnect/restart policy (capped, jittered exponential).
@@ -37,6 +39,7 @@ pub mod channel;
 pub mod chunk;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod delivery;
 pub mod display;
