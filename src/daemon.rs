@@ -459,6 +459,30 @@ pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
                 tracing::error!(error = %e, "no control socket: `clawbox pair` and `unpair` cannot reach this service; carrying on without it")
             }
         }
+        // The pairing and status page, when `[web] listen` asks for it.
+        match crate::web::bind(&cfg.web).await {
+            Ok(Some((listener, addr))) => {
+                match crate::web::Web::new(
+                    &cfg.web,
+                    addr.port(),
+                    board.clone(),
+                    pairing.clone(),
+                    linker.clone(),
+                ) {
+                    Ok(web) => {
+                        tracing::info!(%addr, "pairing page listening");
+                        tasks.push(tokio::spawn(crate::web::serve(
+                            listener,
+                            web,
+                            shutdown.clone(),
+                        )));
+                    }
+                    Err(e) => tracing::error!(error = %e, "no pairing page"),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "no pairing page; carrying on without it"),
+        }
         // The store's threads prove they are alive by answering a no-op each period.
         for thread in [crate::store::Thread::Writer, crate::store::Thread::Reader] {
             let row = board.register_internal(thread.row_name(), crate::store::ROW_ALLOWANCE);
