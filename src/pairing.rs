@@ -22,8 +22,8 @@ pub enum Pairing {
     Paused,
     /// The phone removed this device: the owner must pair again.
     PairAgain,
-    /// Not linked and nothing showing: pairing was cancelled, the owner unlinked the account, or
-    /// the channel stopped for a reason `why` states with what to do.
+    /// Stopped and nothing showing: pairing was cancelled, the owner unlinked the account, or the
+    /// channel stopped for another reason; `why` says which, with what to do.
     Stopped { why: String },
 }
 

@@ -64,7 +64,7 @@ pub fn message(p: &Pairing) -> Message {
             body: "Pair again: run `clawbox pair whatsapp`.".into(),
         },
         Pairing::Stopped { why } => Message {
-            title: "WhatsApp not linked",
+            title: "WhatsApp stopped",
             body: why.clone(),
         },
     }

@@ -148,10 +148,9 @@ pub fn live(v: &View<'_>) -> String {
             Pairing::PairAgain => {
                 out.push_str("<p class=\"warn\">Logged out by the phone. Link again below.</p>")
             }
-            Pairing::Stopped { why } => out.push_str(&format!(
-                "<p class=\"warn\">Not linked: {}</p>",
-                escape(why)
-            )),
+            Pairing::Stopped { why } => {
+                out.push_str(&format!("<p class=\"warn\">Stopped: {}</p>", escape(why)))
+            }
             Pairing::Idle => {
                 let words = v
                     .rows

@@ -798,7 +798,7 @@ pub fn pairing_text(p: &Pairing, term: Option<(usize, usize)>) -> Option<String>
         Pairing::PairAgain => Some(
             "WhatsApp: logged out by the phone — run `clawbox pair whatsapp` to pair again\n".into(),
         ),
-        Pairing::Stopped { why } => Some(format!("WhatsApp: not linked: {why}\n")),
+        Pairing::Stopped { why } => Some(format!("WhatsApp: stopped: {why}\n")),
     }
 }
 
