@@ -74,7 +74,7 @@ struct Answer {
 
 impl Answer {
     async fn ask(mut s: UnixStream, req: &Request) -> std::io::Result<Answer> {
-        let line = serde_json::to_string(req).map_err(std::io::Error::other)?;
+        let line = req.to_line();
         s.write_all(format!("{line}\n").as_bytes()).await?;
         Ok(Answer {
             lines: BufReader::new(s),
@@ -95,7 +95,7 @@ impl Answer {
         if !buf.ends_with(b"\n") && n > MAX_LINE {
             return Err(std::io::Error::other("the service's answer is too long"));
         }
-        serde_json::from_slice(&buf).map(Some).map_err(|e| {
+        Event::parse(&buf).map(Some).map_err(|e| {
             std::io::Error::other(format!("the service's answer is not an event: {e}"))
         })
     }

@@ -37,7 +37,7 @@
 pub mod client;
 pub mod server;
 
-use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -60,13 +60,11 @@ pub const PAIR_STREAM_LIMIT: Duration = Duration::from_secs(15 * 60);
 pub const EXIT_NOPERM: i32 = 77;
 
 /// One request, the first and only line a client sends.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "request", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Status,
     Pair {
         channel: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         phone: Option<String>,
     },
     Cancel {
@@ -78,8 +76,7 @@ pub enum Request {
 }
 
 /// One line of an answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Status(Report),
     /// The channel's state while a pairing waits for its first code (connecting, reconnecting).
@@ -99,7 +96,6 @@ pub enum Event {
     /// Final: linked to `number`; `already` when nothing had to be done.
     Linked {
         number: String,
-        #[serde(default)]
         already: bool,
     },
     /// Final: the codes ran out unscanned.
@@ -127,7 +123,7 @@ pub enum Event {
 }
 
 /// The answer to `status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
     pub version: String,
     pub uptime_s: u64,
@@ -139,7 +135,7 @@ pub struct Report {
     pub whatsapp: Option<WhatsAppReport>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Component {
     pub name: String,
     /// `starting`, `up`, `degraded`, `needs-owner`, `off`.
@@ -150,7 +146,7 @@ pub struct Component {
     pub internal: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WhatsAppReport {
     /// `idle`, `qr`, `code`, `linked`, `paused`, `pair-again`, `stopped`. Never the QR or the code.
     pub pairing: String,
@@ -184,8 +180,200 @@ pub fn allowed(peer_uid: u32, service_uid: u32) -> bool {
 
 /// The one-line form of `ev` (no newline).
 pub fn encode(ev: &Event) -> String {
-    // Serializing these plain structs cannot fail; an empty object would read as malformed.
-    serde_json::to_string(ev).unwrap_or_else(|_| "{}".into())
+    ev.to_value().to_string()
+}
+
+// The wire form is written out by hand over `serde_json::Value` (already in the binary for the
+// agents and channels): derived serde code for these few types cost several times the size.
+
+fn str_of(v: &Value, k: &str) -> Result<String, String> {
+    v.get(k)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| format!("`{k}` is missing or not a string"))
+}
+
+fn u64_of(v: &Value, k: &str) -> Result<u64, String> {
+    v.get(k)
+        .and_then(Value::as_u64)
+        .ok_or_else(|| format!("`{k}` is missing or not a number"))
+}
+
+fn tagged(tag: &str, name: &str, fields: Value) -> Value {
+    let mut m = match fields {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    m.insert(tag.into(), Value::String(name.into()));
+    Value::Object(m)
+}
+
+impl Request {
+    /// The one-line form (no newline).
+    pub fn to_line(&self) -> String {
+        let (name, fields) = match self {
+            Request::Status => ("status", json!({})),
+            Request::Pair { channel, phone } => {
+                let mut f = json!({ "channel": channel });
+                if let (Some(p), Some(m)) = (phone, f.as_object_mut()) {
+                    m.insert("phone".into(), Value::String(p.clone()));
+                }
+                ("pair", f)
+            }
+            Request::Cancel { channel } => ("cancel", json!({ "channel": channel })),
+            Request::Unpair { channel } => ("unpair", json!({ "channel": channel })),
+        };
+        tagged("request", name, fields).to_string()
+    }
+
+    /// Reads a request line; the error says what is wrong.
+    pub fn parse(line: &str) -> Result<Request, String> {
+        let v: Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+        Ok(match str_of(&v, "request")?.as_str() {
+            "status" => Request::Status,
+            "pair" => Request::Pair {
+                channel: str_of(&v, "channel")?,
+                phone: match v.get("phone") {
+                    None | Some(Value::Null) => None,
+                    Some(_) => Some(str_of(&v, "phone")?),
+                },
+            },
+            "cancel" => Request::Cancel {
+                channel: str_of(&v, "channel")?,
+            },
+            "unpair" => Request::Unpair {
+                channel: str_of(&v, "channel")?,
+            },
+            other => return Err(format!("unknown request `{other}`")),
+        })
+    }
+}
+
+impl Event {
+    pub fn to_value(&self) -> Value {
+        let (name, fields) = match self {
+            Event::Status(r) => ("status", r.to_value()),
+            Event::State { state, detail } => {
+                ("state", json!({ "state": state, "detail": detail }))
+            }
+            Event::Qr { payload, expires_s } => {
+                ("qr", json!({ "payload": payload, "expires_s": expires_s }))
+            }
+            Event::Code { code } => ("code", json!({ "code": code })),
+            Event::Linked { number, already } => {
+                ("linked", json!({ "number": number, "already": already }))
+            }
+            Event::Paused { detail } => ("paused", json!({ "detail": detail })),
+            Event::Failed { detail } => ("failed", json!({ "detail": detail })),
+            Event::Cancelled => ("cancelled", json!({})),
+            Event::Unpaired { detail } => ("unpaired", json!({ "detail": detail })),
+            Event::Error { error } => ("error", json!({ "error": error })),
+            Event::Refused { error } => ("refused", json!({ "error": error })),
+            Event::Busy => ("busy", json!({})),
+        };
+        tagged("event", name, fields)
+    }
+
+    /// Reads an event line; the error says what is wrong.
+    pub fn parse(line: &[u8]) -> Result<Event, String> {
+        let v: Value = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+        let detail = || str_of(&v, "detail");
+        Ok(match str_of(&v, "event")?.as_str() {
+            "status" => Event::Status(Report::from_value(&v)?),
+            "state" => Event::State {
+                state: str_of(&v, "state")?,
+                detail: detail()?,
+            },
+            "qr" => Event::Qr {
+                payload: str_of(&v, "payload")?,
+                expires_s: u64_of(&v, "expires_s")?,
+            },
+            "code" => Event::Code {
+                code: str_of(&v, "code")?,
+            },
+            "linked" => Event::Linked {
+                number: str_of(&v, "number")?,
+                already: v.get("already").and_then(Value::as_bool).unwrap_or(false),
+            },
+            "paused" => Event::Paused { detail: detail()? },
+            "failed" => Event::Failed { detail: detail()? },
+            "cancelled" => Event::Cancelled,
+            "unpaired" => Event::Unpaired { detail: detail()? },
+            "error" => Event::Error {
+                error: str_of(&v, "error")?,
+            },
+            "refused" => Event::Refused {
+                error: str_of(&v, "error")?,
+            },
+            "busy" => Event::Busy,
+            other => return Err(format!("unknown event `{other}`")),
+        })
+    }
+}
+
+impl Report {
+    pub fn to_value(&self) -> Value {
+        let components: Vec<Value> = self
+            .components
+            .iter()
+            .map(|c| {
+                json!({
+                    "name": c.name,
+                    "state": c.state,
+                    "detail": c.detail,
+                    "last_beat_ms_ago": c.last_beat_ms_ago,
+                    "internal": c.internal,
+                })
+            })
+            .collect();
+        json!({
+            "version": self.version,
+            "uptime_s": self.uptime_s,
+            "state_dir": self.state_dir,
+            "healthy": self.healthy,
+            "components": components,
+            "whatsapp": self.whatsapp.as_ref().map(|w| json!({
+                "pairing": w.pairing,
+                "number": w.number,
+            })),
+        })
+    }
+
+    pub fn from_value(v: &Value) -> Result<Report, String> {
+        let components = v
+            .get("components")
+            .and_then(Value::as_array)
+            .ok_or("`components` is missing")?
+            .iter()
+            .map(|c| {
+                Ok(Component {
+                    name: str_of(c, "name")?,
+                    state: str_of(c, "state")?,
+                    detail: str_of(c, "detail")?,
+                    last_beat_ms_ago: u64_of(c, "last_beat_ms_ago")?,
+                    internal: c.get("internal").and_then(Value::as_bool).unwrap_or(false),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let whatsapp = match v.get("whatsapp") {
+            None | Some(Value::Null) => None,
+            Some(w) => Some(WhatsAppReport {
+                pairing: str_of(w, "pairing")?,
+                number: w.get("number").and_then(Value::as_str).map(str::to_string),
+            }),
+        };
+        Ok(Report {
+            version: str_of(v, "version")?,
+            uptime_s: u64_of(v, "uptime_s")?,
+            state_dir: str_of(v, "state_dir")?,
+            healthy: v
+                .get("healthy")
+                .and_then(Value::as_bool)
+                .ok_or("`healthy` is missing")?,
+            components,
+            whatsapp,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -194,11 +382,10 @@ mod tests {
 
     #[test]
     fn requests_and_events_have_the_documented_shape() {
-        let r: Request = serde_json::from_str(r#"{"request":"status"}"#).unwrap();
+        let r = Request::parse(r#"{"request":"status"}"#).unwrap();
         assert_eq!(r, Request::Status);
-        let r: Request =
-            serde_json::from_str(r#"{"request":"pair","channel":"whatsapp","phone":"+4917"}"#)
-                .unwrap();
+        let r =
+            Request::parse(r#"{"request":"pair","channel":"whatsapp","phone":"+4917"}"#).unwrap();
         assert_eq!(
             r,
             Request::Pair {
@@ -206,24 +393,33 @@ mod tests {
                 phone: Some("+4917".into())
             }
         );
+        let line = Request::Pair {
+            channel: "whatsapp".into(),
+            phone: None,
+        }
+        .to_line();
         assert_eq!(
-            serde_json::to_string(&Request::Pair {
+            Request::parse(&line).unwrap(),
+            Request::Pair {
                 channel: "whatsapp".into(),
                 phone: None
-            })
-            .unwrap(),
-            r#"{"request":"pair","channel":"whatsapp"}"#
+            }
         );
-        assert!(serde_json::from_str::<Request>(r#"{"request":"reboot"}"#).is_err());
+        assert!(!line.contains("phone"), "{line}");
+        assert!(Request::parse(r#"{"request":"reboot"}"#).is_err());
+        assert!(Request::parse(r#"{"request":"pair"}"#).is_err());
+        assert!(Request::parse("not json").is_err());
+        let qr: Value = serde_json::from_str(&encode(&Event::Qr {
+            payload: "2@x".into(),
+            expires_s: 20,
+        }))
+        .unwrap();
         assert_eq!(
-            encode(&Event::Qr {
-                payload: "2@x".into(),
-                expires_s: 20
-            }),
-            r#"{"event":"qr","payload":"2@x","expires_s":20}"#
+            qr,
+            json!({"event": "qr", "payload": "2@x", "expires_s": 20})
         );
         assert_eq!(encode(&Event::Cancelled), r#"{"event":"cancelled"}"#);
-        let linked: Event = serde_json::from_str(r#"{"event":"linked","number":"+1"}"#).unwrap();
+        let linked = Event::parse(br#"{"event":"linked","number":"+1"}"#).unwrap();
         assert_eq!(
             linked,
             Event::Linked {
@@ -231,6 +427,62 @@ mod tests {
                 already: false
             }
         );
+    }
+
+    #[test]
+    fn every_event_reads_back_as_itself() {
+        let report = Report {
+            version: "0.1.0".into(),
+            uptime_s: 7,
+            state_dir: "/var/lib/clawbox".into(),
+            healthy: true,
+            components: vec![Component {
+                name: "whatsapp".into(),
+                state: "up".into(),
+                detail: "linked +1".into(),
+                last_beat_ms_ago: 3,
+                internal: false,
+            }],
+            whatsapp: Some(WhatsAppReport {
+                pairing: "linked".into(),
+                number: Some("+1".into()),
+            }),
+        };
+        let d = || "why".to_string();
+        for ev in [
+            Event::Status(report.clone()),
+            Event::Status(Report {
+                whatsapp: None,
+                ..report
+            }),
+            Event::State {
+                state: "starting".into(),
+                detail: d(),
+            },
+            Event::Qr {
+                payload: "2@x,y".into(),
+                expires_s: 60,
+            },
+            Event::Code {
+                code: "ABCD-EFGH".into(),
+            },
+            Event::Linked {
+                number: "+1".into(),
+                already: true,
+            },
+            Event::Paused { detail: d() },
+            Event::Failed { detail: d() },
+            Event::Cancelled,
+            Event::Unpaired { detail: d() },
+            Event::Error { error: d() },
+            Event::Refused { error: d() },
+            Event::Busy,
+        ] {
+            let line = encode(&ev);
+            assert!(!line.contains('\n'));
+            assert_eq!(Event::parse(line.as_bytes()).unwrap(), ev, "{line}");
+        }
+        assert!(Event::parse(br#"{"event":"qr","payload":"x"}"#).is_err());
     }
 
     #[test]

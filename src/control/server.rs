@@ -179,7 +179,7 @@ async fn handle(stream: UnixStream, ctl: &Control, shutdown: Shutdown) {
         }
         Err(_) => return,
     };
-    let req: Request = match serde_json::from_str(&line) {
+    let req = match Request::parse(&line) {
         Ok(r) => r,
         Err(e) => {
             let error = format!("not a request ({e}); see `clawbox --help`");
