@@ -75,7 +75,11 @@ struct Answer {
 impl Answer {
     async fn ask(mut s: UnixStream, req: &Request) -> std::io::Result<Answer> {
         let line = req.to_line();
-        s.write_all(format!("{line}\n").as_bytes()).await?;
+        match s.write_all(format!("{line}\n").as_bytes()).await {
+            // The service may have answered (a refusal) and closed already: read what it said.
+            Err(e) if e.kind() == ErrorKind::BrokenPipe => {}
+            r => r?,
+        }
         Ok(Answer {
             lines: BufReader::new(s),
         })
@@ -296,18 +300,31 @@ pub async fn unpair(cfg: &Config, yes: bool) -> i32 {
     }
 }
 
+/// The running service's [`Report`] for the state directory `state_dir` (what `clawbox doctor`
+/// asks): None when no service answers there or this user may not ask it; `Err` when it answered
+/// something else.
+pub async fn report(state_dir: &Path) -> Option<Result<Report, String>> {
+    let Conn::Open(s) = connect(state_dir).await else {
+        return None;
+    };
+    Some(match ask_one(s, &Request::Status).await {
+        Ok(Event::Status(report)) => Ok(report),
+        Ok(Event::Refused { error }) => Err(format!("the service refused: {error}")),
+        Ok(other) => Err(format!("the service answered {other:?}")),
+        Err(e) => Err(e),
+    })
+}
+
 /// `clawbox status`: the service's report over the socket; without it (no service, or a user
 /// who may not use the socket), `/healthz`. Exit 0 healthy, 1 degraded, 2 not reachable.
 pub async fn status(cfg: &Config) -> i32 {
-    if let Conn::Open(s) = connect(&cfg.state_dir()).await {
-        match ask_one(s, &Request::Status).await {
-            Ok(Event::Status(report)) => {
-                print!("{}", render(&report));
-                return if report.healthy { 0 } else { 1 };
-            }
-            Ok(other) => tracing::debug!(answer = ?other, "status over the socket refused"),
-            Err(e) => tracing::debug!(error = %e, "status over the socket failed"),
+    match report(&cfg.state_dir()).await {
+        Some(Ok(report)) => {
+            print!("{}", render(&report));
+            return if report.healthy { 0 } else { 1 };
         }
+        Some(Err(e)) => tracing::debug!(error = %e, "status over the socket failed"),
+        None => {}
     }
     let Ok(addr) = cfg.gateway.health_listen.get_ref().parse() else {
         return crate::config::EXIT_CONFIG;

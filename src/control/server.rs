@@ -153,6 +153,9 @@ async fn read_line(r: &mut OwnedReadHalf) -> Option<String> {
 async fn handle(stream: UnixStream, ctl: &Control, shutdown: Shutdown) {
     let peer = stream.peer_cred().map(|c| c.uid());
     let (mut r, mut w) = stream.into_split();
+    // The request line first, whoever sends it: a refusal sent before the client finished
+    // writing would meet a closed socket (EPIPE) instead of being read.
+    let line = tokio::time::timeout(REQUEST_TIMEOUT, read_line(&mut r)).await;
     match peer {
         Ok(uid) if allowed(uid, ctl.uid) => {}
         other => {
@@ -170,7 +173,7 @@ async fn handle(stream: UnixStream, ctl: &Control, shutdown: Shutdown) {
             return;
         }
     }
-    let line = match tokio::time::timeout(REQUEST_TIMEOUT, read_line(&mut r)).await {
+    let line = match line {
         Ok(Some(l)) => l,
         Ok(None) => {
             let error = format!("expected one JSON request line of at most {MAX_LINE} bytes");
