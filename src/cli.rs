@@ -13,14 +13,19 @@ Usage:
   clawbox config check [PATH]              check a config file; exit 0 if valid, 78 if not
   clawbox status [--config PATH]           ask the running gateway how each channel is doing
   clawbox pair whatsapp [--phone +E164] [--config PATH]
-                                           link your WhatsApp (QR, or an 8-character code)
+                                           link your WhatsApp (QR, or an 8-character code),
+                                           through the running service if there is one
+  clawbox unpair whatsapp [--yes] [--config PATH]
+                                           log out and wipe the WhatsApp state (asks first)
   clawbox providers test [NAME] [--json] [--config PATH]
                                            really connect to each configured agent
   clawbox --version | --help
 
 Without --config, clawbox reads /etc/clawbox/clawbox.toml, else ./clawbox.toml, else runs on its
 embedded defaults (the built-in echo agent). State: the config's state_dir, else $STATE_DIRECTORY,
-else /var/lib/clawbox if it exists (an installed box), else ./state; the same for every command.";
+else /var/lib/clawbox if it exists (an installed box), else ./state; the same for every command.
+`pair`, `unpair` and `status` reach the running service through <state>/control.sock (root and
+the service's user only).";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -41,9 +46,14 @@ pub enum Command {
         json: bool,
         config: Option<PathBuf>,
     },
-    /// `pair whatsapp`: link the WhatsApp account (stop the service first).
+    /// `pair whatsapp`: link the WhatsApp account (through the running service, else directly).
     PairWhatsApp {
         phone: Option<String>,
+        config: Option<PathBuf>,
+    },
+    /// `unpair whatsapp`: log out and wipe the WhatsApp state; `yes`: without asking.
+    UnpairWhatsApp {
+        yes: bool,
         config: Option<PathBuf>,
     },
     Help,
@@ -62,12 +72,14 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Comma
     let mut config: Option<PathBuf> = None;
     let mut json = false;
     let mut phone: Option<String> = None;
+    let mut yes = false;
     while let Some(arg) = p.next().map_err(err)? {
         match arg {
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
             Short('c') | Long("config") => config = Some(PathBuf::from(p.value().map_err(err)?)),
             Long("json") => json = true,
+            Short('y') | Long("yes") => yes = true,
             Long("phone") => phone = Some(p.value().map_err(err)?.string().map_err(err)?),
             Value(v) => positional.push(v.string().map_err(err)?),
             other => return Err(UsageError(other.unexpected().to_string())),
@@ -76,6 +88,9 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Comma
     let words: Vec<&str> = positional.iter().map(String::as_str).collect();
     if phone.is_some() && words.as_slice() != ["pair", "whatsapp"] {
         return Err(UsageError("--phone only goes with `pair whatsapp`".into()));
+    }
+    if yes && words.as_slice() != ["unpair", "whatsapp"] {
+        return Err(UsageError("--yes only goes with `unpair whatsapp`".into()));
     }
     let no_json = |c: Command| {
         if json {
@@ -114,6 +129,7 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Comma
             }
             no_json(Command::PairWhatsApp { phone, config })
         }
+        ["unpair", "whatsapp"] => no_json(Command::UnpairWhatsApp { yes, config }),
         ["help"] => Ok(Command::Help),
         other => Err(UsageError(format!("unknown command `{}`", other.join(" ")))),
     }
@@ -184,6 +200,22 @@ mod tests {
         );
         assert!(p("pair whatsapp --phone 0170").is_err());
         assert!(p("run --phone +491701234567").is_err());
+        assert_eq!(
+            p("unpair whatsapp --yes").unwrap(),
+            Command::UnpairWhatsApp {
+                yes: true,
+                config: None
+            }
+        );
+        assert_eq!(
+            p("unpair whatsapp").unwrap(),
+            Command::UnpairWhatsApp {
+                yes: false,
+                config: None
+            }
+        );
+        assert!(p("run --yes").is_err());
+        assert!(p("unpair telegram").is_err());
     }
 
     #[test]

@@ -49,12 +49,8 @@ fn main() -> ExitCode {
             };
             // The answer is the output.
             log.off();
-            let addr = match cfg.gateway.health_listen.get_ref().parse() {
-                Ok(a) => a,
-                Err(_) => return ExitCode::from(EXIT_CONFIG as u8),
-            };
             let code = runtime()
-                .map(|rt| rt.block_on(clawbox::health::status_command(addr)))
+                .map(|rt| rt.block_on(clawbox::control::client::status(&cfg)))
                 .unwrap_or(70);
             ExitCode::from(code.clamp(0, 255) as u8)
         }
@@ -66,7 +62,18 @@ fn main() -> ExitCode {
             // Errors only: the QR and the outcome are the output.
             log.set("error");
             let code = runtime()
-                .map(|rt| rt.block_on(clawbox::channel::whatsapp::pair(&cfg, phone)))
+                .map(|rt| rt.block_on(clawbox::control::client::pair(&cfg, phone)))
+                .unwrap_or(70);
+            ExitCode::from(code.clamp(0, 255) as u8)
+        }
+        Command::UnpairWhatsApp { yes, config } => {
+            let cfg = match Config::discover(config.as_deref()) {
+                Ok(c) => c,
+                Err(errors) => return config_failed(&errors),
+            };
+            log.set("error");
+            let code = runtime()
+                .map(|rt| rt.block_on(clawbox::control::client::unpair(&cfg, yes)))
                 .unwrap_or(70);
             ExitCode::from(code.clamp(0, 255) as u8)
         }

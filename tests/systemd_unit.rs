@@ -310,6 +310,8 @@ fn the_unit_says_what_the_daemon_relies_on() {
         "User=clawbox",
         "StateDirectory=clawbox",
         "StateDirectoryMode=0700",
+        "RuntimeDirectory=clawbox",
+        "RuntimeDirectoryMode=0700",
         "ConfigurationDirectory=clawbox",
     ] {
         assert!(lines.contains(&needed), "the unit lacks `{needed}`");

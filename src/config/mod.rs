@@ -86,6 +86,8 @@ pub struct Config {
     pub channels: ChannelsConfig,
     #[serde(default)]
     pub display: DisplayConfig,
+    #[serde(default)]
+    pub web: WebConfig,
     /// The file this came from (None: embedded defaults).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -107,6 +109,7 @@ impl Default for Config {
                 ..ChannelsConfig::default()
             },
             display: DisplayConfig::default(),
+            web: WebConfig::default(),
             source: None,
         }
     }
@@ -246,6 +249,23 @@ pub struct DisplayConfig {
     pub oled_controller: OledController,
     /// A serial console, e.g. `/dev/serial0`, `/dev/ttyAMA0` or `/dev/ttyS0`. Default: none.
     pub serial: Option<PathBuf>,
+}
+
+/// `[web]`: the pairing and status page ([`crate::web`]). Off unless `listen` is set; on any
+/// address but loopback it needs `token_file`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Where to serve the page, e.g. `"127.0.0.1:8080"` or `"0.0.0.0:8080"`. Default: off.
+    pub listen: Option<Spanned<String>>,
+    /// The page's token (first line, mode 0600, at least 16 characters). Required unless `listen`
+    /// is a loopback address.
+    pub token_file: Option<Spanned<PathBuf>>,
+    /// Names the page may be reached by besides IP addresses and `localhost` (the `Host` header is
+    /// checked against them: no DNS rebinding), e.g. `["clawbox.local"]`.
+    pub hostnames: Vec<Spanned<String>>,
+    #[serde(skip)]
+    pub token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
