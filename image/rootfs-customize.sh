@@ -88,11 +88,15 @@ RequiresMountsFor=/var/lib/clawbox-data
 Environment=CLAWBOX_FIRSTBOOT_WIFI=/etc/wpa_supplicant/wpa_supplicant-wlan0.conf
 ReadWritePaths=/var/lib/clawbox-data/wpa_supplicant
 EOT
-# wpa_supplicant@wlan0 is enabled (WantedBy=multi-user.target) and runs once the config exists:
-# after clawbox-firstboot wrote it (on the boot that takes wifi.conf, and with a new wifi.conf on
-# the card, the new one), with the data partition mounted. Without a config (a box on Ethernet)
-# it is skipped, not failed.
-chroot "$R" systemctl enable wpa_supplicant@wlan0.service
+# wpa_supplicant@wlan0 is enabled where wlan0 appears (wanted by its device unit, not by
+# multi-user.target: a board without Wi-Fi, a CM4 Lite or `dtoverlay=disable-wifi`, would otherwise
+# hold the boot 90 s for a device that never comes and then fail the unit). It runs once the config
+# exists: after clawbox-firstboot wrote it (on the boot that takes wifi.conf, and with a new
+# wifi.conf on the card, the new one), with the data partition mounted. Without a config (a box on
+# Ethernet) it is skipped, not failed.
+mkdir -p "$R/etc/systemd/system/sys-subsystem-net-devices-wlan0.device.wants"
+ln -sfn /usr/lib/systemd/system/wpa_supplicant@.service \
+  "$R/etc/systemd/system/sys-subsystem-net-devices-wlan0.device.wants/wpa_supplicant@wlan0.service"
 # The package also enables its D-Bus service (wpa_supplicant.service, for NetworkManager): here
 # nothing talks D-Bus to it, and it would be one more daemon in 512 MB.
 chroot "$R" systemctl disable wpa_supplicant.service
