@@ -8,8 +8,12 @@ use crate::status::Board;
 use crate::store::Store;
 
 pub async fn test(cfg: &Config, only: Option<&str>, json: bool) -> i32 {
-    let http = HttpClient::new();
-    let board = Board::default();
+    if let Some(o) = only {
+        if !cfg.agents.contains_key(o) && o != crate::config::BUILTIN_AGENT {
+            eprintln!("clawbox: no agent named `{o}` in the config");
+            return 64;
+        }
+    }
     // The probe of an OpenClaw agent reads its stored device identity; open the store read-write
     // only if the daemon is not holding it, else probe without it.
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
@@ -28,27 +32,7 @@ pub async fn test(cfg: &Config, only: Option<&str>, json: bool) -> i32 {
             }
         },
     };
-    let mut reports: Vec<ProbeReport> = Vec::new();
-    let names: Vec<&String> = cfg
-        .agents
-        .keys()
-        .filter(|n| only.is_none_or(|o| o == n.as_str()))
-        .collect();
-    if let Some(o) = only {
-        if names.is_empty() && o != crate::config::BUILTIN_AGENT {
-            eprintln!("clawbox: no agent named `{o}` in the config");
-            return 64;
-        }
-    }
-    if names.is_empty() {
-        let echo = Agent::Echo(crate::agent::echo::Echo);
-        reports.push(echo.probe(crate::config::BUILTIN_AGENT).await);
-    }
-    for name in names {
-        let acfg = &cfg.agents[name];
-        let agent = Agent::from_config(name, acfg, &http, &store, board.register(name, false));
-        reports.push(agent.probe(name).await);
-    }
+    let reports = probe(cfg, only, &store).await;
     store.close().await;
     let ok = reports.iter().all(|r| r.ok);
     if json {
@@ -79,4 +63,27 @@ pub async fn test(cfg: &Config, only: Option<&str>, json: bool) -> i32 {
         }
     }
     if ok { 0 } else { 1 }
+}
+
+/// Probes the configured agents (only `only` when given; the built-in echo when none is
+/// declared), one after the other. `store` holds the OpenClaw device identities.
+pub async fn probe(cfg: &Config, only: Option<&str>, store: &Store) -> Vec<ProbeReport> {
+    let http = HttpClient::new();
+    let board = Board::default();
+    let mut reports: Vec<ProbeReport> = Vec::new();
+    let names: Vec<&String> = cfg
+        .agents
+        .keys()
+        .filter(|n| only.is_none_or(|o| o == n.as_str()))
+        .collect();
+    if names.is_empty() {
+        let echo = Agent::Echo(crate::agent::echo::Echo);
+        reports.push(echo.probe(crate::config::BUILTIN_AGENT).await);
+    }
+    for name in names {
+        let acfg = &cfg.agents[name];
+        let agent = Agent::from_config(name, acfg, &http, store, board.register(name, false));
+        reports.push(agent.probe(name).await);
+    }
+    reports
 }
