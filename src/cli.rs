@@ -1,6 +1,6 @@
 //! The command line: parses arguments into a [`Command`], and quotes the words of a command we tell
 //! the user to run ([`shell_quote`]). lexopt keeps this to a few KB of binary (clap derive costs
-//! ~190 KB on ARM) for six subcommands.
+//! ~190 KB on ARM) for seven subcommands.
 
 use std::path::PathBuf;
 
@@ -16,6 +16,7 @@ Usage:
                                            link your WhatsApp (QR, or an 8-character code)
   clawbox providers test [NAME] [--json] [--config PATH]
                                            really connect to each configured agent
+  clawbox doctor [--json] [--config PATH]  check the whole box; each problem with its fix
   clawbox --version | --help
 
 Without --config, clawbox reads /etc/clawbox/clawbox.toml, else ./clawbox.toml, else runs on its
@@ -44,6 +45,11 @@ pub enum Command {
     /// `pair whatsapp`: link the WhatsApp account (stop the service first).
     PairWhatsApp {
         phone: Option<String>,
+        config: Option<PathBuf>,
+    },
+    /// `doctor`: check the whole box and say what to fix.
+    Doctor {
+        json: bool,
         config: Option<PathBuf>,
     },
     Help,
@@ -79,7 +85,9 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Comma
     }
     let no_json = |c: Command| {
         if json {
-            Err(UsageError("--json only goes with `providers test`".into()))
+            Err(UsageError(
+                "--json only goes with `providers test` and `doctor`".into(),
+            ))
         } else {
             Ok(c)
         }
@@ -114,6 +122,7 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Comma
             }
             no_json(Command::PairWhatsApp { phone, config })
         }
+        ["doctor"] => Ok(Command::Doctor { json, config }),
         ["help"] => Ok(Command::Help),
         other => Err(UsageError(format!("unknown command `{}`", other.join(" ")))),
     }
@@ -183,6 +192,14 @@ mod tests {
             }
         );
         assert!(p("pair whatsapp --phone 0170").is_err());
+        assert_eq!(
+            p("doctor --json --config /c.toml").unwrap(),
+            Command::Doctor {
+                json: true,
+                config: Some("/c.toml".into())
+            }
+        );
+
         assert!(p("run --phone +491701234567").is_err());
     }
 

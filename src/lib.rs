@@ -30,6 +30,7 @@
 //! - [`state_dir`]: where the state lives (the same for every command) and who owns it.
 //! - [`logging`]: journald or stderr; [`repeat`] keeps a repeating failure to one line and a
 //!   reminder every 10 minutes.
+//! - [`doctor`]: `clawbox doctor`, every check of the box with its fix.
 
 pub mod agent;
 pub mod backoff;
@@ -40,6 +41,7 @@ pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod display;
+pub mod doctor;
 pub mod fault;
 pub mod health;
 pub mod http;
