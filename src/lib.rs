@@ -30,7 +30,8 @@
 //! - [`state_dir`]: where the state lives (the same for every command) and who owns it.
 //! - [`logging`]: journald or stderr; [`repeat`] keeps a repeating failure to one line and a
 //!   reminder every 10 minutes.
-//! - [`doctor`]: `clawbox doctor`, every check of the box with its fix.
+//! - [`doctor`]: `clawbox doctor`, every check of the box with its fix; [`import`]: a clawbox.toml
+//!   from an OpenClaw config.
 
 pub mod agent;
 pub mod backoff;
@@ -45,6 +46,7 @@ pub mod doctor;
 pub mod fault;
 pub mod health;
 pub mod http;
+pub mod import;
 pub mod logging;
 pub mod metrics;
 pub mod pacing;

@@ -81,6 +81,16 @@ fn main() -> ExitCode {
             rt.shutdown_timeout(RUNTIME_SHUTDOWN);
             ExitCode::from(code.clamp(0, 255) as u8)
         }
+        Command::ImportOpenClaw {
+            input,
+            out,
+            secrets_dir,
+        } => {
+            log.off();
+            let code =
+                clawbox::import::openclaw_command(&input, out.as_deref(), secrets_dir.as_deref());
+            ExitCode::from(code.clamp(0, 255) as u8)
+        }
         Command::ProvidersTest { name, json, config } => {
             let cfg = match Config::discover(config.as_deref()) {
                 Ok(c) => c,
