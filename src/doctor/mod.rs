@@ -3,12 +3,11 @@
 //!
 //! The checks that only look at this box ([`local`]: config, state directory and store, secret
 //! files, free space) run first. Then the running service is asked about itself ([`service`]),
-//! and everything that waits on the network runs at once: DNS, TCP and TLS to WhatsApp and
-//! Telegram and Telegram's `getMe` ([`net`]), each agent's probe (`providers test`'s), the
-//! system's time service; the clock's line ([`clock`]) is judged from what they all saw. Every
-//! network step has its own deadline, so a run ends within about [`net::DNS_TIMEOUT`] +
-//! [`net::TCP_TIMEOUT`] + [`net::TLS_TIMEOUT`] + [`net::DATE_TIMEOUT`] (or [`AGENT_TIMEOUT`])
-//! after [`service::SERVICE_TIMEOUT`], whatever the network does.
+//! and everything that waits on the network runs at once: WhatsApp's endpoint and Telegram's
+//! `getMe` ([`net`]: DNS, TCP, TLS, the token), the WhatsApp link, the agents' probes
+//! (`providers test`'s, one after the other); the clock's line ([`clock`]) is judged from what
+//! they saw. Each has its deadline ([`net::ENDPOINT_TIMEOUT`], [`AGENT_TIMEOUT`] per agent), so a
+//! run ends within [`service::SERVICE_TIMEOUT`] + the longest of them, whatever the network does.
 //!
 //! Fixes nothing itself (each fix is said): the store is opened, as `providers test` opens it,
 //! only when it exists with the right owner and mode (opening would fix those, which is the
@@ -135,28 +134,22 @@ pub async fn examine(config: Option<&Path>) -> Vec<Check> {
 
     let wa_net = async {
         match wa {
-            Some(w) => Some(net::reach(w.server_url.get_ref(), true).await),
+            Some(w) => Some(net::reach(&http, w.server_url.get_ref()).await),
             None => None,
         }
     };
-    let tg_net = async {
-        match tg {
-            Some(t) => Some(net::reach(t.api_root.get_ref(), false).await),
-            None => None,
-        }
-    };
+    // getMe reaches the Bot API and checks the token at once; without a token, a HEAD reaches it.
     let tg_me = async {
         let t = tg?;
         let Some(token) = &t.token else {
             return Some(net::Me {
+                reach: net::reach(&http, t.api_root.get_ref()).await,
                 check: Check::fail(
                     NAME_TELEGRAM,
                     "not tried: the bot token could not be read (see the config and secrets \
                      lines)",
                     "fix those first",
                 ),
-                date: None,
-                certificate_time: None,
             });
         };
         let file = t
@@ -164,11 +157,6 @@ pub async fn examine(config: Option<&Path>) -> Vec<Check> {
             .as_ref()
             .map(|f| f.get_ref().display().to_string());
         Some(net::telegram_me(&http, t.api_root.get_ref(), token, file.as_deref()).await)
-    };
-    let sync = async {
-        tokio::task::spawn_blocking(clock::system_sync)
-            .await
-            .unwrap_or(clock::Sync::Unknown)
     };
     let opened = match &store {
         Some(Ok(s)) => Some(s),
@@ -180,34 +168,33 @@ pub async fn examine(config: Option<&Path>) -> Vec<Check> {
             None => None,
         }
     };
-    let agents = agents(&cfg, &asked, opened, metrics.clone());
-    let (wa_net, tg_net, tg_me, sync, link, agents) =
-        tokio::join!(wa_net, tg_net, tg_me, sync, link, agents);
+    let agents = agents(&cfg, &asked, opened);
+    let (wa_net, tg_me, link, agents) = tokio::join!(wa_net, tg_me, link, agents);
     if let Some(Ok(s)) = &store {
         s.close().await;
     }
 
+    let tg_net = tg_me.as_ref().map(|m| &m.reach);
     let mut readings = Vec::new();
     let mut certificate_time = None;
-    for r in [&wa_net, &tg_net].into_iter().flatten() {
-        if let Some(d) = &r.date {
-            readings.push(d.clone());
-        }
-        if let Some((net::Step::Tls, e)) = &r.failed {
-            if clock::is_certificate_time_error(e) {
-                certificate_time = Some(e.clone());
+    for r in [wa_net.as_ref(), tg_net].into_iter().flatten() {
+        readings.extend(r.date.clone());
+        if let Some(e) = &r.failed {
+            let e = e.to_string();
+            if clock::is_certificate_time_error(&e) {
+                certificate_time = Some(e);
             }
         }
     }
-    if let Some(me) = &tg_me {
-        readings.extend(me.date.clone());
-        certificate_time = certificate_time.or(me.certificate_time.clone());
-    }
-    checks.push(clock::verdict(&readings, sync, certificate_time.as_deref()));
+    checks.push(clock::verdict(
+        &readings,
+        clock::system_sync(),
+        certificate_time.as_deref(),
+    ));
     if let Some(r) = &wa_net {
         checks.push(net::reach_check(NAME_WHATSAPP_NET, "WhatsApp", r));
     }
-    if let Some(r) = &tg_net {
+    if let Some(r) = tg_net {
         checks.push(net::reach_check(NAME_TELEGRAM_NET, "Telegram", r));
     }
     checks.extend(link);
@@ -286,27 +273,18 @@ async fn whatsapp_link(
 /// Each agent's line: its probe (`providers test`), bounded; an OpenClaw agent of a running
 /// service is judged by the service's own connection (a second device identity would only ask
 /// the gateway for pairing).
-async fn agents(
-    cfg: &Config,
-    asked: &Asked,
-    store: Option<&Store>,
-    metrics: Arc<crate::metrics::Metrics>,
-) -> Vec<Check> {
+async fn agents(cfg: &Config, asked: &Asked, store: Option<&Store>) -> Vec<Check> {
     if cfg.agents.is_empty() {
         return vec![Check::ok(
             &format!("agent:{}", crate::config::BUILTIN_AGENT),
             "the built-in echo agent (answers with the text it got)",
         )];
     }
-    let scratch = match store {
-        Some(_) => None,
-        None => Store::open_in_memory(metrics).ok(),
-    };
-    let probes = cfg.agents.iter().map(|(name, a)| {
-        let store = store.or(scratch.as_ref());
-        async move { agent(cfg, name, a, asked, store).await }
-    });
-    futures_util::future::join_all(probes).await
+    let mut lines = Vec::with_capacity(cfg.agents.len());
+    for (name, a) in &cfg.agents {
+        lines.push(agent(cfg, name, a, asked, store).await);
+    }
+    lines
 }
 
 async fn agent(
@@ -345,9 +323,14 @@ async fn agent(
             };
         }
     }
-    let Some(store) = store else {
-        return Check::warn(&line, "not tried: no store to probe with", check_it);
-    };
+    if *a.kind.get_ref() == AgentKind::Openclaw && store.is_none() {
+        return Check::warn(
+            &line,
+            "not probed: its device identity is in the store, which the doctor does not open now \
+             (see the state-dir and store lines)",
+            check_it,
+        );
+    }
     match tokio::time::timeout(
         AGENT_TIMEOUT,
         crate::providers::probe(cfg, Some(name), store),

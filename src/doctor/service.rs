@@ -8,8 +8,6 @@ use std::time::Duration;
 
 /// The daemon is on this box's loopback: it answers at once or not at all.
 pub const SERVICE_TIMEOUT: Duration = Duration::from_secs(3);
-/// A `/healthz` body is well under 1 KiB; more is not clawbox.
-const MAX_BODY: usize = 64 * 1024;
 
 /// One component of the running service: `whatsapp`, `telegram`, `agent NAME`, `router`, ….
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,9 +57,7 @@ pub async fn ask(cfg: &Config) -> Asked {
     else {
         return not_running();
     };
-    let resp = match crate::http::HttpClient::new()
-        .request(req, SERVICE_TIMEOUT, MAX_BODY)
-        .await
+    let resp = match super::net::fetch(&crate::http::HttpClient::new(), req, SERVICE_TIMEOUT).await
     {
         Ok(r) => r,
         Err(_) => return not_running(),
