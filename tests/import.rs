@@ -186,7 +186,7 @@ async fn malformed_json5_is_refused_with_line_and_column_and_writes_nothing() {
     assert_eq!(code, Some(65), "{stderr}");
     assert!(stdout.is_empty());
     assert!(
-        stderr.contains(&format!("{}:4:39: expected comma", input.display())),
+        stderr.contains(&format!("{}:4:38: Expected comma", input.display())),
         "{stderr}"
     );
     assert!(stderr.contains("nothing was written"), "{stderr}");

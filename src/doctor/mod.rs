@@ -7,7 +7,8 @@
 //! `getMe` ([`net`]: DNS, TCP, TLS, the token), the WhatsApp link, the agents' probes
 //! (`providers test`'s, one after the other); the clock's line ([`clock`]) is judged from what
 //! they saw. Each has its deadline ([`net::ENDPOINT_TIMEOUT`], [`AGENT_TIMEOUT`] per agent), so a
-//! run ends within [`service::SERVICE_TIMEOUT`] + the longest of them, whatever the network does.
+//! run ends within [`service::SERVICE_TIMEOUT`] + the longer of the endpoint's deadline and the
+//! agents' deadlines added up, whatever the network does.
 //!
 //! Fixes nothing itself (each fix is said): the store is opened, as `providers test` opens it,
 //! only when it exists with the right owner and mode (opening would fix those, which is the

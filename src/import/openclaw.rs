@@ -1,5 +1,7 @@
 //! OpenClaw's `openclaw.json` (JSON5: comments, trailing commas, unquoted keys, single quotes)
-//! → clawbox.toml text and the secrets to put in files. Pure: [`convert`] reads a string and
+//! → clawbox.toml text and the secrets to put in files. The parser is dprint's `jsonc-parser`
+//! with its JSON5 options on (all but missing commas): every JSON5 form but `Infinity`/`NaN`,
+//! which a JSON value cannot hold and no OpenClaw setting uses. Pure: [`convert`] reads a string and
 //! returns strings, so a fuzz target can drive it; the command around it ([`super`]) does the I/O.
 //!
 //! Carried over: WhatsApp's and Telegram's `enabled`, `dmPolicy` and `allowFrom` (and WhatsApp's
@@ -15,8 +17,8 @@ use std::path::Path;
 
 /// OpenClaw configs are a few KiB; this bounds the memory and time of a parse.
 pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
-/// Nesting deeper than this is refused before parsing (the parser recurses once per level, and
-/// the stack is finite); OpenClaw's own configs nest about six deep.
+/// Nesting deeper than this is refused before parsing (the parser's serde path recurses once per
+/// level, and the stack is finite); OpenClaw's own configs nest about six deep.
 pub const MAX_DEPTH: usize = 64;
 /// The file the Telegram bot token is written to.
 pub const TELEGRAM_TOKEN_FILE: &str = "telegram.token";
@@ -129,20 +131,16 @@ fn parse(text: &str) -> Result<Value, ImportError> {
         });
     }
     check_depth(text)?;
-    json5::from_str::<Value>(text).map_err(|e| {
-        let line_col = match e.position() {
-            Some(p) => (p.line + 1, p.column + 1),
-            // The end of the input: an unclosed object, array, string or comment.
-            None => crate::config::line_col(text, text.len()),
-        };
-        let what = e
-            .code()
-            .map(|c| c.to_string())
-            .unwrap_or_else(|| e.to_string());
-        ImportError {
-            line_col: Some(line_col),
-            message: format!("{what}: this is not valid JSON5 (the format of openclaw.json)"),
-        }
+    let opts = jsonc_parser::ParseOptions {
+        allow_missing_commas: false,
+        ..Default::default()
+    };
+    jsonc_parser::parse_to_serde_value::<Value>(text, &opts).map_err(|e| ImportError {
+        line_col: Some((e.line_display(), e.column_display())),
+        message: format!(
+            "{}: this is not valid JSON5 (the format of openclaw.json)",
+            e.kind()
+        ),
     })
 }
 
@@ -644,6 +642,27 @@ mod tests {
         assert!(!imported.toml.contains("[channels.whatsapp]"));
     }
 
+    /// json5.org's own example: every JSON5 form (Infinity and NaN apart: a JSON value cannot
+    /// hold them).
+    #[test]
+    fn every_json5_feature_parses() {
+        let text = "{\n  // comments\n  unquoted: 'and you can quote me on that',\n  \
+                    singleQuotes: 'I can use \"double quotes\" here',\n  \
+                    lineBreaks: \"Look, Mom! \\\nNo \\\\n's!\",\n  hexadecimal: 0xdecaf,\n  \
+                    leadingDecimalPoint: .8675309, andTrailing: 8675309.,\n  positiveSign: +1,\n  \
+                    trailingComma: 'in objects', andIn: ['arrays',],\n  \
+                    \"backwardsCompatible\": \"with JSON\",\n  $dollar_ok: 1,\n}\n";
+        let v = parse(text).unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+        assert_eq!(v["unquoted"], "and you can quote me on that");
+        assert_eq!(v["singleQuotes"], "I can use \"double quotes\" here");
+        assert_eq!(v["lineBreaks"], "Look, Mom! No \\n's!");
+        assert_eq!(v["hexadecimal"], 0xdecaf);
+        assert_eq!(v["positiveSign"], 1);
+        assert_eq!(v["andIn"][0], "arrays");
+        assert_eq!(v["backwardsCompatible"], "with JSON");
+        assert!(v.get("$dollar_ok").is_some());
+    }
+
     #[test]
     fn malformed_input_says_where() {
         let e = convert(
@@ -651,12 +670,12 @@ mod tests {
             Path::new(""),
         )
         .unwrap_err();
-        assert_eq!(e.line_col, Some((3, 39)), "{e:?}");
-        assert!(e.message.contains("expected comma"), "{e:?}");
-        // Cut off: the error points at the object left open.
+        assert_eq!(e.line_col, Some((3, 38)), "{e:?}");
+        assert!(e.message.contains("Expected comma"), "{e:?}");
+        // Cut off: the error is at the end, and says what was left open.
         let e = convert("{ channels: {", Path::new("")).unwrap_err();
-        assert_eq!(e.line_col, Some((1, 13)), "{e:?}");
-        assert!(e.message.contains("EOF parsing object"), "{e:?}");
+        assert_eq!(e.line_col, Some((1, 14)), "{e:?}");
+        assert!(e.message.contains("Unterminated object"), "{e:?}");
         let e = convert("[1, 2]", Path::new("")).unwrap_err();
         assert!(e.message.contains("one object"), "{e:?}");
         let e = convert("", Path::new("")).unwrap_err();
