@@ -3,6 +3,7 @@
 //! 0600 file next to `--out`, or in `--secrets-dir`; never in the TOML). Never overwrites a file.
 //! The conversion itself is [`openclaw::convert`], pure; this module does the files.
 
+pub mod json5;
 pub mod openclaw;
 
 use crate::cli::shell_quote;
@@ -147,20 +148,20 @@ pub fn openclaw_command(input: &Path, out: Option<&Path>, secrets_dir: Option<&P
     0
 }
 
-/// The input, bounded: at most [`openclaw::MAX_INPUT_BYTES`], UTF-8.
+/// The input, bounded: at most [`json5::MAX_INPUT_BYTES`], UTF-8.
 fn read_input(input: &Path) -> Result<String, (i32, String)> {
     use std::io::Read;
     let f = std::fs::File::open(input).map_err(|e| (EXIT_NOINPUT, e.to_string()))?;
     let mut bytes = Vec::new();
-    f.take(openclaw::MAX_INPUT_BYTES as u64 + 1)
+    f.take(json5::MAX_INPUT_BYTES as u64 + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| (EXIT_NOINPUT, e.to_string()))?;
-    if bytes.len() > openclaw::MAX_INPUT_BYTES {
+    if bytes.len() > json5::MAX_INPUT_BYTES {
         return Err((
             EXIT_DATAERR,
             format!(
                 "larger than {} bytes: this is no OpenClaw config",
-                openclaw::MAX_INPUT_BYTES
+                json5::MAX_INPUT_BYTES
             ),
         ));
     }

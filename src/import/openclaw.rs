@@ -1,7 +1,5 @@
-//! OpenClaw's `openclaw.json` (JSON5: comments, trailing commas, unquoted keys, single quotes)
-//! → clawbox.toml text and the secrets to put in files. The parser is dprint's `jsonc-parser`
-//! with its JSON5 options on (all but missing commas): every JSON5 form but `Infinity`/`NaN`,
-//! which a JSON value cannot hold and no OpenClaw setting uses. Pure: [`convert`] reads a string and
+//! OpenClaw's `openclaw.json` (JSON5, read by [`super::json5`]) → clawbox.toml text and the
+//! secrets to put in files. Pure: [`convert`] reads a string and
 //! returns strings, so a fuzz target can drive it; the command around it ([`super`]) does the I/O.
 //!
 //! Carried over: WhatsApp's and Telegram's `enabled`, `dmPolicy` and `allowFrom` (and WhatsApp's
@@ -15,11 +13,6 @@ use serde_json::{Map, Value};
 use std::fmt::Write as _;
 use std::path::Path;
 
-/// OpenClaw configs are a few KiB; this bounds the memory and time of a parse.
-pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
-/// Nesting deeper than this is refused before parsing (the parser's serde path recurses once per
-/// level, and the stack is finite); OpenClaw's own configs nest about six deep.
-pub const MAX_DEPTH: usize = 64;
 /// The file the Telegram bot token is written to.
 pub const TELEGRAM_TOKEN_FILE: &str = "telegram.token";
 /// The file the gateway token is written to.
@@ -54,7 +47,7 @@ pub struct ImportError {
 }
 
 impl ImportError {
-    fn at(text: &str, offset: usize, message: impl Into<String>) -> ImportError {
+    pub(super) fn at(text: &str, offset: usize, message: impl Into<String>) -> ImportError {
         ImportError {
             line_col: Some(crate::config::line_col(text, offset)),
             message: message.into(),
@@ -65,7 +58,7 @@ impl ImportError {
 /// Converts an OpenClaw config to clawbox.toml. The TOML names each secret file as
 /// `secrets_dir/<name>` (just `<name>`, relative to the config file, when `secrets_dir` is empty).
 pub fn convert(text: &str, secrets_dir: &Path) -> Result<Imported, ImportError> {
-    let root = parse(text)?;
+    let root = super::json5::parse(text)?;
     let Some(root) = root.as_object() else {
         return Err(ImportError {
             line_col: Some((1, 1)),
@@ -117,75 +110,6 @@ pub fn convert(text: &str, secrets_dir: &Path) -> Result<Imported, ImportError> 
         toml: out.text,
         secrets: out.secrets,
     })
-}
-
-/// JSON5 text → a value, with the depth and size limits.
-fn parse(text: &str) -> Result<Value, ImportError> {
-    if text.len() > MAX_INPUT_BYTES {
-        return Err(ImportError {
-            line_col: None,
-            message: format!(
-                "the file is {} bytes; an OpenClaw config is at most {MAX_INPUT_BYTES}",
-                text.len()
-            ),
-        });
-    }
-    check_depth(text)?;
-    let opts = jsonc_parser::ParseOptions {
-        allow_missing_commas: false,
-        ..Default::default()
-    };
-    jsonc_parser::parse_to_serde_value::<Value>(text, &opts).map_err(|e| ImportError {
-        line_col: Some((e.line_display(), e.column_display())),
-        message: format!(
-            "{}: this is not valid JSON5 (the format of openclaw.json)",
-            e.kind()
-        ),
-    })
-}
-
-/// Refuses nesting deeper than [`MAX_DEPTH`] before the (recursive) parser sees it. Brackets in
-/// strings and comments do not count; the lexing is JSON5's, and where this one and the parser's
-/// could differ the parser stops with an error first.
-fn check_depth(text: &str) -> Result<(), ImportError> {
-    let b = text.as_bytes();
-    let (mut i, mut depth) = (0, 0usize);
-    while i < b.len() {
-        match b[i] {
-            q @ (b'"' | b'\'') => {
-                i += 1;
-                while i < b.len() && b[i] != q {
-                    i += if b[i] == b'\\' { 2 } else { 1 };
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'/') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                i += 2;
-                while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
-                    i += 1;
-                }
-                i += 1;
-            }
-            b'{' | b'[' => {
-                depth += 1;
-                if depth > MAX_DEPTH {
-                    return Err(ImportError::at(
-                        text,
-                        i,
-                        format!("nested more than {MAX_DEPTH} deep: this is no OpenClaw config"),
-                    ));
-                }
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-        i += 1;
-    }
-    Ok(())
 }
 
 struct Out<'a> {
@@ -642,68 +566,13 @@ mod tests {
         assert!(!imported.toml.contains("[channels.whatsapp]"));
     }
 
-    /// json5.org's own example: every JSON5 form (Infinity and NaN apart: a JSON value cannot
-    /// hold them).
     #[test]
-    fn every_json5_feature_parses() {
-        let text = "{\n  // comments\n  unquoted: 'and you can quote me on that',\n  \
-                    singleQuotes: 'I can use \"double quotes\" here',\n  \
-                    lineBreaks: \"Look, Mom! \\\nNo \\\\n's!\",\n  hexadecimal: 0xdecaf,\n  \
-                    leadingDecimalPoint: .8675309, andTrailing: 8675309.,\n  positiveSign: +1,\n  \
-                    trailingComma: 'in objects', andIn: ['arrays',],\n  \
-                    \"backwardsCompatible\": \"with JSON\",\n  $dollar_ok: 1,\n}\n";
-        let v = parse(text).unwrap_or_else(|e| panic!("{e:?}\n{text}"));
-        assert_eq!(v["unquoted"], "and you can quote me on that");
-        assert_eq!(v["singleQuotes"], "I can use \"double quotes\" here");
-        assert_eq!(v["lineBreaks"], "Look, Mom! No \\n's!");
-        assert_eq!(v["hexadecimal"], 0xdecaf);
-        assert_eq!(v["positiveSign"], 1);
-        assert_eq!(v["andIn"][0], "arrays");
-        assert_eq!(v["backwardsCompatible"], "with JSON");
-        assert!(v.get("$dollar_ok").is_some());
-    }
-
-    #[test]
-    fn malformed_input_says_where() {
-        let e = convert(
-            "{\n  channels: {\n    whatsapp: { dmPolicy: 'allowlist' allowFrom: [] },\n  },\n}\n",
-            Path::new(""),
-        )
-        .unwrap_err();
-        assert_eq!(e.line_col, Some((3, 38)), "{e:?}");
-        assert!(e.message.contains("Expected comma"), "{e:?}");
-        // Cut off: the error is at the end, and says what was left open.
-        let e = convert("{ channels: {", Path::new("")).unwrap_err();
-        assert_eq!(e.line_col, Some((1, 14)), "{e:?}");
-        assert!(e.message.contains("Unterminated object"), "{e:?}");
-        let e = convert("[1, 2]", Path::new("")).unwrap_err();
-        assert!(e.message.contains("one object"), "{e:?}");
-        let e = convert("", Path::new("")).unwrap_err();
-        assert!(e.line_col.is_some(), "{e:?}");
-    }
-
-    #[test]
-    fn deep_nesting_is_refused_before_the_parser_recurses() {
-        let deep = format!("{{a:{}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
-        let e = convert(&deep, Path::new("")).unwrap_err();
-        assert!(e.message.contains("nested more than"), "{e:?}");
-        // `{` is the first level: the 64th `[` (column 3 + 64) is one too many.
-        assert_eq!(e.line_col, Some((1, 3 + MAX_DEPTH)));
-        // Brackets in strings and comments are not nesting.
-        let fine = format!(
-            "{{ // {}\n a: '{}', /* {} */ }}",
-            "[".repeat(500),
-            "{".repeat(500),
-            "[".repeat(500)
-        );
-        assert!(convert(&fine, Path::new("")).is_ok());
-        let too_big = " ".repeat(MAX_INPUT_BYTES + 1);
-        assert!(
-            convert(&too_big, Path::new(""))
-                .unwrap_err()
-                .message
-                .contains("bytes")
-        );
+    fn a_config_is_one_object() {
+        for text in ["[1, 2]", "", "'text'"] {
+            let e = convert(text, Path::new("")).unwrap_err();
+            assert!(e.message.contains("one object"), "{text:?}: {e:?}");
+            assert_eq!(e.line_col, Some((1, 1)));
+        }
     }
 
     #[test]
