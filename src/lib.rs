@@ -34,6 +34,8 @@
 //! - [`web`]: the pairing and status page (`[web] listen`, off by default).
 //! - [`logging`]: journald or stderr; [`repeat`] keeps a repeating failure to one line and a
 //!   reminder every 10 minutes.
+//! - [`doctor`]: `clawbox doctor`, every check of the box with its fix; [`import`]: a clawbox.toml
+//!   from an OpenClaw config.
 
 pub mod agent;
 pub mod backoff;
@@ -45,10 +47,12 @@ pub mod control;
 pub mod daemon;
 pub mod delivery;
 pub mod display;
+pub mod doctor;
 pub mod fault;
 pub mod health;
 pub mod http;
 pub mod httpd;
+pub mod import;
 pub mod logging;
 pub mod metrics;
 pub mod pacing;

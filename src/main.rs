@@ -77,6 +77,27 @@ fn main() -> ExitCode {
                 .unwrap_or(70);
             ExitCode::from(code.clamp(0, 255) as u8)
         }
+        Command::Doctor { json, config } => {
+            // The report is the output.
+            log.off();
+            let Some(rt) = runtime() else {
+                return ExitCode::from(70);
+            };
+            let code = rt.block_on(clawbox::doctor::run(config.as_deref(), json));
+            // A name lookup that timed out still runs on a blocking thread: do not wait for it.
+            rt.shutdown_timeout(RUNTIME_SHUTDOWN);
+            ExitCode::from(code.clamp(0, 255) as u8)
+        }
+        Command::ImportOpenClaw {
+            input,
+            out,
+            secrets_dir,
+        } => {
+            log.off();
+            let code =
+                clawbox::import::openclaw_command(&input, out.as_deref(), secrets_dir.as_deref());
+            ExitCode::from(code.clamp(0, 255) as u8)
+        }
         Command::ProvidersTest { name, json, config } => {
             let cfg = match Config::discover(config.as_deref()) {
                 Ok(c) => c,

@@ -96,19 +96,27 @@ impl Checker<'_> {
         }
     }
 
-    /// Relative secret paths are relative to the config file's directory.
     fn resolve(&self, p: &Path) -> PathBuf {
-        match (&self.path, p.is_relative()) {
-            (Some(cfg), true) => cfg
-                .parent()
-                .map(|d| d.join(p))
-                .unwrap_or_else(|| p.to_path_buf()),
-            _ => p.to_path_buf(),
-        }
+        secret_path(self.path.as_deref(), p)
     }
 }
 
-fn read_secret_file(p: &Path) -> Result<Secret, String> {
+/// Where a secret file named in the config is: relative paths are relative to the config file's
+/// directory.
+pub fn secret_path(config: Option<&Path>, p: &Path) -> PathBuf {
+    match (config, p.is_relative()) {
+        (Some(cfg), true) => cfg
+            .parent()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|| p.to_path_buf()),
+        _ => p.to_path_buf(),
+    }
+}
+
+/// Reads a secret file the way the service does: a regular file, private to its owner (as ssh
+/// wants a private key: else refused with the `chmod 600` to run), at most [`MAX_SECRET_BYTES`],
+/// the secret alone on its first line. Errors are in plain words with what to do.
+pub fn read_secret_file(p: &Path) -> Result<Secret, String> {
     let meta = std::fs::metadata(p).map_err(|e| format!("cannot read `{}`: {e}", p.display()))?;
     // A device or a FIFO has no length to check: /dev/zero would be read until memory runs out,
     // a FIFO would block start-up forever.
