@@ -1,6 +1,7 @@
 //! The running service's own view of itself, for `clawbox doctor`. [`ask`] is the one place that
-//! asks: today the loopback `/healthz` ([`crate::health`]); the control socket can replace it
-//! without touching the checks. Read-only.
+//! asks: the control socket ([`crate::control::client::report`]) first, the loopback `/healthz`
+//! ([`crate::health`]) when the socket cannot be used (an older service, or a user who may not use
+//! it). Read-only.
 
 use super::{Check, NAME_SERVICE};
 use crate::config::Config;
@@ -47,6 +48,26 @@ impl Asked {
 
 /// Asks the running service how it is.
 pub async fn ask(cfg: &Config) -> Asked {
+    if let Some(Ok(report)) = crate::control::client::report(&cfg.state_dir()).await {
+        return Asked::Running {
+            healthy: report.healthy,
+            components: report
+                .components
+                .into_iter()
+                .filter(|c| !c.internal)
+                .map(|c| Component {
+                    name: c.name,
+                    state: c.state,
+                    detail: c.detail,
+                })
+                .collect(),
+        };
+    }
+    ask_health(cfg).await
+}
+
+/// [`ask`] over `/healthz`.
+async fn ask_health(cfg: &Config) -> Asked {
     let addr = cfg.gateway.health_listen.get_ref().clone();
     let not_running = || Asked::NotRunning {
         where_: addr.clone(),
