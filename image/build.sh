@@ -82,10 +82,13 @@ in_arm_ns() {
 
 # --- Stage 1: the base root filesystem (cached) ---------------------------------------------------
 # Packages: the kernel, Pi firmware (non-free-firmware), systemd as init with networkd (DHCP on
-# Ethernet), resolved (a resolv.conf that lives in /run, so the root can stay read-only), timesyncd
-# (the Pi has no RTC, and TLS needs the right time), adduser (the clawbox .deb's postinst). No SSH
-# server (see README).
-PACKAGES=systemd-sysv,udev,kmod,initramfs-tools,linux-image-arm64,raspi-firmware,systemd-resolved,systemd-timesyncd,ca-certificates,iproute2,e2fsprogs,dosfstools,adduser
+# Ethernet and Wi-Fi), resolved (a resolv.conf that lives in /run, so the root can stay read-only),
+# timesyncd (the Pi has no RTC, and TLS needs the right time), adduser (the clawbox .deb's
+# postinst). Wi-Fi: wpasupplicant (WPA2 association, run per interface as wpa_supplicant@wlan0),
+# firmware-brcm80211 (non-free-firmware: the Broadcom/Cypress SDIO chips' firmware and the Pi
+# boards' NVRAM files; without it brcmfmac creates no wlan0) and wireless-regdb (the regulatory
+# database the kernel loads for the country= of wifi.conf). No SSH server (see README).
+PACKAGES=systemd-sysv,udev,kmod,initramfs-tools,linux-image-arm64,raspi-firmware,systemd-resolved,systemd-timesyncd,ca-certificates,iproute2,e2fsprogs,dosfstools,adduser,wpasupplicant,firmware-brcm80211,wireless-regdb
 # Never read on the box: documentation, man pages, locales. And udev's hardware name databases
 # (PCI/USB/OUI/ACPI/Bluetooth vendor and model names, 9.5 of its ~10 MB of hwdb sources): they only
 # name devices for humans (lsusb, ID_MODEL_FROM_DATABASE), and compiling them is what made udev's

@@ -1,6 +1,6 @@
 //! The command line: parses arguments into a [`Command`], and quotes the words of a command we tell
 //! the user to run ([`shell_quote`]). lexopt keeps this to a few KB of binary (clap derive costs
-//! ~190 KB on ARM) for six subcommands.
+//! ~190 KB on ARM) for eight subcommands.
 
 use std::path::PathBuf;
 
@@ -13,14 +13,22 @@ Usage:
   clawbox config check [PATH]              check a config file; exit 0 if valid, 78 if not
   clawbox status [--config PATH]           ask the running gateway how each channel is doing
   clawbox pair whatsapp [--phone +E164] [--config PATH]
-                                           link your WhatsApp (QR, or an 8-character code)
+                                           link your WhatsApp (QR, or an 8-character code),
+                                           through the running service if there is one
+  clawbox unpair whatsapp [--yes] [--config PATH]
+                                           log out and wipe the WhatsApp state (asks first)
   clawbox providers test [NAME] [--json] [--config PATH]
                                            really connect to each configured agent
+  clawbox doctor [--json] [--config PATH]  check the whole box; each problem with its fix
+  clawbox import openclaw PATH/openclaw.json [--out FILE] [--secrets-dir DIR]
+                                           write a clawbox.toml from an OpenClaw config
   clawbox --version | --help
 
 Without --config, clawbox reads /etc/clawbox/clawbox.toml, else ./clawbox.toml, else runs on its
 embedded defaults (the built-in echo agent). State: the config's state_dir, else $STATE_DIRECTORY,
-else /var/lib/clawbox if it exists (an installed box), else ./state; the same for every command.";
+else /var/lib/clawbox if it exists (an installed box), else ./state; the same for every command.
+`pair`, `unpair` and `status` reach the running service through <state>/control.sock (root and
+the service's user only).";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -41,10 +49,27 @@ pub enum Command {
         json: bool,
         config: Option<PathBuf>,
     },
-    /// `pair whatsapp`: link the WhatsApp account (stop the service first).
+    /// `pair whatsapp`: link the WhatsApp account (through the running service, else directly).
     PairWhatsApp {
         phone: Option<String>,
         config: Option<PathBuf>,
+    },
+    /// `unpair whatsapp`: log out and wipe the WhatsApp state; `yes`: without asking.
+    UnpairWhatsApp {
+        yes: bool,
+        config: Option<PathBuf>,
+    },
+    /// `doctor`: check the whole box and say what to fix.
+    Doctor {
+        json: bool,
+        config: Option<PathBuf>,
+    },
+    /// `import openclaw`: a clawbox.toml (stdout or `out`) from an OpenClaw config; its secrets go
+    /// to files next to `out` or in `secrets_dir`.
+    ImportOpenClaw {
+        input: PathBuf,
+        out: Option<PathBuf>,
+        secrets_dir: Option<PathBuf>,
     },
     Help,
     Version,
@@ -62,13 +87,19 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Comma
     let mut config: Option<PathBuf> = None;
     let mut json = false;
     let mut phone: Option<String> = None;
+    let mut yes = false;
+    let mut out: Option<PathBuf> = None;
+    let mut secrets_dir: Option<PathBuf> = None;
     while let Some(arg) = p.next().map_err(err)? {
         match arg {
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
             Short('c') | Long("config") => config = Some(PathBuf::from(p.value().map_err(err)?)),
             Long("json") => json = true,
+            Short('y') | Long("yes") => yes = true,
             Long("phone") => phone = Some(p.value().map_err(err)?.string().map_err(err)?),
+            Long("out") => out = Some(PathBuf::from(p.value().map_err(err)?)),
+            Long("secrets-dir") => secrets_dir = Some(PathBuf::from(p.value().map_err(err)?)),
             Value(v) => positional.push(v.string().map_err(err)?),
             other => return Err(UsageError(other.unexpected().to_string())),
         }
@@ -77,9 +108,20 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Comma
     if phone.is_some() && words.as_slice() != ["pair", "whatsapp"] {
         return Err(UsageError("--phone only goes with `pair whatsapp`".into()));
     }
+    if yes && words.as_slice() != ["unpair", "whatsapp"] {
+        return Err(UsageError("--yes only goes with `unpair whatsapp`".into()));
+    }
+    let importing = words.first() == Some(&"import");
+    if (out.is_some() || secrets_dir.is_some()) && !importing {
+        return Err(UsageError(
+            "--out and --secrets-dir only go with `import openclaw`".into(),
+        ));
+    }
     let no_json = |c: Command| {
         if json {
-            Err(UsageError("--json only goes with `providers test`".into()))
+            Err(UsageError(
+                "--json only goes with `providers test` and `doctor`".into(),
+            ))
         } else {
             Ok(c)
         }
@@ -114,6 +156,19 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Comma
             }
             no_json(Command::PairWhatsApp { phone, config })
         }
+        ["unpair", "whatsapp"] => no_json(Command::UnpairWhatsApp { yes, config }),
+        ["doctor"] => Ok(Command::Doctor { json, config }),
+        ["import", "openclaw", input] if config.is_none() => no_json(Command::ImportOpenClaw {
+            input: PathBuf::from(input),
+            out,
+            secrets_dir,
+        }),
+        ["import", "openclaw"] => Err(UsageError(
+            "which OpenClaw config? e.g. clawbox import openclaw ~/.openclaw/openclaw.json".into(),
+        )),
+        ["import", ..] => Err(UsageError(
+            "clawbox imports from OpenClaw: clawbox import openclaw PATH/openclaw.json".into(),
+        )),
         ["help"] => Ok(Command::Help),
         other => Err(UsageError(format!("unknown command `{}`", other.join(" ")))),
     }
@@ -183,7 +238,42 @@ mod tests {
             }
         );
         assert!(p("pair whatsapp --phone 0170").is_err());
+        assert_eq!(
+            p("doctor --json --config /c.toml").unwrap(),
+            Command::Doctor {
+                json: true,
+                config: Some("/c.toml".into())
+            }
+        );
+        assert_eq!(
+            p("import openclaw /o/openclaw.json --out /etc/clawbox/clawbox.toml").unwrap(),
+            Command::ImportOpenClaw {
+                input: "/o/openclaw.json".into(),
+                out: Some("/etc/clawbox/clawbox.toml".into()),
+                secrets_dir: None
+            }
+        );
+        assert!(p("import openclaw").is_err());
+        assert!(p("import hermes x.json").is_err());
+        assert!(p("import openclaw x.json --json").is_err());
+        assert!(p("run --out x.toml").is_err());
         assert!(p("run --phone +491701234567").is_err());
+        assert_eq!(
+            p("unpair whatsapp --yes").unwrap(),
+            Command::UnpairWhatsApp {
+                yes: true,
+                config: None
+            }
+        );
+        assert_eq!(
+            p("unpair whatsapp").unwrap(),
+            Command::UnpairWhatsApp {
+                yes: false,
+                config: None
+            }
+        );
+        assert!(p("run --yes").is_err());
+        assert!(p("unpair telegram").is_err());
     }
 
     #[test]

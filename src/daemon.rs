@@ -267,6 +267,9 @@ pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
 
     // The WhatsApp pairing state; shown on the terminal when one is watching.
     let (pairing, pairing_rx) = crate::pairing::PairingPublisher::new();
+    // The owner's requests to the WhatsApp channel (control socket, page).
+    let (linker, asks) = crate::channel::whatsapp::link::Linker::new();
+    let linker = slots.contains_key(&ChannelKind::WhatsApp).then_some(linker);
     if mode == Mode::Run
         && slots.contains_key(&ChannelKind::WhatsApp)
         && std::io::IsTerminal::is_terminal(&std::io::stdout())
@@ -371,13 +374,19 @@ pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
                 };
                 let wcfg = Arc::new(wcfg);
                 let pairing = pairing.clone();
+                let asks = asks.clone();
                 tasks.push(crate::supervisor::supervise(
                     name,
                     metrics.clone(),
                     shutdown.clone(),
                     Some(ctx.reporter.clone()),
                     move || {
-                        crate::channel::whatsapp::run(wcfg.clone(), ctx.clone(), pairing.clone())
+                        crate::channel::whatsapp::link::serve(
+                            wcfg.clone(),
+                            ctx.clone(),
+                            pairing.clone(),
+                            asks.clone(),
+                        )
                     },
                 ));
             }
@@ -404,6 +413,7 @@ pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
         }));
     }
 
+    let mut control_files: Option<(std::path::PathBuf, Option<std::path::PathBuf>)> = None;
     if mode == Mode::Run {
         let addr = cfg.gateway.health_listen.get_ref().clone();
         match tokio::net::TcpListener::bind(&addr).await {
@@ -419,6 +429,59 @@ pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
             Err(e) => {
                 tracing::error!(%addr, error = %e, "cannot serve /healthz and /metrics; carrying on without them")
             }
+        }
+        // The control socket: `clawbox pair|unpair|status` ask the running service.
+        let runtime_dir = crate::control::runtime_dir_from_env();
+        match crate::control::server::bind(runtime_dir.as_deref(), &state_dir) {
+            Ok(b) => {
+                tracing::info!(socket = %b.path.display(), "control socket listening");
+                let ctl = Arc::new(crate::control::server::Control {
+                    board: board.clone(),
+                    pairing: pairing.clone(),
+                    linker: linker.clone(),
+                    state_dir: state_dir.clone(),
+                    started: tokio::time::Instant::now(),
+                    uid: nix::unistd::geteuid().as_raw(),
+                });
+                let crate::control::server::Bound {
+                    listener,
+                    path,
+                    link,
+                } = b;
+                control_files = Some((path, link));
+                tasks.push(tokio::spawn(crate::control::server::serve(
+                    listener,
+                    ctl,
+                    shutdown.clone(),
+                )));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "no control socket: `clawbox pair` and `unpair` cannot reach this service; carrying on without it")
+            }
+        }
+        // The pairing and status page, when `[web] listen` asks for it.
+        match crate::web::bind(&cfg.web).await {
+            Ok(Some((listener, addr))) => {
+                match crate::web::Web::new(
+                    &cfg.web,
+                    addr.port(),
+                    board.clone(),
+                    pairing.clone(),
+                    linker.clone(),
+                ) {
+                    Ok(web) => {
+                        tracing::info!(%addr, "pairing page listening");
+                        tasks.push(tokio::spawn(crate::web::serve(
+                            listener,
+                            web,
+                            shutdown.clone(),
+                        )));
+                    }
+                    Err(e) => tracing::error!(error = %e, "no pairing page"),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "no pairing page; carrying on without it"),
         }
         // The store's threads prove they are alive by answering a no-op each period.
         for thread in [crate::store::Thread::Writer, crate::store::Thread::Reader] {
@@ -470,6 +533,13 @@ pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
     };
     if tokio::time::timeout(SHUTDOWN_DEADLINE, all).await.is_err() {
         tracing::warn!("some tasks did not stop in time");
+    }
+    // A socket left behind would read as a service that stopped answering.
+    if let Some((path, link)) = control_files {
+        let _ = std::fs::remove_file(path);
+        if let Some(l) = link {
+            let _ = std::fs::remove_file(l);
+        }
     }
     store.close().await;
     tracing::info!("stopped");

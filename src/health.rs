@@ -1,225 +1,70 @@
 //! Loopback `/healthz` and `/metrics`, and the `clawbox status` client that reads `/healthz`.
 //!
-//! A deliberately tiny HTTP/1.x server, written by hand (a page of code beats a framework here):
-//! GET and HEAD only, one request per connection (`connection: close`), a capped request head, a
-//! deadline for it, and a cap on concurrent connections. It never reads a request body, never keeps
-//! a connection alive, and never serves anything but the two read-only views of the [`Board`] and
-//! the [`Metrics`].
+//! Served by the tiny hand-written server in [`crate::httpd`]: GET and HEAD only, one request per
+//! connection, a capped request head, a deadline for it, and a cap on concurrent connections. It
+//! never reads a request body and never serves anything but the two read-only views of the
+//! [`Board`] and the [`Metrics`].
 
+use crate::httpd::{Handler, Limits, Request, Response};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::status::Board;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 /// Largest request head accepted: a `curl` or Prometheus scrape sends a few hundred bytes; 8 KiB is
 /// the common server default and keeps a hostile client's cost per connection small.
 const MAX_HEAD: usize = 8 * 1024;
-/// A client must send its whole head within this, or the connection is closed (slowloris).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
-/// Writing the response (at most the metrics page) must finish within this.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Concurrent connections served; more get a 503 at once. A health endpoint has one or two readers.
 const MAX_CONNECTIONS: usize = 16;
-/// After an error response the rest of the request is read and discarded for at most this long and
-/// this many bytes before closing, so the client gets the response instead of a TCP reset.
-const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
-const LINGER_MAX: usize = 64 * 1024;
-/// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+const LIMITS: Limits = Limits {
+    max_head: MAX_HEAD,
+    // Never reads a body.
+    max_body: 0,
+    max_connections: MAX_CONNECTIONS,
+    always: &[],
+    name: "health",
+};
 /// `clawbox status` gives the daemon this long to answer.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest `/healthz` body `clawbox status` reads: a handful of components is well under 1 KiB.
 const MAX_STATUS_BODY: usize = 64 * 1024;
 
-/// Serves `/healthz` and `/metrics` on `listener` until `shutdown` trips.
-pub async fn serve(
-    listener: TcpListener,
+struct Health {
     board: Board,
     metrics: Arc<Metrics>,
-    mut shutdown: Shutdown,
-) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    // Dropped on return: any connection still being served is aborted.
-    let mut conns = JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.wait() => return,
-            a = listener.accept() => a,
-        };
-        while conns.try_join_next().is_some() {}
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, "health endpoint: accept failed");
-                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                continue;
-            }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            // Never wait here: one non-blocking write of a short answer, then close.
-            let busy = encode(&Response::text(503, "too many connections\n"), false);
-            let _ = stream.try_write(&busy);
-            // Swallow what already arrived so the close is a FIN, not a reset that could destroy
-            // the answer in flight.
-            let mut sink = [0u8; 1024];
-            let mut total = 0;
-            while total < MAX_HEAD {
-                match stream.try_read(&mut sink) {
-                    Ok(n) if n > 0 => total += n,
-                    _ => break,
-                }
-            }
-            continue;
-        };
-        let board = board.clone();
-        let metrics = metrics.clone();
-        conns.spawn(async move {
-            handle(stream, &board, &metrics).await;
-            drop(permit);
-        });
-    }
 }
 
-async fn handle(mut stream: TcpStream, board: &Board, metrics: &Metrics) {
-    let mut buf = Vec::with_capacity(1024);
-    let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream, &mut buf)).await;
-    let (resp, head_only) = match head {
-        // Too slow: close without a word.
-        Err(_) => return,
-        // The client went away or the socket failed.
-        Ok(Err(_)) => return,
-        Ok(Ok(Head::Closed)) => return,
-        Ok(Ok(Head::TooLarge)) => (Response::text(431, "request head too large\n"), false),
-        Ok(Ok(Head::Complete(len))) => match parse_request_line(&buf[..len]) {
-            Ok(req) => (route(&req, board, metrics), req.method == "HEAD"),
-            Err(status) => (Response::text(status, "bad request\n"), false),
-        },
-    };
-    let bytes = encode(&resp, head_only);
-    let written = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&bytes)).await;
-    if !matches!(written, Ok(Ok(()))) {
-        return;
-    }
-    let _ = stream.shutdown().await;
-    // Lingering close: swallow what the client still sends so our close is not a reset.
-    let _ = tokio::time::timeout(LINGER_TIMEOUT, async {
-        let mut sink = [0u8; 1024];
-        let mut total = 0;
-        while total < LINGER_MAX {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
-            }
+impl Handler for Health {
+    fn handle(&self, req: &Request) -> Response {
+        if req.method != "GET" && req.method != "HEAD" {
+            return Response::text(405, "only GET and HEAD\n").with("allow", "GET, HEAD");
         }
-    })
-    .await;
-}
-
-enum Head {
-    /// The head ends at this many bytes into the buffer.
-    Complete(usize),
-    TooLarge,
-    Closed,
-}
-
-async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Head> {
-    let mut chunk = [0u8; 1024];
-    loop {
-        if let Some(end) = head_end(buf) {
-            return Ok(if end > MAX_HEAD {
-                Head::TooLarge
-            } else {
-                Head::Complete(end)
-            });
-        }
-        if buf.len() > MAX_HEAD {
-            return Ok(Head::TooLarge);
-        }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(Head::Closed);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// Where the head ends (after its blank line), accepting bare `\n` line ends as well.
-fn head_end(buf: &[u8]) -> Option<usize> {
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-struct Request<'a> {
-    method: &'a str,
-    path: &'a str,
-}
-
-/// Parses `METHOD SP TARGET SP VERSION` from the head; the header fields are not needed.
-/// Errors carry the status to answer with.
-fn parse_request_line(head: &[u8]) -> Result<Request<'_>, u16> {
-    let line_end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
-    let line = std::str::from_utf8(&head[..line_end]).map_err(|_| 400u16)?;
-    let mut parts = line.trim_end_matches('\r').split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(400);
-    };
-    if method.is_empty() || target.is_empty() {
-        return Err(400);
-    }
-    match version {
-        "HTTP/1.1" | "HTTP/1.0" => {}
-        v if v.starts_with("HTTP/") => return Err(505),
-        _ => return Err(400),
-    }
-    let path = target.split(['?', '#']).next().unwrap_or(target);
-    Ok(Request { method, path })
-}
-
-struct Response {
-    status: u16,
-    content_type: &'static str,
-    allow: bool,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn text(status: u16, body: &str) -> Response {
-        Response {
-            status,
-            content_type: "text/plain; charset=utf-8",
-            allow: status == 405,
-            body: body.as_bytes().to_vec(),
+        match req.path.as_str() {
+            "/healthz" => healthz(&self.board),
+            "/metrics" => Response {
+                status: 200,
+                content_type: "text/plain; version=0.0.4",
+                headers: Vec::new(),
+                body: self.metrics.render().into_bytes(),
+            },
+            _ => Response::text(404, "not found: try /healthz or /metrics\n"),
         }
     }
 }
 
-fn route(req: &Request<'_>, board: &Board, metrics: &Metrics) -> Response {
-    if req.method != "GET" && req.method != "HEAD" {
-        return Response::text(405, "only GET and HEAD\n");
-    }
-    match req.path {
-        "/healthz" => healthz(board),
-        "/metrics" => Response {
-            status: 200,
-            content_type: "text/plain; version=0.0.4",
-            allow: false,
-            body: metrics.render().into_bytes(),
-        },
-        _ => Response::text(404, "not found: try /healthz or /metrics\n"),
-    }
+/// Serves `/healthz` and `/metrics` on `listener` until `shutdown` trips.
+pub async fn serve(listener: TcpListener, board: Board, metrics: Arc<Metrics>, shutdown: Shutdown) {
+    crate::httpd::serve(
+        listener,
+        LIMITS,
+        Arc::new(Health { board, metrics }),
+        shutdown,
+    )
+    .await
 }
 
 fn healthz(board: &Board) -> Response {
@@ -244,41 +89,9 @@ fn healthz(board: &Board) -> Response {
     Response {
         status: if healthy { 200 } else { 503 },
         content_type: "application/json",
-        allow: false,
+        headers: Vec::new(),
         body: body.to_string().into_bytes(),
     }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        505 => "HTTP Version Not Supported",
-        _ => "",
-    }
-}
-
-fn encode(resp: &Response, head_only: bool) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\n",
-        resp.status,
-        reason(resp.status),
-        resp.content_type,
-        resp.body.len()
-    );
-    if resp.allow {
-        out.push_str("allow: GET, HEAD\r\n");
-    }
-    out.push_str("cache-control: no-store\r\nconnection: close\r\n\r\n");
-    let mut out = out.into_bytes();
-    if !head_only {
-        out.extend_from_slice(&resp.body);
-    }
-    out
 }
 
 /// `clawbox status`: asks the running daemon's `/healthz` at `addr` and prints one line per
@@ -350,8 +163,11 @@ fn render_report(body: &[u8]) -> Option<(bool, String)> {
 mod tests {
     use super::*;
     use crate::channel::ChannelKind;
+    use crate::httpd::REQUEST_TIMEOUT as HEAD_TIMEOUT;
     use crate::shutdown::ShutdownTrigger;
     use crate::status::State;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     async fn start(board: Board) -> (SocketAddr, Arc<Metrics>, ShutdownTrigger) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

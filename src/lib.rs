@@ -23,13 +23,19 @@
 //!   [`agent::openclaw`].
 //! - [`pacing`]: human-like send timing (pure: given `now`, when to type and send);
 //!   [`chunk`] splits long replies; [`delivery`] is the per-channel send loop that applies both.
-//! - [`health`]: loopback `/healthz` and `/metrics`; [`metrics`]: the counters; [`status`]: each
+//! - [`control`]: the control socket `pair`, `unpair` and `status` (and `doctor`) ask the running
+//!   service through; the WhatsApp side of it is [`channel::whatsapp::link`].
+//! - [`health`]: loopback `/healthz` and `/metrics`, on [`httpd`] (the tiny bounded HTTP server
+//!   the pairing page [`web`] runs on too); [`metrics`]: the counters; [`status`]: each
 //!   component's state, shared by health, `STATUS=` and the watchdog.
 //! - [`backoff`]: the one reconnect/restart policy (capped, jittered exponential).
 //! - [`http`]: the bounded hyper + rustls client shared by the agents and channels.
 //! - [`state_dir`]: where the state lives (the same for every command) and who owns it.
+//! - [`web`]: the pairing and status page (`[web] listen`, off by default).
 //! - [`logging`]: journald or stderr; [`repeat`] keeps a repeating failure to one line and a
 //!   reminder every 10 minutes.
+//! - [`doctor`]: `clawbox doctor`, every check of the box with its fix; [`import`]: a clawbox.toml
+//!   from an OpenClaw config.
 
 pub mod agent;
 pub mod backoff;
@@ -37,12 +43,16 @@ pub mod channel;
 pub mod chunk;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod delivery;
 pub mod display;
+pub mod doctor;
 pub mod fault;
 pub mod health;
 pub mod http;
+pub mod httpd;
+pub mod import;
 pub mod logging;
 pub mod metrics;
 pub mod pacing;
@@ -57,3 +67,4 @@ pub mod status;
 pub mod store;
 pub mod supervisor;
 pub mod systemd;
+pub mod web;

@@ -49,12 +49,8 @@ fn main() -> ExitCode {
             };
             // The answer is the output.
             log.off();
-            let addr = match cfg.gateway.health_listen.get_ref().parse() {
-                Ok(a) => a,
-                Err(_) => return ExitCode::from(EXIT_CONFIG as u8),
-            };
             let code = runtime()
-                .map(|rt| rt.block_on(clawbox::health::status_command(addr)))
+                .map(|rt| rt.block_on(clawbox::control::client::status(&cfg)))
                 .unwrap_or(70);
             ExitCode::from(code.clamp(0, 255) as u8)
         }
@@ -66,8 +62,40 @@ fn main() -> ExitCode {
             // Errors only: the QR and the outcome are the output.
             log.set("error");
             let code = runtime()
-                .map(|rt| rt.block_on(clawbox::channel::whatsapp::pair(&cfg, phone)))
+                .map(|rt| rt.block_on(clawbox::control::client::pair(&cfg, phone)))
                 .unwrap_or(70);
+            ExitCode::from(code.clamp(0, 255) as u8)
+        }
+        Command::UnpairWhatsApp { yes, config } => {
+            let cfg = match Config::discover(config.as_deref()) {
+                Ok(c) => c,
+                Err(errors) => return config_failed(&errors),
+            };
+            log.set("error");
+            let code = runtime()
+                .map(|rt| rt.block_on(clawbox::control::client::unpair(&cfg, yes)))
+                .unwrap_or(70);
+            ExitCode::from(code.clamp(0, 255) as u8)
+        }
+        Command::Doctor { json, config } => {
+            // The report is the output.
+            log.off();
+            let Some(rt) = runtime() else {
+                return ExitCode::from(70);
+            };
+            let code = rt.block_on(clawbox::doctor::run(config.as_deref(), json));
+            // A name lookup that timed out still runs on a blocking thread: do not wait for it.
+            rt.shutdown_timeout(RUNTIME_SHUTDOWN);
+            ExitCode::from(code.clamp(0, 255) as u8)
+        }
+        Command::ImportOpenClaw {
+            input,
+            out,
+            secrets_dir,
+        } => {
+            log.off();
+            let code =
+                clawbox::import::openclaw_command(&input, out.as_deref(), secrets_dir.as_deref());
             ExitCode::from(code.clamp(0, 255) as u8)
         }
         Command::ProvidersTest { name, json, config } => {

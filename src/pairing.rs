@@ -1,6 +1,7 @@
 //! The pairing state of the WhatsApp link, published for every surface that shows it: the
 //! terminal (`clawbox pair whatsapp`, `clawbox run` when unpaired), `/healthz` and `STATUS=`, and
-//! the board's displays (LCD, OLED, serial console). One small interface: a watch channel the
+//! the board's displays (LCD, OLED, serial console), the control socket's pairing stream and the
+//! pairing page. One small interface: a watch channel the
 //! connector writes and any number of displays read.
 
 use tokio::sync::watch;
@@ -21,6 +22,9 @@ pub enum Pairing {
     Paused,
     /// The phone removed this device: the owner must pair again.
     PairAgain,
+    /// Stopped and nothing showing: pairing was cancelled, the owner unlinked the account, or the
+    /// channel stopped for another reason; `why` says which, with what to do.
+    Stopped { why: String },
 }
 
 /// The connector's end.
@@ -37,5 +41,9 @@ impl PairingPublisher {
     }
     pub fn subscribe(&self) -> watch::Receiver<Pairing> {
         self.0.subscribe()
+    }
+    /// What is published now.
+    pub fn current(&self) -> Pairing {
+        self.0.borrow().clone()
     }
 }

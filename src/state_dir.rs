@@ -55,6 +55,50 @@ pub fn resolve_with(
     PathBuf::from(FALLBACK)
 }
 
+/// The user the packaged service runs as: the unit's `User=clawbox`, created by the .deb.
+pub const SERVICE_USER: &str = "clawbox";
+/// Names the service's user instead (a name or a numeric uid): for packagings that run it as
+/// another user (a container's uid), and for tests.
+pub const SERVICE_USER_ENV: &str = "CLAWBOX_SERVICE_USER";
+
+/// A user and its primary group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub uid: u32,
+    pub gid: u32,
+    pub name: String,
+}
+
+/// The user the service runs as, when this box says: `$CLAWBOX_SERVICE_USER`, else the `clawbox`
+/// user when it exists (an installed box). None on a box without the package: a developer's
+/// checkout runs the service as whoever starts it, and the state directory's owner is the rule
+/// ([`plan`]).
+pub fn service_user() -> Option<Account> {
+    let named = std::env::var(SERVICE_USER_ENV)
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let wanted = named.as_deref().unwrap_or(SERVICE_USER).trim();
+    let user = match wanted.trim_start_matches('#').parse::<u32>() {
+        Ok(uid) => {
+            let found = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten();
+            // A bare uid (a container's) has no passwd entry: its group is taken to be the same.
+            return Some(Account {
+                uid,
+                gid: found.as_ref().map_or(uid, |u| u.gid.as_raw()),
+                name: found.map_or_else(|| format!("#{uid}"), |u| u.name),
+            });
+        }
+        Err(_) => nix::unistd::User::from_name(wanted).ok().flatten()?,
+    };
+    Some(Account {
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+        name: user.name,
+    })
+}
+
 /// Who gets what is created in the state directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Owner {
@@ -94,11 +138,13 @@ pub struct Prepared {
     pub owner: Owner,
 }
 
-fn euid() -> u32 {
+/// The effective user id of this process.
+pub fn euid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }
 
-fn user_name(uid: u32) -> String {
+/// A user's name, or `#uid` (as sudo takes it) when it has none.
+pub fn user_name(uid: u32) -> String {
     nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
         .ok()
         .flatten()
@@ -107,7 +153,8 @@ fn user_name(uid: u32) -> String {
         .unwrap_or_else(|| format!("#{uid}"))
 }
 
-fn group_name(gid: u32) -> String {
+/// A group's name, or its number when it has none.
+pub fn group_name(gid: u32) -> String {
     nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
         .ok()
         .flatten()

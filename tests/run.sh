@@ -10,6 +10,8 @@ command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 # unshare and ip put tests/offline.rs's daemon in a network namespace of its own.
 command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+# tests/web.rs screenshots the pairing page in a real headless Chromium (and reads it back).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${missing[*]}" >&2
   sudo=""

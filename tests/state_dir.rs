@@ -1,7 +1,7 @@
 //! Where the state lives, through the real binary, with no `state_dir` in the config and no
 //! `$STATE_DIRECTORY` (a user following the README on an installed box): `pair whatsapp` writes
 //! the store that `run` reads (the packaged directory, here a temp dir named by
-//! `CLAWBOX_DEFAULT_STATE_DIR`), a running daemon's store is refused by name with what to do, and
+//! `CLAWBOX_DEFAULT_STATE_DIR`), a running daemon is asked instead of its store being touched, and
 //! state is never left to the wrong user.
 
 mod fakes;
@@ -124,25 +124,30 @@ async fn pair_writes_the_store_that_run_reads() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pair_while_the_service_runs_says_so_and_touches_nothing() {
-    // A WhatsApp server that refuses connections: the daemon just holds its store.
+async fn pair_while_the_service_runs_goes_through_it_and_touches_nothing() {
+    // A WhatsApp server that refuses connections: the service keeps retrying.
     let bx = Installed::new(&format!("ws://127.0.0.1:{}/ws/chat", free_port()));
     let mut daemon = bx.run().await;
     let store = bx.lib().join("clawbox.redb");
     assert!(store.is_file(), "{:#?}", daemon.stderr());
     let before = tree(bx.root.path());
 
+    // The command asks the service (its store is the service's to hold) and tells what it sees.
     let mut p = bx.spawn(&["pair", "whatsapp"]);
-    let code = p.exit_code().await;
+    p.wait_stderr("the channel's state from the service", |e| {
+        e.iter()
+            .any(|l| l.starts_with("WhatsApp: ") && l.contains("reconnecting"))
+    })
+    .await;
+    let pid = p.child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert_eq!(p.exit_code().await, Some(1));
     let err = p.stderr().join("\n");
-    assert_eq!(code, Some(73), "{err}");
-    assert!(
-        err.contains(&format!(
-            "the clawbox service is running and holds {}",
-            store.display()
-        )) && err.contains("sudo systemctl stop clawbox"),
-        "says who holds the store and what to do: {err}"
-    );
+    assert!(err.contains("Asking the running clawbox service"), "{err}");
+    assert!(err.contains("pairing cancelled"), "{err}");
     assert!(p.stdout().is_empty(), "no QR: {:#?}", p.stdout());
     assert_eq!(tree(bx.root.path()), before, "nothing else created");
 

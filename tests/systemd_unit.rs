@@ -212,10 +212,31 @@ fn the_display_drop_in_keeps_the_device_cgroup_closed() {
     }
 }
 
-/// The first-boot unit copied to `dir` (its commands are coreutils', present on any test host).
+/// The first-boot script in the repository (the .deb installs it as /usr/lib/clawbox/clawbox-firstboot).
+const FIRSTBOOT_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/clawbox-firstboot");
+
+/// The first-boot unit copied to `dir`, its `ExecStart` pointing at the repository's script
+/// (verify checks that the executable exists).
 fn firstboot_copy(dir: &Path) -> PathBuf {
+    assert!(!FIRSTBOOT_SCRIPT.contains(char::is_whitespace));
+    let mut replaced = 0;
+    let body: String = FIRSTBOOT
+        .lines()
+        .map(|l| {
+            if l.starts_with("ExecStart=") {
+                replaced += 1;
+                format!("ExecStart={FIRSTBOOT_SCRIPT}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    assert_eq!(
+        replaced, 1,
+        "the first-boot unit has exactly one ExecStart="
+    );
     let path = dir.join("clawbox-firstboot.service");
-    std::fs::write(&path, FIRSTBOOT).unwrap();
+    std::fs::write(&path, body).unwrap();
     path
 }
 
@@ -234,14 +255,16 @@ fn the_firstboot_unit_verifies_and_is_ok() {
 }
 
 #[test]
-fn the_firstboot_unit_moves_the_secret_config_off_the_boot_partition() {
+fn the_firstboot_unit_runs_the_script_before_clawbox_when_there_is_something_to_take() {
     let lines: Vec<&str> = FIRSTBOOT.lines().map(str::trim).collect();
     for needed in [
-        "ConditionPathExists=/boot/firmware/clawbox.toml",
+        "ConditionPathExists=|/boot/firmware/clawbox.toml",
+        "ConditionDirectoryNotEmpty=|/boot/firmware/clawbox",
+        "RequiresMountsFor=/boot/firmware /etc/clawbox",
         "Before=clawbox.service",
         "Type=oneshot",
-        "ExecStart=/usr/bin/install -D -m 0600 -o clawbox -g clawbox /boot/firmware/clawbox.toml /etc/clawbox/clawbox.toml",
-        "ExecStart=/usr/bin/rm -f /boot/firmware/clawbox.toml",
+        "ExecStart=/usr/lib/clawbox/clawbox-firstboot",
+        "ReadWritePaths=/etc/clawbox /boot/firmware",
         "WantedBy=multi-user.target",
     ] {
         assert!(
@@ -249,14 +272,15 @@ fn the_firstboot_unit_moves_the_secret_config_off_the_boot_partition() {
             "the first-boot unit lacks `{needed}`"
         );
     }
-    // The copy comes before the removal.
-    let copy = lines
-        .iter()
-        .position(|l| l.starts_with("ExecStart=/usr/bin/install"));
-    let remove = lines
-        .iter()
-        .position(|l| l.starts_with("ExecStart=/usr/bin/rm"));
-    assert!(copy < remove, "install before rm");
+    // The .deb installs the script where the unit runs it, executable.
+    let manifest = include_str!("../Cargo.toml");
+    assert!(
+        manifest.contains(
+            r#"["systemd/clawbox-firstboot", "usr/lib/clawbox/clawbox-firstboot", "755"]"#
+        ),
+        "Cargo.toml's [package.metadata.deb] assets do not install the first-boot script"
+    );
+    // What the script does with the files is tested in tests/firstboot.rs.
 }
 
 #[test]
@@ -310,6 +334,8 @@ fn the_unit_says_what_the_daemon_relies_on() {
         "User=clawbox",
         "StateDirectory=clawbox",
         "StateDirectoryMode=0700",
+        "RuntimeDirectory=clawbox",
+        "RuntimeDirectoryMode=0700",
         "ConfigurationDirectory=clawbox",
     ] {
         assert!(lines.contains(&needed), "the unit lacks `{needed}`");

@@ -11,6 +11,8 @@ use toml::Spanned;
 
 /// A secret file larger than this is a mistake (a key is a line).
 const MAX_SECRET_BYTES: u64 = 16 * 1024;
+/// The page's token: shorter ones can be guessed over the network.
+pub const MIN_WEB_TOKEN_CHARS: usize = 16;
 /// Turns running at once: more would only queue inside the agent; fewer than one does nothing.
 const MAX_CONCURRENT_TURNS: usize = 256;
 
@@ -94,19 +96,27 @@ impl Checker<'_> {
         }
     }
 
-    /// Relative secret paths are relative to the config file's directory.
     fn resolve(&self, p: &Path) -> PathBuf {
-        match (&self.path, p.is_relative()) {
-            (Some(cfg), true) => cfg
-                .parent()
-                .map(|d| d.join(p))
-                .unwrap_or_else(|| p.to_path_buf()),
-            _ => p.to_path_buf(),
-        }
+        secret_path(self.path.as_deref(), p)
     }
 }
 
-fn read_secret_file(p: &Path) -> Result<Secret, String> {
+/// Where a secret file named in the config is: relative paths are relative to the config file's
+/// directory.
+pub fn secret_path(config: Option<&Path>, p: &Path) -> PathBuf {
+    match (config, p.is_relative()) {
+        (Some(cfg), true) => cfg
+            .parent()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|| p.to_path_buf()),
+        _ => p.to_path_buf(),
+    }
+}
+
+/// Reads a secret file the way the service does: a regular file, private to its owner (as ssh
+/// wants a private key: else refused with the `chmod 600` to run), at most [`MAX_SECRET_BYTES`],
+/// the secret alone on its first line. Errors are in plain words with what to do.
+pub fn read_secret_file(p: &Path) -> Result<Secret, String> {
     let meta = std::fs::metadata(p).map_err(|e| format!("cannot read `{}`: {e}", p.display()))?;
     // A device or a FIFO has no length to check: /dev/zero would be read until memory runs out,
     // a FIFO would block start-up forever.
@@ -161,6 +171,58 @@ fn read_secret_file(p: &Path) -> Result<Secret, String> {
     Ok(Secret::new(line.to_string()))
 }
 
+/// `[web]`: a listen address, a token wherever others can reach it, plain host names.
+fn check_web(c: &mut Checker<'_>, cfg: &mut Config) {
+    let web = &mut cfg.web;
+    if let Some(listen) = &web.listen {
+        match listen.get_ref().parse::<SocketAddr>() {
+            Ok(a) if !a.ip().is_loopback() && web.token_file.is_none() => c.err_at(
+                listen,
+                format!(
+                    "[web] listen = \"{}\" is reachable from other machines: add token_file = \
+                     \"/etc/clawbox/web.token\" (a random line of at least {MIN_WEB_TOKEN_CHARS} \
+                     characters, mode 0600, e.g. `head -c 24 /dev/urandom | base64`), or listen on \
+                     127.0.0.1",
+                    listen.get_ref()
+                ),
+            ),
+            Ok(_) => {}
+            Err(_) => c.err_at(
+                listen,
+                "[web] listen is not an address; expected e.g. \"127.0.0.1:8080\" or \"0.0.0.0:8080\"",
+            ),
+        }
+    }
+    if let Some(f) = &web.token_file {
+        let p = c.resolve(f.get_ref());
+        match read_secret_file(&p) {
+            Ok(s) if s.expose().chars().count() < MIN_WEB_TOKEN_CHARS => c.err_at(
+                f,
+                format!(
+                    "[web] token_file: the token is shorter than {MIN_WEB_TOKEN_CHARS} characters; \
+                     make a longer one, e.g. `head -c 24 /dev/urandom | base64`"
+                ),
+            ),
+            Ok(s) => web.token = Some(s),
+            Err(e) => c.err_at(f, format!("[web] token_file: {e}")),
+        }
+    }
+    for h in &web.hostnames {
+        let name = h.get_ref();
+        let plain = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !plain {
+            c.err_at(
+                h,
+                format!("[web] hostnames: `{name}` is not a host name (letters, digits, '-', '.')"),
+            );
+        }
+    }
+}
+
 /// `+` then 7 to 15 digits, not starting with 0 (ITU-T E.164).
 pub fn is_e164(s: &str) -> bool {
     let Some(digits) = s.strip_prefix('+') else {
@@ -203,6 +265,8 @@ pub(super) fn check(cfg: &mut Config, text: &str) -> Result<(), Vec<ConfigError>
             "log_level must be one of \"error\", \"warn\", \"info\", \"debug\", \"trace\"",
         );
     }
+
+    check_web(&mut c, cfg);
 
     // [router] and [pacing]
     let r = &cfg.router;

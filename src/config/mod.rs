@@ -86,6 +86,8 @@ pub struct Config {
     pub channels: ChannelsConfig,
     #[serde(default)]
     pub display: DisplayConfig,
+    #[serde(default)]
+    pub web: WebConfig,
     /// The file this came from (None: embedded defaults).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -107,6 +109,7 @@ impl Default for Config {
                 ..ChannelsConfig::default()
             },
             display: DisplayConfig::default(),
+            web: WebConfig::default(),
             source: None,
         }
     }
@@ -246,6 +249,23 @@ pub struct DisplayConfig {
     pub oled_controller: OledController,
     /// A serial console, e.g. `/dev/serial0`, `/dev/ttyAMA0` or `/dev/ttyS0`. Default: none.
     pub serial: Option<PathBuf>,
+}
+
+/// `[web]`: the pairing and status page ([`crate::web`]). Off unless `listen` is set; on any
+/// address but loopback it needs `token_file`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Where to serve the page, e.g. `"127.0.0.1:8080"` or `"0.0.0.0:8080"`. Default: off.
+    pub listen: Option<Spanned<String>>,
+    /// The page's token (first line, mode 0600, at least 16 characters). Required unless `listen`
+    /// is a loopback address.
+    pub token_file: Option<Spanned<PathBuf>>,
+    /// Names the page may be reached by besides IP addresses and `localhost` (the `Host` header is
+    /// checked against them: no DNS rebinding), e.g. `["clawbox.local"]`.
+    pub hostnames: Vec<Spanned<String>>,
+    #[serde(skip)]
+    pub token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -409,6 +429,13 @@ impl Config {
     /// Reads, parses and checks `path`. Secrets are loaded here, so a missing token file is a
     /// config error at start-up, not a surprise hours later.
     pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        Config::load_partial(path).and_then(whole)
+    }
+
+    /// Like [`Config::load`], but a file that parses is returned with the problems the checks
+    /// found in it (empty when valid): `clawbox doctor` reports them and still checks the rest
+    /// of the box. A file that cannot be read or parsed is an error as in [`Config::load`].
+    pub fn load_partial(path: &Path) -> Result<(Config, Vec<ConfigError>), Vec<ConfigError>> {
         let at = |message: String| {
             vec![ConfigError {
                 path: Some(path.to_path_buf()),
@@ -424,14 +451,24 @@ impl Config {
                 meta.len()
             )));
         }
-        warn_if_writable_by_all(path, &meta);
+        if let Some(w) = writable_by_all(path, &meta) {
+            tracing::warn!("{w}");
+        }
         let text = std::fs::read_to_string(path)
             .map_err(|e| at(format!("cannot read the config file: {e}")))?;
-        Config::parse(&text, Some(path))
+        Config::parse_partial(&text, Some(path))
     }
 
     /// Parses and checks config text. `path` is only used in messages.
     pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, Vec<ConfigError>> {
+        Config::parse_partial(text, path).and_then(whole)
+    }
+
+    /// [`Config::parse`], returning the config with the problems the checks found in it.
+    pub fn parse_partial(
+        text: &str,
+        path: Option<&Path>,
+    ) -> Result<(Config, Vec<ConfigError>), Vec<ConfigError>> {
         let mut cfg: Config = toml::from_str(text).map_err(|e| {
             vec![ConfigError {
                 path: path.map(Path::to_path_buf),
@@ -440,23 +477,30 @@ impl Config {
             }]
         })?;
         cfg.source = path.map(Path::to_path_buf);
-        check::check(&mut cfg, text)?;
-        Ok(cfg)
+        let problems = check::check(&mut cfg, text).err().unwrap_or_default();
+        Ok((cfg, problems))
     }
 
     /// Finds the config: `explicit`, else the first of [`DEFAULT_PATHS`] that exists, else none
     /// (embedded defaults).
     pub fn discover(explicit: Option<&Path>) -> Result<Config, Vec<ConfigError>> {
+        Config::discover_partial(explicit).and_then(whole)
+    }
+
+    /// [`Config::discover`] with [`Config::load_partial`]'s answer.
+    pub fn discover_partial(
+        explicit: Option<&Path>,
+    ) -> Result<(Config, Vec<ConfigError>), Vec<ConfigError>> {
         if let Some(p) = explicit {
-            return Config::load(p);
+            return Config::load_partial(p);
         }
         for p in DEFAULT_PATHS {
             let p = Path::new(p);
             if p.exists() {
-                return Config::load(p);
+                return Config::load_partial(p);
             }
         }
-        Ok(Config::default())
+        Ok((Config::default(), Vec::new()))
     }
 
     /// The state directory, the same for every command: configured, else `$STATE_DIRECTORY`
@@ -481,16 +525,27 @@ impl Config {
 }
 
 /// A config anyone can write lets anyone choose who may talk to the assistant and where messages
-/// go. Said, not refused: the file holds no secrets (those live in their own 0600 files).
-fn warn_if_writable_by_all(path: &Path, meta: &std::fs::Metadata) {
+/// go: said (with the fix), not refused, since the file holds no secrets (those live in their own
+/// 0600 files). None when only its owner (and group) may write it.
+pub fn writable_by_all(path: &Path, meta: &std::fs::Metadata) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o002 != 0 {
-        let p = crate::cli::shell_quote(&path.display().to_string()).into_owned();
-        tracing::warn!(
-            "{p} is writable by every user on this box (mode {mode:04o}): anyone could change who \
-             may talk to your assistant; run: chmod o-w {p}"
-        );
+    if mode & 0o002 == 0 {
+        return None;
+    }
+    let p = crate::cli::shell_quote(&path.display().to_string()).into_owned();
+    Some(format!(
+        "{p} is writable by every user on this box (mode {mode:04o}): anyone could change who \
+         may talk to your assistant; run: chmod o-w {p}"
+    ))
+}
+
+/// A config with problems is no config.
+fn whole((cfg, problems): (Config, Vec<ConfigError>)) -> Result<Config, Vec<ConfigError>> {
+    if problems.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(problems)
     }
 }
 

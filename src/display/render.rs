@@ -63,6 +63,10 @@ pub fn message(p: &Pairing) -> Message {
             title: "Logged out by the phone",
             body: "Pair again: run `clawbox pair whatsapp`.".into(),
         },
+        Pairing::Stopped { why } => Message {
+            title: "WhatsApp stopped",
+            body: why.clone(),
+        },
     }
 }
 

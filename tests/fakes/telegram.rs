@@ -138,6 +138,9 @@ struct State {
     history: Vec<Value>,
     /// Updates to hand out again on the next getUpdates whatever its offset (`redeliver`).
     replays: VecDeque<Value>,
+    /// The server's clock against the real one, in seconds: every answer's `Date` header says
+    /// it (a client whose clock is off sees a server whose clock is right, the other way round).
+    clock_offset_s: i64,
 }
 
 impl State {
@@ -222,6 +225,7 @@ impl FakeTelegram {
                 poll_generation: 0,
                 history: Vec::new(),
                 replays: VecDeque::new(),
+                clock_offset_s: 0,
             }),
             version,
         });
@@ -235,7 +239,7 @@ impl FakeTelegram {
                 let _ = stream.set_nodelay(true);
                 let inner = accept_inner.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(inner.clone(), req));
+                    let svc = service_fn(move |req| dated(inner.clone(), req));
                     let _ = http1::Builder::new()
                         .header_read_timeout(None)
                         .serve_connection(TokioIo::new(stream), svc)
@@ -244,6 +248,12 @@ impl FakeTelegram {
             }
         });
         FakeTelegram { inner, addr, task }
+    }
+
+    /// Sets the server's clock `secs` ahead of the real one (negative: behind), as every
+    /// answer's `Date` header says from now on.
+    pub fn set_clock_offset(&self, secs: i64) {
+        self.inner.lock().clock_offset_s = secs;
     }
 
     /// `http://127.0.0.1:PORT`, for `api_root`.
@@ -650,6 +660,25 @@ fn list_param(params: &Value, key: &str) -> Option<Vec<String>> {
             .filter_map(|x| x.as_str().map(str::to_string))
             .collect(),
     )
+}
+
+/// [`handle`], with the `Date` header of the server's clock (hyper writes the real time unless
+/// the answer carries its own).
+async fn dated(
+    inner: Arc<Inner>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let mut resp = handle(inner.clone(), req).await?;
+    let offset = inner.lock().clock_offset_s;
+    if offset != 0 {
+        let now = std::time::SystemTime::now();
+        let d = Duration::from_secs(offset.unsigned_abs());
+        let at = if offset > 0 { now + d } else { now - d };
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&httpdate::fmt_http_date(at)) {
+            resp.headers_mut().insert(hyper::header::DATE, v);
+        }
+    }
+    Ok(resp)
 }
 
 async fn handle(

@@ -3,8 +3,9 @@
 //!
 //! [`adapter`] is the sans-io core (message conversion, self chat, outgoing ids, reconnect
 //! policy); [`storage`] puts the client's keys and sessions in clawbox's store; [`transport`] and
-//! [`http`] give it a WebSocket and HTTP on our rustls config; [`qr`] draws the pairing code. This
-//! file is the thin driver the supervisor runs.
+//! [`http`] give it a WebSocket and HTTP on our rustls config; [`qr`] draws the pairing code;
+//! [`link`] carries out the owner's requests (link, cancel, unlink) and keeps the channel ready for
+//! them. This file is the thin driver of one run of the channel.
 //!
 //! Durability order: every decrypted message goes through the client's inbound durability hook,
 //! which submits it to [`crate::router::Intake`] (durable in the inbox on `Ok`) before the client
@@ -20,6 +21,7 @@
 pub mod adapter;
 pub mod http;
 mod inbound;
+pub mod link;
 pub mod qr;
 pub mod storage;
 pub mod transport;
@@ -110,18 +112,6 @@ pub enum Outcome {
     /// Stopped and needs the owner; the words say why.
     NeedsOwner(String),
     Shutdown,
-}
-
-/// The channel task: runs until shutdown, or until it needs the owner (logged out, replaced,
-/// banned, pairing paused), when it returns `Ok` and the other channels carry on.
-pub async fn run(
-    cfg: Arc<WhatsAppConfig>,
-    ctx: ChannelContext,
-    pairing: PairingPublisher,
-) -> Result<(), ChannelError> {
-    run_with(cfg, ctx, pairing, Options::default())
-        .await
-        .map(drop)
 }
 
 /// What the client's callbacks tell the driver. Fixed size: flags and a few strings, no queue.
@@ -262,13 +252,18 @@ impl EventHandler for Events {
     }
 }
 
-/// Runs the channel with `opts`; see [`run`].
+/// One run of the channel with `opts`: until shutdown, until it is linked (with
+/// `exit_when_linked`), or until it needs the owner (logged out, replaced, banned, pairing paused
+/// or cancelled, unlinked), when it returns and the other channels carry on. The owner's requests
+/// arrive in `inbox` ([`link`]).
 pub async fn run_with(
     cfg: Arc<WhatsAppConfig>,
     ctx: ChannelContext,
     pairing: PairingPublisher,
     opts: Options,
+    inbox: &mut link::Inbox,
 ) -> Result<Outcome, ChannelError> {
+    let mut phone = opts.phone.clone();
     let backend = KvBackend::new(ctx.store.kv(KvTable::WhatsApp));
     let paired = backend.is_paired().await;
     ctx.reporter.set(
@@ -352,21 +347,9 @@ pub async fn run_with(
                 }
             })
         };
-        if let Some(phone) = opts.phone.clone() {
+        if let Some(phone) = &phone {
             if !backend.is_paired().await {
-                let c = client.clone();
-                let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
-                tokio::spawn(async move {
-                    if c.wait_for_socket(PAIR_CODE_SOCKET_WAIT).await.is_ok() && !c.is_logged_in() {
-                        let o = whatsapp_rust::pair_code::PairCodeOptions {
-                            phone_number: digits,
-                            ..Default::default()
-                        };
-                        if let Err(e) = c.pair_with_code(o).await {
-                            tracing::warn!(error = %e, "could not get a pairing code");
-                        }
-                    }
-                });
+                request_code(&client, phone);
             }
         }
         let mut conn = conn;
@@ -420,6 +403,12 @@ pub async fn run_with(
                     Some(cmd) => handle_command(&shared, &client, cmd),
                     None => break true,
                 },
+                ask = inbox.next() => {
+                    if let Some(out) = link::during_run(ask, &shared, &client, &backend, &mut phone).await {
+                        let _ = conn.await;
+                        return Ok(out);
+                    }
+                }
             }
         };
         if ended {
@@ -492,6 +481,11 @@ pub async fn run_with(
                             Some(cmd) => handle_command(&shared, &client, cmd),
                             None => return Ok(Outcome::Shutdown),
                         },
+                        ask = inbox.next() => {
+                            if let Some(out) = link::during_run(ask, &shared, &client, &backend, &mut phone).await {
+                                return Ok(out);
+                            }
+                        }
                     }
                 }
             }
@@ -522,6 +516,24 @@ pub async fn run_with(
             }
         }
     }
+}
+
+/// Asks WhatsApp for an 8-character pairing code for `phone` (`+` and digits) once the socket is
+/// up; the code arrives as an event and is published like a QR.
+fn request_code(client: &Arc<Client>, phone: &str) {
+    let c = client.clone();
+    let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
+    tokio::spawn(async move {
+        if c.wait_for_socket(PAIR_CODE_SOCKET_WAIT).await.is_ok() && !c.is_logged_in() {
+            let o = whatsapp_rust::pair_code::PairCodeOptions {
+                phone_number: digits,
+                ..Default::default()
+            };
+            if let Err(e) = c.pair_with_code(o).await {
+                tracing::warn!(error = %e, "could not get a pairing code");
+            }
+        }
+    });
 }
 
 /// One WhatsApp client per process at a time: a driver holds this until its client is gone.
@@ -789,6 +801,7 @@ pub fn pairing_text(p: &Pairing, term: Option<(usize, usize)>) -> Option<String>
         Pairing::PairAgain => Some(
             "WhatsApp: logged out by the phone — run `clawbox pair whatsapp` to pair again\n".into(),
         ),
+        Pairing::Stopped { why } => Some(format!("WhatsApp: stopped: {why}\n")),
     }
 }
 
@@ -814,78 +827,6 @@ pub async fn display(
         tokio::select! {
             r = rx.changed() => if r.is_err() { return },
             _ = shutdown.wait() => return,
-        }
-    }
-}
-
-/// `clawbox pair whatsapp [--phone +E164]`: the WhatsApp channel alone on the configured state
-/// directory until it is linked. Returns the exit code: 0 linked, 1 not linked (the message says
-/// why), 73/65/74 when the store cannot be used (is the service running?).
-pub async fn pair(cfg: &crate::config::Config, phone: Option<String>) -> i32 {
-    use crate::store::{Store, StoreError};
-    let metrics = Arc::new(Metrics::default());
-    let store = match Store::open(&cfg.state_dir(), &cfg.store, metrics.clone()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("clawbox: {e}");
-            return match e {
-                StoreError::Corrupt(_) => 65,
-                StoreError::Open(_) => 73,
-                _ => 74,
-            };
-        }
-    };
-    let wcfg = Arc::new(cfg.channels.whatsapp.clone().unwrap_or_default());
-    // Messages arriving while pairing are not taken: refused here, the server redelivers them to
-    // the service later.
-    let (intake, mut submissions) = crate::router::Intake::test_channel(1);
-    tokio::spawn(async move {
-        while let Some(s) = submissions.recv().await {
-            let _ = s.reply.send(Err(IntakeError::ShuttingDown));
-        }
-    });
-    let (trigger, shutdown) = crate::shutdown::Shutdown::new();
-    let (_commands_tx, commands_rx) = tokio::sync::mpsc::channel(1);
-    let board = crate::status::Board::default();
-    let ctx = ChannelContext {
-        intake,
-        store: store.clone(),
-        metrics,
-        reporter: board.register("whatsapp", true),
-        http: crate::http::HttpClient::new(),
-        commands: Arc::new(tokio::sync::Mutex::new(commands_rx)),
-        shutdown: shutdown.clone(),
-    };
-    let (publisher, rx) = PairingPublisher::new();
-    let shown = tokio::spawn(display(rx, shutdown.clone(), Screen::Stdout));
-    let opts = Options {
-        phone,
-        exit_when_linked: true,
-    };
-    let run = run_with(wcfg, ctx, publisher, opts);
-    let outcome = tokio::select! {
-        r = run => r,
-        _ = tokio::signal::ctrl_c() => Ok(Outcome::Shutdown),
-    };
-    trigger.trip();
-    let _ = shown.await;
-    store.close().await;
-    match outcome {
-        Ok(Outcome::Linked(number)) => {
-            println!("WhatsApp linked {number}. Start the service: `systemctl start clawbox`.");
-            0
-        }
-        Ok(Outcome::NeedsOwner(why)) => {
-            eprintln!("clawbox: WhatsApp not linked: {why}");
-            1
-        }
-        Ok(Outcome::Shutdown) => {
-            eprintln!("clawbox: pairing interrupted; WhatsApp is not linked");
-            1
-        }
-        Err(e) => {
-            eprintln!("clawbox: {e}");
-            1
         }
     }
 }

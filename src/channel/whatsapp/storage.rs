@@ -10,13 +10,13 @@
 //! table's only writer. Never logs keys or message contents; never touches any other table.
 //!
 //! Key layout (one namespace per family; `\x1f` separates the parts of a composite key):
-//! `dev` device · `id/` identities · `ses/` sessions · `pk/<10-digit id>` prekeys (first byte:
-//! uploaded) · `spk/` signed prekeys · `sk/` sender keys · `sync/<hex>` app-state keys ·
-//! `synclatest` · `ver/` app-state versions · `mac/<name>\x1f<hex>` mutation MACs ·
-//! `skd/<group>\x1f<device>` sender-key status · `lid/` LID→PN · `pn/` PN→LID · `bk/` base keys ·
-//! `dl/` device lists · `gm/` group metadata · `tc/` trusted-contact tokens · `sent/` sent
-//! messages (first 8 bytes: time) · `pin/` pending inbound (first 8 bytes: time) · `sec/` message
-//! secrets.
+//! `dev` device · `linked_at` when the account was linked · `id/` identities · `ses/` sessions ·
+//! `pk/<10-digit id>` prekeys (first byte: uploaded) · `spk/` signed prekeys · `sk/` sender keys ·
+//! `sync/<hex>` app-state keys · `synclatest` · `ver/` app-state versions · `mac/<name>\x1f<hex>`
+//! mutation MACs · `skd/<group>\x1f<device>` sender-key status · `lid/` LID→PN · `pn/` PN→LID ·
+//! `bk/` base keys · `dl/` device lists · `gm/` group metadata · `tc/` trusted-contact tokens ·
+//! `sent/` sent messages (first 8 bytes: time) · `pin/` pending inbound (first 8 bytes: time) ·
+//! `sec/` message secrets.
 
 use crate::store::kv::{Kv, KvWrite};
 use bytes::Bytes;
@@ -81,6 +81,21 @@ impl KvBackend {
     /// Whether a paired device identity is stored (the account JID is set).
     pub async fn is_paired(&self) -> bool {
         matches!(self.load().await, Ok(Some(d)) if d.pn.is_some())
+    }
+
+    /// The linked account: its number (+E.164) and when it was linked (ms since the epoch; None
+    /// for a link made before clawbox kept the time), or None when nothing is linked.
+    pub async fn linked(&self) -> Option<(String, Option<u64>)> {
+        let device = self.load().await.ok()??;
+        let pn = device.pn?;
+        let number = super::adapter::e164(&pn.user).unwrap_or_else(|| format!("+{}", pn.user));
+        let since = match self.get(K_LINKED_AT).await {
+            Ok(Some(v)) => <[u8; 8]>::try_from(v.as_slice())
+                .ok()
+                .map(u64::from_be_bytes),
+            _ => None,
+        };
+        Some((number, since))
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
@@ -228,6 +243,8 @@ fn k_sec(chat: &str, sender: &str, id: &str) -> String {
     format!("sec/{chat}{SEP}{sender}{SEP}{id}")
 }
 const K_DEVICE: &str = "dev";
+/// When the account was linked: 8 bytes, big-endian milliseconds since the epoch.
+const K_LINKED_AT: &str = "linked_at";
 
 /// `[uploaded][record]`.
 fn prekey_row(record: &[u8], uploaded: bool) -> Vec<u8> {
@@ -885,7 +902,14 @@ impl MsgSecretStore for KvBackend {
 #[async_trait]
 impl DeviceStore for KvBackend {
     async fn save(&self, device: &Device) -> Result<()> {
-        self.put(K_DEVICE.into(), to_json(device)?).await
+        let mut writes = vec![(K_DEVICE.to_string(), Some(to_json(device)?))];
+        // The first save that carries the account's number is the moment of linking, kept in the
+        // same transaction (and wiped with the rest at logout).
+        if device.pn.is_some() && self.get(K_LINKED_AT).await?.is_none() {
+            let now = crate::store::now_ms().to_be_bytes().to_vec();
+            writes.push((K_LINKED_AT.to_string(), Some(now)));
+        }
+        self.put_all(writes).await
     }
 
     async fn load(&self) -> Result<Option<Device>> {
@@ -1179,6 +1203,9 @@ mod tests {
         let (store, b) = backend();
         assert!(!b.exists().await.unwrap());
         b.create().await.unwrap();
+        // A fresh identity is not a link.
+        assert_eq!(b.linked().await, None);
+        assert_eq!(b.get(K_LINKED_AT).await.unwrap(), None);
         let d = b.load().await.unwrap().unwrap();
         let mut d2 = d.clone();
         d2.push_name = "owner".into();
@@ -1192,12 +1219,25 @@ mod tests {
         );
         assert_eq!(back.registration_id, d.registration_id);
         assert!(b.is_paired().await);
+        // Linked once: the time of the first save with the number, kept by later saves.
+        let (number, since) = b.linked().await.unwrap();
+        assert_eq!(number, "+491701234567");
+        let since = since.unwrap();
+        assert!(since.abs_diff(crate::store::now_ms()) < 60_000, "{since}");
+        b.save(&d2).await.unwrap();
+        assert_eq!(b.linked().await.unwrap().1, Some(since));
         store
             .set_auth("openclaw/device", b"k".to_vec())
             .await
             .unwrap();
         assert!(b.wipe().await.unwrap() >= 1);
         assert!(!b.exists().await.unwrap());
+        assert_eq!(b.linked().await, None);
+        assert_eq!(
+            b.get(K_LINKED_AT).await.unwrap(),
+            None,
+            "wiped with the link"
+        );
         // The dying client's last flush cannot resurrect the identity.
         assert!(b.save(&d2).await.is_err());
         assert!(!b.exists().await.unwrap());

@@ -763,6 +763,12 @@ impl World {
     }
 
     fn on_md_iq(&mut self, iq: &Node, id: &str) -> Result<Option<Node>, String> {
+        // The companion logs itself out: the phone drops it from its linked devices.
+        if child(iq, "remove-companion-device").is_some() {
+            tracing::info!("fake-whatsapp: the companion logged out; device unlinked");
+            self.companion = None;
+            return Ok(Some(iq_result(id, vec![])));
+        }
         let reg = child(iq, "link_code_companion_reg").ok_or("md iq without a known child")?;
         let conn_id = self.conn.as_ref().map(|c| c.id).unwrap_or(0);
         match attr(reg, "stage").as_deref() {
