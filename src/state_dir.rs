@@ -393,40 +393,47 @@ mod tests {
         euid() == 0
     }
 
+    /// A user and group other than root's that this root can give files to. CI runs as root in a
+    /// user namespace that maps only some ids, where chown to an unmapped one is EINVAL; the ids
+    /// are probed on a scratch file rather than assumed.
+    fn someone_else() -> Option<(u32, u32)> {
+        if !as_root() {
+            return None;
+        }
+        let probe = tempfile::NamedTempFile::new().ok()?;
+        [(65534, 65533), (1000, 1001), (1, 2), (1, 1)]
+            .into_iter()
+            .find(|&(u, g)| std::os::unix::fs::chown(probe.path(), Some(u), Some(g)).is_ok())
+    }
+
     #[test]
     fn root_gives_what_it_creates_in_another_users_directory_to_that_user() {
-        if !as_root() {
-            eprintln!("skipped: needs root (chown)");
+        let Some((uid, gid)) = someone_else() else {
+            eprintln!("skipped: needs root that can chown to another id");
             return;
-        }
+        };
         let tmp = tempfile::tempdir().unwrap();
         let state = tmp.path().join("state");
         std::fs::create_dir(&state).unwrap();
-        std::os::unix::fs::chown(&state, Some(65534), Some(65533)).unwrap();
+        std::os::unix::fs::chown(&state, Some(uid), Some(gid)).unwrap();
         let p = prepare(&state).unwrap();
-        assert_eq!(
-            p.owner,
-            Owner::GiveTo {
-                uid: 65534,
-                gid: 65533
-            }
-        );
+        assert_eq!(p.owner, Owner::GiveTo { uid, gid });
         // A file root makes there, and one a root run of an older clawbox left there.
         let made = state.join("clawbox.redb");
         std::fs::write(&made, b"").unwrap();
         p.claim(&made).unwrap();
         let m = std::fs::metadata(&made).unwrap();
-        assert_eq!((m.uid(), m.gid()), (65534, 65533));
+        assert_eq!((m.uid(), m.gid()), (uid, gid));
         // A new directory below it (chat's `console/`) and its store go to the same user.
         let console = state.join("console");
         let p = prepare(&console).unwrap();
         let m = std::fs::metadata(&console).unwrap();
-        assert_eq!((m.uid(), m.gid()), (65534, 65533));
+        assert_eq!((m.uid(), m.gid()), (uid, gid));
         assert_eq!(m.permissions().mode() & 0o777, 0o700);
         let f = console.join("clawbox.redb");
         std::fs::write(&f, b"").unwrap();
         p.claim(&f).unwrap();
-        assert_eq!(std::fs::metadata(&f).unwrap().uid(), 65534);
+        assert_eq!(std::fs::metadata(&f).unwrap().uid(), uid);
     }
 
     #[test]
@@ -448,23 +455,18 @@ mod tests {
 
     #[test]
     fn every_new_parent_goes_to_the_owner_of_the_place_it_is_made_in() {
-        if !as_root() {
-            eprintln!("skipped: needs root (chown)");
+        let Some((uid, gid)) = someone_else() else {
+            eprintln!("skipped: needs root that can chown to another id");
             return;
-        }
+        };
         let tmp = tempfile::tempdir().unwrap();
         let home = tmp.path().join("home");
         std::fs::create_dir(&home).unwrap();
-        std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
+        std::os::unix::fs::chown(&home, Some(uid), Some(gid)).unwrap();
         let state = home.join("a/b/state");
         prepare(&state).unwrap();
         for d in [home.join("a"), home.join("a/b"), state] {
-            assert_eq!(
-                std::fs::metadata(&d).unwrap().uid(),
-                65534,
-                "{}",
-                d.display()
-            );
+            assert_eq!(std::fs::metadata(&d).unwrap().uid(), uid, "{}", d.display());
         }
     }
 }

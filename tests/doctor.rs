@@ -186,6 +186,10 @@ async fn a_healthy_box_is_all_ok_and_a_store_given_away_fails_with_the_chown() {
     assert!(fix.contains("systemctl start clawbox"), "{fix}");
 
     // The state directory given to nobody (65534): what root's service left in it is not theirs.
+    if !root_can_be_nobody() {
+        eprintln!("the rest skipped: needs root that can chown to nobody (65534)");
+        return;
+    }
     let state = bx.state();
     std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
     let (code, checks, out) = report(&bx).await;

@@ -287,3 +287,16 @@ pub async fn pair_whatsapp(fake: &crate::fakes::whatsapp::FakeWhatsApp, bx: &Tes
     fake.scan(&qr).await.unwrap();
     assert_eq!(p.exit_code().await, Some(0), "{:#?}", p.stderr());
 }
+
+/// Whether this test runs as a root that can act as `nobody` (65534): chown files to it and run a
+/// process as it. Root in a user namespace that maps only its own id (CI runs in one) cannot: chown
+/// answers EINVAL. Probed on a scratch file, never assumed from the euid alone.
+pub fn root_can_be_nobody() -> bool {
+    if nix::unistd::geteuid().as_raw() != 0 {
+        return false;
+    }
+    let Ok(probe) = tempfile::NamedTempFile::new() else {
+        return false;
+    };
+    std::os::unix::fs::chown(probe.path(), Some(65534), Some(65534)).is_ok()
+}
