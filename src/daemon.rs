@@ -4,9 +4,9 @@
 //! flushed.
 
 use crate::agent::Agent;
-use crate::channel::{ChannelCommand, ChannelContext, ChannelKind, ChannelSpec};
+use crate::channel::{ChannelCommand, ChannelContext};
 use crate::config::{AgentKind, BUILTIN_AGENT, Config, PacingConfig};
-use crate::delivery::{self, Delivery, Job};
+use crate::delivery::{self, Delivery, Job, Outlet};
 use crate::http::HttpClient;
 use crate::metrics::Metrics;
 use crate::policy::Policies;
@@ -15,6 +15,7 @@ use crate::router::runner::{AgentEntry, Shared};
 use crate::shutdown::Shutdown;
 use crate::status::{Board, State};
 use crate::store::{Store, StoreError};
+use crate::vocab::{ChannelKind, ChannelSpec, PerChannel};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -200,40 +201,34 @@ pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
             }
         }
     }
-    let mut agent_for: [String; ChannelKind::ALL.len()] = Default::default();
-    agent_for[ChannelKind::Console.index()] =
-        cfg.agent_for(cfg.channels.console.as_ref().and_then(|c| c.agent.as_ref()));
-    agent_for[ChannelKind::Telegram.index()] = cfg.agent_for(
-        cfg.channels
-            .telegram
-            .as_ref()
-            .and_then(|c| c.agent.as_ref()),
-    );
-    agent_for[ChannelKind::WhatsApp.index()] = cfg.agent_for(
-        cfg.channels
-            .whatsapp
-            .as_ref()
-            .and_then(|c| c.agent.as_ref()),
-    );
+    let agent_for = PerChannel::from_fn(|kind| {
+        cfg.agent_for(match kind {
+            ChannelKind::Console => cfg.channels.console.as_ref().and_then(|c| c.agent.as_ref()),
+            ChannelKind::Telegram => cfg
+                .channels
+                .telegram
+                .as_ref()
+                .and_then(|c| c.agent.as_ref()),
+            ChannelKind::WhatsApp => cfg
+                .channels
+                .whatsapp
+                .as_ref()
+                .and_then(|c| c.agent.as_ref()),
+        })
+    });
 
-    let mut specs: [Option<ChannelSpec>; ChannelKind::ALL.len()] = Default::default();
-    let mut delivery_tx: [Option<mpsc::Sender<Job>>; ChannelKind::ALL.len()] = Default::default();
-    let mut commands_tx: [Option<mpsc::Sender<ChannelCommand>>; ChannelKind::ALL.len()] =
-        Default::default();
-    for (kind, s) in &slots {
-        specs[kind.index()] = Some(s.spec);
-        delivery_tx[kind.index()] = Some(s.jobs_tx.clone());
-        commands_tx[kind.index()] = Some(s.commands_tx.clone());
-    }
+    let outlets = PerChannel::from_fn(|kind| {
+        slots
+            .get(&kind)
+            .map(|s| Outlet::new(s.spec, s.jobs_tx.clone(), s.commands_tx.clone()))
+    });
     let shared = Arc::new(Shared {
         store: store.clone(),
         metrics: metrics.clone(),
         cfg: cfg.router.clone(),
         agents,
-        default_agent: agent_for[ChannelKind::Console.index()].clone(),
-        specs,
-        delivery: delivery_tx,
-        commands: commands_tx,
+        default_agent: agent_for[ChannelKind::Console].clone(),
+        outlets,
     });
     let policies = match mode {
         Mode::Run => Policies::from_config(&cfg),

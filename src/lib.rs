@@ -13,12 +13,16 @@
 //! - [`systemd`]: `READY=1`, `WATCHDOG=1`, `STATUS=`, `STOPPING=1`; a no-op without `NOTIFY_SOCKET`.
 //! - [`store`]: the redb file: inbox, outbox, sessions, cursors, channel auth. The only code that
 //!   commits, in grouped transactions.
-//! - [`channel`]: the [`channel::Inbound`] / [`channel::ChannelCommand`] boundary every connector
-//!   speaks; [`channel::console`] and [`channel::telegram`] implement it.
+//! - [`vocab`]: the shared words every layer uses ([`vocab::Inbound`], [`vocab::ChannelKind`],
+//!   [`vocab::PerChannel`], …); a leaf that imports nothing from the crate.
+//! - [`channel`]: the connector contract ([`channel::ChannelCommand`], [`channel::ChannelContext`]);
+//!   [`channel::console`], [`channel::telegram`] and [`channel::whatsapp`] implement it.
+//! - [`intake`]: the channels' way in: policy, dedupe and the durable write before an ack.
 //! - [`policy`]: the DM allowlist. Pure: a message in, allow or drop out.
-//! - [`router`]: intake (dedupe, durability), [`router::session`] (session keys, 🗑️ resets),
-//!   [`router::turns`] (one turn in flight per session, batching; pure), the turn runner with the
-//!   ack and accumulation timeouts.
+//! - [`session`]: session keys and 🗑️ resets. Pure.
+//! - [`router`]: [`router::turns`] (one turn in flight per session, batching; pure) and the turn
+//!   runner with the ack and accumulation timeouts; it reaches channels only through
+//!   [`delivery::Outlet`].
 //! - [`agent`]: the [`agent::Agent`] boundary; [`agent::echo`], [`agent::openai`] (+ [`agent::sse`]),
 //!   [`agent::openclaw`].
 //! - [`pacing`]: human-like send timing (pure: given `now`, when to type and send);
@@ -53,6 +57,7 @@ pub mod health;
 pub mod http;
 pub mod httpd;
 pub mod import;
+pub mod intake;
 pub mod logging;
 pub mod metrics;
 pub mod pacing;
@@ -61,10 +66,12 @@ pub mod policy;
 pub mod providers;
 pub mod repeat;
 pub mod router;
+pub mod session;
 pub mod shutdown;
 pub mod state_dir;
 pub mod status;
 pub mod store;
 pub mod supervisor;
 pub mod systemd;
+pub mod vocab;
 pub mod web;

@@ -32,7 +32,7 @@ pub enum Role {
 /// What the router asks of an agent for one turn.
 #[derive(Clone, Debug)]
 pub struct TurnRequest {
-    /// `agent:<agent_id>:<prefix>-<id>`; see [`crate::router::session`].
+    /// `agent:<agent_id>:<prefix>-<id>`; see [`crate::session`].
     pub session_key: String,
     /// The turn's user text: one message, or several joined in arrival order.
     pub text: String,

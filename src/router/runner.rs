@@ -2,18 +2,17 @@
 //! the agent under the ack and accumulation timeouts, turns every failure into a polite reply, and
 //! records the outcome atomically before handing the reply to delivery. Never silent.
 
-use super::session;
 use super::turns::{Queued, Turn, batch_from};
 use crate::agent::{Agent, HistoryEntry, Progress, ResetOutcome, Role, TurnRequest};
-use crate::channel::{ChannelCommand, ChannelKind, ChannelSpec};
 use crate::config::RouterConfig;
-use crate::delivery::Job;
+use crate::delivery::{Job, Outlet};
 use crate::metrics::{Metrics, TurnOutcome};
+use crate::session;
 use crate::store::{OutboxRecord, Store, TurnDone, records::INBOX_PENDING};
+use crate::vocab::{ChannelKind, PerChannel};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// Wait after a store failure before the session's turn is retried.
@@ -37,9 +36,8 @@ pub struct Shared {
     pub agents: HashMap<String, Arc<AgentEntry>>,
     /// Fallback when a stored message names an agent that is no longer configured.
     pub default_agent: String,
-    pub specs: [Option<ChannelSpec>; ChannelKind::ALL.len()],
-    pub delivery: [Option<mpsc::Sender<Job>>; ChannelKind::ALL.len()],
-    pub commands: [Option<mpsc::Sender<ChannelCommand>>; ChannelKind::ALL.len()],
+    /// Each running channel's way out (none for a channel that is off).
+    pub outlets: PerChannel<Option<Outlet>>,
 }
 
 /// How a turn ended, for the router's scheduler.
@@ -173,11 +171,8 @@ pub async fn run_turn(shared: Arc<Shared>, turn: Turn) -> Finished {
         Metrics::inc(&shared.metrics.resets);
         (text, None, true, outcome != ResetOutcome::Cleared)
     } else {
-        if let Some(Some(cmd)) = shared.commands.get(channel.index()) {
-            let _ = cmd.try_send(ChannelCommand::Typing {
-                chat: route.chat.clone(),
-                on: true,
-            });
+        if let Some(outlet) = &shared.outlets[channel] {
+            outlet.typing(&route.chat);
         }
         let text = messages
             .iter()
@@ -233,8 +228,9 @@ pub async fn run_turn(shared: Arc<Shared>, turn: Turn) -> Finished {
         (reply, history, false, false)
     };
 
-    let max_chars = shared.specs[channel.index()]
-        .map(|s| s.max_chars)
+    let max_chars = shared.outlets[channel]
+        .as_ref()
+        .map(|o| o.spec.max_chars)
         .unwrap_or(4096);
     let chunks = crate::chunk::split(&reply, max_chars);
     let out = OutboxRecord {
@@ -259,9 +255,9 @@ pub async fn run_turn(shared: Arc<Shared>, turn: Turn) -> Finished {
     match record_done(&shared, done).await {
         Ok(Some(seq)) => {
             crate::fault::crash_point("after-turn");
-            if let Some(Some(tx)) = shared.delivery.get(channel.index()) {
+            if let Some(outlet) = &shared.outlets[channel] {
                 Metrics::inc(&shared.metrics.outbox_pending);
-                if tx.send(Job { seq, rec: out }).await.is_err() {
+                if !outlet.queue(Job { seq, rec: out }).await {
                     shared
                         .metrics
                         .outbox_pending

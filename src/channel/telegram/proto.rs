@@ -6,8 +6,9 @@
 //! [`super::driver`] does the I/O and the waiting.
 
 use crate::backoff::Backoff;
-use crate::channel::{ChannelKind, Content, Inbound, MediaKind, SendError};
+use crate::channel::SendError;
 use crate::status::State;
+use crate::vocab::{ChannelKind, Content, Inbound, MediaKind};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -12,8 +12,8 @@
 use super::adapter::{self, Classified, Own};
 use super::{Shared, own_of};
 use crate::backoff::Backoff;
-use crate::channel::ChannelKind;
-use crate::router::{IntakeError, Submitted};
+use crate::intake::{IntakeError, Submitted};
+use crate::vocab::ChannelKind;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -65,7 +65,7 @@ impl Inflow {
 /// From the client's event handler (never blocks): queues a message recovered from the phone.
 pub(super) fn queue_recovered(sh: &Arc<Shared>, m: InboundMessage) {
     if sh.inflow.tx.try_send(m).is_err() {
-        crate::metrics::Metrics::inc(&sh.ctx.metrics.malformed[ChannelKind::WhatsApp.index()]);
+        crate::metrics::Metrics::inc(&sh.ctx.metrics.malformed[ChannelKind::WhatsApp]);
         tracing::warn!(
             "WhatsApp: too many recovered messages waiting; one was not taken (it stays on the phone)"
         );

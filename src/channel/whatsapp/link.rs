@@ -343,7 +343,7 @@ async fn standalone(cfg: &crate::config::Config) -> Result<Standalone, i32> {
             });
         }
     };
-    let (intake, mut submissions) = crate::router::Intake::test_channel(1);
+    let (intake, mut submissions) = crate::intake::Intake::test_channel(1);
     tokio::spawn(async move {
         while let Some(s) = submissions.recv().await {
             let _ = s.reply.send(Err(IntakeError::ShuttingDown));

@@ -8,7 +8,7 @@
 //! them. This file is the thin driver of one run of the channel.
 //!
 //! Durability order: every decrypted message goes through the client's inbound durability hook,
-//! which submits it to [`crate::router::Intake`] (durable in the inbox on `Ok`) before the client
+//! which submits it to [`crate::intake::Intake`] (durable in the inbox on `Ok`) before the client
 //! acknowledges it to the server; a failed submit suppresses the ack and the server redelivers.
 //! The client buffers the decrypted copy in our store (`pin/` rows) before advancing the ratchet,
 //! so a crash anywhere replays the message instead of losing it. Redeliveries are deduped by id by
@@ -27,15 +27,14 @@ pub mod storage;
 pub mod transport;
 
 use crate::backoff::Backoff;
-use crate::channel::{
-    ChannelCommand, ChannelContext, ChannelError, ChannelKind, ChannelSpec, SendError,
-};
+use crate::channel::{ChannelCommand, ChannelContext, ChannelError, SendError};
 use crate::config::WhatsAppConfig;
+use crate::intake::IntakeError;
 use crate::metrics::Metrics;
 use crate::pairing::{Pairing, PairingPublisher};
-use crate::router::IntakeError;
 use crate::status::State;
 use crate::store::kv::KvTable;
+use crate::vocab::{ChannelKind, ChannelSpec};
 use adapter::{Decision, Ending, Own, Rules, SentIds};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -333,7 +332,7 @@ pub async fn run_with(
             s.up = false;
         }
         if !first {
-            Metrics::inc(&ctx.metrics.reconnects[ChannelKind::WhatsApp.index()]);
+            Metrics::inc(&ctx.metrics.reconnects[ChannelKind::WhatsApp]);
         }
         first = false;
         // One connection: the client's run loop returns when it ends (auto-reconnect is off).
@@ -841,7 +840,7 @@ mod tests {
         const { assert!(SPEC.max_chars + 8 < 65_000) };
     }
 
-    use crate::router::{Intake, Submitted};
+    use crate::intake::{Intake, Submitted};
     use crate::store::Store;
     use inbound::Hook;
     use whatsapp_rust::InboundDurabilityHook;
@@ -850,7 +849,7 @@ mod tests {
         read_receipts: bool,
     ) -> (
         Arc<Shared>,
-        tokio::sync::mpsc::Receiver<crate::router::intake::Submission>,
+        tokio::sync::mpsc::Receiver<crate::intake::Submission>,
         tokio::sync::watch::Receiver<Pairing>,
         crate::status::Board,
     ) {
