@@ -28,6 +28,19 @@ pub struct AgentEntry {
     pub accumulation_timeout: Duration,
 }
 
+impl AgentEntry {
+    /// The agent with its settings as resolved by the config.
+    pub fn new(agent: Agent, s: crate::config::AgentSettings) -> AgentEntry {
+        AgentEntry {
+            agent,
+            agent_id: s.agent_id,
+            prefix: s.prefix,
+            ack_timeout: s.ack_timeout,
+            accumulation_timeout: s.accumulation_timeout,
+        }
+    }
+}
+
 /// What every turn needs, shared.
 pub struct Shared {
     pub store: Store,
@@ -165,7 +178,7 @@ pub async fn run_turn(shared: Arc<Shared>, turn: Turn) -> Finished {
             }
             None => ResetOutcome::NewGeneration,
         };
-        if outcome == ResetOutcome::NewGeneration && matches!(entry.agent, Agent::OpenClaw(_)) {
+        if outcome == ResetOutcome::NewGeneration && entry.agent.keeps_reset_conversations() {
             text.push_str(" (The previous conversation stays on the gateway.)");
         }
         Metrics::inc(&shared.metrics.resets);

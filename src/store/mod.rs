@@ -449,6 +449,34 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Answers an operation that could not run with `e` (every reply channel gets the error).
+fn fail(op: Op, e: StoreError) {
+    match op {
+        Op::Accept(_, r, done) => {
+            drop(r.send(Err(e.clone())));
+            drop(done.send(Err(e)));
+        }
+        Op::TurnDone(_, r) => drop(r.send(Err(e))),
+        Op::InFlight(_, _, r)
+        | Op::ClearInFlight(_, r)
+        | Op::Abandon(_, r)
+        | Op::SetCursor(_, _, r)
+        | Op::SetAuth(_, _, r)
+        | Op::Flush(r) => drop(r.send(Err(e))),
+        Op::Sent(_, r) => drop(r.send(Err(e))),
+        Op::DeleteAuthPrefix(_, r) => drop(r.send(Err(e))),
+        Op::Cursor(_, r) | Op::Auth(_, r) => drop(r.send(Err(e))),
+        Op::Session(_, r) => drop(r.send(Err(e))),
+        Op::Recover(r) => drop(r.send(Err(e))),
+        Op::PendingFor(_, r) => drop(r.send(Err(e))),
+        Op::Kv(op) => op.fail(e),
+        Op::Gc(_) => {}
+        // A failed no-op is no answer: the thread did not vouch for itself.
+        Op::Ping(_) => {}
+        Op::Close(r) => drop(r.send(())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

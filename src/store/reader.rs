@@ -3,8 +3,7 @@
 
 use super::records::INBOX_PENDING;
 use super::schema::{AUTH, CURSORS, INBOX, OUTBOX, SESSIONS, decode, io};
-use super::writer::fail;
-use super::{InboxRecord, Op, OutboxRecord, Recovery, SessionRecord, StoreError};
+use super::{InboxRecord, Op, OutboxRecord, Recovery, SessionRecord, StoreError, fail};
 use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::mpsc;
 

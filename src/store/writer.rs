@@ -21,7 +21,7 @@ use super::schema::{
     AUTH, CURSORS, INBOX, INBOX_IDS, OUTBOX, SESSIONS, decode, id_key, in_memory_db, io, open_db,
     recovery_hint,
 };
-use super::{Accepted, InboxRecord, Op, OutboxRecord, SessionRecord, StoreError, TurnDone};
+use super::{Accepted, InboxRecord, Op, OutboxRecord, SessionRecord, StoreError, TurnDone, fail};
 use crate::config::StoreConfig;
 use crate::metrics::Metrics;
 use prost::Message;
@@ -543,33 +543,6 @@ impl Writer {
         for p in later {
             (p.reply)(synced.as_ref().err());
         }
-    }
-}
-
-pub(super) fn fail(op: Op, e: StoreError) {
-    match op {
-        Op::Accept(_, r, done) => {
-            drop(r.send(Err(e.clone())));
-            drop(done.send(Err(e)));
-        }
-        Op::TurnDone(_, r) => drop(r.send(Err(e))),
-        Op::InFlight(_, _, r)
-        | Op::ClearInFlight(_, r)
-        | Op::Abandon(_, r)
-        | Op::SetCursor(_, _, r)
-        | Op::SetAuth(_, _, r)
-        | Op::Flush(r) => drop(r.send(Err(e))),
-        Op::Sent(_, r) => drop(r.send(Err(e))),
-        Op::DeleteAuthPrefix(_, r) => drop(r.send(Err(e))),
-        Op::Cursor(_, r) | Op::Auth(_, r) => drop(r.send(Err(e))),
-        Op::Session(_, r) => drop(r.send(Err(e))),
-        Op::Recover(r) => drop(r.send(Err(e))),
-        Op::PendingFor(_, r) => drop(r.send(Err(e))),
-        Op::Kv(op) => op.fail(e),
-        Op::Gc(_) => {}
-        // A failed no-op is no answer: the thread did not vouch for itself.
-        Op::Ping(_) => {}
-        Op::Close(r) => drop(r.send(())),
     }
 }
 
