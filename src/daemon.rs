@@ -269,10 +269,10 @@ pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
         && slots.contains_key(&ChannelKind::WhatsApp)
         && std::io::IsTerminal::is_terminal(&std::io::stdout())
     {
-        tasks.push(tokio::spawn(crate::channel::whatsapp::display(
+        tasks.push(tokio::spawn(crate::display::terminal::display(
             pairing_rx,
             shutdown.clone(),
-            crate::channel::whatsapp::Screen::Stderr,
+            crate::display::terminal::Screen::Stderr,
         )));
     }
     // The board's displays (`[display]`: framebuffer, OLED, serial console); all off by default.

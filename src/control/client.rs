@@ -5,8 +5,9 @@
 //! cancelled (Ctrl-C closes the connection, which cancels in the service).
 
 use super::{EXIT_NOPERM, Event, MAX_LINE, Report, Request, connect_path};
-use crate::channel::whatsapp::{pairing_text, qr};
+use crate::channel::whatsapp::qr;
 use crate::config::Config;
+use crate::display::terminal::pairing_text;
 use crate::pairing::Pairing;
 use std::io::ErrorKind;
 use std::path::Path;

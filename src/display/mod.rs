@@ -1,7 +1,8 @@
 //! The board's own displays: a framebuffer ([`framebuffer`]: HDMI or an SPI TFT), a 128×64 I²C
 //! OLED ([`oled`]) and a serial console ([`serial`]), each showing the WhatsApp pairing state
 //! ([`crate::pairing`]) and the board's one-line status ([`crate::status::Board::status_line`]).
-//! All off unless `[display]` names a device.
+//! All off unless `[display]` names a device. [`terminal`] shows the same pairing state on the
+//! terminal that runs clawbox.
 //!
 //! [`run`] redraws on every pairing change and checks the status every [`STATUS_POLL`]. Device
 //! writes run on the blocking pool, at most one in flight per device, so a slow or stuck device
@@ -14,6 +15,7 @@ pub mod framebuffer;
 pub mod oled;
 pub mod render;
 pub mod serial;
+pub mod terminal;
 
 use crate::config::DisplayConfig;
 use crate::pairing::Pairing;

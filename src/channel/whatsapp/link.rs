@@ -10,7 +10,17 @@
 //! service (`pair`, `unpair` on the service's state) live here too. Never logs the pairing payload
 //! or the code.
 
+use super::adapter::Ending;
+use super::outbound::fail_pending;
+use super::storage::KvBackend;
 use super::*;
+use crate::channel::{ChannelCommand, ChannelError};
+use crate::display::terminal::{Screen, display};
+use crate::intake::IntakeError;
+use crate::metrics::Metrics;
+use crate::pairing::Pairing;
+use crate::status::State;
+use crate::store::kv::KvTable;
 use crate::store::{Store, StoreError};
 use tokio::sync::mpsc;
 
