@@ -376,7 +376,7 @@ pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
                     shutdown.clone(),
                     Some(ctx.reporter.clone()),
                     move || {
-                        crate::channel::whatsapp::link::serve(
+                        crate::channel::whatsapp::runs::serve(
                             wcfg.clone(),
                             ctx.clone(),
                             pairing.clone(),

@@ -28,7 +28,8 @@
 //! - [`pacing`]: human-like send timing (pure: given `now`, when to type and send);
 //!   [`chunk`] splits long replies; [`delivery`] is the per-channel send loop that applies both.
 //! - [`control`]: the control socket `pair`, `unpair` and `status` (and `doctor`) ask the running
-//!   service through; the WhatsApp side of it is [`channel::whatsapp::link`].
+//!   service through; the WhatsApp side of it is [`channel::whatsapp::link`] (and
+//!   [`channel::whatsapp::runs`] when no service runs).
 //! - [`health`]: loopback `/healthz` and `/metrics`, on [`httpd`] (the tiny bounded HTTP server
 //!   the pairing page [`web`] runs on too); [`metrics`]: the counters; [`status`]: each
 //!   component's state, shared by health, `STATUS=` and the watchdog.

@@ -4,11 +4,12 @@
 //! [`adapter`] is the sans-io core (message conversion, self chat, outgoing ids, reconnect
 //! policy); [`storage`] puts the client's keys and sessions in clawbox's store; [`transport`] and
 //! [`http`] give it a WebSocket and HTTP on our rustls config; [`qr`] draws the pairing code;
-//! [`link`] carries out the owner's requests (link, cancel, unlink) and keeps the channel ready for
-//! them. `driver` is one run of the channel (the connection loop and the client's events),
-//! `outbound` carries out the router's commands (sends and typing), `probe` finds a deaf link,
-//! `inbound` takes decrypted messages to the inbox. This file holds what they share: the run's
-//! options and outcome, the state the client's callbacks record, and the client helpers.
+//! [`link`] carries out the owner's requests (link, cancel, unlink); [`runs`] keeps the channel
+//! ready for them in the service and runs it for the CLI. `driver` is one run of the channel (the
+//! connection loop and the client's events), `outbound` carries out the router's commands (sends
+//! and typing), `probe` finds a deaf link, `inbound` takes decrypted messages to the inbox. This
+//! file holds what they share: the run's options and outcome, the state the client's callbacks
+//! record, and the client helpers.
 //!
 //! Durability order: every decrypted message goes through the client's inbound durability hook,
 //! which submits it to [`crate::intake::Intake`] (durable in the inbox on `Ok`) before the client
@@ -29,6 +30,7 @@ pub mod link;
 mod outbound;
 mod probe;
 pub mod qr;
+pub mod runs;
 pub mod storage;
 pub mod transport;
 
