@@ -304,10 +304,10 @@ impl Daemon {
             && std::io::IsTerminal::is_terminal(&std::io::stdout())
         {
             self.tasks
-                .push(tokio::spawn(crate::channel::whatsapp::display(
+                .push(tokio::spawn(crate::display::terminal::display(
                     pairing_rx,
                     self.shutdown.clone(),
-                    crate::channel::whatsapp::Screen::Stderr,
+                    crate::display::terminal::Screen::Stderr,
                 )));
         }
         if self.mode == Mode::Run && cfg.display != crate::config::DisplayConfig::default() {
@@ -435,7 +435,7 @@ impl Daemon {
                 };
                 let (pairing, asks) = (owner.pairing.clone(), owner.asks.clone());
                 crate::supervisor::supervise(name, metrics, sd, row, move || {
-                    crate::channel::whatsapp::link::serve(
+                    crate::channel::whatsapp::runs::serve(
                         wcfg.clone(),
                         ctx.clone(),
                         pairing.clone(),

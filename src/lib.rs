@@ -7,7 +7,8 @@
 //!
 //! - [`cli`]: parses the command line; nothing else.
 //! - [`config`]: the strict TOML schema and its semantic checks ([`config::ConfigError`] → exit 78).
-//! - [`daemon`]: wires every task together, owns shutdown and readiness.
+//! - [`daemon`]: wires every task together, owns shutdown ([`shutdown`]: the one switch every task
+//!   watches) and readiness.
 //! - [`supervisor`]: runs each channel in its own task and restarts it (capped, jittered backoff)
 //!   after an error or a panic, while the others carry on.
 //! - [`systemd`]: `READY=1`, `WATCHDOG=1`, `STATUS=`, `STOPPING=1`; a no-op without `NOTIFY_SOCKET`.
@@ -28,7 +29,8 @@
 //! - [`pacing`]: human-like send timing (pure: given `now`, when to type and send);
 //!   [`chunk`] splits long replies; [`delivery`] is the per-channel send loop that applies both.
 //! - [`control`]: the control socket `pair`, `unpair` and `status` (and `doctor`) ask the running
-//!   service through; the WhatsApp side of it is [`channel::whatsapp::link`].
+//!   service through; the WhatsApp side of it is [`channel::whatsapp::link`] (and
+//!   [`channel::whatsapp::runs`] when no service runs).
 //! - [`health`]: loopback `/healthz` and `/metrics`, on [`httpd`] (the tiny bounded HTTP server
 //!   the pairing page [`web`] runs on too); [`metrics`]: the counters; [`status`]: each
 //!   component's state, shared by health, `STATUS=` and the watchdog.
@@ -36,6 +38,11 @@
 //! - [`http`]: the bounded hyper + rustls client shared by the agents and channels.
 //! - [`state_dir`]: where the state lives (the same for every command) and who owns it.
 //! - [`web`]: the pairing and status page (`[web] listen`, off by default).
+//! - The pairing screen: [`pairing`] holds the WhatsApp pairing state (QR, code, linked, paused);
+//!   [`display`] shows it: [`display::terminal`] on a terminal, [`display::qr`] the QR in
+//!   characters, and the board's framebuffer, OLED and serial console.
+//! - [`providers`]: `clawbox providers test`, each agent really exercised.
+//! - [`fault`]: `CLAWBOX_FAULT` crash points and hangs for the tests (inert unless set).
 //! - [`logging`]: journald or stderr; [`repeat`] keeps a repeating failure to one line and a
 //!   reminder every 10 minutes.
 //! - [`doctor`]: `clawbox doctor`, every check of the box with its fix; [`import`]: a clawbox.toml
