@@ -4,9 +4,9 @@
 //! flushed.
 
 use crate::agent::Agent;
-use crate::channel::{ChannelCommand, ChannelContext, ChannelKind, ChannelSpec};
-use crate::config::{AgentKind, BUILTIN_AGENT, Config, PacingConfig};
-use crate::delivery::{self, Delivery, Job};
+use crate::channel::{ChannelCommand, ChannelContext};
+use crate::config::{BUILTIN_AGENT, Config, PacingConfig};
+use crate::delivery::{self, Delivery, Job, Outlet};
 use crate::http::HttpClient;
 use crate::metrics::Metrics;
 use crate::policy::Policies;
@@ -15,8 +15,10 @@ use crate::router::runner::{AgentEntry, Shared};
 use crate::shutdown::Shutdown;
 use crate::status::{Board, State};
 use crate::store::{Store, StoreError};
+use crate::vocab::{ChannelKind, ChannelSpec, PerChannel};
 use std::collections::HashMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, mpsc, watch};
@@ -89,253 +91,305 @@ fn slot(spec: ChannelSpec) -> ChannelSlot {
 }
 
 /// Runs until SIGTERM/SIGINT (or, in chat mode, until stdin is closed and everything is answered).
+/// Each step is one function below, in this order.
 pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
     crate::fault::init();
-    let metrics = Arc::new(Metrics::default());
-    let board = Board::default();
-    let (trigger, shutdown) = Shutdown::new();
-    let state_dir = match mode {
-        Mode::Run => cfg.state_dir(),
-        Mode::Chat => {
-            // The state directory first: someone else's is refused by name, not with EACCES on
-            // `console/` inside it.
-            crate::state_dir::prepare(&cfg.state_dir())
-                .map_err(|e| DaemonError::Store(StoreError::Open(e)))?;
-            cfg.state_dir().join("console")
-        }
+    let mut d = Daemon::open(&cfg, mode)?;
+    let agents = d.start_agents(&cfg);
+    let slots = channel_slots(&cfg, mode);
+    let (mut router, intake) = d.router(&cfg, agents, &slots);
+    let outbox = d.recover(&mut router).await?;
+    let owner = d.owner_side(&cfg, &slots);
+    let eof = d.start_channels(&cfg, slots, intake, outbox, &owner);
+    let row = d
+        .board
+        .register_internal(crate::router::ROW, crate::router::ALLOWANCE);
+    d.tasks
+        .push(tokio::spawn(router.run(row, d.shutdown.clone())));
+    d.start_housekeeping();
+    let control_files = match mode {
+        Mode::Run => d.start_service_endpoints(&cfg, &owner).await,
+        Mode::Chat => None,
     };
-    let store = Store::open(&state_dir, &cfg.store, metrics.clone()).map_err(DaemonError::Store)?;
-    tracing::info!(store = %store.path().display(), "store open");
-    let http = HttpClient::new();
-    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    crate::systemd::ready();
+    tracing::info!(mode = ?mode, "ready");
+    d.wait_for_the_end(eof).await?;
+    d.stop(control_files).await;
+    Ok(())
+}
 
-    // Agents: every declared one, plus the built-in echo.
-    let mut agents: HashMap<String, Arc<AgentEntry>> = HashMap::new();
-    for (name, acfg) in &cfg.agents {
-        let reporter = board.register(&format!("agent {name}"), false);
-        let agent = Agent::from_config(name, acfg, &http, &store, reporter.clone());
-        let agent_id = match acfg.kind.get_ref() {
-            AgentKind::Openclaw => acfg
-                .agent_id
-                .as_ref()
-                .map(|s| s.get_ref().clone())
-                .unwrap_or_else(|| "main".into()),
-            _ => name.clone(),
+/// What every step shares: the process-wide pieces and the tasks to wait for at shutdown.
+struct Daemon {
+    mode: Mode,
+    metrics: Arc<Metrics>,
+    board: Board,
+    trigger: crate::shutdown::ShutdownTrigger,
+    shutdown: Shutdown,
+    state_dir: PathBuf,
+    store: Store,
+    http: HttpClient,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// The owner's side of the WhatsApp channel: the pairing state everyone shows, and the linker the
+/// control socket and the page ask to pair or unpair through (None without WhatsApp).
+struct OwnerSide {
+    pairing: crate::pairing::PairingPublisher,
+    linker: Option<crate::channel::whatsapp::link::Linker>,
+    asks: crate::channel::whatsapp::link::Asks,
+}
+
+/// The control socket's files, removed at shutdown: the socket and its link in the state dir.
+type ControlFiles = (PathBuf, Option<PathBuf>);
+
+/// Which channels run, each with its command and reply queues.
+fn channel_slots(cfg: &Config, mode: Mode) -> HashMap<ChannelKind, ChannelSlot> {
+    let mut slots = HashMap::new();
+    let c = &cfg.channels;
+    let on = |kind| match (mode, kind) {
+        (Mode::Chat, k) => k == ChannelKind::Console,
+        (Mode::Run, ChannelKind::Console) => c.console.as_ref().is_some_and(|c| c.enabled),
+        (Mode::Run, ChannelKind::Telegram) => c.telegram.as_ref().is_some_and(|t| t.enabled),
+        (Mode::Run, ChannelKind::WhatsApp) => c.whatsapp.as_ref().is_some_and(|w| w.enabled),
+    };
+    for kind in ChannelKind::ALL.into_iter().filter(|&k| on(k)) {
+        let spec = match kind {
+            ChannelKind::Console => crate::channel::console::SPEC,
+            ChannelKind::Telegram => crate::channel::telegram::SPEC,
+            ChannelKind::WhatsApp => crate::channel::whatsapp::SPEC,
         };
-        let prefix = acfg
-            .session_prefix
-            .as_ref()
-            .map(|s| s.get_ref().clone())
-            .unwrap_or_else(|| cfg.router.session_prefix.clone());
-        let ack = acfg
-            .ack_timeout_s
-            .as_ref()
-            .map(|v| *v.get_ref())
-            .unwrap_or(cfg.router.ack_timeout_s);
-        let acc = acfg
-            .accumulation_timeout_s
-            .as_ref()
-            .map(|v| *v.get_ref())
-            .unwrap_or(cfg.router.accumulation_timeout_s);
-        if !matches!(agent, Agent::OpenClaw(_)) {
-            reporter.set(State::Up, agent.kind_name());
+        slots.insert(kind, slot(spec));
+    }
+    slots
+}
+
+impl Daemon {
+    /// The store (chat mode: its own under `<state>/console`), the board and the shutdown switch.
+    fn open(cfg: &Config, mode: Mode) -> Result<Daemon, DaemonError> {
+        let metrics = Arc::new(Metrics::default());
+        let (trigger, shutdown) = Shutdown::new();
+        let state_dir = match mode {
+            Mode::Run => cfg.state_dir(),
+            Mode::Chat => {
+                // The state directory first: someone else's is refused by name, not with EACCES
+                // on `console/` inside it.
+                crate::state_dir::prepare(&cfg.state_dir())
+                    .map_err(|e| DaemonError::Store(StoreError::Open(e)))?;
+                cfg.state_dir().join("console")
+            }
+        };
+        let store =
+            Store::open(&state_dir, &cfg.store, metrics.clone()).map_err(DaemonError::Store)?;
+        tracing::info!(store = %store.path().display(), "store open");
+        Ok(Daemon {
+            mode,
+            metrics,
+            board: Board::default(),
+            trigger,
+            shutdown,
+            state_dir,
+            store,
+            http: HttpClient::new(),
+            tasks: Vec::new(),
+        })
+    }
+
+    /// Every declared agent plus the built-in echo; an agent with a link of its own runs it
+    /// under the supervisor.
+    fn start_agents(&mut self, cfg: &Config) -> HashMap<String, Arc<AgentEntry>> {
+        let mut agents = HashMap::new();
+        for (name, acfg) in &cfg.agents {
+            let reporter = self.board.register(&format!("agent {name}"), false);
+            let agent = Agent::from_config(name, acfg, &self.http, &self.store, reporter.clone());
+            if !agent.has_link() {
+                reporter.set(State::Up, agent.kind_name());
+            }
+            let entry = Arc::new(AgentEntry::new(agent, cfg.agent_settings(Some(acfg), name)));
+            if entry.agent.has_link() {
+                let (e, sd) = (entry.clone(), self.shutdown.clone());
+                self.tasks.push(crate::supervisor::supervise(
+                    format!("agent {name}"),
+                    self.metrics.clone(),
+                    self.shutdown.clone(),
+                    Some(reporter),
+                    move || {
+                        let (e, sd) = (e.clone(), sd.clone());
+                        async move { e.agent.run_link(sd).await }
+                    },
+                ));
+            }
+            agents.insert(name.clone(), entry);
         }
-        let entry = Arc::new(AgentEntry {
-            agent,
-            agent_id,
-            prefix,
-            ack_timeout: Duration::from_secs(ack),
-            accumulation_timeout: Duration::from_secs(acc),
+        agents.entry(BUILTIN_AGENT.into()).or_insert_with(|| {
+            Arc::new(AgentEntry::new(
+                Agent::Echo(crate::agent::echo::Echo),
+                cfg.agent_settings(None, BUILTIN_AGENT),
+            ))
         });
-        if matches!(entry.agent, Agent::OpenClaw(_)) {
-            let e = entry.clone();
-            let sd = shutdown.clone();
-            tasks.push(crate::supervisor::supervise(
-                format!("agent {name}"),
-                metrics.clone(),
-                shutdown.clone(),
-                Some(reporter.clone()),
-                move || {
-                    let e = e.clone();
-                    let sd = sd.clone();
-                    async move {
-                        match &e.agent {
-                            Agent::OpenClaw(a) => a.run(sd).await,
-                            _ => Ok(()),
-                        }
-                    }
-                },
-            ));
-        }
-        agents.insert(name.clone(), entry);
-    }
-    if !agents.contains_key(BUILTIN_AGENT) {
-        agents.insert(
-            BUILTIN_AGENT.into(),
-            Arc::new(AgentEntry {
-                agent: Agent::Echo(crate::agent::echo::Echo),
-                agent_id: BUILTIN_AGENT.into(),
-                prefix: cfg.router.session_prefix.clone(),
-                ack_timeout: Duration::from_secs(cfg.router.ack_timeout_s),
-                accumulation_timeout: Duration::from_secs(cfg.router.accumulation_timeout_s),
-            }),
-        );
+        agents
     }
 
-    // Channels.
-    let mut slots: HashMap<ChannelKind, ChannelSlot> = HashMap::new();
-    match mode {
-        Mode::Chat => {
-            slots.insert(ChannelKind::Console, slot(crate::channel::console::SPEC));
-        }
-        Mode::Run => {
-            if cfg.channels.console.as_ref().is_some_and(|c| c.enabled) {
-                slots.insert(ChannelKind::Console, slot(crate::channel::console::SPEC));
+    /// The router and the intake that feeds it; the router reaches each channel through its
+    /// delivery outlet.
+    fn router(
+        &self,
+        cfg: &Config,
+        agents: HashMap<String, Arc<AgentEntry>>,
+        slots: &HashMap<ChannelKind, ChannelSlot>,
+    ) -> (Router, crate::intake::Intake) {
+        let agent_for = PerChannel::from_fn(|kind| cfg.agent_of(kind));
+        let outlets = PerChannel::from_fn(|kind| {
+            slots
+                .get(&kind)
+                .map(|s| Outlet::new(s.spec, s.jobs_tx.clone(), s.commands_tx.clone()))
+        });
+        let shared = Arc::new(Shared {
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            cfg: cfg.router.clone(),
+            agents,
+            default_agent: agent_for[ChannelKind::Console].clone(),
+            outlets,
+        });
+        let policies = match self.mode {
+            Mode::Run => Policies::from_config(cfg),
+            Mode::Chat => {
+                let mut p = Policies::default();
+                p.set(ChannelKind::Console, crate::policy::Policy::open());
+                p
             }
-            if cfg.channels.telegram.as_ref().is_some_and(|t| t.enabled) {
-                slots.insert(ChannelKind::Telegram, slot(crate::channel::telegram::SPEC));
-            }
-            if cfg.channels.whatsapp.as_ref().is_some_and(|w| w.enabled) {
-                slots.insert(ChannelKind::WhatsApp, slot(crate::channel::whatsapp::SPEC));
-            }
-        }
-    }
-    let mut agent_for: [String; ChannelKind::ALL.len()] = Default::default();
-    agent_for[ChannelKind::Console.index()] =
-        cfg.agent_for(cfg.channels.console.as_ref().and_then(|c| c.agent.as_ref()));
-    agent_for[ChannelKind::Telegram.index()] = cfg.agent_for(
-        cfg.channels
-            .telegram
-            .as_ref()
-            .and_then(|c| c.agent.as_ref()),
-    );
-    agent_for[ChannelKind::WhatsApp.index()] = cfg.agent_for(
-        cfg.channels
-            .whatsapp
-            .as_ref()
-            .and_then(|c| c.agent.as_ref()),
-    );
-
-    let mut specs: [Option<ChannelSpec>; ChannelKind::ALL.len()] = Default::default();
-    let mut delivery_tx: [Option<mpsc::Sender<Job>>; ChannelKind::ALL.len()] = Default::default();
-    let mut commands_tx: [Option<mpsc::Sender<ChannelCommand>>; ChannelKind::ALL.len()] =
-        Default::default();
-    for (kind, s) in &slots {
-        specs[kind.index()] = Some(s.spec);
-        delivery_tx[kind.index()] = Some(s.jobs_tx.clone());
-        commands_tx[kind.index()] = Some(s.commands_tx.clone());
-    }
-    let shared = Arc::new(Shared {
-        store: store.clone(),
-        metrics: metrics.clone(),
-        cfg: cfg.router.clone(),
-        agents,
-        default_agent: agent_for[ChannelKind::Console.index()].clone(),
-        specs,
-        delivery: delivery_tx,
-        commands: commands_tx,
-    });
-    let policies = match mode {
-        Mode::Run => Policies::from_config(&cfg),
-        Mode::Chat => {
-            let mut p = Policies::default();
-            p.set(ChannelKind::Console, crate::policy::Policy::open());
-            p
-        }
-    };
-    let (mut router, intake) = Router::new(
-        shared.clone(),
-        policies,
-        cfg.router.session_scope,
-        agent_for,
-    );
-
-    // What a crash left unfinished.
-    let recovery = store.recover().await.map_err(DaemonError::Store)?;
-    if !recovery.pending.is_empty() || !recovery.outbox.is_empty() {
-        tracing::info!(
-            pending = recovery.pending.len(),
-            replies = recovery.outbox.len(),
-            "resuming unfinished work"
-        );
-    }
-    metrics.inbox_pending.store(
-        recovery.pending.len() as u64,
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    router.resume(recovery.pending);
-
-    // The WhatsApp pairing state; shown on the terminal when one is watching.
-    let (pairing, pairing_rx) = crate::pairing::PairingPublisher::new();
-    // The owner's requests to the WhatsApp channel (control socket, page).
-    let (linker, asks) = crate::channel::whatsapp::link::Linker::new();
-    let linker = slots.contains_key(&ChannelKind::WhatsApp).then_some(linker);
-    if mode == Mode::Run
-        && slots.contains_key(&ChannelKind::WhatsApp)
-        && std::io::IsTerminal::is_terminal(&std::io::stdout())
-    {
-        tasks.push(tokio::spawn(crate::channel::whatsapp::display(
-            pairing_rx,
-            shutdown.clone(),
-            crate::channel::whatsapp::Screen::Stderr,
-        )));
-    }
-    // The board's displays (`[display]`: framebuffer, OLED, serial console); all off by default.
-    if mode == Mode::Run && cfg.display != crate::config::DisplayConfig::default() {
-        tasks.push(tokio::spawn(crate::display::run(
-            cfg.display.clone(),
-            pairing.subscribe(),
-            board.clone(),
-            shutdown.clone(),
-        )));
-    }
-    let (eof_tx, mut eof_rx) = watch::channel(false);
-    let pacing: PacingConfig = match mode {
-        Mode::Run => cfg.pacing.clone(),
-        // A terminal needs no human-like pacing.
-        Mode::Chat => PacingConfig {
-            enabled: false,
-            ..cfg.pacing.clone()
-        },
-    };
-    let mut recovered_jobs: HashMap<ChannelKind, Vec<Job>> = HashMap::new();
-    for (seq, rec) in recovery.outbox {
-        match ChannelKind::parse(&rec.channel) {
-            Some(k) if slots.contains_key(&k) => {
-                recovered_jobs.entry(k).or_default().push(Job { seq, rec })
-            }
-            _ => {
-                tracing::warn!(channel = %rec.channel, "a stored reply's channel is not running; it waits in the store")
-            }
-        }
-    }
-    for (kind, s) in slots {
-        let reporter = board.register(kind.as_str(), true);
-        let ctx = ChannelContext {
-            intake: intake.clone(),
-            store: store.clone(),
-            metrics: metrics.clone(),
-            reporter,
-            http: http.clone(),
-            commands: s.commands_rx.clone(),
-            shutdown: shutdown.clone(),
         };
+        Router::new(shared, policies, cfg.router.session_scope, agent_for)
+    }
+
+    /// What a crash left unfinished: unanswered messages go back to the router; unsent replies
+    /// are returned by channel, to be queued once each channel's delivery runs.
+    async fn recover(
+        &self,
+        router: &mut Router,
+    ) -> Result<HashMap<ChannelKind, Vec<Job>>, DaemonError> {
+        let recovery = self.store.recover().await.map_err(DaemonError::Store)?;
+        if !recovery.pending.is_empty() || !recovery.outbox.is_empty() {
+            tracing::info!(
+                pending = recovery.pending.len(),
+                replies = recovery.outbox.len(),
+                "resuming unfinished work"
+            );
+        }
+        self.metrics.inbox_pending.store(
+            recovery.pending.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        router.resume(recovery.pending);
+        let mut jobs: HashMap<ChannelKind, Vec<Job>> = HashMap::new();
+        for (seq, rec) in recovery.outbox {
+            match ChannelKind::parse(&rec.channel) {
+                Some(k) => jobs.entry(k).or_default().push(Job { seq, rec }),
+                None => {
+                    tracing::warn!(channel = %rec.channel, "a stored reply names an unknown channel; it waits in the store")
+                }
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// The pairing state and the linker, and the screens that show the state: the terminal the
+    /// service runs on, and the board's displays (`[display]`, all off by default).
+    fn owner_side(&mut self, cfg: &Config, slots: &HashMap<ChannelKind, ChannelSlot>) -> OwnerSide {
+        let (pairing, pairing_rx) = crate::pairing::PairingPublisher::new();
+        let (linker, asks) = crate::channel::whatsapp::link::Linker::new();
+        let whatsapp = slots.contains_key(&ChannelKind::WhatsApp);
+        if self.mode == Mode::Run
+            && whatsapp
+            && std::io::IsTerminal::is_terminal(&std::io::stdout())
+        {
+            self.tasks
+                .push(tokio::spawn(crate::display::terminal::display(
+                    pairing_rx,
+                    self.shutdown.clone(),
+                    crate::display::terminal::Screen::Stderr,
+                )));
+        }
+        if self.mode == Mode::Run && cfg.display != crate::config::DisplayConfig::default() {
+            self.tasks.push(tokio::spawn(crate::display::run(
+                cfg.display.clone(),
+                pairing.subscribe(),
+                self.board.clone(),
+                self.shutdown.clone(),
+            )));
+        }
+        OwnerSide {
+            pairing,
+            linker: whatsapp.then_some(linker),
+            asks,
+        }
+    }
+
+    /// Each channel's delivery loop (with the replies a crash left unsent) and its connector
+    /// under the supervisor. Returns what turns true once the console's stdin has closed.
+    fn start_channels(
+        &mut self,
+        cfg: &Config,
+        slots: HashMap<ChannelKind, ChannelSlot>,
+        intake: crate::intake::Intake,
+        mut outbox: HashMap<ChannelKind, Vec<Job>>,
+        owner: &OwnerSide,
+    ) -> watch::Receiver<bool> {
+        let (eof_tx, eof_rx) = watch::channel(false);
+        let pacing: PacingConfig = match self.mode {
+            Mode::Run => cfg.pacing.clone(),
+            // A terminal needs no human-like pacing.
+            Mode::Chat => PacingConfig {
+                enabled: false,
+                ..cfg.pacing.clone()
+            },
+        };
+        for (kind, unsent) in &outbox {
+            if !slots.contains_key(kind) {
+                tracing::warn!(channel = %kind, replies = unsent.len(), "stored replies for a channel that is not running; they wait in the store");
+            }
+        }
+        for (kind, s) in slots {
+            let ctx = ChannelContext {
+                intake: intake.clone(),
+                store: self.store.clone(),
+                metrics: self.metrics.clone(),
+                reporter: self.board.register(kind.as_str(), true),
+                http: self.http.clone(),
+                commands: s.commands_rx.clone(),
+                shutdown: self.shutdown.clone(),
+            };
+            let unsent = outbox.remove(&kind).unwrap_or_default();
+            self.start_delivery(kind, s, &pacing, unsent);
+            self.start_connector(kind, cfg, ctx, owner, &eof_tx);
+        }
+        eof_rx
+    }
+
+    /// A channel's send loop, fed first with the replies a crash left unsent.
+    fn start_delivery(
+        &mut self,
+        kind: ChannelKind,
+        s: ChannelSlot,
+        pacing: &PacingConfig,
+        unsent: Vec<Job>,
+    ) {
         let seed =
             crate::store::now_ms() ^ (kind.index() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let d = Delivery::new(
             s.spec,
-            &pacing,
+            pacing,
             seed,
-            store.clone(),
-            metrics.clone(),
-            s.commands_tx.clone(),
+            self.store.clone(),
+            self.metrics.clone(),
+            s.commands_tx,
         );
-        tasks.push(tokio::spawn(d.run(s.jobs_rx, shutdown.clone())));
-        if let Some(jobs) = recovered_jobs.remove(&kind) {
-            let tx = s.jobs_tx.clone();
-            let m = metrics.clone();
-            tasks.push(tokio::spawn(async move {
-                for job in jobs {
+        self.tasks
+            .push(tokio::spawn(d.run(s.jobs_rx, self.shutdown.clone())));
+        if !unsent.is_empty() {
+            let (tx, m) = (s.jobs_tx, self.metrics.clone());
+            self.tasks.push(tokio::spawn(async move {
+                for job in unsent {
                     Metrics::inc(&m.outbox_pending);
                     if tx.send(job).await.is_err() {
                         return;
@@ -343,64 +397,62 @@ pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
                 }
             }));
         }
-        let name = kind.as_str().to_string();
-        match kind {
+    }
+
+    /// A channel's connector as a supervised task (restarted after an error or a panic).
+    fn start_connector(
+        &mut self,
+        kind: ChannelKind,
+        cfg: &Config,
+        ctx: ChannelContext,
+        owner: &OwnerSide,
+        eof: &watch::Sender<bool>,
+    ) {
+        let row = Some(ctx.reporter.clone());
+        let (name, metrics, sd) = (
+            kind.as_str().to_string(),
+            self.metrics.clone(),
+            self.shutdown.clone(),
+        );
+        let task = match kind {
             ChannelKind::Console => {
-                let eof = eof_tx.clone();
-                tasks.push(crate::supervisor::supervise(
-                    name,
-                    metrics.clone(),
-                    shutdown.clone(),
-                    Some(ctx.reporter.clone()),
-                    move || crate::channel::console::run(ctx.clone(), eof.clone()),
-                ));
+                let eof = eof.clone();
+                crate::supervisor::supervise(name, metrics, sd, row, move || {
+                    crate::channel::console::run(ctx.clone(), eof.clone())
+                })
             }
             ChannelKind::Telegram => {
-                let Some(tcfg) = cfg.channels.telegram.clone() else {
-                    continue;
+                let Some(tcfg) = cfg.channels.telegram.clone().map(Arc::new) else {
+                    return;
                 };
-                let tcfg = Arc::new(tcfg);
-                tasks.push(crate::supervisor::supervise(
-                    name,
-                    metrics.clone(),
-                    shutdown.clone(),
-                    Some(ctx.reporter.clone()),
-                    move || crate::channel::telegram::run(tcfg.clone(), ctx.clone()),
-                ));
+                crate::supervisor::supervise(name, metrics, sd, row, move || {
+                    crate::channel::telegram::run(tcfg.clone(), ctx.clone())
+                })
             }
             ChannelKind::WhatsApp => {
-                let Some(wcfg) = cfg.channels.whatsapp.clone() else {
-                    continue;
+                let Some(wcfg) = cfg.channels.whatsapp.clone().map(Arc::new) else {
+                    return;
                 };
-                let wcfg = Arc::new(wcfg);
-                let pairing = pairing.clone();
-                let asks = asks.clone();
-                tasks.push(crate::supervisor::supervise(
-                    name,
-                    metrics.clone(),
-                    shutdown.clone(),
-                    Some(ctx.reporter.clone()),
-                    move || {
-                        crate::channel::whatsapp::link::serve(
-                            wcfg.clone(),
-                            ctx.clone(),
-                            pairing.clone(),
-                            asks.clone(),
-                        )
-                    },
-                ));
+                let (pairing, asks) = (owner.pairing.clone(), owner.asks.clone());
+                crate::supervisor::supervise(name, metrics, sd, row, move || {
+                    crate::channel::whatsapp::runs::serve(
+                        wcfg.clone(),
+                        ctx.clone(),
+                        pairing.clone(),
+                        asks.clone(),
+                    )
+                })
             }
-        }
+        };
+        self.tasks.push(task);
     }
-    drop(intake);
-    let router_row = board.register_internal(crate::router::ROW, crate::router::ALLOWANCE);
-    tasks.push(tokio::spawn(router.run(router_row, shutdown.clone())));
 
-    // Housekeeping: make lazy writes durable, trim old rows.
-    {
-        let store = store.clone();
-        let mut sd = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
+    /// Makes lazy writes durable every [`crate::store::FLUSH_INTERVAL`] (a flush with nothing
+    /// waiting writes nothing) and trims old rows every [`crate::store::GC_INTERVAL`].
+    fn start_housekeeping(&mut self) {
+        let store = self.store.clone();
+        let mut sd = self.shutdown.clone();
+        self.tasks.push(tokio::spawn(async move {
             let mut flush = tokio::time::interval(crate::store::FLUSH_INTERVAL);
             let mut gc = tokio::time::interval(crate::store::GC_INTERVAL);
             loop {
@@ -413,33 +465,64 @@ pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
         }));
     }
 
-    let mut control_files: Option<(std::path::PathBuf, Option<std::path::PathBuf>)> = None;
-    if mode == Mode::Run {
+    /// The service's endpoints and watchers: /healthz and /metrics, the control socket, the page
+    /// (when configured), the store threads' liveness and the systemd watchdog. Each one that
+    /// cannot start is logged and the service carries on without it.
+    async fn start_service_endpoints(
+        &mut self,
+        cfg: &Config,
+        owner: &OwnerSide,
+    ) -> Option<ControlFiles> {
         let addr = cfg.gateway.health_listen.get_ref().clone();
         match tokio::net::TcpListener::bind(&addr).await {
             Ok(listener) => {
                 tracing::info!(%addr, "health endpoint listening");
-                tasks.push(tokio::spawn(crate::health::serve(
+                self.tasks.push(tokio::spawn(crate::health::serve(
                     listener,
-                    board.clone(),
-                    metrics.clone(),
-                    shutdown.clone(),
+                    self.board.clone(),
+                    self.metrics.clone(),
+                    self.shutdown.clone(),
                 )));
             }
             Err(e) => {
                 tracing::error!(%addr, error = %e, "cannot serve /healthz and /metrics; carrying on without them")
             }
         }
-        // The control socket: `clawbox pair|unpair|status` ask the running service.
+        let control_files = self.start_control_socket(owner);
+        self.start_page(cfg, owner).await;
+        // The store's threads prove they are alive by answering a no-op each period.
+        for thread in [crate::store::Thread::Writer, crate::store::Thread::Reader] {
+            let row = self
+                .board
+                .register_internal(thread.row_name(), crate::store::ROW_ALLOWANCE);
+            self.tasks.push(tokio::spawn(self.store.clone().prove_alive(
+                thread,
+                row,
+                self.shutdown.clone(),
+            )));
+        }
+        // Pings every WatchdogSec/2 while no row on the board is past its due beat: a stalled
+        // component stops the pings and systemd restarts the service within WatchdogSec.
+        let period = crate::systemd::watchdog_interval();
+        self.tasks.push(tokio::spawn(crate::systemd::watchdog_loop(
+            self.board.clone(),
+            period.unwrap_or(STATUS_PERIOD),
+            self.shutdown.clone(),
+        )));
+        control_files
+    }
+
+    /// The control socket: `clawbox pair|unpair|status` ask the running service.
+    fn start_control_socket(&mut self, owner: &OwnerSide) -> Option<ControlFiles> {
         let runtime_dir = crate::control::runtime_dir_from_env();
-        match crate::control::server::bind(runtime_dir.as_deref(), &state_dir) {
+        match crate::control::server::bind(runtime_dir.as_deref(), &self.state_dir) {
             Ok(b) => {
                 tracing::info!(socket = %b.path.display(), "control socket listening");
                 let ctl = Arc::new(crate::control::server::Control {
-                    board: board.clone(),
-                    pairing: pairing.clone(),
-                    linker: linker.clone(),
-                    state_dir: state_dir.clone(),
+                    board: self.board.clone(),
+                    pairing: owner.pairing.clone(),
+                    linker: owner.linker.clone(),
+                    state_dir: self.state_dir.clone(),
                     started: tokio::time::Instant::now(),
                     uid: nix::unistd::geteuid().as_raw(),
                 });
@@ -448,33 +531,37 @@ pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
                     path,
                     link,
                 } = b;
-                control_files = Some((path, link));
-                tasks.push(tokio::spawn(crate::control::server::serve(
+                self.tasks.push(tokio::spawn(crate::control::server::serve(
                     listener,
                     ctl,
-                    shutdown.clone(),
+                    self.shutdown.clone(),
                 )));
+                Some((path, link))
             }
             Err(e) => {
-                tracing::error!(error = %e, "no control socket: `clawbox pair` and `unpair` cannot reach this service; carrying on without it")
+                tracing::error!(error = %e, "no control socket: `clawbox pair` and `unpair` cannot reach this service; carrying on without it");
+                None
             }
         }
-        // The pairing and status page, when `[web] listen` asks for it.
+    }
+
+    /// The pairing and status page, when `[web] listen` asks for it.
+    async fn start_page(&mut self, cfg: &Config, owner: &OwnerSide) {
         match crate::web::bind(&cfg.web).await {
             Ok(Some((listener, addr))) => {
                 match crate::web::Web::new(
                     &cfg.web,
                     addr.port(),
-                    board.clone(),
-                    pairing.clone(),
-                    linker.clone(),
+                    self.board.clone(),
+                    owner.pairing.clone(),
+                    owner.linker.clone(),
                 ) {
                     Ok(web) => {
                         tracing::info!(%addr, "pairing page listening");
-                        tasks.push(tokio::spawn(crate::web::serve(
+                        self.tasks.push(tokio::spawn(crate::web::serve(
                             listener,
                             web,
-                            shutdown.clone(),
+                            self.shutdown.clone(),
                         )));
                     }
                     Err(e) => tracing::error!(error = %e, "no pairing page"),
@@ -483,65 +570,54 @@ pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "no pairing page; carrying on without it"),
         }
-        // The store's threads prove they are alive by answering a no-op each period.
-        for thread in [crate::store::Thread::Writer, crate::store::Thread::Reader] {
-            let row = board.register_internal(thread.row_name(), crate::store::ROW_ALLOWANCE);
-            tasks.push(tokio::spawn(store.clone().prove_alive(
-                thread,
-                row,
-                shutdown.clone(),
-            )));
-        }
-        // Pings every WatchdogSec/2 while no row on the board is past its due beat: a stalled
-        // component stops the pings and systemd restarts the service within WatchdogSec.
-        let period = crate::systemd::watchdog_interval();
-        tasks.push(tokio::spawn(crate::systemd::watchdog_loop(
-            board.clone(),
-            period.unwrap_or(STATUS_PERIOD),
-            shutdown.clone(),
-        )));
     }
-    crate::systemd::ready();
-    tracing::info!(mode = ?mode, "ready");
 
-    // Wait for the end.
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| DaemonError::Runtime(format!("cannot handle SIGTERM: {e}")))?;
-    let drained = async {
-        let _ = eof_rx.wait_for(|v| *v).await;
-        loop {
-            match store.recover().await {
-                Ok(r) if r.pending.is_empty() && r.outbox.is_empty() => return,
-                Ok(_) => {}
-                Err(_) => return,
+    /// SIGTERM or SIGINT; in chat mode also stdin closed with everything answered.
+    async fn wait_for_the_end(&self, mut eof: watch::Receiver<bool>) -> Result<(), DaemonError> {
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| DaemonError::Runtime(format!("cannot handle SIGTERM: {e}")))?;
+        let store = &self.store;
+        let drained = async {
+            let _ = eof.wait_for(|v| *v).await;
+            loop {
+                match store.recover().await {
+                    Ok(r) if r.pending.is_empty() && r.outbox.is_empty() => return,
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+                tokio::time::sleep(DRAIN_POLL).await;
             }
-            tokio::time::sleep(DRAIN_POLL).await;
+        };
+        let drained_enabled = self.mode == Mode::Chat;
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            _ = drained, if drained_enabled => tracing::debug!("stdin closed and everything answered"),
         }
-    };
-    let drained_enabled = mode == Mode::Chat;
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-        _ = drained, if drained_enabled => tracing::debug!("stdin closed and everything answered"),
+        Ok(())
     }
-    crate::systemd::stopping();
-    trigger.trip();
-    let all = async {
-        for t in tasks {
-            let _ = t.await;
+
+    /// Tells systemd, stops every task (at most [`SHUTDOWN_DEADLINE`]), removes the control
+    /// socket's files and closes the store (flushed).
+    async fn stop(self, control_files: Option<ControlFiles>) {
+        crate::systemd::stopping();
+        self.trigger.trip();
+        let all = async {
+            for t in self.tasks {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_DEADLINE, all).await.is_err() {
+            tracing::warn!("some tasks did not stop in time");
         }
-    };
-    if tokio::time::timeout(SHUTDOWN_DEADLINE, all).await.is_err() {
-        tracing::warn!("some tasks did not stop in time");
-    }
-    // A socket left behind would read as a service that stopped answering.
-    if let Some((path, link)) = control_files {
-        let _ = std::fs::remove_file(path);
-        if let Some(l) = link {
-            let _ = std::fs::remove_file(l);
+        // A socket left behind would read as a service that stopped answering.
+        if let Some((path, link)) = control_files {
+            let _ = std::fs::remove_file(path);
+            if let Some(l) = link {
+                let _ = std::fs::remove_file(l);
+            }
         }
+        self.store.close().await;
+        tracing::info!("stopped");
     }
-    store.close().await;
-    tracing::info!("stopped");
-    Ok(())
 }

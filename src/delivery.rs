@@ -11,12 +11,13 @@
 //! tell yet (a Telegram outage): the question is asked again until it can.
 
 use crate::backoff::Backoff;
-use crate::channel::{Arm, ChannelCommand, ChannelSpec, Doubt, SendError};
+use crate::channel::{Arm, ChannelCommand, Doubt, SendError};
 use crate::config::PacingConfig;
 use crate::metrics::Metrics;
 use crate::pacing::Pacer;
 use crate::shutdown::Shutdown;
 use crate::store::{OutboxRecord, Store};
+use crate::vocab::ChannelSpec;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -45,6 +46,44 @@ const RECONCILE_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct Job {
     pub seq: u64,
     pub rec: OutboxRecord,
+}
+
+/// The router's way to one channel: queue a finished reply for pacing and delivery, or show
+/// "typing…" while a turn runs. The router reaches channels only through this, never their
+/// command queues directly.
+#[derive(Clone, Debug)]
+pub struct Outlet {
+    pub spec: ChannelSpec,
+    jobs: mpsc::Sender<Job>,
+    commands: mpsc::Sender<ChannelCommand>,
+}
+
+impl Outlet {
+    pub fn new(
+        spec: ChannelSpec,
+        jobs: mpsc::Sender<Job>,
+        commands: mpsc::Sender<ChannelCommand>,
+    ) -> Outlet {
+        Outlet {
+            spec,
+            jobs,
+            commands,
+        }
+    }
+
+    /// "typing…" in `chat` while a turn runs. Best effort: dropped when the queue is full.
+    pub fn typing(&self, chat: &str) {
+        let _ = self.commands.try_send(ChannelCommand::Typing {
+            chat: chat.to_string(),
+            on: true,
+        });
+    }
+
+    /// Queues a stored reply for delivery (waits while [`QUEUE_DEPTH`] replies wait); `false` when
+    /// the delivery loop has ended (shutdown: the reply is sent from the store after a restart).
+    pub async fn queue(&self, job: Job) -> bool {
+        self.jobs.send(job).await.is_ok()
+    }
 }
 
 pub struct Delivery {
@@ -172,7 +211,7 @@ impl Delivery {
                 Sent::Ok => {
                     crate::fault::crash_point("after-send");
                     self.pacer.on_sent(Instant::now());
-                    Metrics::inc(&self.metrics.messages_out[ch.index()]);
+                    Metrics::inc(&self.metrics.messages_out[ch]);
                     self.store.mark_sent(seq).await?;
                     rec.next = rec.next.saturating_add(1);
                     first = false;
@@ -183,7 +222,7 @@ impl Delivery {
                     continue;
                 }
                 Sent::InDoubt => {
-                    Metrics::inc(&self.metrics.send_failures[ch.index()]);
+                    Metrics::inc(&self.metrics.send_failures[ch]);
                     tracing::warn!(channel = %ch, seq, chunk = idx, "send outcome unknown; asking the channel whether it arrived");
                     let since = crate::store::now_ms();
                     match self
@@ -192,7 +231,7 @@ impl Delivery {
                     {
                         Settled::Sent => {
                             self.pacer.on_sent(Instant::now());
-                            Metrics::inc(&self.metrics.messages_out[ch.index()]);
+                            Metrics::inc(&self.metrics.messages_out[ch]);
                             self.store.mark_sent(seq).await?;
                             rec.next = rec.next.saturating_add(1);
                             first = false;
@@ -213,7 +252,7 @@ impl Delivery {
             let Sent::Failed(e) = outcome else { continue };
             match e {
                 SendError::Retry(why) | SendError::InDoubt(why) => {
-                    Metrics::inc(&self.metrics.send_failures[ch.index()]);
+                    Metrics::inc(&self.metrics.send_failures[ch]);
                     if self.too_old(&rec) {
                         tracing::error!(channel = %ch, seq, "reply could not be sent for a day; giving up on it");
                         self.store.abandon(seq).await?;
@@ -232,12 +271,12 @@ impl Delivery {
                 }
                 SendError::NotYet(d) => sleep(d.min(MAX_RETRY_AFTER)).await,
                 SendError::RetryAfter(d) => {
-                    Metrics::inc(&self.metrics.send_failures[ch.index()]);
+                    Metrics::inc(&self.metrics.send_failures[ch]);
                     tracing::info!(channel = %ch, seq, retry_after_s = d.as_secs(), "rate limited by the channel");
                     sleep(d.min(MAX_RETRY_AFTER)).await;
                 }
                 SendError::Permanent(why) => {
-                    Metrics::inc(&self.metrics.send_failures[ch.index()]);
+                    Metrics::inc(&self.metrics.send_failures[ch]);
                     tracing::warn!(channel = %ch, seq, reason = %why, "reply rejected by the channel; dropping it");
                     self.store.abandon(seq).await?;
                     break;
@@ -340,8 +379,8 @@ impl Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channel::ChannelKind;
     use crate::store::TurnDone;
+    use crate::vocab::ChannelKind;
 
     const SPEC: ChannelSpec = ChannelSpec {
         kind: ChannelKind::Telegram,

@@ -162,10 +162,10 @@ fn render_report(body: &[u8]) -> Option<(bool, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channel::ChannelKind;
     use crate::httpd::REQUEST_TIMEOUT as HEAD_TIMEOUT;
     use crate::shutdown::ShutdownTrigger;
     use crate::status::State;
+    use crate::vocab::ChannelKind;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
@@ -230,7 +230,7 @@ mod tests {
     #[tokio::test]
     async fn metrics_are_served_as_prometheus_text() {
         let (addr, metrics, _t) = start(Board::default()).await;
-        Metrics::inc(&metrics.messages_in[ChannelKind::Telegram.index()]);
+        Metrics::inc(&metrics.messages_in[ChannelKind::Telegram]);
         let (status, head, body) = ask(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert_eq!(status, 200);
         assert!(head.contains("content-type: text/plain; version=0.0.4"));

@@ -7,24 +7,30 @@
 //!
 //! - [`cli`]: parses the command line; nothing else.
 //! - [`config`]: the strict TOML schema and its semantic checks ([`config::ConfigError`] → exit 78).
-//! - [`daemon`]: wires every task together, owns shutdown and readiness.
+//! - [`daemon`]: wires every task together, owns shutdown ([`shutdown`]: the one switch every task
+//!   watches) and readiness.
 //! - [`supervisor`]: runs each channel in its own task and restarts it (capped, jittered backoff)
 //!   after an error or a panic, while the others carry on.
 //! - [`systemd`]: `READY=1`, `WATCHDOG=1`, `STATUS=`, `STOPPING=1`; a no-op without `NOTIFY_SOCKET`.
 //! - [`store`]: the redb file: inbox, outbox, sessions, cursors, channel auth. The only code that
 //!   commits, in grouped transactions.
-//! - [`channel`]: the [`channel::Inbound`] / [`channel::ChannelCommand`] boundary every connector
-//!   speaks; [`channel::console`] and [`channel::telegram`] implement it.
+//! - [`vocab`]: the shared words every layer uses ([`vocab::Inbound`], [`vocab::ChannelKind`],
+//!   [`vocab::PerChannel`], …); a leaf that imports nothing from the crate.
+//! - [`channel`]: the connector contract ([`channel::ChannelCommand`], [`channel::ChannelContext`]);
+//!   [`channel::console`], [`channel::telegram`] and [`channel::whatsapp`] implement it.
+//! - [`intake`]: the channels' way in: policy, dedupe and the durable write before an ack.
 //! - [`policy`]: the DM allowlist. Pure: a message in, allow or drop out.
-//! - [`router`]: intake (dedupe, durability), [`router::session`] (session keys, 🗑️ resets),
-//!   [`router::turns`] (one turn in flight per session, batching; pure), the turn runner with the
-//!   ack and accumulation timeouts.
+//! - [`session`]: session keys and 🗑️ resets. Pure.
+//! - [`router`]: [`router::turns`] (one turn in flight per session, batching; pure) and the turn
+//!   runner with the ack and accumulation timeouts; it reaches channels only through
+//!   [`delivery::Outlet`].
 //! - [`agent`]: the [`agent::Agent`] boundary; [`agent::echo`], [`agent::openai`] (+ [`agent::sse`]),
 //!   [`agent::openclaw`].
 //! - [`pacing`]: human-like send timing (pure: given `now`, when to type and send);
 //!   [`chunk`] splits long replies; [`delivery`] is the per-channel send loop that applies both.
 //! - [`control`]: the control socket `pair`, `unpair` and `status` (and `doctor`) ask the running
-//!   service through; the WhatsApp side of it is [`channel::whatsapp::link`].
+//!   service through; the WhatsApp side of it is [`channel::whatsapp::link`] (and
+//!   [`channel::whatsapp::runs`] when no service runs).
 //! - [`health`]: loopback `/healthz` and `/metrics`, on [`httpd`] (the tiny bounded HTTP server
 //!   the pairing page [`web`] runs on too); [`metrics`]: the counters; [`status`]: each
 //!   component's state, shared by health, `STATUS=` and the watchdog.
@@ -32,6 +38,11 @@
 //! - [`http`]: the bounded hyper + rustls client shared by the agents and channels.
 //! - [`state_dir`]: where the state lives (the same for every command) and who owns it.
 //! - [`web`]: the pairing and status page (`[web] listen`, off by default).
+//! - The pairing screen: [`pairing`] holds the WhatsApp pairing state (QR, code, linked, paused);
+//!   [`display`] shows it: [`display::terminal`] on a terminal, [`display::qr`] the QR in
+//!   characters, and the board's framebuffer, OLED and serial console.
+//! - [`providers`]: `clawbox providers test`, each agent really exercised.
+//! - [`fault`]: `CLAWBOX_FAULT` crash points and hangs for the tests (inert unless set).
 //! - [`logging`]: journald or stderr; [`repeat`] keeps a repeating failure to one line and a
 //!   reminder every 10 minutes.
 //! - [`doctor`]: `clawbox doctor`, every check of the box with its fix; [`import`]: a clawbox.toml
@@ -53,6 +64,7 @@ pub mod health;
 pub mod http;
 pub mod httpd;
 pub mod import;
+pub mod intake;
 pub mod logging;
 pub mod metrics;
 pub mod pacing;
@@ -61,10 +73,12 @@ pub mod policy;
 pub mod providers;
 pub mod repeat;
 pub mod router;
+pub mod session;
 pub mod shutdown;
 pub mod state_dir;
 pub mod status;
 pub mod store;
 pub mod supervisor;
 pub mod systemd;
+pub mod vocab;
 pub mod web;

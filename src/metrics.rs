@@ -3,11 +3,9 @@
 //! Lock-free atomics in one fixed struct: no registry, no labels allocated at run time, so memory
 //! does not grow with uptime. Per-channel series are arrays indexed by [`ChannelKind::index`].
 
-use crate::channel::ChannelKind;
+use crate::vocab::{ChannelKind, PerChannel};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-
-const CHANNELS: usize = ChannelKind::ALL.len();
 
 /// Upper bounds (seconds) of the turn latency histogram buckets; +Inf is implicit.
 pub const TURN_LATENCY_BUCKETS: [f64; 10] =
@@ -73,12 +71,12 @@ impl TurnOutcome {
 
 #[derive(Default)]
 pub struct Metrics {
-    pub messages_in: [AtomicU64; CHANNELS],
-    pub messages_out: [AtomicU64; CHANNELS],
-    pub send_failures: [AtomicU64; CHANNELS],
-    pub reconnects: [AtomicU64; CHANNELS],
-    pub malformed: [AtomicU64; CHANNELS],
-    dropped: [[AtomicU64; DropReason::ALL.len()]; CHANNELS],
+    pub messages_in: PerChannel<AtomicU64>,
+    pub messages_out: PerChannel<AtomicU64>,
+    pub send_failures: PerChannel<AtomicU64>,
+    pub reconnects: PerChannel<AtomicU64>,
+    pub malformed: PerChannel<AtomicU64>,
+    dropped: PerChannel<[AtomicU64; DropReason::ALL.len()]>,
     turns: [AtomicU64; TurnOutcome::ALL.len()],
     turn_latency_buckets: [AtomicU64; TURN_LATENCY_BUCKETS.len()],
     turn_latency_count: AtomicU64,
@@ -100,11 +98,11 @@ impl Metrics {
     }
 
     pub fn dropped(&self, ch: ChannelKind, why: DropReason) {
-        self.dropped[ch.index()][why as usize].fetch_add(1, Relaxed);
+        self.dropped[ch][why as usize].fetch_add(1, Relaxed);
     }
 
     pub fn dropped_count(&self, ch: ChannelKind, why: DropReason) -> u64 {
-        self.dropped[ch.index()][why as usize].load(Relaxed)
+        self.dropped[ch][why as usize].load(Relaxed)
     }
 
     pub fn turn(&self, outcome: TurnOutcome, latency: std::time::Duration) {
@@ -124,7 +122,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         let per_channel =
-            |out: &mut String, name: &str, help: &str, arr: &[AtomicU64; CHANNELS]| {
+            |out: &mut String, name: &str, help: &str, arr: &PerChannel<AtomicU64>| {
                 let _ = writeln!(
                     out,
                     "# HELP clawbox_{name} {help}\n# TYPE clawbox_{name} counter"
@@ -133,7 +131,7 @@ impl Metrics {
                     let _ = writeln!(
                         out,
                         "clawbox_{name}{{channel=\"{ch}\"}} {}",
-                        arr[ch.index()].load(Relaxed)
+                        arr[ch].load(Relaxed)
                     );
                 }
             };
@@ -300,7 +298,7 @@ mod tests {
     #[test]
     fn render_counts_what_was_recorded() {
         let m = Metrics::default();
-        Metrics::inc(&m.messages_in[ChannelKind::Telegram.index()]);
+        Metrics::inc(&m.messages_in[ChannelKind::Telegram]);
         m.dropped(ChannelKind::WhatsApp, DropReason::NotAllowed);
         m.turn(TurnOutcome::Ok, std::time::Duration::from_millis(300));
         let text = m.render();

@@ -3,9 +3,9 @@
 //! Runs first, before anything is stored, any agent is called, any receipt or typing is sent. A
 //! replay after a reconnect goes through the same check, so it cannot slip past.
 
-use crate::channel::{ChannelKind, Inbound};
 use crate::config::{Config, DmPolicy};
 use crate::metrics::DropReason;
+use crate::vocab::{ChannelKind, Inbound, PerChannel};
 use std::collections::HashSet;
 
 /// The sender id a channel gives the owner writing in their own "message yourself" chat.
@@ -66,7 +66,7 @@ impl Policy {
 /// The rules of every channel. A channel without a rule lets nobody in.
 #[derive(Debug, Clone, Default)]
 pub struct Policies {
-    by_channel: [Option<Policy>; ChannelKind::ALL.len()],
+    by_channel: PerChannel<Option<Policy>>,
 }
 
 impl Policies {
@@ -100,11 +100,11 @@ impl Policies {
     }
 
     pub fn set(&mut self, ch: ChannelKind, policy: Policy) {
-        self.by_channel[ch.index()] = Some(policy);
+        self.by_channel[ch] = Some(policy);
     }
 
     pub fn check(&self, msg: &Inbound) -> Verdict {
-        match &self.by_channel[msg.channel.index()] {
+        match &self.by_channel[msg.channel] {
             Some(p) => p.check(msg),
             None => Verdict::Drop(DropReason::Disabled),
         }
@@ -114,7 +114,7 @@ impl Policies {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channel::Content;
+    use crate::vocab::Content;
 
     fn msg(sender: &str, group: bool) -> Inbound {
         Inbound {

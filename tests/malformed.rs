@@ -528,7 +528,7 @@ const DECRYPT_RECOVERY: Duration = Duration::from_secs(45);
 // whatsapp-rust 0.7.0 advances its read counter on a failed decrypt and counts the undecryptable
 // bytes as received data, so its dead-socket check never fires: every later frame fails too and
 // the link stays up but deaf (observed > 2 min without a reconnect before the fix). clawbox's
-// deaf-link probe (src/channel/whatsapp/mod.rs) notices the unanswered pings and reconnects.
+// deaf-link probe (src/channel/whatsapp/probe.rs) notices the unanswered pings and reconnects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_that_fails_decryption_is_logged_and_the_link_recovers() {
     let (fake, _bx, mut p) = wa_running().await;

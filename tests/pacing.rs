@@ -2,12 +2,13 @@
 //! the gap between replies, the gaps between chunks and the chunk boundaries are exactly what the
 //! configuration and the seeded random sequence say.
 
-use clawbox::channel::{ChannelCommand, ChannelKind, ChannelSpec};
+use clawbox::channel::ChannelCommand;
 use clawbox::config::PacingConfig;
 use clawbox::delivery::{Delivery, Job};
 use clawbox::metrics::Metrics;
 use clawbox::pacing::Pacer;
 use clawbox::store::{OutboxRecord, Store, TurnDone};
+use clawbox::vocab::{ChannelKind, ChannelSpec};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;

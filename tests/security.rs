@@ -312,7 +312,7 @@ async fn a_one_mebibyte_message_is_bounded_and_the_box_stays_up() {
         .iter()
         .find(|m| m.starts_with("AAAA"))
         .expect("the huge message reached the agent, cut");
-    let cap = clawbox::router::intake::MAX_INBOUND_CHARS;
+    let cap = clawbox::intake::MAX_INBOUND_CHARS;
     assert!(
         cut.chars().count() < cap + 64,
         "bounded: {} chars",

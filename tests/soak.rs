@@ -27,7 +27,7 @@ const HEALTHY_MS: (u64, u64) = (2_000, 6_000);
 const HEALTHY_MS_MAX: Duration = Duration::from_millis(HEALTHY_MS.1);
 /// A fault lasts this long (ms range); past the longest backoff cap so the cap is exercised.
 const FAULT_MS: (u64, u64) = (1_000, 8_000);
-/// The worst case of the WhatsApp keepalive probe (src/channel/whatsapp/mod.rs, private there):
+/// The worst case of the WhatsApp keepalive probe (src/channel/whatsapp/probe.rs, private there):
 /// PROBE_EVERY 15 s, then PROBE_FAILURES = 2 unanswered probes, each an IQ that times out after
 /// PROBE_DEADLINE 10 s followed by a 10 s pause = 15 + 2 × (10 + 10) = 55 s. It is the backstop for
 /// a link that still carries bytes; a silent (blackholed) link is noticed sooner, by the

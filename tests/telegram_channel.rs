@@ -8,17 +8,15 @@ mod fakes;
 
 use clawbox::channel::telegram::doubt;
 use clawbox::channel::telegram::{self, proto};
-use clawbox::channel::{
-    Arm, ChannelCommand, ChannelContext, ChannelError, ChannelKind, Content, Doubt, Inbound,
-    MediaKind, SendError,
-};
+use clawbox::channel::{Arm, ChannelCommand, ChannelContext, ChannelError, Doubt, SendError};
 use clawbox::config::{Secret, TelegramConfig};
 use clawbox::http::HttpClient;
+use clawbox::intake::{Intake, IntakeError, Submission, Submitted};
 use clawbox::metrics::Metrics;
-use clawbox::router::{Intake, IntakeError, Submission, Submitted};
 use clawbox::shutdown::{Shutdown, ShutdownTrigger};
 use clawbox::status::{Board, State};
 use clawbox::store::Store;
+use clawbox::vocab::{ChannelKind, Content, Inbound, MediaKind};
 use fakes::telegram::{FakeError, FakeTelegram};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -185,7 +183,7 @@ impl Harness {
     }
 
     fn malformed(&self) -> u64 {
-        self.metrics.malformed[ChannelKind::Telegram.index()].load(Relaxed)
+        self.metrics.malformed[ChannelKind::Telegram].load(Relaxed)
     }
 }
 
@@ -369,10 +367,7 @@ async fn conflict_degrades_then_recovers() {
     let id = h.fake.push_text(USER, USER, "after conflict");
     assert_eq!(h.accept().await.id, id.to_string());
     assert_eq!(h.wait_state(State::Up).await, "@clawbox_test_bot");
-    assert_eq!(
-        h.metrics.reconnects[ChannelKind::Telegram.index()].load(Relaxed),
-        1
-    );
+    assert_eq!(h.metrics.reconnects[ChannelKind::Telegram].load(Relaxed), 1);
     h.stop().await.unwrap();
 }
 
@@ -550,10 +545,7 @@ async fn server_errors_back_off_then_count_a_reconnect() {
     let id = h.fake.push_text(USER, USER, "back");
     assert_eq!(h.accept().await.id, id.to_string());
     assert_eq!(h.wait_state(State::Up).await, "@clawbox_test_bot");
-    assert_eq!(
-        h.metrics.reconnects[ChannelKind::Telegram.index()].load(Relaxed),
-        1
-    );
+    assert_eq!(h.metrics.reconnects[ChannelKind::Telegram].load(Relaxed), 1);
     h.stop().await.unwrap();
 }
 

@@ -7,7 +7,7 @@
 //! capped; `convert` agrees with the poller.
 #![no_main]
 
-use clawbox::channel::ChannelKind;
+use clawbox::vocab::ChannelKind;
 use clawbox::channel::telegram::proto::{
     self, ApiError, Fetched, MAX_RETRY_AFTER, PollStep, Poller, StartStep,
 };

@@ -13,7 +13,7 @@
 //! an echo of an id we sent is never submitted; a decoded message survives a protobuf round trip.
 #![no_main]
 
-use clawbox::channel::ChannelKind;
+use clawbox::vocab::ChannelKind;
 use clawbox::channel::whatsapp::adapter::{
     self, Classified, Own, Rules, SELF_SENDER, SentIds, Skip,
 };

@@ -32,7 +32,7 @@ pub enum Role {
 /// What the router asks of an agent for one turn.
 #[derive(Clone, Debug)]
 pub struct TurnRequest {
-    /// `agent:<agent_id>:<prefix>-<id>`; see [`crate::router::session`].
+    /// `agent:<agent_id>:<prefix>-<id>`; see [`crate::session`].
     pub session_key: String,
     /// The turn's user text: one message, or several joined in arrival order.
     pub text: String,
@@ -158,6 +158,27 @@ impl Agent {
             Agent::OpenAi(_) => "openai",
             Agent::OpenClaw(_) => "openclaw",
         }
+    }
+
+    /// Agents that keep a link of their own (the OpenClaw gateway's WebSocket) run it as a
+    /// supervised task ([`Agent::run_link`]) and report their own state on the board; the others
+    /// are up as soon as they are built.
+    pub fn has_link(&self) -> bool {
+        matches!(self, Agent::OpenClaw(_))
+    }
+
+    /// The agent's own link, until shutdown (an agent without one returns at once).
+    pub async fn run_link(&self, shutdown: crate::shutdown::Shutdown) -> Result<(), AgentError> {
+        match self {
+            Agent::OpenClaw(a) => a.run(shutdown).await,
+            Agent::Echo(_) | Agent::OpenAi(_) => Ok(()),
+        }
+    }
+
+    /// After a 🗑️ reset that started a new session key, the old conversation still exists on the
+    /// agent's side (an OpenClaw gateway keeps it): the reset's reply says so.
+    pub fn keeps_reset_conversations(&self) -> bool {
+        matches!(self, Agent::OpenClaw(_))
     }
 
     /// Stateless endpoints get the session's recent history with each turn.

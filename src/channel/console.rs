@@ -2,10 +2,9 @@
 //! replies are printed on stdout. It goes through the same policy, router, store and delivery as
 //! every other channel, so an owner can try their agent setup on the box itself.
 
-use super::{
-    ChannelCommand, ChannelContext, ChannelError, ChannelKind, ChannelSpec, Content, Inbound,
-};
-use crate::router::Submitted;
+use super::{ChannelCommand, ChannelContext, ChannelError};
+use crate::intake::Submitted;
+use crate::vocab::{ChannelKind, ChannelSpec, Content, Inbound};
 use std::io::{IsTerminal, Write};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::sync::watch;

@@ -1,8 +1,10 @@
-//! The channel boundary: what a connector hands the core ([`Inbound`]) and what the core asks of a
-//! connector ([`ChannelCommand`]).
+//! The connector contract: what the core asks of a connector ([`ChannelCommand`], with [`Arm`] for
+//! the moment a chunk leaves) and what a connector gets from the core ([`ChannelContext`]). The
+//! words both sides use ([`Inbound`](crate::vocab::Inbound), [`ChannelKind`](crate::vocab::ChannelKind),
+//! …) are in [`crate::vocab`].
 //!
 //! A connector never talks to agents, never decides who is allowed, never sleeps for pacing: it
-//! turns its wire protocol into [`Inbound`] values, submits each through [`crate::router::Intake`]
+//! turns its wire protocol into [`Inbound`](crate::vocab::Inbound) values, submits each through [`crate::intake::Intake`]
 //! and acknowledges upstream only after the submit returned `Ok` (the message is durable by then),
 //! and it carries out [`ChannelCommand`]s (typing, send) reporting each outcome.
 
@@ -11,8 +13,8 @@ pub mod telegram;
 pub mod whatsapp;
 
 use crate::http::HttpClient;
+use crate::intake::Intake;
 use crate::metrics::Metrics;
-use crate::router::Intake;
 use crate::shutdown::Shutdown;
 use crate::status::Reporter;
 use crate::store::Store;
@@ -21,122 +23,6 @@ use tokio::sync::{Mutex, mpsc};
 
 use std::fmt;
 use tokio::sync::oneshot;
-
-/// Which channel a message belongs to. The string form is stored on disk: never rename one.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
-pub enum ChannelKind {
-    Console,
-    Telegram,
-    WhatsApp,
-}
-
-impl ChannelKind {
-    pub const ALL: [ChannelKind; 3] = [
-        ChannelKind::Console,
-        ChannelKind::Telegram,
-        ChannelKind::WhatsApp,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChannelKind::Console => "console",
-            ChannelKind::Telegram => "telegram",
-            ChannelKind::WhatsApp => "whatsapp",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-
-    /// Dense index for per-channel metric arrays.
-    pub fn index(self) -> usize {
-        self as usize
-    }
-}
-
-impl fmt::Display for ChannelKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Kinds of media a channel can report. The placeholder text is `<media:KIND>`.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum MediaKind {
-    Image,
-    Video,
-    Audio,
-    Document,
-    Sticker,
-}
-
-impl MediaKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MediaKind::Image => "image",
-            MediaKind::Video => "video",
-            MediaKind::Audio => "audio",
-            MediaKind::Document => "document",
-            MediaKind::Sticker => "sticker",
-        }
-    }
-}
-
-/// What a message carries, before it is rendered to the text an agent sees.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub enum Content {
-    Text(String),
-    Media {
-        kind: MediaKind,
-        caption: Option<String>,
-    },
-    Reaction {
-        emoji: String,
-        target_id: String,
-    },
-}
-
-impl Content {
-    /// The text the agent receives: text as is, media as `<media:KIND>` plus the caption on the next
-    /// line, a reaction as a short description.
-    pub fn render(&self) -> String {
-        match self {
-            Content::Text(t) => t.clone(),
-            Content::Media { kind, caption } => match caption.as_deref().map(str::trim) {
-                Some(c) if !c.is_empty() => format!("<media:{}>\n{c}", kind.as_str()),
-                _ => format!("<media:{}>", kind.as_str()),
-            },
-            Content::Reaction { emoji, target_id } => {
-                format!("[reacted {emoji} to message {target_id}]")
-            }
-        }
-    }
-}
-
-/// One message received by a channel, in the core's terms.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub struct Inbound {
-    pub channel: ChannelKind,
-    /// The channel's own id for this message; unique within the channel. The dedupe key.
-    pub id: String,
-    /// Where replies go (Telegram chat id, WhatsApp chat JID, "console").
-    pub chat: String,
-    /// Who sent it, in the form the allowlist uses: E.164 (`+4915…`) or a Telegram user id.
-    pub sender: String,
-    /// Who sent it as the wire names them (WhatsApp: the sender JID with its device; Telegram:
-    /// the user id): the same on every redelivery, so part of the dedupe key with `chat` and `id`.
-    pub author: String,
-    /// Where the channel numbers messages in order (Telegram: the message id in the bot's own
-    /// message box, for private chats), this message's number; else 0. A reply to it comes after
-    /// it: the lower bound a send in doubt is settled from.
-    pub wire_seq: u64,
-    /// Group chats are not handled yet: the policy drops them.
-    pub is_group: bool,
-    pub content: Content,
-    /// Sent time, milliseconds since the Unix epoch, as the channel reports it.
-    pub ts_ms: u64,
-}
 
 /// The moment a reply chunk may leave the box. A connector calls [`Arm::arm`] right before it puts
 /// the chunk's request on the wire — after its own rate limits, connection checks and probes, so
@@ -266,14 +152,6 @@ pub enum ChannelCommand {
         since_ms: u64,
         done: oneshot::Sender<Doubt>,
     },
-}
-
-/// Static facts about a channel that the core needs.
-#[derive(Debug, Clone, Copy)]
-pub struct ChannelSpec {
-    pub kind: ChannelKind,
-    /// Longest text one message may carry (Telegram 4096 characters); longer replies are chunked.
-    pub max_chars: usize,
 }
 
 /// Everything a channel task gets from the core. The command receiver lives behind a mutex outside

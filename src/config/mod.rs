@@ -11,6 +11,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use toml::Spanned;
 
 /// sysexits' EX_CONFIG: the unit's `RestartPreventExitStatus=78` stops a crash loop on it.
@@ -522,6 +523,70 @@ impl Config {
         }
         BUILTIN_AGENT.to_string()
     }
+
+    /// The agent a channel uses ([`Config::agent_for`] with the channel's own `agent = …`).
+    pub fn agent_of(&self, kind: crate::vocab::ChannelKind) -> String {
+        use crate::vocab::ChannelKind;
+        let c = &self.channels;
+        self.agent_for(match kind {
+            ChannelKind::Console => c.console.as_ref().and_then(|c| c.agent.as_ref()),
+            ChannelKind::Telegram => c.telegram.as_ref().and_then(|c| c.agent.as_ref()),
+            ChannelKind::WhatsApp => c.whatsapp.as_ref().and_then(|c| c.agent.as_ref()),
+        })
+    }
+
+    /// An agent's router settings with the `[router]` defaults filled in (`None`: the built-in
+    /// echo, which has no table of its own).
+    pub fn agent_settings(&self, acfg: Option<&AgentConfig>, name: &str) -> AgentSettings {
+        let r = &self.router;
+        let Some(a) = acfg else {
+            return AgentSettings {
+                agent_id: name.to_string(),
+                prefix: r.session_prefix.clone(),
+                ack_timeout: Duration::from_secs(r.ack_timeout_s),
+                accumulation_timeout: Duration::from_secs(r.accumulation_timeout_s),
+            };
+        };
+        let agent_id = match a.kind.get_ref() {
+            // The gateway's own agent, `main` unless the config names another.
+            AgentKind::Openclaw => a
+                .agent_id
+                .as_ref()
+                .map(|s| s.get_ref().clone())
+                .unwrap_or_else(|| "main".into()),
+            _ => name.to_string(),
+        };
+        AgentSettings {
+            agent_id,
+            prefix: a
+                .session_prefix
+                .as_ref()
+                .map(|s| s.get_ref().clone())
+                .unwrap_or_else(|| r.session_prefix.clone()),
+            ack_timeout: Duration::from_secs(
+                a.ack_timeout_s
+                    .as_ref()
+                    .map(|v| *v.get_ref())
+                    .unwrap_or(r.ack_timeout_s),
+            ),
+            accumulation_timeout: Duration::from_secs(
+                a.accumulation_timeout_s
+                    .as_ref()
+                    .map(|v| *v.get_ref())
+                    .unwrap_or(r.accumulation_timeout_s),
+            ),
+        }
+    }
+}
+
+/// An agent's settings as the router uses them, every default resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentSettings {
+    /// The `<agent_id>` in session keys.
+    pub agent_id: String,
+    pub prefix: String,
+    pub ack_timeout: Duration,
+    pub accumulation_timeout: Duration,
 }
 
 /// A config anyone can write lets anyone choose who may talk to the assistant and where messages

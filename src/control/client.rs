@@ -5,8 +5,9 @@
 //! cancelled (Ctrl-C closes the connection, which cancels in the service).
 
 use super::{EXIT_NOPERM, Event, MAX_LINE, Report, Request, connect_path};
-use crate::channel::whatsapp::{pairing_text, qr};
 use crate::config::Config;
+use crate::display::qr;
+use crate::display::terminal::pairing_text;
 use crate::pairing::Pairing;
 use std::io::ErrorKind;
 use std::path::Path;
@@ -119,7 +120,7 @@ pub async fn pair(cfg: &Config, phone: Option<String>) -> i32 {
     let s = match connect(&state_dir).await {
         Conn::Open(s) => s,
         Conn::NoService | Conn::NoAccess => {
-            return crate::channel::whatsapp::link::pair(cfg, phone).await;
+            return crate::channel::whatsapp::runs::pair(cfg, phone).await;
         }
     };
     let req = Request::Pair {
@@ -269,7 +270,7 @@ pub async fn unpair(cfg: &Config, yes: bool) -> i32 {
     let s = match connect(&state_dir).await {
         Conn::Open(s) => s,
         Conn::NoService | Conn::NoAccess => {
-            return crate::channel::whatsapp::link::unpair(cfg).await;
+            return crate::channel::whatsapp::runs::unpair(cfg).await;
         }
     };
     let req = Request::Unpair {

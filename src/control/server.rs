@@ -8,11 +8,11 @@ use super::{
     Component, Event, MAX_CONNECTIONS, MAX_LINE, PAIR_STREAM_LIMIT, REQUEST_TIMEOUT, Report,
     Request, WRITE_TIMEOUT, WhatsAppReport, allowed, bind_path, connect_path, encode,
 };
-use crate::channel::ChannelKind;
 use crate::channel::whatsapp::link::{Linker, PairReply};
 use crate::pairing::{Pairing, PairingPublisher};
 use crate::shutdown::Shutdown;
 use crate::status::Board;
+use crate::vocab::ChannelKind;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

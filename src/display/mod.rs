@@ -1,7 +1,9 @@
 //! The board's own displays: a framebuffer ([`framebuffer`]: HDMI or an SPI TFT), a 128×64 I²C
 //! OLED ([`oled`]) and a serial console ([`serial`]), each showing the WhatsApp pairing state
 //! ([`crate::pairing`]) and the board's one-line status ([`crate::status::Board::status_line`]).
-//! All off unless `[display]` names a device.
+//! All off unless `[display]` names a device. [`terminal`] shows the same pairing state on the
+//! terminal that runs clawbox (and `clawbox pair whatsapp`); [`qr`] draws the QR in characters for
+//! the terminal and the serial console.
 //!
 //! [`run`] redraws on every pairing change and checks the status every [`STATUS_POLL`]. Device
 //! writes run on the blocking pool, at most one in flight per device, so a slow or stuck device
@@ -12,8 +14,10 @@
 
 pub mod framebuffer;
 pub mod oled;
+pub mod qr;
 pub mod render;
 pub mod serial;
+pub mod terminal;
 
 use crate::config::DisplayConfig;
 use crate::pairing::Pairing;

@@ -1,5 +1,5 @@
 //! A serial console (`/dev/serial0`, `/dev/ttyAMA0`, `/dev/ttyS0`) showing the pairing state as
-//! text: the QR in half-block characters (the terminal renderer, [`crate::channel::whatsapp::qr`])
+//! text: the QR in half-block characters (the terminal renderer, [`crate::display::qr`])
 //! with the raw string, or the pairing code, and the channel status. Written once per change, not
 //! redrawn: a serial line is slow and its scrollback is the history.
 //!
@@ -10,7 +10,7 @@
 
 use super::DisplayError;
 use super::render::{View, code_display, message, wrap};
-use crate::channel::whatsapp::qr;
+use crate::display::qr;
 use crate::pairing::Pairing;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;

@@ -4,7 +4,6 @@
 //! JSON5 form but `Infinity`/`NaN`, which a JSON value cannot hold and no OpenClaw setting uses.
 //! Pure.
 
-use super::openclaw::ImportError;
 use serde_json::Value;
 
 /// OpenClaw configs are a few KiB; this bounds the memory and time of a parse.
@@ -12,6 +11,22 @@ pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
 /// Nesting deeper than this is refused before parsing (the parser's serde path recurses once per
 /// level, and the stack is finite); OpenClaw's own configs nest about six deep.
 pub const MAX_DEPTH: usize = 64;
+
+/// Why the input could not be converted: where (1-based line and column) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportError {
+    pub line_col: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl ImportError {
+    pub(super) fn at(text: &str, offset: usize, message: impl Into<String>) -> ImportError {
+        ImportError {
+            line_col: Some(crate::config::line_col(text, offset)),
+            message: message.into(),
+        }
+    }
+}
 
 /// JSON5 text → a value, with the depth and size limits.
 pub fn parse(text: &str) -> Result<Value, ImportError> {

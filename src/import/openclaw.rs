@@ -7,6 +7,7 @@
 //! agent (with the default agent's id). Everything else gets a comment naming it and why it stays
 //! behind; a secret's value is never written into the TOML, nor into a comment.
 
+pub use super::json5::ImportError;
 use crate::config::Secret;
 use crate::config::check::is_e164;
 use serde_json::{Map, Value};
@@ -37,22 +38,6 @@ pub struct Imported {
 pub struct SecretFile {
     pub name: &'static str,
     pub value: Secret,
-}
-
-/// Why the input could not be converted: where (1-based line and column) and what.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImportError {
-    pub line_col: Option<(usize, usize)>,
-    pub message: String,
-}
-
-impl ImportError {
-    pub(super) fn at(text: &str, offset: usize, message: impl Into<String>) -> ImportError {
-        ImportError {
-            line_col: Some(crate::config::line_col(text, offset)),
-            message: message.into(),
-        }
-    }
 }
 
 /// Converts an OpenClaw config to clawbox.toml. The TOML names each secret file as

@@ -1,6 +1,6 @@
 //! The conversation router: the event loop between the channels' intake and the agents.
 //!
-//! [`intake`] makes each allowed message durable and sends it here; [`turns`] decides which turn
+//! [`crate::intake`] makes each allowed message durable and sends it here; [`turns`] decides which turn
 //! runs next (one per session, batched, bounded); [`runner`] runs a turn against its agent with the
 //! ack and accumulation timeouts and queues the reply for [`crate::delivery`]. After a restart,
 //! [`Router::resume`] re-queues every unanswered message, so each is answered exactly once.
@@ -8,14 +8,12 @@
 //! The loop beats the router's row on the board each time it turns, and turns at least every
 //! [`TICK`] even when nothing arrives: a loop blocked in its body stops beating.
 
-pub mod intake;
 pub mod runner;
-pub mod session;
 pub mod turns;
 
-pub use intake::{Intake, Submission};
+use crate::intake::{self, Event, Intake};
+use crate::session;
 
-use crate::metrics::DropReason;
 use crate::shutdown::Shutdown;
 use crate::status::Reporter;
 use crate::store::InboxRecord;
@@ -24,46 +22,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-
-/// What became of a submitted message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Submitted {
-    /// Durable in the inbox: the channel may acknowledge it upstream now.
-    Accepted,
-    /// Seen before (same channel and id): acknowledge upstream, nothing else happens.
-    Duplicate,
-    /// Not allowed by policy: acknowledge upstream (so it is not redelivered), nothing else happens.
-    Dropped(DropReason),
-}
-
-#[derive(Debug, Clone)]
-pub enum IntakeError {
-    /// The store could not make it durable: do NOT acknowledge upstream; retry later.
-    Store(String),
-    /// The daemon is stopping: do not acknowledge.
-    ShuttingDown,
-    /// Too many messages are waiting for an answer: do not acknowledge; the server redelivers
-    /// later. Keeps memory and the store bounded under a flood (e.g. `dm_policy = "open"`).
-    Busy,
-}
-
-impl std::fmt::Display for IntakeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            IntakeError::Store(e) => write!(f, "could not store the message: {e}"),
-            IntakeError::ShuttingDown => f.write_str("shutting down"),
-            IntakeError::Busy => {
-                f.write_str("too many messages are waiting for an answer; retrying later")
-            }
-        }
-    }
-}
-
-/// What the router's loop hears from the intake.
-pub(crate) enum Event {
-    /// A message is durable in the inbox.
-    Inbound(u64, InboxRecord),
-}
 
 /// Inbound events waiting for the router; the intake waits (backpressure) beyond this.
 const EVENT_QUEUE: usize = 256;
@@ -91,7 +49,7 @@ impl Router {
         shared: Arc<runner::Shared>,
         policies: crate::policy::Policies,
         scope: crate::config::SessionScope,
-        agent_for: [String; crate::channel::ChannelKind::ALL.len()],
+        agent_for: crate::vocab::PerChannel<String>,
     ) -> (Router, Intake) {
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let core = intake::Core {
@@ -198,9 +156,7 @@ mod tests {
             cfg: crate::config::RouterConfig::default(),
             agents: HashMap::new(),
             default_agent: "echo".into(),
-            specs: Default::default(),
-            delivery: Default::default(),
-            commands: Default::default(),
+            outlets: Default::default(),
         });
         Router::new(
             shared,

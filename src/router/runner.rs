@@ -2,18 +2,17 @@
 //! the agent under the ack and accumulation timeouts, turns every failure into a polite reply, and
 //! records the outcome atomically before handing the reply to delivery. Never silent.
 
-use super::session;
 use super::turns::{Queued, Turn, batch_from};
 use crate::agent::{Agent, HistoryEntry, Progress, ResetOutcome, Role, TurnRequest};
-use crate::channel::{ChannelCommand, ChannelKind, ChannelSpec};
 use crate::config::RouterConfig;
-use crate::delivery::Job;
+use crate::delivery::{Job, Outlet};
 use crate::metrics::{Metrics, TurnOutcome};
+use crate::session;
 use crate::store::{OutboxRecord, Store, TurnDone, records::INBOX_PENDING};
+use crate::vocab::{ChannelKind, PerChannel};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// Wait after a store failure before the session's turn is retried.
@@ -29,6 +28,19 @@ pub struct AgentEntry {
     pub accumulation_timeout: Duration,
 }
 
+impl AgentEntry {
+    /// The agent with its settings as resolved by the config.
+    pub fn new(agent: Agent, s: crate::config::AgentSettings) -> AgentEntry {
+        AgentEntry {
+            agent,
+            agent_id: s.agent_id,
+            prefix: s.prefix,
+            ack_timeout: s.ack_timeout,
+            accumulation_timeout: s.accumulation_timeout,
+        }
+    }
+}
+
 /// What every turn needs, shared.
 pub struct Shared {
     pub store: Store,
@@ -37,9 +49,8 @@ pub struct Shared {
     pub agents: HashMap<String, Arc<AgentEntry>>,
     /// Fallback when a stored message names an agent that is no longer configured.
     pub default_agent: String,
-    pub specs: [Option<ChannelSpec>; ChannelKind::ALL.len()],
-    pub delivery: [Option<mpsc::Sender<Job>>; ChannelKind::ALL.len()],
-    pub commands: [Option<mpsc::Sender<ChannelCommand>>; ChannelKind::ALL.len()],
+    /// Each running channel's way out (none for a channel that is off).
+    pub outlets: PerChannel<Option<Outlet>>,
 }
 
 /// How a turn ended, for the router's scheduler.
@@ -167,17 +178,14 @@ pub async fn run_turn(shared: Arc<Shared>, turn: Turn) -> Finished {
             }
             None => ResetOutcome::NewGeneration,
         };
-        if outcome == ResetOutcome::NewGeneration && matches!(entry.agent, Agent::OpenClaw(_)) {
+        if outcome == ResetOutcome::NewGeneration && entry.agent.keeps_reset_conversations() {
             text.push_str(" (The previous conversation stays on the gateway.)");
         }
         Metrics::inc(&shared.metrics.resets);
         (text, None, true, outcome != ResetOutcome::Cleared)
     } else {
-        if let Some(Some(cmd)) = shared.commands.get(channel.index()) {
-            let _ = cmd.try_send(ChannelCommand::Typing {
-                chat: route.chat.clone(),
-                on: true,
-            });
+        if let Some(outlet) = &shared.outlets[channel] {
+            outlet.typing(&route.chat);
         }
         let text = messages
             .iter()
@@ -233,8 +241,9 @@ pub async fn run_turn(shared: Arc<Shared>, turn: Turn) -> Finished {
         (reply, history, false, false)
     };
 
-    let max_chars = shared.specs[channel.index()]
-        .map(|s| s.max_chars)
+    let max_chars = shared.outlets[channel]
+        .as_ref()
+        .map(|o| o.spec.max_chars)
         .unwrap_or(4096);
     let chunks = crate::chunk::split(&reply, max_chars);
     let out = OutboxRecord {
@@ -259,9 +268,9 @@ pub async fn run_turn(shared: Arc<Shared>, turn: Turn) -> Finished {
     match record_done(&shared, done).await {
         Ok(Some(seq)) => {
             crate::fault::crash_point("after-turn");
-            if let Some(Some(tx)) = shared.delivery.get(channel.index()) {
+            if let Some(outlet) = &shared.outlets[channel] {
                 Metrics::inc(&shared.metrics.outbox_pending);
-                if tx.send(Job { seq, rec: out }).await.is_err() {
+                if !outlet.queue(Job { seq, rec: out }).await {
                     shared
                         .metrics
                         .outbox_pending

@@ -6,7 +6,8 @@
 //! previous commit ran into one transaction, and fsyncs that transaction only if one of its
 //! operations needs durability (an accepted message, a send about to happen, auth state). Everything
 //! else rides along and becomes durable with the next fsync. This is the only code that commits.
-//! Reads are answered by a reader thread and never wait for a commit.
+//! Reads are answered by a reader thread ([`reader`]) and never wait for a commit. The file, its
+//! tables and schema version are in [`schema`]; what is kept and for how long in [`retention`].
 //!
 //! Each thread proves it is alive by answering: [`Store::prove_alive`] sends it a no-op every
 //! [`PROBE_EVERY`] and beats the thread's row on the board when the answer comes back. A writer
@@ -23,7 +24,10 @@
 //! - A turn's completion (inbox rows answered, history, outbox row) is one atomic transaction.
 
 pub mod kv;
+mod reader;
 pub mod records;
+mod retention;
+mod schema;
 mod writer;
 
 use crate::config::StoreConfig;
@@ -221,7 +225,7 @@ impl Store {
     /// Opens (or creates) `<dir>/clawbox.redb`; the directory is created 0700, the file 0600, and
     /// wrong modes are fixed (with a warning).
     pub fn open(dir: &Path, cfg: &StoreConfig, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
-        let path = writer::prepare_dir_and_file(dir)?;
+        let path = schema::prepare_dir_and_file(dir)?;
         let (writes, rx) = mpsc::channel(QUEUE_DEPTH);
         let (reads, read_rx) = mpsc::channel(QUEUE_DEPTH);
         writer::spawn(&path, cfg, metrics, rx, read_rx)?;
@@ -443,6 +447,34 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Answers an operation that could not run with `e` (every reply channel gets the error).
+fn fail(op: Op, e: StoreError) {
+    match op {
+        Op::Accept(_, r, done) => {
+            drop(r.send(Err(e.clone())));
+            drop(done.send(Err(e)));
+        }
+        Op::TurnDone(_, r) => drop(r.send(Err(e))),
+        Op::InFlight(_, _, r)
+        | Op::ClearInFlight(_, r)
+        | Op::Abandon(_, r)
+        | Op::SetCursor(_, _, r)
+        | Op::SetAuth(_, _, r)
+        | Op::Flush(r) => drop(r.send(Err(e))),
+        Op::Sent(_, r) => drop(r.send(Err(e))),
+        Op::DeleteAuthPrefix(_, r) => drop(r.send(Err(e))),
+        Op::Cursor(_, r) | Op::Auth(_, r) => drop(r.send(Err(e))),
+        Op::Session(_, r) => drop(r.send(Err(e))),
+        Op::Recover(r) => drop(r.send(Err(e))),
+        Op::PendingFor(_, r) => drop(r.send(Err(e))),
+        Op::Kv(op) => op.fail(e),
+        Op::Gc(_) => {}
+        // A failed no-op is no answer: the thread did not vouch for itself.
+        Op::Ping(_) => {}
+        Op::Close(r) => drop(r.send(())),
+    }
 }
 
 #[cfg(test)]

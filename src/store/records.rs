@@ -21,7 +21,7 @@ pub struct InboxRecord {
     pub text: String,
     #[prost(uint64, tag = "6")]
     pub ts_ms: u64,
-    /// The session's identity (see `router::session`), without its generation.
+    /// The session's identity (see `session`), without its generation.
     #[prost(string, tag = "7")]
     pub session: String,
     #[prost(uint32, tag = "8")]

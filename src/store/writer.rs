@@ -10,188 +10,30 @@
 //! acknowledges upstream). Nothing can be sent in reply before that fsync: every send is preceded
 //! by a durable in-flight mark, and the writer runs operations in order.
 //!
-//! Reads do not queue behind commits: the reader thread ([`serve_reads`]) answers them from read
-//! transactions, which see every commit that returned, fsynced or not.
+//! Reads do not queue behind commits: the reader thread ([`super::reader`]) answers them from
+//! read transactions, which see every commit that returned, fsynced or not. The tables are in
+//! [`super::schema`], what is kept and for how long in [`super::retention`].
 
-use super::records::{INBOX_ANSWERED, INBOX_PENDING};
-use super::{
-    Accepted, InboxRecord, Op, OutboxRecord, Recovery, SessionRecord, StoreError, TurnDone,
+use super::reader::{read, serve_reads};
+use super::records::INBOX_ANSWERED;
+use super::retention::{gc, push_history};
+use super::schema::{
+    AUTH, CURSORS, INBOX, INBOX_IDS, OUTBOX, SESSIONS, decode, id_key, in_memory_db, io, open_db,
+    recovery_hint,
 };
+use super::{Accepted, InboxRecord, Op, OutboxRecord, SessionRecord, StoreError, TurnDone, fail};
 use crate::config::StoreConfig;
 use crate::metrics::Metrics;
 use prost::Message;
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-const INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("inbox");
-/// `<channel>\x1f<chat>\x1f<author>\x1f<message id>` → inbox sequence: the dedupe index (a
-/// message id is unique only per chat and sender).
-const INBOX_IDS: TableDefinition<&str, u64> = TableDefinition::new("inbox_ids");
-const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
-const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
-const CURSORS: TableDefinition<&str, &[u8]> = TableDefinition::new("cursors");
-const AUTH: TableDefinition<&str, &[u8]> = TableDefinition::new("auth");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-
-/// Bumped when the layout changes incompatibly; an unknown newer version refuses to open.
-/// 2: the dedupe index is keyed by chat and author too (rebuilt from the inbox on upgrade).
-const SCHEMA_VERSION: u64 = 2;
 /// Operations folded into one transaction at most: bounds a transaction's size and latency.
 const MAX_BATCH_OPS: usize = 256;
-/// Answered inbox rows are kept this long for dedupe: longer than Telegram keeps unconfirmed
-/// updates (24 h) and than WhatsApp's offline queue replays.
-const INBOX_RETENTION_MS: u64 = 3 * 24 * 3600 * 1000;
-/// Answered inbox rows kept at most, whatever their age: bounds the file under heavy traffic.
-const MAX_INBOX_ROWS: u64 = 20_000;
-/// Sessions kept at most; the least recently used beyond this are forgotten.
-const MAX_SESSIONS: u64 = 5_000;
-/// History entries per session (user and assistant messages).
-pub const MAX_HISTORY_ENTRIES: usize = 40;
-/// History bytes per session; the oldest entries go first.
-pub const MAX_HISTORY_BYTES: usize = 32 * 1024;
-
-fn io(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Io(e.to_string())
-}
-
-/// Creates the state directory (0700, see [`crate::state_dir::prepare`]: never owned by the wrong
-/// user) and the store file (0600), fixing wrong modes.
-pub(super) fn prepare_dir_and_file(dir: &Path) -> Result<PathBuf, StoreError> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let prepared = crate::state_dir::prepare(dir).map_err(StoreError::Open)?;
-    let path = dir.join(super::FILE_NAME);
-    // An existing file is checked before it is opened: one left by another user would only say
-    // "permission denied".
-    let existed = path.exists();
-    if existed {
-        prepared.claim(&path).map_err(StoreError::Open)?;
-    }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| StoreError::Open(format!("cannot open {}: {e}", path.display())))?;
-    if !existed {
-        prepared.claim(&path).map_err(StoreError::Open)?;
-    }
-    let fmeta = file
-        .metadata()
-        .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
-    if fmeta.permissions().mode() & 0o077 != 0 {
-        tracing::warn!(file = %path.display(), "store file was readable by other users; setting it to 0600");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| StoreError::Open(format!("cannot chmod 0600 {}: {e}", path.display())))?;
-    }
-    Ok(path)
-}
-
-/// The store is locked by another process: the service, or a `clawbox run` in another terminal.
-/// Until the CLI can talk to the running service, it must be stopped for the command to run.
-fn held_message(path: &Path) -> String {
-    format!(
-        "the clawbox service is running and holds {} (or another clawbox command does): stop it \
-         first with `sudo systemctl stop clawbox`, run this again, then `sudo systemctl start clawbox`",
-        path.display()
-    )
-}
-
-fn recovery_hint(path: &Path) -> String {
-    format!(
-        "stop clawbox, move the file aside (`mv {p} {p}.broken`) and start again; messages not yet answered \
-         and the WhatsApp link are lost with it (pair again), the configuration is not",
-        p = path.display()
-    )
-}
-
-fn open_db(path: &Path, cfg: &StoreConfig) -> Result<Database, StoreError> {
-    let cache = (cfg.cache_kib as usize).saturating_mul(1024);
-    // redb may panic on some forms of damage; a damaged file must give a message, not a crash.
-    let opened =
-        std::panic::catch_unwind(|| Database::builder().set_cache_size(cache).create(path));
-    init_db(opened, path)
-}
-
-fn init_db(
-    opened: std::thread::Result<Result<Database, redb::DatabaseError>>,
-    path: &Path,
-) -> Result<Database, StoreError> {
-    let db = match opened {
-        Ok(Ok(db)) => db,
-        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
-            return Err(StoreError::Open(held_message(path)));
-        }
-        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
-            if !matches!(
-                e.kind(),
-                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
-            ) =>
-        {
-            return Err(StoreError::Open(format!("{}: {e}", path.display())));
-        }
-        Ok(Err(e)) => {
-            return Err(StoreError::Corrupt(format!(
-                "{}: {e}; {}",
-                path.display(),
-                recovery_hint(path)
-            )));
-        }
-        Err(_) => {
-            return Err(StoreError::Corrupt(format!(
-                "{}: unreadable; {}",
-                path.display(),
-                recovery_hint(path)
-            )));
-        }
-    };
-    // Create every table and check the schema version in one durable transaction.
-    let init = || -> Result<(), StoreError> {
-        let tx = db.begin_write().map_err(io)?;
-        {
-            tx.open_table(INBOX).map_err(io)?;
-            tx.open_table(INBOX_IDS).map_err(io)?;
-            tx.open_table(OUTBOX).map_err(io)?;
-            tx.open_table(SESSIONS).map_err(io)?;
-            tx.open_table(CURSORS).map_err(io)?;
-            tx.open_table(AUTH).map_err(io)?;
-            super::kv::create_tables(&tx)?;
-            let mut meta = tx.open_table(META).map_err(io)?;
-            let version = meta.get("schema_version").map_err(io)?.map(|v| v.value());
-            match version {
-                None => {
-                    meta.insert("schema_version", SCHEMA_VERSION).map_err(io)?;
-                }
-                Some(1) => {
-                    rebuild_ids(&tx)?;
-                    meta.insert("schema_version", SCHEMA_VERSION).map_err(io)?;
-                }
-                Some(v) if v == SCHEMA_VERSION => {}
-                Some(v) => {
-                    return Err(StoreError::Open(format!(
-                        "{} was written by a newer clawbox (store schema {v}, this build reads {SCHEMA_VERSION}); \
-                         install that version again",
-                        path.display()
-                    )));
-                }
-            }
-        }
-        tx.commit().map_err(io)
-    };
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(init)) {
-        Ok(r) => r.map(|()| db),
-        Err(_) => Err(StoreError::Corrupt(format!(
-            "{}: unreadable tables; {}",
-            path.display(),
-            recovery_hint(path)
-        ))),
-    }
-}
 
 pub(super) fn spawn(
     path: &Path,
@@ -232,22 +74,6 @@ pub(super) fn spawn(
         .spawn(move || serve_reads(db, read_rx))
         .map_err(|e| StoreError::Open(format!("cannot start the store reader thread: {e}")))?;
     Ok(())
-}
-
-/// The reader thread: answers read operations from read transactions, so a read (a session's
-/// history before an agent call, the WhatsApp library's keys) never waits for an fsync. Ends when
-/// every handle is dropped; after the writer closed the file it answers [`StoreError::Closed`].
-fn serve_reads(db: std::sync::Weak<Database>, mut rx: mpsc::Receiver<Op>) {
-    while let Some(op) = rx.blocking_recv() {
-        if let Op::Ping(r) = op {
-            let _ = r.send(());
-            continue;
-        }
-        match db.upgrade() {
-            Some(db) => read(&db, op),
-            None => fail(op, StoreError::Closed),
-        }
-    }
 }
 
 /// A reply to send once the batch's commit outcome is known.
@@ -298,40 +124,11 @@ pub(super) struct Writer {
     path: PathBuf,
 }
 
-fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, StoreError> {
-    M::decode(bytes).map_err(|e| StoreError::Corrupt(format!("undecodable record: {e}")))
-}
-
-/// The dedupe key of an inbox record: a message id is unique only per chat and sender.
-fn id_key(rec: &InboxRecord) -> String {
-    format!(
-        "{}\u{1f}{}\u{1f}{}\u{1f}{}",
-        rec.channel, rec.chat, rec.author, rec.msg_id
-    )
-}
-
-/// Schema 1 → 2: the dedupe index gains chat and author; rebuilt from the inbox rows (bounded by
-/// the inbox's own retention).
-fn rebuild_ids(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
-    let inbox = tx.open_table(INBOX).map_err(io)?;
-    let mut ids = tx.open_table(INBOX_IDS).map_err(io)?;
-    ids.retain(|_, _| false).map_err(io)?;
-    for row in inbox.iter().map_err(io)? {
-        let (k, v) = row.map_err(io)?;
-        if let Ok(rec) = decode::<InboxRecord>(v.value()) {
-            ids.insert(id_key(&rec).as_str(), k.value()).map_err(io)?;
-        }
-    }
-    Ok(())
-}
-
 /// A writer over an in-memory database that handles each operation inline, in the caller's task:
 /// the same transactions, no thread, no commit window. For tests under a paused clock, where
 /// waiting on another thread would let virtual time jump.
 pub(super) fn in_memory(metrics: Arc<Metrics>) -> Result<Writer, StoreError> {
-    let backend = redb::backends::InMemoryBackend::new();
-    let opened = std::panic::catch_unwind(|| Database::builder().create_with_backend(backend));
-    let db = init_db(opened, Path::new("<memory>"))?;
+    let db = in_memory_db()?;
     Writer::new(
         Arc::new(db),
         metrics,
@@ -469,96 +266,6 @@ impl Writer {
         Metrics::inc(&self.metrics.store_commits);
         Metrics::inc(&self.metrics.store_fsyncs);
         Ok(())
-    }
-}
-
-/// Answers one read operation from a fresh read transaction.
-fn read(db: &Database, op: Op) {
-    let tx = match db.begin_read() {
-        Ok(tx) => tx,
-        Err(e) => {
-            fail(op, io(e));
-            return;
-        }
-    };
-    match op {
-        Op::Cursor(name, r) => {
-            let v = (|| {
-                let t = tx.open_table(CURSORS).map_err(io)?;
-                Ok(t.get(name.as_str())
-                    .map_err(io)?
-                    .map(|v| v.value().to_vec()))
-            })();
-            let _ = r.send(v);
-        }
-        Op::Auth(key, r) => {
-            let v = (|| {
-                let t = tx.open_table(AUTH).map_err(io)?;
-                Ok(t.get(key.as_str()).map_err(io)?.map(|v| v.value().to_vec()))
-            })();
-            let _ = r.send(v);
-        }
-        Op::Session(s, r) => {
-            let v = (|| {
-                let t = tx.open_table(SESSIONS).map_err(io)?;
-                match t.get(s.as_str()).map_err(io)? {
-                    Some(v) => decode::<SessionRecord>(v.value()).or_else(|e| {
-                        tracing::warn!(error = %e, "session record unreadable; starting it afresh");
-                        Ok(SessionRecord::default())
-                    }),
-                    None => Ok(SessionRecord::default()),
-                }
-            })();
-            let _ = r.send(v);
-        }
-        Op::Recover(r) => {
-            let v = (|| {
-                let mut rec = Recovery::default();
-                let inbox = tx.open_table(INBOX).map_err(io)?;
-                for row in inbox.iter().map_err(io)? {
-                    let (k, v) = row.map_err(io)?;
-                    match decode::<InboxRecord>(v.value()) {
-                        Ok(m) if m.state == INBOX_PENDING => rec.pending.push((k.value(), m)),
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::error!(seq = k.value(), error = %e, "skipping an unreadable inbox row");
-                            rec.skipped += 1;
-                        }
-                    }
-                }
-                let outbox = tx.open_table(OUTBOX).map_err(io)?;
-                for row in outbox.iter().map_err(io)? {
-                    let (k, v) = row.map_err(io)?;
-                    match decode::<OutboxRecord>(v.value()) {
-                        Ok(m) => rec.outbox.push((k.value(), m)),
-                        Err(e) => {
-                            tracing::error!(seq = k.value(), error = %e, "skipping an unreadable outbox row");
-                            rec.skipped += 1;
-                        }
-                    }
-                }
-                Ok(rec)
-            })();
-            let _ = r.send(v);
-        }
-        Op::PendingFor(s, r) => {
-            let v = (|| {
-                let inbox = tx.open_table(INBOX).map_err(io)?;
-                let mut out = Vec::new();
-                for row in inbox.iter().map_err(io)? {
-                    let (k, v) = row.map_err(io)?;
-                    if let Ok(m) = decode::<InboxRecord>(v.value()) {
-                        if m.state == INBOX_PENDING && m.session == s {
-                            out.push((k.value(), m));
-                        }
-                    }
-                }
-                Ok(out)
-            })();
-            let _ = r.send(v);
-        }
-        Op::Kv(op) => super::kv::read(&tx, op),
-        other => fail(other, StoreError::Io("internal: not a read".into())),
     }
 }
 
@@ -839,147 +546,119 @@ impl Writer {
     }
 }
 
-fn push_history(s: &mut SessionRecord, user: String, assistant: String) {
-    use super::HistoryItem;
-    s.history.push(HistoryItem {
-        role: 0,
-        text: user,
-    });
-    s.history.push(HistoryItem {
-        role: 1,
-        text: assistant,
-    });
-    let excess = s.history.len().saturating_sub(MAX_HISTORY_ENTRIES);
-    s.history.drain(..excess);
-    while s.history.iter().map(|h| h.text.len()).sum::<usize>() > MAX_HISTORY_BYTES
-        && s.history.len() > 2
-    {
-        s.history.drain(..2);
-    }
-}
-
-fn gc(
-    inbox: &mut redb::Table<u64, &[u8]>,
-    ids: &mut redb::Table<&str, u64>,
-    sessions: &mut redb::Table<&str, &[u8]>,
-    now_ms: u64,
-) -> Result<u64, StoreError> {
-    let total = inbox.len().map_err(io)?;
-    let mut over = total.saturating_sub(MAX_INBOX_ROWS);
-    let mut doomed: Vec<(u64, String)> = Vec::new();
-    for row in inbox.iter().map_err(io)? {
-        let (k, v) = row.map_err(io)?;
-        match decode::<InboxRecord>(v.value()) {
-            Ok(m) if m.state == INBOX_ANSWERED => {
-                let old = now_ms.saturating_sub(m.accepted_ms) > INBOX_RETENTION_MS;
-                if old || over > 0 {
-                    over = over.saturating_sub(1);
-                    doomed.push((k.value(), id_key(&m)));
-                }
-            }
-            Ok(_) => {}
-            Err(_) => doomed.push((k.value(), String::new())),
-        }
-    }
-    for (seq, id) in &doomed {
-        inbox.remove(*seq).map_err(io)?;
-        if !id.is_empty() {
-            ids.remove(id.as_str()).map_err(io)?;
-        }
-    }
-    let mut sessions_removed = 0u64;
-    let n = sessions.len().map_err(io)?;
-    if n > MAX_SESSIONS {
-        let mut all: Vec<(u64, String)> = Vec::new();
-        for row in sessions.iter().map_err(io)? {
-            let (k, v) = row.map_err(io)?;
-            let used = decode::<SessionRecord>(v.value())
-                .map(|s| s.last_used_ms)
-                .unwrap_or(0);
-            all.push((used, k.value().to_string()));
-        }
-        all.sort();
-        for (_, k) in all.iter().take((n - MAX_SESSIONS) as usize) {
-            sessions.remove(k.as_str()).map_err(io)?;
-            sessions_removed += 1;
-        }
-    }
-    if !doomed.is_empty() {
-        tracing::debug!(removed = doomed.len(), "inbox retention");
-    }
-    Ok(doomed.len() as u64 + sessions_removed)
-}
-
-fn fail(op: Op, e: StoreError) {
-    match op {
-        Op::Accept(_, r, done) => {
-            drop(r.send(Err(e.clone())));
-            drop(done.send(Err(e)));
-        }
-        Op::TurnDone(_, r) => drop(r.send(Err(e))),
-        Op::InFlight(_, _, r)
-        | Op::ClearInFlight(_, r)
-        | Op::Abandon(_, r)
-        | Op::SetCursor(_, _, r)
-        | Op::SetAuth(_, _, r)
-        | Op::Flush(r) => drop(r.send(Err(e))),
-        Op::Sent(_, r) => drop(r.send(Err(e))),
-        Op::DeleteAuthPrefix(_, r) => drop(r.send(Err(e))),
-        Op::Cursor(_, r) | Op::Auth(_, r) => drop(r.send(Err(e))),
-        Op::Session(_, r) => drop(r.send(Err(e))),
-        Op::Recover(r) => drop(r.send(Err(e))),
-        Op::PendingFor(_, r) => drop(r.send(Err(e))),
-        Op::Kv(op) => op.fail(e),
-        Op::Gc(_) => {}
-        // A failed no-op is no answer: the thread did not vouch for itself.
-        Op::Ping(_) => {}
-        Op::Close(r) => drop(r.send(())),
-    }
-}
-
+/// The durability contract the rest of the daemon relies on, counted by the store's own commit and
+/// fsync counters (the same ones tests/idle.rs reads from the running binary).
 #[cfg(test)]
 mod tests {
+    use super::super::{Recovery, Store};
     use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
 
-    fn rec(chat: &str, author: &str, id: &str) -> InboxRecord {
+    fn counts(m: &Metrics) -> (u64, u64) {
+        (m.store_commits.load(Relaxed), m.store_fsyncs.load(Relaxed))
+    }
+
+    fn message(id: &str) -> InboxRecord {
         InboxRecord {
-            channel: "whatsapp".into(),
+            channel: "telegram".into(),
             msg_id: id.into(),
-            chat: chat.into(),
-            author: author.into(),
+            chat: "42".into(),
+            author: "42".into(),
+            session: "telegram-42".into(),
             ..InboxRecord::default()
         }
     }
 
-    /// A store written by schema 1 (dedupe keys `<channel>\x1f<id>`) opens as schema 2 with its
-    /// dedupe index rebuilt from the inbox: a redelivery of a message it holds is still
-    /// recognised, and the same id from another chat is a new message.
-    #[test]
-    fn schema_1_upgrades_its_dedupe_index_from_the_inbox() {
+    fn open(dir: &Path, metrics: &Arc<Metrics>) -> Store {
+        Store::open(dir, &StoreConfig::default(), metrics.clone()).unwrap()
+    }
+
+    /// A reply's row, answered inbox row and history are one commit; the in-flight mark before a
+    /// send is fsynced on its own and survives a reopen (the crash after it).
+    #[tokio::test]
+    async fn the_in_flight_mark_is_fsynced_before_it_returns() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.redb");
-        {
-            let db = Database::create(&path).unwrap();
-            let tx = db.begin_write().unwrap();
-            {
-                let mut inbox = tx.open_table(INBOX).unwrap();
-                let mut ids = tx.open_table(INBOX_IDS).unwrap();
-                let mut meta = tx.open_table(META).unwrap();
-                let r = rec("a@s.whatsapp.net", "a@s.whatsapp.net", "ID1");
-                inbox.insert(7, r.encode_to_vec().as_slice()).unwrap();
-                ids.insert("whatsapp\u{1f}ID1", 7).unwrap();
-                meta.insert("schema_version", 1).unwrap();
-            }
-            tx.commit().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let store = open(dir.path(), &metrics);
+        let Accepted::New(seq) = store.accept(message("1")).await.unwrap() else {
+            panic!("new")
+        };
+        let out = store
+            .turn_done(TurnDone {
+                inbox: vec![seq],
+                session: "telegram-42".into(),
+                history: Some(("hi".into(), "hello".into())),
+                reset: false,
+                new_generation: false,
+                reply: Some(OutboxRecord {
+                    channel: "telegram".into(),
+                    chat: "42".into(),
+                    chunks: vec!["hello".into()],
+                    key: "k".into(),
+                    ..OutboxRecord::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .expect("an outbox row");
+        let before = counts(&metrics);
+        store.mark_in_flight(out, 7).await.unwrap();
+        let after = counts(&metrics);
+        assert_eq!(after.1, before.1 + 1, "one fsync for the mark");
+        store.close().await;
+        let store = open(dir.path(), &metrics);
+        let Recovery {
+            pending, outbox, ..
+        } = store.recover().await.unwrap();
+        assert!(pending.is_empty(), "the message was answered");
+        assert_eq!(outbox.len(), 1);
+        assert!(outbox[0].1.in_flight, "the mark survived the reopen");
+        store.close().await;
+    }
+
+    /// A cursor is written lazily: committed (readable at once) but not fsynced; the next durable
+    /// operation or flush carries it to the disk.
+    #[tokio::test]
+    async fn a_cursor_is_visible_at_once_and_durable_with_the_next_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let store = open(dir.path(), &metrics);
+        let before = counts(&metrics);
+        store
+            .set_cursor("telegram.offset", b"41".to_vec())
+            .await
+            .unwrap();
+        let after = counts(&metrics);
+        assert_eq!(after.0, before.0 + 1, "one commit");
+        assert_eq!(after.1, before.1, "no fsync for a cursor");
+        assert_eq!(
+            store.cursor("telegram.offset").await.unwrap().as_deref(),
+            Some(&b"41"[..])
+        );
+        store.flush().await.unwrap();
+        assert_eq!(counts(&metrics).1, before.1 + 1, "the flush fsyncs it");
+        store.close().await;
+        let store = open(dir.path(), &metrics);
+        assert_eq!(
+            store.cursor("telegram.offset").await.unwrap().as_deref(),
+            Some(&b"41"[..])
+        );
+        store.close().await;
+    }
+
+    /// Nothing waiting to be made durable: a flush (the daemon's periodic one included) writes
+    /// nothing, so an idle box spares the SD card.
+    #[tokio::test]
+    async fn a_flush_with_nothing_dirty_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let store = open(dir.path(), &metrics);
+        store.accept(message("1")).await.unwrap();
+        let before = counts(&metrics);
+        for _ in 0..5 {
+            store.flush().await.unwrap();
         }
-        let db = open_db(&path, &StoreConfig::default()).unwrap();
-        let tx = db.begin_read().unwrap();
-        let meta = tx.open_table(META).unwrap();
-        assert_eq!(meta.get("schema_version").unwrap().unwrap().value(), 2);
-        let ids = tx.open_table(INBOX_IDS).unwrap();
-        let key = id_key(&rec("a@s.whatsapp.net", "a@s.whatsapp.net", "ID1"));
-        assert_eq!(ids.get(key.as_str()).unwrap().unwrap().value(), 7);
-        assert!(ids.get("whatsapp\u{1f}ID1").unwrap().is_none());
-        assert_eq!(ids.len().unwrap(), 1);
+        assert_eq!(counts(&metrics), before, "no commit, no fsync");
+        store.close().await;
     }
 }

@@ -9,13 +9,12 @@ use super::proto::{
     self, Fetched, MAX_ACTION_BODY, MAX_GETME_BODY, MAX_SEND_BODY, MAX_UPDATES_BODY, PollStep,
     Poller, RateLimiter, StartStep, Status, TypingSchedule,
 };
-use crate::channel::{
-    Arm, ChannelCommand, ChannelContext, ChannelError, ChannelKind, Doubt, SendError,
-};
+use crate::channel::{Arm, ChannelCommand, ChannelContext, ChannelError, Doubt, SendError};
 use crate::config::{Secret, TelegramConfig};
 use crate::http::{HttpClient, HttpError};
 use crate::metrics::Metrics;
 use crate::status::State;
+use crate::vocab::ChannelKind;
 use bytes::Bytes;
 use http_body_util::Full;
 use serde::Serialize;
@@ -331,10 +330,10 @@ async fn poll_loop(
                 report(ctx, status);
                 if recovered {
                     crate::repeat::settled(REPEAT_SITE);
-                    Metrics::inc(&ctx.metrics.reconnects[KIND.index()]);
+                    Metrics::inc(&ctx.metrics.reconnects[KIND]);
                 }
                 for _ in 0..malformed {
-                    Metrics::inc(&ctx.metrics.malformed[KIND.index()]);
+                    Metrics::inc(&ctx.metrics.malformed[KIND]);
                 }
                 if malformed > 0 {
                     tracing::warn!(count = malformed, "telegram: skipped unreadable updates");
@@ -353,7 +352,7 @@ async fn poll_loop(
                 malformed,
             } => {
                 if let Some(why) = malformed {
-                    Metrics::inc(&ctx.metrics.malformed[KIND.index()]);
+                    Metrics::inc(&ctx.metrics.malformed[KIND]);
                     tracing::warn!(
                         method = "getUpdates",
                         error = %why,
@@ -500,7 +499,7 @@ async fn send_message(
     if matches!(reply, Reply::Body(200..=299, _))
         && proto::classify::<serde::de::IgnoredAny>(reply.fetched()).is_err()
     {
-        Metrics::inc(&ctx.metrics.malformed[KIND.index()]);
+        Metrics::inc(&ctx.metrics.malformed[KIND]);
     }
     // An answer lost after the request left: the chunk is settled by probing ([`doubt`]).
     let outcome = match &reply {

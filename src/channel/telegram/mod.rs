@@ -13,7 +13,7 @@ pub mod doubt;
 pub mod driver;
 pub mod proto;
 
-use crate::channel::{ChannelKind, ChannelSpec};
+use crate::vocab::{ChannelKind, ChannelSpec};
 
 pub use driver::run;
 

@@ -1,18 +1,33 @@
 //! The Telegram Bot API, sans-io: response envelopes and their classification, the long-poll state
-//! machine (offset over the contiguous confirmed prefix, backoff, status words), update → [`Inbound`]
-//! conversion, the per-chat/global send limiter and the typing repeat schedule.
+//! machine (offset over the contiguous confirmed prefix, backoff, status words) and update →
+//! [`Inbound`] conversion. The wire types live in `wire`, the per-chat/global send limiter and
+//! the typing repeat schedule in `pacing`; both are re-exported here.
 //!
 //! Bytes and `now` in, decisions out. Never opens a socket, reads a clock, sleeps or logs a body:
 //! [`super::driver`] does the I/O and the waiting.
 
+mod pacing;
+#[cfg(test)]
+mod tests;
+mod wire;
+
+pub use pacing::{
+    GLOBAL_PER_SECOND, MAX_TRACKED_CHATS, MAX_TYPING_CHATS, MAX_TYPING_DURATION, PER_CHAT_INTERVAL,
+    RateLimiter, TYPING_REPEAT, TypingSchedule,
+};
+pub use wire::{
+    Chat, Envelope, GetUpdates, Message, ResponseParameters, SendChatAction, SendMessage, Update,
+    User, chat_id_json,
+};
+
 use crate::backoff::Backoff;
-use crate::channel::{ChannelKind, Content, Inbound, MediaKind, SendError};
+use crate::channel::SendError;
 use crate::status::State;
+use crate::vocab::{ChannelKind, Content, Inbound, MediaKind};
 use serde::de::{DeserializeOwned, IgnoredAny};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::collections::VecDeque;
+use std::time::Duration;
 
 /// Updates asked for per getUpdates: Telegram's own maximum; a full batch of ordinary messages is
 /// far below [`MAX_UPDATES_BODY`].
@@ -37,144 +52,12 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(3);
 /// A `retry_after` beyond this is capped: an hour-long flood ban is re-asked hourly, which is
 /// harmless, and a garbage value cannot park the channel for days.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
-/// Telegram allows about one message per second in one chat.
-pub const PER_CHAT_INTERVAL: Duration = Duration::from_secs(1);
-/// Telegram allows about 30 messages per second over all chats.
-pub const GLOBAL_PER_SECOND: usize = 30;
-/// Per-chat send times kept before stale ones (older than [`PER_CHAT_INTERVAL`]) are pruned; at
-/// most [`GLOBAL_PER_SECOND`] can be fresh, so the map never grows past this.
-pub const MAX_TRACKED_CHATS: usize = 64;
-/// Telegram shows "typing…" for about 5 s; repeat a little sooner so it never flickers off.
-pub const TYPING_REPEAT: Duration = Duration::from_millis(4500);
-/// Typing indicators shown at once; more are ignored (typing is best effort).
-pub const MAX_TYPING_CHATS: usize = 64;
-/// Typing stops on its own after this even if the core never says `on: false` (a lost turn).
-pub const MAX_TYPING_DURATION: Duration = Duration::from_secs(600);
 
 /// Status detail for a 409 Conflict.
 pub const CONFLICT_DETAIL: &str =
     "another bot instance or a webhook is using this token — retrying";
 /// Status detail when Telegram refuses the token.
 pub const TOKEN_REJECTED_DETAIL: &str = "token rejected by Telegram — check token_file";
-
-// ---------------------------------------------------------------------------------------------
-// Wire types. Never `deny_unknown_fields`: Bot API objects gain fields over time.
-
-/// `{"ok":true,"result":…}` or `{"ok":false,"error_code":N,"description":S,"parameters":{…}}`.
-#[derive(Deserialize, Debug)]
-pub struct Envelope<T> {
-    pub ok: bool,
-    pub result: Option<T>,
-    pub error_code: Option<i64>,
-    pub description: Option<String>,
-    pub parameters: Option<ResponseParameters>,
-}
-
-#[derive(Deserialize, Debug, Default)]
-pub struct ResponseParameters {
-    pub retry_after: Option<u64>,
-    pub migrate_to_chat_id: Option<i64>,
-}
-
-#[derive(Deserialize, Debug, Clone)]
-pub struct User {
-    pub id: i64,
-    #[serde(default)]
-    pub is_bot: bool,
-    #[serde(default)]
-    pub first_name: String,
-    pub username: Option<String>,
-}
-
-#[derive(Deserialize, Debug, Clone)]
-pub struct Chat {
-    pub id: i64,
-    #[serde(rename = "type")]
-    pub kind: String,
-}
-
-#[derive(Deserialize, Debug)]
-pub struct Update {
-    pub update_id: i64,
-    pub message: Option<Message>,
-    pub edited_message: Option<Message>,
-}
-
-/// The fields of a Message this bridge reads; the media fields are only checked for presence.
-#[derive(Deserialize, Debug)]
-pub struct Message {
-    pub message_id: i64,
-    pub date: i64,
-    pub chat: Chat,
-    pub from: Option<User>,
-    pub sender_chat: Option<Chat>,
-    pub text: Option<String>,
-    pub caption: Option<String>,
-    pub photo: Option<IgnoredAny>,
-    pub video: Option<IgnoredAny>,
-    pub video_note: Option<IgnoredAny>,
-    pub animation: Option<IgnoredAny>,
-    pub voice: Option<IgnoredAny>,
-    pub audio: Option<IgnoredAny>,
-    pub document: Option<IgnoredAny>,
-    pub sticker: Option<IgnoredAny>,
-    /// Everything else, to name an unsupported kind.
-    #[serde(flatten)]
-    pub other: serde_json::Map<String, Value>,
-}
-
-/// Message kinds reported as `[unsupported message: KIND]`, checked in this order.
-const UNSUPPORTED_KINDS: &[&str] = &[
-    "location",
-    "venue",
-    "contact",
-    "poll",
-    "dice",
-    "game",
-    "invoice",
-    "story",
-    "paid_media",
-    "giveaway",
-    "giveaway_winners",
-    "checklist",
-    "successful_payment",
-    "new_chat_members",
-    "left_chat_member",
-    "pinned_message",
-    "web_app_data",
-];
-
-/// The body of a getUpdates request.
-#[derive(Serialize, Debug, PartialEq, Eq)]
-pub struct GetUpdates {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub offset: Option<i64>,
-    pub timeout: u64,
-    pub limit: u8,
-    pub allowed_updates: Vec<&'static str>,
-}
-
-/// The body of a sendMessage request.
-#[derive(Serialize, Debug)]
-pub struct SendMessage<'a> {
-    pub chat_id: Value,
-    pub text: &'a str,
-}
-
-/// The body of a sendChatAction request.
-#[derive(Serialize, Debug)]
-pub struct SendChatAction {
-    pub chat_id: Value,
-    pub action: &'static str,
-}
-
-/// A chat id as the Bot API wants it: an integer when it is one, else the string (`@channel`).
-pub fn chat_id_json(chat: &str) -> Value {
-    match chat.parse::<i64>() {
-        Ok(n) => Value::from(n),
-        Err(_) => Value::from(chat),
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Classification.
@@ -303,6 +186,27 @@ pub fn send_outcome(fetched: Fetched<'_>) -> Result<(), SendError> {
 
 // ---------------------------------------------------------------------------------------------
 // Update → Inbound.
+
+/// Message kinds reported as `[unsupported message: KIND]`, checked in this order.
+const UNSUPPORTED_KINDS: &[&str] = &[
+    "location",
+    "venue",
+    "contact",
+    "poll",
+    "dice",
+    "game",
+    "invoice",
+    "story",
+    "paid_media",
+    "giveaway",
+    "giveaway_winners",
+    "checklist",
+    "successful_payment",
+    "new_chat_members",
+    "left_chat_member",
+    "pinned_message",
+    "web_app_data",
+];
 
 /// One update of a batch, in update_id order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -678,520 +582,4 @@ pub fn encode_offset(offset: i64) -> Vec<u8> {
 /// Reads a saved offset; `None` if it is not 8 bytes.
 pub fn decode_offset(bytes: &[u8]) -> Option<i64> {
     <[u8; 8]>::try_from(bytes).ok().map(i64::from_be_bytes)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Send pacing and typing.
-
-/// Telegram's own send limits, on top of the core's human pacing.
-#[derive(Default, Debug)]
-pub struct RateLimiter {
-    last_per_chat: HashMap<String, Instant>,
-    /// Send times of the last [`GLOBAL_PER_SECOND`] messages.
-    recent: VecDeque<Instant>,
-}
-
-impl RateLimiter {
-    /// The earliest instant a message to `chat` may go.
-    pub fn ready_at(&self, chat: &str, now: Instant) -> Instant {
-        let mut at = now;
-        if let Some(last) = self.last_per_chat.get(chat) {
-            at = at.max(*last + PER_CHAT_INTERVAL);
-        }
-        if self.recent.len() >= GLOBAL_PER_SECOND {
-            if let Some(oldest) = self.recent.front() {
-                at = at.max(*oldest + Duration::from_secs(1));
-            }
-        }
-        at
-    }
-
-    /// A message to `chat` is going now.
-    pub fn record(&mut self, chat: &str, now: Instant) {
-        self.recent.push_back(now);
-        while self.recent.len() > GLOBAL_PER_SECOND {
-            self.recent.pop_front();
-        }
-        if self.last_per_chat.len() >= MAX_TRACKED_CHATS && !self.last_per_chat.contains_key(chat) {
-            self.last_per_chat
-                .retain(|_, t| now.saturating_duration_since(*t) < PER_CHAT_INTERVAL);
-        }
-        self.last_per_chat.insert(chat.to_string(), now);
-    }
-
-    /// Chats remembered (for the bound's test).
-    pub fn tracked(&self) -> usize {
-        self.last_per_chat.len()
-    }
-}
-
-#[derive(Debug)]
-struct TypingEntry {
-    due: Instant,
-    started: Instant,
-}
-
-/// Which chats show "typing…" and when each needs its next sendChatAction.
-#[derive(Default, Debug)]
-pub struct TypingSchedule {
-    chats: HashMap<String, TypingEntry>,
-}
-
-impl TypingSchedule {
-    /// `on`: show typing now and keep it up; `off`: stop repeating.
-    pub fn set(&mut self, chat: &str, on: bool, now: Instant) {
-        if !on {
-            self.chats.remove(chat);
-        } else if let Some(e) = self.chats.get_mut(chat) {
-            e.due = now;
-        } else if self.chats.len() < MAX_TYPING_CHATS {
-            self.chats.insert(
-                chat.to_string(),
-                TypingEntry {
-                    due: now,
-                    started: now,
-                },
-            );
-        }
-    }
-
-    /// When the next action is due.
-    pub fn next_due(&self) -> Option<Instant> {
-        self.chats.values().map(|e| e.due).min()
-    }
-
-    /// The chats whose action is due at `now`; each is rescheduled [`TYPING_REPEAT`] later, and
-    /// chats typing for longer than [`MAX_TYPING_DURATION`] are dropped.
-    pub fn take_due(&mut self, now: Instant) -> Vec<String> {
-        self.chats
-            .retain(|_, e| now.saturating_duration_since(e.started) < MAX_TYPING_DURATION);
-        let mut due: Vec<String> = Vec::new();
-        for (chat, e) in self.chats.iter_mut() {
-            if e.due <= now {
-                e.due = now + TYPING_REPEAT;
-                due.push(chat.clone());
-            }
-        }
-        due.sort();
-        due
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn body(v: Value) -> Vec<u8> {
-        serde_json::to_vec(&v).unwrap()
-    }
-
-    fn ok(v: Value) -> Vec<u8> {
-        body(json!({"ok": true, "result": v}))
-    }
-
-    fn text_update(id: i64, chat: i64, text: &str) -> Value {
-        json!({"update_id": id, "message": {
-            "message_id": id * 10, "date": 1_700_000_000,
-            "from": {"id": 42, "is_bot": false, "first_name": "Ann"},
-            "chat": {"id": chat, "type": "private", "first_name": "Ann"},
-            "text": text}})
-    }
-
-    fn poller() -> Poller {
-        let mut p = Poller::new(50, false, None, 1);
-        let me = ok(json!({"id": 1, "is_bot": true, "first_name": "B", "username": "b_bot"}));
-        p.handle_get_me(Fetched::Body {
-            status: 200,
-            body: &me,
-        });
-        p
-    }
-
-    #[test]
-    fn classify_reads_errors_in_the_real_shape() {
-        let b = body(json!({"ok": false, "error_code": 429,
-            "description": "Too Many Requests: retry after 7", "parameters": {"retry_after": 7}}));
-        let r = classify::<Value>(Fetched::Body {
-            status: 429,
-            body: &b,
-        });
-        assert_eq!(r.unwrap_err(), ApiError::RetryAfter(Duration::from_secs(7)));
-
-        let b = body(
-            json!({"ok": false, "error_code": 409, "description": "Conflict: terminated by other getUpdates request"}),
-        );
-        let r = classify::<Value>(Fetched::Body {
-            status: 409,
-            body: &b,
-        });
-        assert_eq!(r.unwrap_err(), ApiError::Conflict);
-
-        let b = body(
-            json!({"ok": false, "error_code": 400, "description": "Bad Request: chat not found"}),
-        );
-        let r = classify::<Value>(Fetched::Body {
-            status: 400,
-            body: &b,
-        });
-        assert_eq!(
-            r.unwrap_err(),
-            ApiError::Rejected {
-                code: 400,
-                description: "Bad Request: chat not found".into()
-            }
-        );
-
-        // A proxy's HTML 502 page is transient; an unreadable 200 is malformed.
-        let r = classify::<Value>(Fetched::Body {
-            status: 502,
-            body: b"<html>bad gateway</html>",
-        });
-        assert!(matches!(r, Err(ApiError::Transient(_))));
-        let r = classify::<Value>(Fetched::Body {
-            status: 200,
-            body: b"{\"ok\":tr",
-        });
-        assert!(matches!(r, Err(ApiError::Malformed(_))));
-        // A huge retry_after is capped.
-        let b = body(
-            json!({"ok": false, "error_code": 429, "description": "x", "parameters": {"retry_after": 999_999}}),
-        );
-        let r = classify::<Value>(Fetched::Body {
-            status: 429,
-            body: &b,
-        });
-        assert_eq!(r.unwrap_err(), ApiError::RetryAfter(MAX_RETRY_AFTER));
-    }
-
-    #[test]
-    fn unknown_fields_are_accepted() {
-        let b = ok(
-            json!({"id": 1, "is_bot": true, "first_name": "B", "username": "b_bot",
-            "can_join_groups": true, "some_future_field": {"x": 1}}),
-        );
-        let me: User = classify(Fetched::Body {
-            status: 200,
-            body: &b,
-        })
-        .unwrap();
-        assert_eq!(me.username.as_deref(), Some("b_bot"));
-    }
-
-    #[test]
-    fn send_outcomes_map_to_what_delivery_does() {
-        let b = body(
-            json!({"ok": false, "error_code": 403, "description": "Forbidden: bot was blocked by the user"}),
-        );
-        assert_eq!(
-            send_outcome(Fetched::Body {
-                status: 403,
-                body: &b
-            }),
-            Err(SendError::Permanent(
-                "Forbidden: bot was blocked by the user".into()
-            ))
-        );
-        let b = body(
-            json!({"ok": false, "error_code": 429, "description": "Too Many Requests: retry after 3", "parameters": {"retry_after": 3}}),
-        );
-        assert_eq!(
-            send_outcome(Fetched::Body {
-                status: 429,
-                body: &b
-            }),
-            Err(SendError::RetryAfter(Duration::from_secs(3)))
-        );
-        assert!(matches!(
-            send_outcome(Fetched::Failed("connection refused")),
-            Err(SendError::Retry(_))
-        ));
-        assert!(matches!(
-            send_outcome(Fetched::Body {
-                status: 500,
-                body:
-                    b"{\"ok\":false,\"error_code\":500,\"description\":\"Internal Server Error\"}"
-            }),
-            Err(SendError::InDoubt(_))
-        ));
-        let b = ok(
-            json!({"message_id": 5, "date": 1, "chat": {"id": 1, "type": "private"}, "text": "hi"}),
-        );
-        assert_eq!(
-            send_outcome(Fetched::Body {
-                status: 200,
-                body: &b
-            }),
-            Ok(())
-        );
-    }
-
-    #[test]
-    fn updates_convert_to_inbound() {
-        let item = convert(text_update(7, 99, "hello"), false).unwrap();
-        let ib = item.inbound.unwrap();
-        assert_eq!(ib.id, "7");
-        assert_eq!(ib.chat, "99");
-        assert_eq!(ib.sender, "42");
-        assert!(!ib.is_group);
-        assert_eq!(ib.content, Content::Text("hello".into()));
-        assert_eq!(ib.ts_ms, 1_700_000_000_000);
-
-        let photo = json!({"update_id": 8, "message": {"message_id": 1, "date": 2,
-            "from": {"id": 42, "is_bot": false, "first_name": "Ann"},
-            "chat": {"id": -100, "type": "supergroup", "title": "G"},
-            "photo": [{"file_id": "a", "file_unique_id": "b", "width": 1, "height": 1}],
-            "caption": "look"}});
-        let ib = convert(photo, false).unwrap().inbound.unwrap();
-        assert!(ib.is_group);
-        assert_eq!(
-            ib.content,
-            Content::Media {
-                kind: MediaKind::Image,
-                caption: Some("look".into())
-            }
-        );
-
-        for (field, kind) in [
-            ("video_note", MediaKind::Video),
-            ("animation", MediaKind::Video),
-            ("voice", MediaKind::Audio),
-            ("document", MediaKind::Document),
-            ("sticker", MediaKind::Sticker),
-        ] {
-            let u = json!({"update_id": 9, "message": {"message_id": 1, "date": 2,
-                "chat": {"id": 5, "type": "private"}, "from": {"id": 5, "first_name": "x"},
-                field: {"file_id": "a"}}});
-            let ib = convert(u, false).unwrap().inbound.unwrap();
-            assert_eq!(
-                ib.content,
-                Content::Media {
-                    kind,
-                    caption: None
-                },
-                "{field}"
-            );
-        }
-
-        let loc = json!({"update_id": 10, "message": {"message_id": 1, "date": 2,
-            "chat": {"id": 5, "type": "private"}, "from": {"id": 5, "first_name": "x"},
-            "location": {"latitude": 1.0, "longitude": 2.0}}});
-        let ib = convert(loc, false).unwrap().inbound.unwrap();
-        assert_eq!(
-            ib.content,
-            Content::Text("[unsupported message: location]".into())
-        );
-    }
-
-    #[test]
-    fn edits_are_ignored_unless_asked_for() {
-        let u = json!({"update_id": 11, "edited_message": {"message_id": 1, "date": 2, "edit_date": 3,
-            "chat": {"id": 5, "type": "private"}, "from": {"id": 5, "first_name": "x"}, "text": "fixed"}});
-        assert_eq!(convert(u.clone(), false).unwrap().inbound, None);
-        let ib = convert(u, true).unwrap().inbound.unwrap();
-        assert_eq!(ib.content, Content::Text("fixed".into()));
-        assert_eq!(ib.id, "11");
-    }
-
-    #[test]
-    fn the_offset_moves_only_over_the_confirmed_prefix() {
-        let mut p = poller();
-        assert_eq!(p.request().offset, None);
-        let b = ok(json!([
-            text_update(1, 5, "a"),
-            {"update_id": 2, "message": "not a message"},
-            text_update(3, 5, "c"),
-            text_update(4, 5, "d"),
-        ]));
-        let step = p.handle_updates(Fetched::Body {
-            status: 200,
-            body: &b,
-        });
-        assert_eq!(
-            step,
-            PollStep::Deliver {
-                status: None,
-                recovered: false,
-                malformed: 1
-            }
-        );
-        assert_eq!(p.next_submission().unwrap().id, "1");
-        // Not confirmed yet: the same one again, offset unmoved.
-        assert_eq!(p.next_submission().unwrap().id, "1");
-        assert_eq!(p.offset(), None);
-        p.confirm();
-        // The unreadable update 2 is skipped past on the way to 3.
-        assert_eq!(p.next_submission().unwrap().id, "3");
-        assert_eq!(p.offset(), Some(3));
-        let wait = p.submit_failed();
-        assert!(wait <= BACKOFF_CAP);
-        assert_eq!(p.next_submission(), None);
-        assert_eq!(p.offset(), Some(3));
-        assert_eq!(p.request().offset, Some(3));
-        assert_eq!(p.take_offset_to_save(), Some(3));
-        assert_eq!(p.take_offset_to_save(), None);
-    }
-
-    #[test]
-    fn failures_map_to_waits_and_statuses() {
-        let mut p = poller();
-        let b = body(
-            json!({"ok": false, "error_code": 409, "description": "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"}),
-        );
-        match p.handle_updates(Fetched::Body {
-            status: 409,
-            body: &b,
-        }) {
-            PollStep::Wait { delay, status, .. } => {
-                assert!(delay <= BACKOFF_CAP);
-                assert_eq!(status, Some((State::Degraded, CONFLICT_DETAIL.into())));
-            }
-            other => panic!("{other:?}"),
-        }
-        let b = body(
-            json!({"ok": false, "error_code": 429, "description": "Too Many Requests: retry after 7", "parameters": {"retry_after": 7}}),
-        );
-        match p.handle_updates(Fetched::Body {
-            status: 429,
-            body: &b,
-        }) {
-            PollStep::Wait { delay, .. } => assert_eq!(delay, Duration::from_secs(7)),
-            other => panic!("{other:?}"),
-        }
-        match p.handle_updates(Fetched::Body {
-            status: 200,
-            body: b"<<garbage>>",
-        }) {
-            PollStep::Wait {
-                malformed, status, ..
-            } => {
-                assert!(
-                    malformed.as_deref().is_some_and(|w| w.contains("line 1")),
-                    "says why: {malformed:?}"
-                );
-                assert_eq!(status, None);
-            }
-            other => panic!("{other:?}"),
-        }
-        for _ in 0..20 {
-            match p.handle_updates(Fetched::Failed("connection refused")) {
-                PollStep::Wait { delay, status, .. } => {
-                    assert!(delay <= BACKOFF_CAP);
-                    assert_eq!(status.unwrap().0, State::Degraded);
-                }
-                other => panic!("{other:?}"),
-            }
-        }
-        let b = ok(json!([]));
-        assert_eq!(
-            p.handle_updates(Fetched::Body {
-                status: 200,
-                body: &b
-            }),
-            PollStep::Deliver {
-                status: Some((State::Up, "@b_bot".into())),
-                recovered: true,
-                malformed: 0
-            }
-        );
-        let b = body(json!({"ok": false, "error_code": 401, "description": "Unauthorized"}));
-        assert_eq!(
-            p.handle_updates(Fetched::Body {
-                status: 401,
-                body: &b
-            }),
-            PollStep::Stop {
-                status: (State::NeedsOwner, TOKEN_REJECTED_DETAIL.into())
-            }
-        );
-    }
-
-    #[test]
-    fn too_large_asks_for_one_update_at_a_time() {
-        let mut p = poller();
-        assert_eq!(p.request().limit, UPDATES_LIMIT);
-        p.handle_updates(Fetched::TooLarge);
-        assert_eq!(p.request().limit, 1);
-        let b = ok(json!([]));
-        p.handle_updates(Fetched::Body {
-            status: 200,
-            body: &b,
-        });
-        assert_eq!(p.request().limit, UPDATES_LIMIT);
-    }
-
-    #[test]
-    fn get_me_rejected_token_stops() {
-        let mut p = Poller::new(50, true, Some(10), 1);
-        let b = body(json!({"ok": false, "error_code": 401, "description": "Unauthorized"}));
-        assert_eq!(
-            p.handle_get_me(Fetched::Body {
-                status: 401,
-                body: &b
-            }),
-            StartStep::Stop {
-                status: (State::NeedsOwner, TOKEN_REJECTED_DETAIL.into())
-            }
-        );
-        let r = p.request();
-        assert_eq!(r.offset, Some(10));
-        assert_eq!(r.allowed_updates, vec!["message", "edited_message"]);
-        let json = serde_json::to_value(&r).unwrap();
-        assert_eq!(json["timeout"], 50);
-    }
-
-    #[test]
-    fn offsets_round_trip() {
-        assert_eq!(
-            decode_offset(&encode_offset(123_456_789)),
-            Some(123_456_789)
-        );
-        assert_eq!(encode_offset(1), vec![0, 0, 0, 0, 0, 0, 0, 1]);
-        assert_eq!(decode_offset(&[1, 2, 3]), None);
-    }
-
-    #[test]
-    fn limiter_spaces_one_chat_and_caps_the_total() {
-        let t0 = Instant::now();
-        let mut l = RateLimiter::default();
-        assert_eq!(l.ready_at("a", t0), t0);
-        l.record("a", t0);
-        assert_eq!(l.ready_at("a", t0), t0 + PER_CHAT_INTERVAL);
-        assert_eq!(l.ready_at("b", t0), t0);
-        let mut l = RateLimiter::default();
-        for i in 0..GLOBAL_PER_SECOND {
-            l.record(&format!("c{i}"), t0 + Duration::from_millis(i as u64));
-        }
-        let now = t0 + Duration::from_millis(100);
-        assert_eq!(l.ready_at("new", now), t0 + Duration::from_secs(1));
-        // Many chats over time: the memory stays bounded.
-        for i in 0..1000u64 {
-            l.record(&format!("x{i}"), t0 + Duration::from_millis(100 * i));
-        }
-        assert!(l.tracked() <= MAX_TRACKED_CHATS);
-    }
-
-    #[test]
-    fn typing_repeats_until_off_and_expires() {
-        let t0 = Instant::now();
-        let mut t = TypingSchedule::default();
-        t.set("a", true, t0);
-        assert_eq!(t.next_due(), Some(t0));
-        assert_eq!(t.take_due(t0), vec!["a".to_string()]);
-        assert_eq!(
-            t.take_due(t0 + Duration::from_secs(1)),
-            Vec::<String>::new()
-        );
-        assert_eq!(t.next_due(), Some(t0 + TYPING_REPEAT));
-        assert_eq!(t.take_due(t0 + TYPING_REPEAT), vec!["a".to_string()]);
-        t.set("a", false, t0 + TYPING_REPEAT);
-        assert_eq!(t.next_due(), None);
-        t.set("b", true, t0);
-        assert!(t.take_due(t0 + MAX_TYPING_DURATION).is_empty());
-        assert_eq!(t.next_due(), None);
-        for i in 0..(MAX_TYPING_CHATS + 10) {
-            t.set(&i.to_string(), true, t0);
-        }
-        assert_eq!(t.take_due(t0).len(), MAX_TYPING_CHATS);
-    }
 }

@@ -6,7 +6,7 @@
 //! assistant (the core's policy does); never logs message bodies.
 
 use crate::backoff::Backoff;
-use crate::channel::{ChannelKind, Content, Inbound, MediaKind};
+use crate::vocab::{ChannelKind, Content, Inbound, MediaKind};
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 use tokio::time::Instant;

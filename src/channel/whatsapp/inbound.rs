@@ -12,8 +12,8 @@
 use super::adapter::{self, Classified, Own};
 use super::{Shared, own_of};
 use crate::backoff::Backoff;
-use crate::channel::ChannelKind;
-use crate::router::{IntakeError, Submitted};
+use crate::intake::{IntakeError, Submitted};
+use crate::vocab::ChannelKind;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -65,7 +65,7 @@ impl Inflow {
 /// From the client's event handler (never blocks): queues a message recovered from the phone.
 pub(super) fn queue_recovered(sh: &Arc<Shared>, m: InboundMessage) {
     if sh.inflow.tx.try_send(m).is_err() {
-        crate::metrics::Metrics::inc(&sh.ctx.metrics.malformed[ChannelKind::WhatsApp.index()]);
+        crate::metrics::Metrics::inc(&sh.ctx.metrics.malformed[ChannelKind::WhatsApp]);
         tracing::warn!(
             "WhatsApp: too many recovered messages waiting; one was not taken (it stays on the phone)"
         );
@@ -239,5 +239,124 @@ impl InboundDurabilityHook for Hook {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{shared, test_client};
+    use super::*;
+    use crate::intake::IntakeError;
+    use whatsapp_rust::waproto::whatsapp as wa;
+
+    fn inbound(id: &str, text: &str) -> InboundMessage {
+        let info = whatsapp_rust::wacore::types::message::MessageInfo {
+            source: whatsapp_rust::wacore::types::message::MessageSource {
+                chat: "491701111111@s.whatsapp.net".parse().unwrap(),
+                sender: "491701111111:2@s.whatsapp.net".parse().unwrap(),
+                ..Default::default()
+            },
+            id: id.into(),
+            ..Default::default()
+        };
+        InboundMessage::builder()
+            .message(Arc::new(wa::Message {
+                conversation: Some(text.into()),
+                ..Default::default()
+            }))
+            .info(Arc::new(info))
+            .build()
+    }
+
+    #[tokio::test]
+    async fn the_hook_returns_only_after_the_inbox_took_the_message() {
+        let (sh, mut subs, _prx, _board) = shared(false);
+        let client = test_client(&sh).await;
+        let hook = Hook(sh.clone());
+        let batch = [inbound("A1", "hello"), inbound("A2", "again")];
+        let call = hook.on_messages(client.clone(), &batch);
+        tokio::pin!(call);
+        // The hook (and so the client's ack) waits for the durable submit of each message.
+        let first = tokio::select! {
+            _ = &mut call => panic!("hook returned before the inbox answered"),
+            s = subs.recv() => s.unwrap(),
+        };
+        assert_eq!(first.msg.id, "A1");
+        assert_eq!(first.msg.sender, "+491701111111");
+        first.reply.send(Ok(Submitted::Accepted)).unwrap();
+        let second = tokio::select! {
+            _ = &mut call => panic!("hook returned before the second message was stored"),
+            s = subs.recv() => s.unwrap(),
+        };
+        second.reply.send(Ok(Submitted::Duplicate)).unwrap();
+        call.await.unwrap();
+
+        // A refused message is offered again (a busy inbox drains in seconds): taken the
+        // second time, the hook succeeds and nothing is redelivered.
+        let batch = [inbound("B1", "x")];
+        let call = hook.on_messages(client.clone(), &batch);
+        tokio::pin!(call);
+        let s = tokio::select! {
+            _ = &mut call => panic!("returned early"),
+            s = subs.recv() => s.unwrap(),
+        };
+        s.reply
+            .send(Err(IntakeError::Store("disk full".into())))
+            .unwrap();
+        let again = tokio::select! {
+            _ = &mut call => panic!("gave up after one refusal"),
+            s = subs.recv() => s.unwrap(),
+        };
+        assert_eq!(again.msg.id, "B1");
+        again.reply.send(Ok(Submitted::Accepted)).unwrap();
+        call.await.unwrap();
+        assert!(!sh.inflow_redrive_pending());
+    }
+
+    /// An inbox that keeps refusing: after its patience the hook fails (the client does not ack)
+    /// and a reconnect is on its way, so the server delivers the message again within seconds
+    /// instead of at the next reconnect, days later on a stable link.
+    #[tokio::test(start_paused = true)]
+    async fn a_message_the_inbox_keeps_refusing_is_redriven_within_seconds() {
+        let (sh, mut subs, _prx, _board) = shared(false);
+        let client = test_client(&sh).await;
+        let hook = Hook(sh.clone());
+        let batch = [inbound("C1", "x")];
+        let t0 = tokio::time::Instant::now();
+        let call = hook.on_messages(client, &batch);
+        tokio::pin!(call);
+        let mut offers = 0;
+        let r = loop {
+            tokio::select! {
+                r = &mut call => break r,
+                s = subs.recv() => {
+                    offers += 1;
+                    s.unwrap().reply.send(Err(IntakeError::Busy)).unwrap();
+                }
+            }
+        };
+        assert!(r.is_err(), "not acknowledged");
+        assert!(offers > 2, "offered again before giving up ({offers})");
+        assert!(t0.elapsed() <= HOOK_PATIENCE);
+        assert!(sh.inflow_redrive_pending(), "a reconnect is on its way");
+    }
+
+    /// A message recovered from the phone is submitted through the same path, and a store error
+    /// does not lose it: it is offered until the inbox takes it.
+    #[tokio::test(start_paused = true)]
+    async fn a_recovered_message_is_retried_until_the_inbox_takes_it() {
+        let (sh, mut subs, _prx, _board) = shared(false);
+        let client = test_client(&sh).await;
+        let drain = tokio::spawn(drain_recovered(sh.clone(), client));
+        queue_recovered(&sh, inbound("R1", "while you were away"));
+        let s = subs.recv().await.unwrap();
+        assert_eq!(s.msg.id, "R1");
+        s.reply
+            .send(Err(IntakeError::Store("disk full".into())))
+            .unwrap();
+        let s = subs.recv().await.unwrap();
+        assert_eq!(s.msg.id, "R1", "offered again");
+        s.reply.send(Ok(Submitted::Accepted)).unwrap();
+        drain.abort();
     }
 }

@@ -1,17 +1,18 @@
 //! The owner's requests to the WhatsApp channel — link it ([`Ask::Pair`], by QR or by a pairing
 //! code for a phone number), stop a pairing ([`Ask::Cancel`]), unlink it ([`Ask::Unpair`]) — and
-//! the loop that keeps the channel ready for them in the service ([`serve`]): a channel that needs
-//! the owner (pairing paused, logged out, replaced) waits here for the next request instead of
-//! ending, so `clawbox pair whatsapp` and the pairing page link the running service without a
-//! restart.
+//! what a run does with one ([`during_run`]). The loop that keeps the channel ready for them in
+//! the service, and the CLI's own runs without a service, are in [`super::runs`].
 //!
 //! Requests come from the control socket ([`crate::control`]) and the page ([`crate::web`])
-//! through a [`Linker`]; the channel answers through a oneshot. The CLI's own runs without a
-//! service (`pair`, `unpair` on the service's state) live here too. Never logs the pairing payload
-//! or the code.
+//! through a [`Linker`]; the channel answers through a oneshot. Never logs the pairing payload or
+//! the code.
 
+use super::adapter::Ending;
+use super::outbound::fail_pending;
+use super::storage::KvBackend;
 use super::*;
-use crate::store::{Store, StoreError};
+use crate::pairing::Pairing;
+use crate::status::State;
 use tokio::sync::mpsc;
 
 /// Owner requests waiting for the channel at once. One owner at a terminal or on the page asks one
@@ -110,7 +111,7 @@ impl Linker {
         }
     }
 
-    fn submit(&self, ask: Ask) -> Result<(), String> {
+    pub(super) fn submit(&self, ask: Ask) -> Result<(), String> {
         self.0.try_send(ask).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 "the WhatsApp channel is busy with other requests; try again in a moment".into()
@@ -142,66 +143,6 @@ impl Inbox {
             }
         }
         std::future::pending().await
-    }
-}
-
-/// The channel task in the service: runs the channel, and whenever it needs the owner, waits for
-/// the owner's request (link again, unlink) instead of ending. Returns at shutdown.
-pub async fn serve(
-    cfg: Arc<WhatsAppConfig>,
-    ctx: ChannelContext,
-    pairing: PairingPublisher,
-    asks: Asks,
-) -> Result<(), ChannelError> {
-    let mut inbox = Inbox::open(&asks).await;
-    let mut opts = Options::default();
-    let mut shutdown = ctx.shutdown.clone();
-    loop {
-        let outcome = run_with(
-            cfg.clone(),
-            ctx.clone(),
-            pairing.clone(),
-            opts.clone(),
-            &mut inbox,
-        )
-        .await?;
-        let why = match outcome {
-            Outcome::NeedsOwner(why) => why,
-            Outcome::Shutdown | Outcome::Linked(_) => return Ok(()),
-        };
-        opts.phone = None;
-        // Every surface shows that nothing is on offer any more, and why.
-        if !matches!(
-            pairing.current(),
-            Pairing::Paused | Pairing::PairAgain | Pairing::Stopped { .. }
-        ) {
-            pairing.publish(Pairing::Stopped { why });
-        }
-        loop {
-            let ask = tokio::select! {
-                a = inbox.next() => a,
-                _ = shutdown.wait() => return Ok(()),
-            };
-            match ask {
-                Ask::Pair { phone, reply } => {
-                    if let Some(r) = reply {
-                        let _ = r.send(PairReply::Started);
-                    }
-                    opts.phone = phone;
-                    break;
-                }
-                Ask::Cancel => {}
-                Ask::Unpair { reply } => {
-                    let backend = KvBackend::new(ctx.store.kv(KvTable::WhatsApp));
-                    let paired = backend.is_paired().await;
-                    let r = wipe(&backend).await.map(|()| words(paired, false));
-                    if r.is_ok() {
-                        unlinked(&ctx, &pairing);
-                    }
-                    let _ = reply.send(r);
-                }
-            }
-        }
     }
 }
 
@@ -280,7 +221,7 @@ pub(super) async fn during_run(
     }
 }
 
-async fn wipe(backend: &KvBackend) -> Result<(), String> {
+pub(super) async fn wipe(backend: &KvBackend) -> Result<(), String> {
     match backend.wipe().await {
         Ok(n) => {
             tracing::warn!(
@@ -296,7 +237,7 @@ async fn wipe(backend: &KvBackend) -> Result<(), String> {
     }
 }
 
-fn unlinked(ctx: &ChannelContext, pairing: &PairingPublisher) {
+pub(super) fn unlinked(ctx: &ChannelContext, pairing: &PairingPublisher) {
     ctx.reporter
         .set(State::NeedsOwner, format!("not linked — {UNLINKED}"));
     pairing.publish(Pairing::Stopped {
@@ -305,7 +246,7 @@ fn unlinked(ctx: &ChannelContext, pairing: &PairingPublisher) {
 }
 
 /// What an unlink did, for the owner.
-fn words(paired: bool, told: bool) -> String {
+pub(super) fn words(paired: bool, told: bool) -> String {
     match (paired, told) {
         (false, _) => "WhatsApp was not linked; its state is clear.".into(),
         (true, true) => {
@@ -316,152 +257,5 @@ fn words(paired: bool, told: bool) -> String {
                           (not connected) — remove the device on the phone: WhatsApp → Settings → \
                           Linked devices."
             .into(),
-    }
-}
-
-/// The WhatsApp channel alone on the service's state, for the CLI when no service runs.
-struct Standalone {
-    store: Store,
-    /// Its inbox refuses every message: the server redelivers them to the service later.
-    ctx: ChannelContext,
-    trigger: crate::shutdown::ShutdownTrigger,
-    /// Held so the channel's command queue stays open (closed means shut down).
-    _commands: mpsc::Sender<ChannelCommand>,
-}
-
-/// Opens the service's store for [`Standalone`]; errs with the exit code after saying why.
-async fn standalone(cfg: &crate::config::Config) -> Result<Standalone, i32> {
-    let metrics = Arc::new(Metrics::default());
-    let store = match Store::open(&cfg.state_dir(), &cfg.store, metrics.clone()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("clawbox: {e}");
-            return Err(match e {
-                StoreError::Corrupt(_) => 65,
-                StoreError::Open(_) => 73,
-                _ => 74,
-            });
-        }
-    };
-    let (intake, mut submissions) = crate::router::Intake::test_channel(1);
-    tokio::spawn(async move {
-        while let Some(s) = submissions.recv().await {
-            let _ = s.reply.send(Err(IntakeError::ShuttingDown));
-        }
-    });
-    let (trigger, shutdown) = crate::shutdown::Shutdown::new();
-    let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(1);
-    let board = crate::status::Board::default();
-    let ctx = ChannelContext {
-        intake,
-        store: store.clone(),
-        metrics,
-        reporter: board.register("whatsapp", true),
-        http: crate::http::HttpClient::new(),
-        commands: Arc::new(tokio::sync::Mutex::new(commands_rx)),
-        shutdown,
-    };
-    Ok(Standalone {
-        store,
-        ctx,
-        trigger,
-        _commands: commands_tx,
-    })
-}
-
-/// `clawbox pair whatsapp [--phone +E164]` when no service runs: the WhatsApp channel alone on the
-/// service's state directory until it is linked. Returns the exit code: 0 linked, 1 not linked
-/// (the message says why), 73/65/74 when the store cannot be used.
-pub async fn pair(cfg: &crate::config::Config, phone: Option<String>) -> i32 {
-    let Standalone {
-        store,
-        ctx,
-        trigger,
-        _commands,
-    } = match standalone(cfg).await {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let wcfg = Arc::new(cfg.channels.whatsapp.clone().unwrap_or_default());
-    let (publisher, rx) = PairingPublisher::new();
-    let shown = tokio::spawn(display(rx, ctx.shutdown.clone(), Screen::Stdout));
-    let opts = Options {
-        phone,
-        exit_when_linked: true,
-    };
-    let mut inbox = Inbox::none();
-    let run = run_with(wcfg, ctx, publisher, opts, &mut inbox);
-    let outcome = tokio::select! {
-        r = run => r,
-        _ = tokio::signal::ctrl_c() => Ok(Outcome::Shutdown),
-    };
-    trigger.trip();
-    let _ = shown.await;
-    store.close().await;
-    match outcome {
-        Ok(Outcome::Linked(number)) => {
-            println!("WhatsApp linked {number}. Start the service: `systemctl start clawbox`.");
-            0
-        }
-        Ok(Outcome::NeedsOwner(why)) => {
-            eprintln!("clawbox: WhatsApp not linked: {why}");
-            1
-        }
-        Ok(Outcome::Shutdown) => {
-            eprintln!("clawbox: pairing interrupted; WhatsApp is not linked");
-            1
-        }
-        Err(e) => {
-            eprintln!("clawbox: {e}");
-            1
-        }
-    }
-}
-
-/// `clawbox unpair whatsapp` when no service runs: connects with the stored identity just long
-/// enough to log out (so the phone drops the device), then wipes the WhatsApp state. Returns the
-/// exit code: 0 done, 1 failed, 73/65/74 when the store cannot be used.
-pub async fn unpair(cfg: &crate::config::Config) -> i32 {
-    let Standalone {
-        store,
-        ctx,
-        trigger,
-        _commands,
-    } = match standalone(cfg).await {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let backend = KvBackend::new(ctx.store.kv(KvTable::WhatsApp));
-    let result = if backend.is_paired().await {
-        let wcfg = Arc::new(cfg.channels.whatsapp.clone().unwrap_or_default());
-        let (publisher, _rx) = PairingPublisher::new();
-        let (linker, asks) = Linker::new();
-        let (tx, rx) = oneshot::channel();
-        linker.submit(Ask::Unpair { reply: tx }).ok();
-        let mut inbox = Inbox::open(&asks).await;
-        // The run takes the request at once and ends once it is carried out.
-        let ran = run_with(wcfg, ctx, publisher, Options::default(), &mut inbox).await;
-        // A request the run never took is dropped with the queue: `rx` then says so.
-        drop(inbox);
-        drop(asks);
-        match (rx.await, ran) {
-            (Ok(r), _) => r,
-            (Err(_), Err(e)) => Err(e.to_string()),
-            (Err(_), Ok(_)) => Err("WhatsApp stopped before the unlink was done".into()),
-        }
-    } else {
-        Ok(words(false, false))
-    };
-    trigger.trip();
-    store.close().await;
-    match result {
-        Ok(w) => {
-            println!("{w}");
-            0
-        }
-        Err(e) => {
-            eprintln!("clawbox: {e}");
-            1
-        }
     }
 }

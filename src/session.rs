@@ -5,8 +5,8 @@
 //! agents see it, is `agent:<agent_id>:<prefix>-<identity>`, with `-r<generation>` appended once a
 //! 🗑️ reset has started a new generation.
 
-use crate::channel::Inbound;
 use crate::config::SessionScope;
+use crate::vocab::Inbound;
 
 /// Longest session id (OpenClaw caps keys at 512 characters; this leaves room for the prefix).
 pub const MAX_ID_CHARS: usize = 256;
@@ -60,7 +60,7 @@ pub fn is_reset(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channel::{ChannelKind, Content};
+    use crate::vocab::{ChannelKind, Content};
 
     fn msg(chat: &str, sender: &str) -> Inbound {
         Inbound {

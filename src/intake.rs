@@ -1,15 +1,16 @@
-//! The channels' way in: policy first, then the write (which dedupes by channel + id), then the
-//! hand-off to the turn scheduler. The hand-off happens as soon as the write is committed, while
+//! The channels' way in ([`Intake`], handed to every connector; the router holds the other end):
+//! policy first, then the write (which dedupes by channel + id), then the hand-off to the turn
+//! scheduler. The hand-off happens as soon as the write is committed, while
 //! its fsync runs, so the agent call does not wait for the disk; [`Intake::submit`] returns `Ok`
 //! only after the fsync, and a channel acknowledges upstream only then, so every acknowledged
 //! message is on disk. (No reply can leave before that fsync either: see `store::writer`.)
 
-use super::{Event, IntakeError, Submitted, session};
-use crate::channel::Inbound;
 use crate::config::SessionScope;
 use crate::metrics::{DropReason, Metrics};
 use crate::policy::{Policies, Verdict};
+use crate::session;
 use crate::store::{Accepted, InboxRecord, Store, records::INBOX_PENDING};
+use crate::vocab::{Inbound, PerChannel};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -27,14 +28,54 @@ pub struct Submission {
     pub reply: tokio::sync::oneshot::Sender<Result<Submitted, IntakeError>>,
 }
 
-pub(super) struct Core {
+/// What became of a submitted message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// Durable in the inbox: the channel may acknowledge it upstream now.
+    Accepted,
+    /// Seen before (same channel and id): acknowledge upstream, nothing else happens.
+    Duplicate,
+    /// Not allowed by policy: acknowledge upstream (so it is not redelivered), nothing else happens.
+    Dropped(DropReason),
+}
+
+#[derive(Debug, Clone)]
+pub enum IntakeError {
+    /// The store could not make it durable: do NOT acknowledge upstream; retry later.
+    Store(String),
+    /// The daemon is stopping: do not acknowledge.
+    ShuttingDown,
+    /// Too many messages are waiting for an answer: do not acknowledge; the server redelivers
+    /// later. Keeps memory and the store bounded under a flood (e.g. `dm_policy = "open"`).
+    Busy,
+}
+
+impl std::fmt::Display for IntakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IntakeError::Store(e) => write!(f, "could not store the message: {e}"),
+            IntakeError::ShuttingDown => f.write_str("shutting down"),
+            IntakeError::Busy => {
+                f.write_str("too many messages are waiting for an answer; retrying later")
+            }
+        }
+    }
+}
+
+/// What the router's loop hears from the intake.
+pub enum Event {
+    /// A message is durable in the inbox.
+    Inbound(u64, InboxRecord),
+}
+
+pub(crate) struct Core {
     pub policies: Policies,
     pub store: Store,
     pub events: mpsc::Sender<Event>,
     pub metrics: Arc<Metrics>,
     pub scope: SessionScope,
-    /// Agent name per channel (index by `ChannelKind::index`).
-    pub agent_for: [String; crate::channel::ChannelKind::ALL.len()],
+    /// Agent name per channel.
+    pub agent_for: PerChannel<String>,
 }
 
 #[derive(Clone)]
@@ -51,7 +92,7 @@ pub struct Intake {
 }
 
 impl Intake {
-    pub(super) fn new(core: Arc<Core>) -> Intake {
+    pub(crate) fn new(core: Arc<Core>) -> Intake {
         Intake {
             inner: Inner::Core(core),
         }
@@ -175,14 +216,14 @@ impl Core {
             session: session::identity(self.scope, msg),
             state: INBOX_PENDING,
             accepted_ms: crate::store::now_ms(),
-            agent: self.agent_for[msg.channel.index()].clone(),
+            agent: self.agent_for[msg.channel].clone(),
         }
     }
 
     /// After the write is committed: count, log, hand the new message to the scheduler.
     async fn accepted(
         &self,
-        channel: crate::channel::ChannelKind,
+        channel: crate::vocab::ChannelKind,
         rec: InboxRecord,
         outcome: Accepted,
     ) -> Submitted {
@@ -193,7 +234,7 @@ impl Core {
                 Submitted::Duplicate
             }
             Accepted::New(seq) => {
-                Metrics::inc(&self.metrics.messages_in[channel.index()]);
+                Metrics::inc(&self.metrics.messages_in[channel]);
                 Metrics::inc(&self.metrics.inbox_pending);
                 tracing::info!(channel = %channel, id = %rec.msg_id, seq, "accepted");
                 // Committed: if the router is gone (shutdown), the restart resumes it.

@@ -1,0 +1,200 @@
+//! Carrying out the router's [`ChannelCommand`]s on WhatsApp: typing indicators, and sends of one
+//! chunk each with an id derived from its key, done once the server acked it ([`SEND_ACK_TIMEOUT`])
+//! and classified by what went wrong otherwise ([`classify_nack`], [`classify_send_error`]).
+
+use super::adapter;
+use super::{Shared, own_of};
+use crate::channel::{ChannelCommand, SendError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use whatsapp_rust::Jid;
+use whatsapp_rust::prelude::*;
+use whatsapp_rust::waproto::whatsapp as wa;
+
+/// A sent message counts as delivered to the server when its `<ack>` arrives within this; past it
+/// the send is retried (same id: no duplicate).
+pub const SEND_ACK_TIMEOUT: Duration = Duration::from_secs(20);
+/// Sends awaiting the server's ack at once (delivery sends one chunk at a time per channel).
+const MAX_PENDING_ACKS: usize = 32;
+
+/// Answers every send still waiting for the server's ack: the channel stopped.
+pub(super) fn fail_pending(sh: &Shared) {
+    for (_, tx) in sh.seen().acks.drain() {
+        let _ = tx.send(Some("channel stopped".into()));
+    }
+}
+
+/// Carries out one command on its own task, so a send never holds up the connection loop.
+pub(super) fn handle_command(sh: &Arc<Shared>, client: &Arc<Client>, cmd: ChannelCommand) {
+    match cmd {
+        ChannelCommand::Typing { chat, on } => {
+            let c = client.clone();
+            tokio::spawn(async move {
+                let Ok(jid) = chat.parse::<Jid>() else { return };
+                let r = if on {
+                    c.chatstate().send_composing(&jid).await
+                } else {
+                    c.chatstate().send_paused(&jid).await
+                };
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "typing indicator not sent");
+                }
+            });
+        }
+        // A resend carries the same message id: a recipient's devices keep one message per id.
+        ChannelCommand::Reconcile { done, .. } => {
+            let _ = done.send(crate::channel::Doubt::NotSent);
+        }
+        ChannelCommand::Send {
+            chat,
+            text,
+            key,
+            arm,
+            done,
+            ..
+        } => {
+            let sh = sh.clone();
+            let c = client.clone();
+            tokio::spawn(async move {
+                let r = send(&sh, &c, &chat, text, &key, arm).await;
+                if let Err(e) = &r {
+                    tracing::info!(error = %e, "WhatsApp send failed");
+                }
+                let _ = done.send(r);
+            });
+        }
+    }
+}
+
+/// Sends one chunk with the id derived from `key`; Ok once the server acked it.
+async fn send(
+    sh: &Arc<Shared>,
+    client: &Arc<Client>,
+    chat: &str,
+    text: String,
+    key: &str,
+    arm: crate::channel::Arm,
+) -> Result<(), SendError> {
+    if !client.is_logged_in() {
+        return Err(SendError::Retry("WhatsApp is not connected".into()));
+    }
+    let jid: Jid = chat
+        .parse()
+        .map_err(|_| SendError::Permanent(format!("{chat:?} is not a WhatsApp chat address")))?;
+    let own = own_of(client);
+    let is_self = (jid.is_pn() && own.pn.as_deref() == Some(jid.user.as_str()))
+        || (jid.is_lid() && own.lid.as_deref() == Some(jid.user.as_str()));
+    let text = if is_self && !text.starts_with(&sh.cfg.self_prefix) {
+        format!("{}{text}", sh.cfg.self_prefix)
+    } else {
+        text
+    };
+    let id = adapter::message_id_for(key);
+    sh.sent().remember(&id, Instant::now());
+    let (tx, rx) = oneshot::channel();
+    {
+        let mut s = sh.seen();
+        if s.acks.len() >= MAX_PENDING_ACKS && !s.acks.contains_key(&id) {
+            return Err(SendError::Retry(
+                "too many sends awaiting the server".into(),
+            ));
+        }
+        s.acks.insert(id.clone(), tx);
+    }
+    let msg = wa::Message {
+        conversation: Some(text),
+        ..Default::default()
+    };
+    if let Err(e) = arm.arm(0).await {
+        sh.seen().acks.remove(&id);
+        return Err(e);
+    }
+    let sent = client
+        .send_message_with_options(jid, msg, SendOptions::default().with_message_id(id.clone()))
+        .await;
+    if let Err(e) = sent {
+        sh.seen().acks.remove(&id);
+        return Err(classify_send_error(&e));
+    }
+    match tokio::time::timeout(SEND_ACK_TIMEOUT, rx).await {
+        Ok(Ok(None)) => Ok(()),
+        Ok(Ok(Some(code))) => Err(classify_nack(&code)),
+        Ok(Err(_)) => Err(SendError::Retry("channel restarted".into())),
+        Err(_) => {
+            sh.seen().acks.remove(&id);
+            Err(SendError::Retry("no acknowledgement from WhatsApp".into()))
+        }
+    }
+}
+
+/// How long to wait before offering again a message WhatsApp refused for an account restriction
+/// that lifts with time (463: no trusted-contact token yet; 475: too many new chats).
+pub const RESTRICTED_RETRY: Duration = Duration::from_secs(300);
+
+/// What a server nack (the `error` attribute of the `<ack>` to our message; codes as WA Web's
+/// `NackFromStanza` and whatsapp-rust's `NackReason` name them) means for the reply: the same id
+/// is sent again later, or the reply is given up.
+pub fn classify_nack(code: &str) -> SendError {
+    let why = |what: &str| format!("WhatsApp refused the message (error {code}: {what})");
+    match code {
+        // Transient on the server's side: try again.
+        "408" | "429" | "500" | "503" | "552" => SendError::Retry(why("temporary")),
+        // Stale group addressing / an old Signal counter: the client refreshes and re-encrypts.
+        "421" | "496" => SendError::Retry(why("stale state, re-encrypting")),
+        // Account restrictions that lift with time.
+        "463" | "475" => SendError::RetryAfter(RESTRICTED_RETRY),
+        // Malformed, unknown recipient, unsupported: it will never go.
+        _ => SendError::Permanent(why("rejected")),
+    }
+}
+
+fn classify_send_error(e: &whatsapp_rust::SendError) -> SendError {
+    use whatsapp_rust::SendError as E;
+    match e {
+        E::InvalidRequest(why) => SendError::Permanent(why.clone()),
+        E::NotLoggedIn => SendError::Retry("WhatsApp is not connected".into()),
+        other => SendError::Retry(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_nacks_are_retried_or_given_up_by_code() {
+        for code in ["408", "429", "500", "503", "552", "421", "496"] {
+            assert!(
+                matches!(classify_nack(code), SendError::Retry(_)),
+                "{code} is retried"
+            );
+        }
+        for code in ["463", "475"] {
+            assert_eq!(
+                classify_nack(code),
+                SendError::RetryAfter(RESTRICTED_RETRY),
+                "{code} waits"
+            );
+        }
+        for code in ["400", "404", "479", "487", "491", "499", "551"] {
+            assert!(
+                matches!(classify_nack(code), SendError::Permanent(_)),
+                "{code} is given up"
+            );
+        }
+    }
+
+    #[test]
+    fn send_errors_are_classified() {
+        assert!(matches!(
+            classify_send_error(&whatsapp_rust::SendError::NotLoggedIn),
+            SendError::Retry(_)
+        ));
+        assert!(matches!(
+            classify_send_error(&whatsapp_rust::SendError::InvalidRequest("bad".into())),
+            SendError::Permanent(_)
+        ));
+    }
+}

@@ -1,0 +1,110 @@
+//! The WhatsApp client's store traits (`SignalStore`, `AppSyncStore`, `ProtocolStore`,
+//! `MsgSecretStore`, `DeviceStore`: together a `Backend`) on clawbox's key-value table
+//! `whatsapp` ([`crate::store::kv`]). This file owns the shared [`KvBackend`] and the row access
+//! every part uses (get, durable batch put, scan, JSON rows, expiry sweep); it never builds a key.
+//!
+//! Every write is durable (fsynced) before the trait call returns, and each `*_batch` call is one
+//! write transaction, so the client's own write ordering (sessions, then identities, then sender
+//! keys; a consumed prekey deleted only after its session) holds across a crash or power loss.
+//! Read-modify-write methods the traits require to be atomic (LID mappings, trusted-contact
+//! tokens, message secrets, prekey upload marks) run under one lock, since this adapter is the
+//! table's only writer. Never logs keys or message contents; never touches any other table.
+//!
+//! One file per family of the client's state:
+//! - `keys`: the on-disk key layout; every key the backend reads or writes is built there.
+//! - `signal`: `SignalStore`: identities, sessions, pre-keys, signed pre-keys, sender keys.
+//! - `app_sync`: `AppSyncStore`: app-state sync keys, collection versions, mutation MACs.
+//! - `protocol`: `ProtocolStore`: sender-key status, LID↔phone mappings, base keys, device
+//!   lists, group metadata, trusted-contact tokens, sent messages, pending inbound messages.
+//! - `secrets`: `MsgSecretStore`: message secrets.
+//! - `device`: `DeviceStore` and the linked account: paired or not, when linked, the logout wipe.
+
+mod app_sync;
+mod device;
+mod keys;
+mod protocol;
+mod secrets;
+mod signal;
+#[cfg(test)]
+mod tests;
+
+use crate::store::kv::{Kv, KvWrite};
+use std::sync::Arc;
+use whatsapp_rust::wacore::store::error::{Result, StoreError};
+
+/// Rows of one time-pruned family (sent messages, pending inbound, secrets, tokens) scanned by
+/// an expiry sweep.
+const MAX_SWEEP_ROWS: usize = 50_000;
+
+/// The `Backend` over clawbox's store. Cheap to clone.
+#[derive(Clone)]
+pub struct KvBackend {
+    kv: Kv,
+    /// Serialises read-modify-write sequences so they are atomic against each other.
+    rmw: Arc<tokio::sync::Mutex<()>>,
+    /// Set by [`KvBackend::wipe`]: the logged-out client's last flushes must not bring its
+    /// identity back, so every later write is refused.
+    wiped: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl KvBackend {
+    pub fn new(kv: Kv) -> KvBackend {
+        KvBackend {
+            kv,
+            rmw: Arc::new(tokio::sync::Mutex::new(())),
+            wiped: Arc::default(),
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.kv.get(key).await.map_err(db)
+    }
+    async fn put_all(&self, writes: Vec<KvWrite>) -> Result<()> {
+        if self.wiped.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Validation(
+                "the WhatsApp state was wiped (logged out); nothing more is saved".into(),
+            ));
+        }
+        self.kv.put_batch(writes).await.map_err(db)
+    }
+    async fn put(&self, key: String, value: Vec<u8>) -> Result<()> {
+        self.put_all(vec![(key, Some(value))]).await
+    }
+    async fn del(&self, key: String) -> Result<()> {
+        self.put_all(vec![(key, None)]).await
+    }
+    async fn scan(&self, prefix: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>> {
+        self.kv.scan_prefix(prefix, limit).await.map_err(db)
+    }
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        match self.get(key).await? {
+            Some(v) => Ok(Some(from_json(&v)?)),
+            None => Ok(None),
+        }
+    }
+    /// Deletes the rows of `prefix` whose value `expired` says so; one transaction.
+    async fn sweep(&self, prefix: &str, expired: impl Fn(&[u8]) -> bool) -> Result<u32> {
+        let _g = self.rmw.lock().await;
+        let rows = self.scan(prefix, MAX_SWEEP_ROWS).await?;
+        let doomed: Vec<KvWrite> = rows
+            .into_iter()
+            .filter(|(_, v)| expired(v))
+            .map(|(k, _)| (k, None))
+            .collect();
+        let n = doomed.len() as u32;
+        self.put_all(doomed).await?;
+        Ok(n)
+    }
+}
+
+fn db(e: crate::store::StoreError) -> StoreError {
+    StoreError::Database(Box::new(e))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Serialization(Box::new(e)))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(v: &[u8]) -> Result<T> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Serialization(Box::new(e)))
+}

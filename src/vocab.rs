@@ -1,0 +1,193 @@
+//! The shared words: which channel ([`ChannelKind`]), what a message carries ([`Content`]), one
+//! received message ([`Inbound`]), a channel's static facts ([`ChannelSpec`]) and one value per
+//! channel ([`PerChannel`]). A leaf: it imports nothing from the crate, so every layer (channels,
+//! policy, router, store, delivery, metrics) can use it without importing one another.
+
+use std::fmt;
+
+/// Which channel a message belongs to. The string form is stored on disk: never rename one.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub enum ChannelKind {
+    Console,
+    Telegram,
+    WhatsApp,
+}
+
+impl ChannelKind {
+    pub const ALL: [ChannelKind; 3] = [
+        ChannelKind::Console,
+        ChannelKind::Telegram,
+        ChannelKind::WhatsApp,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelKind::Console => "console",
+            ChannelKind::Telegram => "telegram",
+            ChannelKind::WhatsApp => "whatsapp",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Dense index for per-channel metric arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for ChannelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Kinds of media a channel can report. The placeholder text is `<media:KIND>`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MediaKind {
+    Image,
+    Video,
+    Audio,
+    Document,
+    Sticker,
+}
+
+impl MediaKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaKind::Image => "image",
+            MediaKind::Video => "video",
+            MediaKind::Audio => "audio",
+            MediaKind::Document => "document",
+            MediaKind::Sticker => "sticker",
+        }
+    }
+}
+
+/// What a message carries, before it is rendered to the text an agent sees.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Content {
+    Text(String),
+    Media {
+        kind: MediaKind,
+        caption: Option<String>,
+    },
+    Reaction {
+        emoji: String,
+        target_id: String,
+    },
+}
+
+impl Content {
+    /// The text the agent receives: text as is, media as `<media:KIND>` plus the caption on the next
+    /// line, a reaction as a short description.
+    pub fn render(&self) -> String {
+        match self {
+            Content::Text(t) => t.clone(),
+            Content::Media { kind, caption } => match caption.as_deref().map(str::trim) {
+                Some(c) if !c.is_empty() => format!("<media:{}>\n{c}", kind.as_str()),
+                _ => format!("<media:{}>", kind.as_str()),
+            },
+            Content::Reaction { emoji, target_id } => {
+                format!("[reacted {emoji} to message {target_id}]")
+            }
+        }
+    }
+}
+
+/// One message received by a channel, in the core's terms.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Inbound {
+    pub channel: ChannelKind,
+    /// The channel's own id for this message; unique within the channel. The dedupe key.
+    pub id: String,
+    /// Where replies go (Telegram chat id, WhatsApp chat JID, "console").
+    pub chat: String,
+    /// Who sent it, in the form the allowlist uses: E.164 (`+4915…`) or a Telegram user id.
+    pub sender: String,
+    /// Who sent it as the wire names them (WhatsApp: the sender JID with its device; Telegram:
+    /// the user id): the same on every redelivery, so part of the dedupe key with `chat` and `id`.
+    pub author: String,
+    /// Where the channel numbers messages in order (Telegram: the message id in the bot's own
+    /// message box, for private chats), this message's number; else 0. A reply to it comes after
+    /// it: the lower bound a send in doubt is settled from.
+    pub wire_seq: u64,
+    /// Group chats are not handled yet: the policy drops them.
+    pub is_group: bool,
+    pub content: Content,
+    /// Sent time, milliseconds since the Unix epoch, as the channel reports it.
+    pub ts_ms: u64,
+}
+
+/// Static facts about a channel that the core needs.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelSpec {
+    pub kind: ChannelKind,
+    /// Longest text one message may carry (Telegram 4096 characters); longer replies are chunked.
+    pub max_chars: usize,
+}
+
+/// One value per channel, indexed by [`ChannelKind`]: the typed form of the per-channel tables
+/// (metrics, queues, agent names) that were arrays indexed by hand.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PerChannel<T>([T; ChannelKind::ALL.len()]);
+
+impl<T> PerChannel<T> {
+    /// Each channel's value from `f`.
+    pub fn from_fn(mut f: impl FnMut(ChannelKind) -> T) -> Self {
+        PerChannel(ChannelKind::ALL.map(&mut f))
+    }
+
+    /// Every channel with its value, in [`ChannelKind::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (ChannelKind, &T)> {
+        ChannelKind::ALL.into_iter().zip(self.0.iter())
+    }
+
+    /// Each value mapped by `f`.
+    pub fn map<U>(self, mut f: impl FnMut(ChannelKind, T) -> U) -> PerChannel<U> {
+        let mut at = 0;
+        PerChannel(self.0.map(|v| {
+            let kind = ChannelKind::ALL[at];
+            at += 1;
+            f(kind, v)
+        }))
+    }
+}
+
+impl<T> std::ops::Index<ChannelKind> for PerChannel<T> {
+    type Output = T;
+    fn index(&self, kind: ChannelKind) -> &T {
+        &self.0[kind.index()]
+    }
+}
+
+impl<T> std::ops::IndexMut<ChannelKind> for PerChannel<T> {
+    fn index_mut(&mut self, kind: ChannelKind) -> &mut T {
+        &mut self.0[kind.index()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_channel_is_indexed_by_kind_in_order() {
+        let mut p = PerChannel::from_fn(|k| k.as_str().len());
+        assert_eq!(p[ChannelKind::Telegram], 8);
+        p[ChannelKind::Console] += 1;
+        let v: Vec<_> = p.iter().map(|(k, n)| (k, *n)).collect();
+        assert_eq!(
+            v,
+            [
+                (ChannelKind::Console, 8),
+                (ChannelKind::Telegram, 8),
+                (ChannelKind::WhatsApp, 8)
+            ]
+        );
+        let names = p.map(|k, _| k.as_str());
+        assert_eq!(names[ChannelKind::WhatsApp], "whatsapp");
+    }
+}
