@@ -17,7 +17,10 @@ fuzz_target!(|data: &[u8]| {
         Ok(cfg) => {
             // What the daemon asks of every accepted config.
             let _ = cfg.state_dir();
-            let _ = cfg.agent_for(None);
+            for kind in clawbox::vocab::ChannelKind::ALL {
+                let name = cfg.agent_of(kind);
+                let _ = cfg.agent_settings(cfg.agents.get(&name), &name);
+            }
         }
         Err(errors) => {
             assert!(!errors.is_empty(), "refused without saying why");

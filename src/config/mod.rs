@@ -512,7 +512,7 @@ impl Config {
     }
 
     /// The agent a channel uses: its `agent = …`, else the only declared agent, else the built-in echo.
-    pub fn agent_for(&self, named: Option<&Spanned<String>>) -> String {
+    fn agent_for(&self, named: Option<&Spanned<String>>) -> String {
         if let Some(n) = named {
             return n.get_ref().clone();
         }
