@@ -7,7 +7,7 @@
 //! through a [`Linker`]; the channel answers through a oneshot. Never logs the pairing payload or
 //! the code.
 
-use super::adapter::Ending;
+use super::lifecycle::Input;
 use super::outbound::fail_pending;
 use super::storage::KvBackend;
 use super::*;
@@ -161,7 +161,7 @@ pub(super) async fn during_run(
                 PairReply::AlreadyLinked(number_of(client))
             } else {
                 // The owner is watching now: a full set of codes from here.
-                sh.seen().qr_codes = 0;
+                sh.feed(Input::PairAsked);
                 if let Some(p) = p {
                     request_code(client, &p);
                     *phone = Some(p);
@@ -203,7 +203,7 @@ pub(super) async fn during_run(
                 };
                 if client.is_logged_in() {
                     // The logout's own LoggedOut event must not read as "removed by the phone".
-                    sh.end(Ending::Shutdown);
+                    sh.feed(Input::OwnerLogout);
                     told = tokio::time::timeout(LOGOUT_TIMEOUT, client.logout())
                         .await
                         .is_ok();
