@@ -14,16 +14,18 @@ use super::{
     DEFAULT_SERVER_URL, Options, Outcome, Shared, TEST_SERVER_VERSION, http, inbound, link,
     number_of, request_code, shutdown_client, transport,
 };
-use crate::channel::{ChannelContext, ChannelError};
+use crate::channel::{ChannelCommand, ChannelContext, ChannelError};
 use crate::config::WhatsAppConfig;
 use crate::metrics::Metrics;
 use crate::pairing::{Pairing, PairingPublisher};
+use crate::shutdown::Shutdown;
 use crate::status::State;
 use crate::store::kv::KvTable;
 use crate::vocab::ChannelKind;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use whatsapp_rust::TokioRuntime;
@@ -103,25 +105,7 @@ pub async fn run_with(
     let seed = crate::store::now_ms() ^ 0x5741;
     let life = Lifecycle::new(opts.exit_when_linked, seed);
     let shared = Arc::new(Shared::new(cfg.clone(), ctx.clone(), pairing, life));
-    let url = cfg.server_url.get_ref().clone();
-    let factory = transport::WsFactory::new(&url);
-    let connect_error = factory.last_error();
-    let mut builder = Bot::builder()
-        .with_backend(backend.clone())
-        .with_transport_factory(factory)
-        .with_http_client(http::WaHttp::new(ctx.http.clone()))
-        .with_runtime(TokioRuntime)
-        .with_event_handler(Events(shared.clone()))
-        .with_inbound_durability_hook(inbound::Hook(shared.clone()))
-        // An assistant needs no chat history: skips downloading and storing it.
-        .skip_history_sync();
-    if url != DEFAULT_SERVER_URL {
-        builder = builder.with_version(TEST_SERVER_VERSION);
-    }
-    let bot = builder
-        .build()
-        .await
-        .map_err(|e| ChannelError(format!("cannot start the WhatsApp client: {e}")))?;
+    let (bot, connect_error) = build(&cfg, &ctx, &backend, &shared).await?;
     let client = bot.client();
     // Wait for a previous driver's client (a restart after a panic) to be gone.
     let slot = ONE_CLIENT.clone().lock_owned().await;
@@ -149,48 +133,37 @@ pub async fn run_with(
     };
     run.sh.feed(Input::Start { paired });
     let mut commands = ctx.commands.clone().lock_owned().await;
-    let mut shutdown = ctx.shutdown.clone();
-    loop {
-        // Everything the lifecycle asks for, in order (the lock is not held across an await).
-        loop {
-            let next = run.sh.life().poll_action();
-            let Some(action) = next else { break };
-            if let Some(outcome) = run.perform(action).await {
-                return Ok(outcome);
-            }
-        }
-        let input = tokio::select! {
-            () = connection_end(&mut run.conn) => {
-                run.probe = None;
-                let connect_error = run.connect_error.lock().unwrap_or_else(|p| p.into_inner()).take();
-                Input::ConnectionEnded { connect_error }
-            }
-            _ = shutdown.wait() => Input::Shutdown,
-            // The client's callbacks fed the lifecycle.
-            _ = run.sh.wake.notified() => continue,
-            () = sleep_until(run.wait) => {
-                run.wait = None;
-                Input::TimerFired
-            }
-            cmd = commands.recv() => match cmd {
-                Some(cmd) => {
-                    handle_command(&run.sh, &run.client, cmd);
-                    continue;
-                }
-                None => Input::Shutdown,
-            },
-            ask = inbox.next() => {
-                if let Some(out) = link::during_run(ask, &run.sh, &run.client, &run.backend, &mut run.phone).await {
-                    if let Some(c) = run.conn.take() {
-                        let _ = c.await;
-                    }
-                    return Ok(out);
-                }
-                continue;
-            }
-        };
-        run.sh.life().handle(input, Instant::now());
+    Ok(run.drive(&mut commands, ctx.shutdown.clone(), inbox).await)
+}
+
+/// The client for one run, its events and inbound messages going to `shared`; and where its
+/// transport keeps the latest connect failure.
+async fn build(
+    cfg: &WhatsAppConfig,
+    ctx: &ChannelContext,
+    backend: &KvBackend,
+    shared: &Arc<Shared>,
+) -> Result<(whatsapp_rust::bot::Bot, Arc<Mutex<Option<String>>>), ChannelError> {
+    let url = cfg.server_url.get_ref().clone();
+    let factory = transport::WsFactory::new(&url);
+    let connect_error = factory.last_error();
+    let mut builder = Bot::builder()
+        .with_backend(backend.clone())
+        .with_transport_factory(factory)
+        .with_http_client(http::WaHttp::new(ctx.http.clone()))
+        .with_runtime(TokioRuntime)
+        .with_event_handler(Events(shared.clone()))
+        .with_inbound_durability_hook(inbound::Hook(shared.clone()))
+        // An assistant needs no chat history: skips downloading and storing it.
+        .skip_history_sync();
+    if url != DEFAULT_SERVER_URL {
+        builder = builder.with_version(TEST_SERVER_VERSION);
     }
+    let bot = builder
+        .build()
+        .await
+        .map_err(|e| ChannelError(format!("cannot start the WhatsApp client: {e}")))?;
+    Ok((bot, connect_error))
 }
 
 /// The driver's side of one run: the client, its connection task, and the lifecycle's actions
@@ -215,6 +188,56 @@ struct Run {
 }
 
 impl Run {
+    /// Feeds the lifecycle and carries out its actions until the run is over.
+    async fn drive(
+        &mut self,
+        commands: &mut mpsc::Receiver<ChannelCommand>,
+        mut shutdown: Shutdown,
+        inbox: &mut link::Inbox,
+    ) -> Outcome {
+        loop {
+            // Everything the lifecycle asks for, in order (the lock is not held across an await).
+            loop {
+                let next = self.sh.life().poll_action();
+                let Some(action) = next else { break };
+                if let Some(outcome) = self.perform(action).await {
+                    return outcome;
+                }
+            }
+            let input = tokio::select! {
+                () = connection_end(&mut self.conn) => {
+                    self.probe = None;
+                    let connect_error = self.connect_error.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    Input::ConnectionEnded { connect_error }
+                }
+                _ = shutdown.wait() => Input::Shutdown,
+                // The client's callbacks fed the lifecycle.
+                _ = self.sh.wake.notified() => continue,
+                () = sleep_until(self.wait) => {
+                    self.wait = None;
+                    Input::TimerFired
+                }
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => {
+                        handle_command(&self.sh, &self.client, cmd);
+                        continue;
+                    }
+                    None => Input::Shutdown,
+                },
+                ask = inbox.next() => {
+                    if let Some(out) = link::during_run(ask, &self.sh, &self.client, &self.backend, &mut self.phone).await {
+                        if let Some(c) = self.conn.take() {
+                            let _ = c.await;
+                        }
+                        return out;
+                    }
+                    continue;
+                }
+            };
+            self.sh.life().handle(input, Instant::now());
+        }
+    }
+
     /// Carries out one action; `Some` when the run is over.
     async fn perform(&mut self, action: Action) -> Option<Outcome> {
         let ctx = &self.sh.ctx;

@@ -279,16 +279,14 @@ impl Lifecycle {
         );
         let showing = matches!(self.phase, Phase::Connecting | Phase::Pairing);
         match input {
-            Input::Start { paired } => {
-                if self.phase == Phase::New {
-                    let words = if paired {
-                        "connecting"
-                    } else {
-                        "not linked — connecting to show the QR"
-                    };
-                    self.push(Action::Report(State::Starting, words.into()));
-                    self.connect(false);
-                }
+            Input::Start { paired } if self.phase == Phase::New => {
+                let words = if paired {
+                    "connecting"
+                } else {
+                    "not linked — connecting to show the QR"
+                };
+                self.push(Action::Report(State::Starting, words.into()));
+                self.connect(false);
             }
             Input::Qr { payload, expires_s } if showing => {
                 self.qr_codes += 1;
