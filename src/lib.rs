@@ -17,7 +17,9 @@
 //! - [`vocab`]: the shared words every layer uses ([`vocab::Inbound`], [`vocab::ChannelKind`],
 //!   [`vocab::PerChannel`], …); a leaf that imports nothing from the crate.
 //! - [`channel`]: the connector contract ([`channel::ChannelCommand`], [`channel::ChannelContext`]);
-//!   [`channel::console`], [`channel::telegram`] and [`channel::whatsapp`] implement it.
+//!   [`channel::console`], [`channel::telegram`] and [`channel::whatsapp`] implement it; the
+//!   WhatsApp connection's lifecycle (phases, reconnect policy) is the sans-io
+//!   [`channel::whatsapp::lifecycle`], its driver a thin shell.
 //! - [`intake`]: the channels' way in: policy, dedupe and the durable write before an ack.
 //! - [`policy`]: the DM allowlist. Pure: a message in, allow or drop out.
 //! - [`session`]: session keys and 🗑️ resets. Pure.
@@ -29,8 +31,10 @@
 //! - [`pacing`]: human-like send timing (pure: given `now`, when to type and send);
 //!   [`chunk`] splits long replies; [`delivery`] is the per-channel send loop that applies both.
 //! - [`control`]: the control socket `pair`, `unpair` and `status` (and `doctor`) ask the running
-//!   service through; the WhatsApp side of it is [`channel::whatsapp::link`] (and
-//!   [`channel::whatsapp::runs`] when no service runs).
+//!   service through ([`control::client`], [`control::server`]), and [`control::direct`]: `pair`
+//!   and `unpair` on the state themselves when no service runs. The WhatsApp side is
+//!   [`channel::whatsapp::link`] (the owner's requests) and [`channel::whatsapp::runs`] (the
+//!   channel's task in the service, waiting for them).
 //! - [`health`]: loopback `/healthz` and `/metrics`, on [`httpd`] (the tiny bounded HTTP server
 //!   the pairing page [`web`] runs on too); [`metrics`]: the counters; [`status`]: each
 //!   component's state, shared by health, `STATUS=` and the watchdog.
@@ -38,9 +42,10 @@
 //! - [`http`]: the bounded hyper + rustls client shared by the agents and channels.
 //! - [`state_dir`]: where the state lives (the same for every command) and who owns it.
 //! - [`web`]: the pairing and status page (`[web] listen`, off by default).
-//! - The pairing screen: [`pairing`] holds the WhatsApp pairing state (QR, code, linked, paused);
-//!   [`display`] shows it: [`display::terminal`] on a terminal, [`display::qr`] the QR in
-//!   characters, and the board's framebuffer, OLED and serial console.
+//! - The pairing screen: [`pairing`] holds the WhatsApp pairing state (QR, code, linked, paused)
+//!   and the one table of words for each state ([`pairing::words`]); [`display`] shows it:
+//!   [`display::terminal`] on a terminal, [`display::qr`] the QR in characters, and the board's
+//!   framebuffer, OLED and serial console; [`web`] on the page.
 //! - [`providers`]: `clawbox providers test`, each agent really exercised.
 //! - [`fault`]: `CLAWBOX_FAULT` crash points and hangs for the tests (inert unless set).
 //! - [`logging`]: journald or stderr; [`repeat`] keeps a repeating failure to one line and a

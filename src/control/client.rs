@@ -120,7 +120,7 @@ pub async fn pair(cfg: &Config, phone: Option<String>) -> i32 {
     let s = match connect(&state_dir).await {
         Conn::Open(s) => s,
         Conn::NoService | Conn::NoAccess => {
-            return crate::channel::whatsapp::runs::pair(cfg, phone).await;
+            return super::direct::pair(cfg, phone).await;
         }
     };
     let req = Request::Pair {
@@ -270,7 +270,7 @@ pub async fn unpair(cfg: &Config, yes: bool) -> i32 {
     let s = match connect(&state_dir).await {
         Conn::Open(s) => s,
         Conn::NoService | Conn::NoAccess => {
-            return crate::channel::whatsapp::runs::unpair(cfg).await;
+            return super::direct::unpair(cfg).await;
         }
     };
     let req = Request::Unpair {

@@ -1,7 +1,8 @@
 //! The control socket: how `clawbox pair whatsapp`, `clawbox unpair whatsapp`, `clawbox status`
 //! (and any other local tool, e.g. `clawbox doctor`) talk to the running service. [`server`] is
-//! the service's side, [`client`] the commands' side; this file is the protocol and where the
-//! socket lives.
+//! the service's side, [`client`] the commands' side, and [`direct`] what `pair` and `unpair` do
+//! on the state themselves when no service runs; this file is the protocol and where the socket
+//! lives.
 //!
 //! # Where
 //!
@@ -35,6 +36,7 @@
 //! allowed), or `busy` when [`MAX_CONNECTIONS`] are open.
 
 pub mod client;
+pub mod direct;
 pub mod server;
 
 use serde_json::{Map, Value, json};

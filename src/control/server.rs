@@ -9,7 +9,7 @@ use super::{
     Request, WRITE_TIMEOUT, WhatsAppReport, allowed, bind_path, connect_path, encode,
 };
 use crate::channel::whatsapp::link::{Linker, PairReply};
-use crate::pairing::{Pairing, PairingPublisher};
+use crate::pairing::{Pairing, PairingPublisher, words};
 use crate::shutdown::Shutdown;
 use crate::status::Board;
 use crate::vocab::ChannelKind;
@@ -287,14 +287,13 @@ fn event_for(p: &Pairing) -> Option<(Event, bool)> {
         )),
         Pairing::Paused => Some((
             Event::Paused {
-                detail: "pairing paused after several unscanned codes — run the command again"
-                    .into(),
+                detail: words(p).line(),
             },
             true,
         )),
         Pairing::PairAgain => Some((
             Event::Failed {
-                detail: "logged out by the phone — run the command again".into(),
+                detail: words(p).line(),
             },
             true,
         )),

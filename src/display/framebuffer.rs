@@ -10,8 +10,8 @@
 //! comes back on the next frame), never logs.
 
 use super::DisplayError;
-use super::render::{Message, QrMatrix, Scaled, View, code_display, message, wrap};
-use crate::pairing::Pairing;
+use super::render::{QrMatrix, Scaled, View, code_display, wrap};
+use crate::pairing::{Pairing, Words, words};
 use embedded_graphics::Pixel;
 use embedded_graphics::mono_font::{MonoFont, MonoTextStyle, ascii};
 use embedded_graphics::pixelcolor::{Rgb888, RgbColor};
@@ -336,7 +336,7 @@ pub fn draw(frame: &mut Frame, view: &View) {
     let char_w = font.character_size.width * scale;
     let cols = ((width.saturating_sub(2 * margin)) / char_w.max(1)) as usize;
 
-    let Message { title, body } = message(&view.pairing);
+    let Words { title, body } = words(&view.pairing);
     let mut y = margin;
     text_line(
         frame,

@@ -10,9 +10,9 @@
 //! logs.
 
 use super::DisplayError;
-use super::render::{Message, QrMatrix, View, code_display, message, wrap};
+use super::render::{QrMatrix, View, code_display, wrap};
 use crate::config::OledController;
-use crate::pairing::Pairing;
+use crate::pairing::{Pairing, Words, words};
 use embedded_graphics::Pixel;
 use embedded_graphics::mono_font::{MonoTextStyle, ascii};
 use embedded_graphics::pixelcolor::BinaryColor;
@@ -136,7 +136,7 @@ pub fn draw_code(frame: &mut OledFrame, code: &str) {
 /// The whole screen for `view`.
 pub fn render(view: &View) -> OledFrame {
     let mut f = OledFrame::default();
-    let Message { title, body } = message(&view.pairing);
+    let Words { title, body } = words(&view.pairing);
     match &view.pairing {
         Pairing::Qr { payload, .. } => {
             if let Some(qr) = QrMatrix::new(payload)

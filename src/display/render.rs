@@ -1,5 +1,5 @@
-//! What every board display says, and the drawing helpers they share: the words for each pairing
-//! state, the pairing code's display form, the QR module matrix (ECC L, as the terminal draws it),
+//! What every board display shows, and the drawing helpers they share (the words for each pairing
+//! state are [`crate::pairing::words`], the same on every surface): the pairing code's display form, the QR module matrix (ECC L, as the terminal draws it),
 //! the largest integer module size that fits a box with the quiet zone, word wrapping, and an
 //! integer-scaling draw target for big screens.
 //!
@@ -24,50 +24,6 @@ pub const MAX_STATUS_CHARS: usize = 400;
 pub struct View {
     pub pairing: Pairing,
     pub status: String,
-}
-
-/// The words for a pairing state: a title and a paragraph (wrapped by each display).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    pub title: &'static str,
-    pub body: String,
-}
-
-/// What a display says for `p` (besides the QR or the big pairing code). ASCII only: the mono
-/// fonts have no arrows.
-pub fn message(p: &Pairing) -> Message {
-    match p {
-        Pairing::Idle => Message {
-            title: "clawbox",
-            body: String::new(),
-        },
-        Pairing::Qr { .. } => Message {
-            title: "Link WhatsApp",
-            body: "Scan with WhatsApp > Settings > Linked devices > Link a device".into(),
-        },
-        Pairing::Code { .. } => Message {
-            title: "Link WhatsApp",
-            body: "On the phone: WhatsApp > Linked devices > Link a device > Link with phone \
-                   number instead, then enter:"
-                .into(),
-        },
-        Pairing::Linked { number } => Message {
-            title: "WhatsApp linked",
-            body: number.clone(),
-        },
-        Pairing::Paused => Message {
-            title: "Pairing paused",
-            body: "No code was scanned. Run `clawbox pair whatsapp` to try again.".into(),
-        },
-        Pairing::PairAgain => Message {
-            title: "Logged out by the phone",
-            body: "Pair again: run `clawbox pair whatsapp`.".into(),
-        },
-        Pairing::Stopped { why } => Message {
-            title: "WhatsApp stopped",
-            body: why.clone(),
-        },
-    }
 }
 
 /// The pairing code as the phone shows it: `ABCD-EFGH` for an 8-character code, else as given.

@@ -9,9 +9,9 @@
 //! logs the text (the QR payload is a pairing secret while it lives).
 
 use super::DisplayError;
-use super::render::{View, code_display, message, wrap};
+use super::render::{View, code_display, wrap};
 use crate::display::qr;
-use crate::pairing::Pairing;
+use crate::pairing::{Pairing, words};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -24,7 +24,7 @@ const STATUS_LINES: usize = 4;
 
 /// The text for `view`, lines ending in CR LF (a raw serial line may not translate LF).
 pub fn text(view: &View) -> String {
-    let m = message(&view.pairing);
+    let m = words(&view.pairing);
     let mut out = String::new();
     out.push_str(&format!("\n==== clawbox: {} ====\n", m.title));
     match &view.pairing {

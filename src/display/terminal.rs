@@ -1,11 +1,11 @@
-//! The pairing state on a terminal: the words and the QR ([`pairing_text`], drawn by
-//! [`crate::display::qr`]) for `clawbox pair whatsapp` and for `clawbox run` watched
+//! The pairing state on a terminal: the words ([`crate::pairing::words`]) and the QR
+//! ([`pairing_text`], drawn by [`crate::display::qr`]) for `clawbox pair whatsapp` and for `clawbox run` watched
 //! from a terminal ([`display`]), and for the pairing stream `clawbox pair whatsapp` reads from a
 //! running service. Never logs what it shows (the QR payload and the pairing code are secrets
 //! while they live).
 
 use crate::display::qr;
-use crate::pairing::Pairing;
+use crate::pairing::{Pairing, words};
 
 /// Where [`display`] draws.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,27 +14,19 @@ pub enum Screen {
     Stderr,
 }
 
-/// The words a terminal shows for a pairing state (None: nothing to show).
+/// What a terminal shows for a pairing state (None: nothing to show): the words every surface
+/// says ([`crate::pairing::words`]) around the QR or the code.
 pub fn pairing_text(p: &Pairing, term: Option<(usize, usize)>) -> Option<String> {
+    let w = words(p);
     match p {
         Pairing::Idle => None,
         Pairing::Qr { payload, expires_s } => Some(format!(
-            "\nWhatsApp: not linked. Scan this QR code (it changes in about {expires_s} s):\n{}",
+            "\n{} (it changes in about {expires_s} s):\n{}",
+            w.line(),
             qr::for_terminal(payload, term)
         )),
-        Pairing::Code { code } => Some(format!(
-            "\nWhatsApp pairing code: {code}\nOn the phone: WhatsApp → Settings → Linked devices → \
-             Link a device → Link with phone number instead, then type the code.\n"
-        )),
-        Pairing::Linked { number } => Some(format!("WhatsApp: linked {number}\n")),
-        Pairing::Paused => Some(
-            "WhatsApp: pairing paused after several unscanned codes — run `clawbox pair whatsapp` to try again\n"
-                .into(),
-        ),
-        Pairing::PairAgain => Some(
-            "WhatsApp: logged out by the phone — run `clawbox pair whatsapp` to pair again\n".into(),
-        ),
-        Pairing::Stopped { why } => Some(format!("WhatsApp: stopped: {why}\n")),
+        Pairing::Code { code } => Some(format!("\nWhatsApp pairing code: {code}\n{}\n", w.line())),
+        _ => Some(format!("{}\n", w.line())),
     }
 }
 
@@ -97,7 +89,22 @@ mod tests {
                 None
             )
             .unwrap(),
-            "WhatsApp: linked +4917\n"
+            "WhatsApp linked: +4917\n"
+        );
+        let qr = pairing_text(
+            &Pairing::Qr {
+                payload: "2@ref,k,k,k".into(),
+                expires_s: 20,
+            },
+            None,
+        )
+        .unwrap();
+        assert!(
+            qr.starts_with(
+                "\nLink WhatsApp: scan the QR code with WhatsApp > Settings > Linked devices"
+            ) && qr.contains("(it changes in about 20 s)")
+                && qr.contains("QR data"),
+            "{qr}"
         );
     }
 }

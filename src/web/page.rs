@@ -7,7 +7,7 @@
 //! Pure: a [`View`] in, text out. Every value from outside is escaped.
 
 use crate::display::render::{QUIET_ZONE, QrMatrix, code_display};
-use crate::pairing::Pairing;
+use crate::pairing::{Pairing, words};
 use crate::status::{Row, State};
 
 /// Pixels per QR module in the SVG's natural size: a version-9 code (61 modules with the quiet
@@ -121,35 +121,34 @@ pub fn live(v: &View<'_>) -> String {
     if !v.whatsapp {
         out.push_str("<p>WhatsApp is not enabled: add <code>[channels.whatsapp]</code> to the config and restart the service.</p>");
     } else {
+        let w = words(v.pairing);
         match v.pairing {
             Pairing::Qr { payload, .. } => match qr_svg(payload) {
                 Ok(svg) => {
-                    out.push_str(
-                        "<p>Scan with WhatsApp → Settings → Linked devices → Link a device. The \
-                         code changes every 20 seconds or so; this page follows it.</p>",
-                    );
+                    out.push_str(&format!(
+                        "<p>{} (the code changes every 20 seconds or so; this page follows \
+                         it).</p>",
+                        escape(&w.line())
+                    ));
                     out.push_str(&svg);
                 }
                 Err(e) => out.push_str(&format!("<p class=\"warn\">{}</p>", escape(&e))),
             },
             Pairing::Code { code } => out.push_str(&format!(
-                "<p>On the phone: WhatsApp → Settings → Linked devices → Link a device → Link with \
-                 phone number instead, then type:</p><p class=\"code\">{}</p>",
+                "<p>{}:</p><p class=\"code\">{}</p>",
+                escape(&w.line()),
                 escape(&code_display(code))
             )),
             Pairing::Linked { number } => out.push_str(&format!(
-                "<p class=\"ok\">WhatsApp linked {}</p>",
+                "<p class=\"ok\">{} {}</p>",
+                w.title,
                 escape(number)
             )),
-            Pairing::Paused => out.push_str(
-                "<p class=\"warn\">Pairing paused: no code was scanned. Ask for a new QR code or \
-                 a pairing code below.</p>",
-            ),
-            Pairing::PairAgain => {
-                out.push_str("<p class=\"warn\">Logged out by the phone. Link again below.</p>")
-            }
-            Pairing::Stopped { why } => {
-                out.push_str(&format!("<p class=\"warn\">Stopped: {}</p>", escape(why)))
+            Pairing::Paused | Pairing::PairAgain | Pairing::Stopped { .. } => {
+                out.push_str(&format!(
+                    "<p class=\"warn\">{} (or use the form below)</p>",
+                    escape(&w.line())
+                ))
             }
             Pairing::Idle => {
                 let words = v

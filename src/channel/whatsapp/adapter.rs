@@ -1,11 +1,10 @@
-//! The sans-io core of the WhatsApp channel: library message types → [`Inbound`], the self chat
-//! and its echo suppression, the outgoing message id derived from a chunk key, and the reconnect
-//! policy (what each way a connection ends leads to).
+//! The sans-io core of the WhatsApp channel's messages: library message types → [`Inbound`], the
+//! self chat and its echo suppression, the outgoing message id derived from a chunk key; and the
+//! reconnect timings that [`super::lifecycle`] applies.
 //!
 //! No sockets, no clock (`now` is passed in), no tokio. Never decides who may talk to the
 //! assistant (the core's policy does); never logs message bodies.
 
-use crate::backoff::Backoff;
 use crate::vocab::{ChannelKind, Content, Inbound, MediaKind};
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -247,99 +246,6 @@ pub fn classify(
         content,
         ts_ms: u64::try_from(info.timestamp.timestamp_millis()).unwrap_or(0),
     })
-}
-
-/// How one connection (or attempt) ended, as the driver saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ending {
-    /// Stream error 515: restart required (normal right after pairing).
-    RestartRequired,
-    /// 401 / 516 / device removed / logged-out connect failure.
-    LoggedOut,
-    /// `<conflict type="replaced">` / 409: another session took over.
-    Replaced,
-    /// Temporary ban; seconds until it lifts.
-    TempBanned { expire_s: u64 },
-    /// 405: this client version is refused.
-    ClientOutdated,
-    /// 429 from the server.
-    RateLimited,
-    /// The link dropped or the attempt failed (network, 5xx, 503, 408, 428, 500).
-    Lost,
-    /// The QR codes ran out without a scan.
-    PairingExhausted,
-    /// clawbox is shutting down.
-    Shutdown,
-}
-
-/// What to do next.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    ReconnectNow,
-    ReconnectAfter(Duration),
-    /// Stop the channel (other channels keep running); `wipe`: forget the WhatsApp state.
-    Stop {
-        wipe: bool,
-        detail: String,
-        pair_again: bool,
-        paused: bool,
-    },
-    /// Shutting down: just return.
-    Exit,
-}
-
-/// The reconnect policy. `was_up`: the connection had logged in (a fresh start of the backoff).
-pub fn decide(ending: &Ending, was_up: bool, backoff: &mut Backoff) -> Decision {
-    let stop = |wipe: bool, detail: String| Decision::Stop {
-        wipe,
-        detail,
-        pair_again: wipe,
-        paused: false,
-    };
-    match ending {
-        Ending::Shutdown => Decision::Exit,
-        Ending::RestartRequired => {
-            backoff.reset();
-            Decision::ReconnectNow
-        }
-        Ending::LoggedOut => stop(true, "logged out by the phone — pair again".into()),
-        Ending::Replaced => stop(
-            false,
-            "another WhatsApp Web session took over — run `clawbox pair whatsapp` or restart to take it back".into(),
-        ),
-        Ending::TempBanned { expire_s } => stop(
-            false,
-            format!(
-                "temporarily banned by WhatsApp for {} — clawbox will not reconnect; restart it after that",
-                human_duration(*expire_s)
-            ),
-        ),
-        Ending::ClientOutdated => stop(
-            false,
-            "WhatsApp refuses this client version — update clawbox".into(),
-        ),
-        Ending::PairingExhausted => Decision::Stop {
-            wipe: false,
-            detail: "pairing paused — run `clawbox pair whatsapp` to try again".into(),
-            pair_again: false,
-            paused: true,
-        },
-        Ending::RateLimited => Decision::ReconnectAfter(RATE_LIMITED_WAIT),
-        Ending::Lost => {
-            if was_up {
-                backoff.reset();
-            }
-            Decision::ReconnectAfter(backoff.next_delay())
-        }
-    }
-}
-
-fn human_duration(s: u64) -> String {
-    match s {
-        0..=119 => format!("{s} s"),
-        120..=7199 => format!("{} min", s / 60),
-        _ => format!("{} h", s / 3600),
-    }
 }
 
 #[cfg(test)]
@@ -624,70 +530,5 @@ mod tests {
         );
         // SHA-256("abc") = ba7816bf8f01cfea…
         assert_eq!(message_id_for("abc"), "3EB0BA7816BF8F01CFEA");
-    }
-
-    #[test]
-    fn reconnect_policy_table() {
-        let mut b = Backoff::new(RECONNECT_BASE, RECONNECT_CAP, 1);
-        assert_eq!(
-            decide(&Ending::RestartRequired, false, &mut b),
-            Decision::ReconnectNow
-        );
-        match decide(&Ending::LoggedOut, true, &mut b) {
-            Decision::Stop {
-                wipe,
-                pair_again,
-                detail,
-                ..
-            } => {
-                assert!(wipe && pair_again);
-                assert!(detail.contains("pair again"));
-            }
-            d => panic!("{d:?}"),
-        }
-        match decide(&Ending::Replaced, true, &mut b) {
-            Decision::Stop { wipe, detail, .. } => {
-                assert!(!wipe);
-                assert!(detail.contains("clawbox pair whatsapp"));
-            }
-            d => panic!("{d:?}"),
-        }
-        match decide(&Ending::TempBanned { expire_s: 7200 }, true, &mut b) {
-            Decision::Stop {
-                wipe: false,
-                detail,
-                ..
-            } => assert!(detail.contains("2 h")),
-            d => panic!("{d:?}"),
-        }
-        assert!(matches!(
-            decide(&Ending::ClientOutdated, true, &mut b),
-            Decision::Stop { wipe: false, .. }
-        ));
-        assert!(matches!(
-            decide(&Ending::PairingExhausted, false, &mut b),
-            Decision::Stop {
-                paused: true,
-                wipe: false,
-                ..
-            }
-        ));
-        assert_eq!(decide(&Ending::Shutdown, true, &mut b), Decision::Exit);
-        // Transient failures: capped backoff, never over 10 s, however many in a row.
-        for _ in 0..100 {
-            match decide(&Ending::Lost, false, &mut b) {
-                Decision::ReconnectAfter(d) => assert!(d <= Duration::from_secs(10), "{d:?}"),
-                d => panic!("{d:?}"),
-            }
-        }
-        match decide(&Ending::RateLimited, false, &mut b) {
-            Decision::ReconnectAfter(d) => assert_eq!(d, RATE_LIMITED_WAIT),
-            d => panic!("{d:?}"),
-        }
-        // A connection that was up starts again from the base.
-        match decide(&Ending::Lost, true, &mut b) {
-            Decision::ReconnectAfter(d) => assert!(d <= RECONNECT_BASE),
-            d => panic!("{d:?}"),
-        }
     }
 }

@@ -1,98 +1,77 @@
-//! One run of the WhatsApp channel ([`run_with`]): builds the client, drives its connections and
-//! reconnects ([`adapter::decide`]), answers the client's events ([`Events`]: pairing codes,
-//! connected, logged out, server acks), hands the router's commands to [`super::outbound`] and the
-//! owner's requests to [`link`], and ends the client for good however the run ends
-//! ([`Teardown`]: one client per process).
+//! One run of the WhatsApp channel ([`run_with`]): the thin shell around [`Lifecycle`]. It builds
+//! the client, feeds the lifecycle what happens (the client's events through [`Events`], inline;
+//! the connection's end, the reconnect timer and shutdown from its one `select!`), carries out the
+//! actions the lifecycle asks for ([`Run::perform`]: connect, publish, save, disconnect, wipe,
+//! wait, finish), hands the router's commands to [`super::outbound`] and the owner's requests to
+//! [`link`], and ends the client for good however the run ends ([`Teardown`]: one client per
+//! process). Decides nothing itself.
 
-use super::adapter::{self, Decision, Ending, SentIds};
+use super::lifecycle::{Action, Ending, Finish, Input, Lifecycle};
 use super::outbound::{fail_pending, handle_command};
 use super::probe::deaf_link_probe;
 use super::storage::KvBackend;
 use super::{
-    DEFAULT_SERVER_URL, LINK_WITHIN, MAX_QR_CODES, Options, Outcome, Seen, Shared,
-    TEST_SERVER_VERSION, http, inbound, link, number_of, request_code, shutdown_client, transport,
+    DEFAULT_SERVER_URL, Options, Outcome, Shared, TEST_SERVER_VERSION, http, inbound, link,
+    number_of, request_code, shutdown_client, transport,
 };
-use crate::backoff::Backoff;
-use crate::channel::{ChannelContext, ChannelError};
+use crate::channel::{ChannelCommand, ChannelContext, ChannelError};
 use crate::config::WhatsAppConfig;
 use crate::metrics::Metrics;
 use crate::pairing::{Pairing, PairingPublisher};
+use crate::shutdown::Shutdown;
 use crate::status::State;
 use crate::store::kv::KvTable;
 use crate::vocab::ChannelKind;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use whatsapp_rust::TokioRuntime;
 use whatsapp_rust::prelude::*;
 use whatsapp_rust::types::events::{Event, EventHandler};
 
-/// On top of a reconnect wait: the in-memory work before the next attempt and scheduling delays.
-const WAIT_SLACK: Duration = Duration::from_secs(5);
 /// Our reconnect lines in the repeat suppressor ([`crate::repeat`]).
 const REPEAT_SITE: &str = "whatsapp";
 
-/// Inline on the client's dispatch path: only records and wakes, never blocks.
+/// Inline on the client's dispatch path: translates the client's events for the lifecycle (and
+/// the server's acks for the sends waiting on them) and wakes the driver; never blocks.
 struct Events(Arc<Shared>);
 
 impl EventHandler for Events {
     fn handle_event(&self, event: Arc<Event>) {
         let sh = &self.0;
-        match &*event {
-            Event::PairingQrCode(q) => {
-                let n = {
-                    let mut s = sh.seen();
-                    s.qr_codes += 1;
-                    s.qr_codes
-                };
-                if n > MAX_QR_CODES {
-                    sh.end(Ending::PairingExhausted);
-                } else {
-                    sh.ctx
-                        .reporter
-                        .set(State::NeedsOwner, "not linked — scan the QR");
-                    sh.pairing.publish(Pairing::Qr {
-                        payload: q.code.clone(),
-                        expires_s: q.timeout.as_secs(),
-                    });
-                }
-            }
-            Event::PairingQrCodesExhausted(_) => sh.end(Ending::PairingExhausted),
-            Event::PairingCode(c) => {
-                sh.ctx.reporter.set(
-                    State::NeedsOwner,
-                    "not linked — enter the pairing code on the phone",
-                );
-                sh.pairing.publish(Pairing::Code {
-                    code: c.code.clone(),
-                });
-            }
-            Event::PairSuccess(_) => {
-                tracing::info!("WhatsApp paired; reconnecting with the new identity");
-                sh.seen().pair_success = true;
-                sh.wake.notify_one();
-            }
-            Event::PairError(_) => tracing::warn!("WhatsApp pairing failed on the phone's side"),
-            Event::Connected(_) => {
-                sh.seen().up = true;
-                sh.wake.notify_one();
-            }
-            Event::Disconnected(d) => {
-                sh.seen().last_disconnect = Some(d.reason.to_string());
-            }
-            Event::LoggedOut(_) => sh.end(Ending::LoggedOut),
-            Event::StreamReplaced(_) => sh.end(Ending::Replaced),
-            Event::TemporaryBan(b) => sh.end(Ending::TempBanned {
+        let input = match &*event {
+            Event::PairingQrCode(q) => Input::Qr {
+                payload: q.code.clone(),
+                expires_s: q.timeout.as_secs(),
+            },
+            Event::PairingQrCodesExhausted(_) => Input::QrExhausted,
+            Event::PairingCode(c) => Input::Code {
+                code: c.code.clone(),
+            },
+            Event::PairSuccess(_) => Input::PairSuccess,
+            Event::Connected(_) => Input::Connected,
+            Event::Disconnected(d) => Input::Disconnected {
+                reason: d.reason.to_string(),
+            },
+            Event::LoggedOut(_) => Input::Verdict(Ending::LoggedOut),
+            Event::StreamReplaced(_) => Input::Verdict(Ending::Replaced),
+            Event::TemporaryBan(b) => Input::Verdict(Ending::TempBanned {
                 expire_s: u64::try_from(b.expire.num_seconds()).unwrap_or(0),
             }),
-            Event::ClientOutdated(_) => sh.end(Ending::ClientOutdated),
-            Event::StreamError(e) if e.code == "429" => sh.end(Ending::RateLimited),
+            Event::ClientOutdated(_) => Input::Verdict(Ending::ClientOutdated),
+            Event::StreamError(e) if e.code == "429" => Input::Verdict(Ending::RateLimited),
+            Event::PairError(_) => {
+                tracing::warn!("WhatsApp pairing failed on the phone's side");
+                return;
+            }
             Event::ServerAck(a) => {
-                if let Some(tx) = sh.seen().acks.remove(&a.id) {
+                if let Some(tx) = sh.acks().remove(&a.id) {
                     let _ = tx.send(a.error.clone());
                 }
+                return;
             }
             Event::Messages(batch) => {
                 // Placeholder recoveries bypass the durability hook (the library acked them on
@@ -102,9 +81,11 @@ impl EventHandler for Events {
                         inbound::queue_recovered(sh, m.clone());
                     }
                 }
+                return;
             }
-            _ => {}
-        }
+            _ => return,
+        };
+        sh.feed(input);
     }
 }
 
@@ -119,26 +100,50 @@ pub async fn run_with(
     opts: Options,
     inbox: &mut link::Inbox,
 ) -> Result<Outcome, ChannelError> {
-    let mut phone = opts.phone.clone();
     let backend = KvBackend::new(ctx.store.kv(KvTable::WhatsApp));
     let paired = backend.is_paired().await;
-    ctx.reporter.set(
-        State::Starting,
-        if paired {
-            "connecting"
-        } else {
-            "not linked — connecting to show the QR"
+    let seed = crate::store::now_ms() ^ 0x5741;
+    let life = Lifecycle::new(opts.exit_when_linked, seed);
+    let shared = Arc::new(Shared::new(cfg.clone(), ctx.clone(), pairing, life));
+    let (bot, connect_error) = build(&cfg, &ctx, &backend, &shared).await?;
+    let client = bot.client();
+    // Wait for a previous driver's client (a restart after a panic) to be gone.
+    let slot = ONE_CLIENT.clone().lock_owned().await;
+    // We drive reconnects ourselves (the lifecycle).
+    client.enable_auto_reconnect.store(false, Ordering::Relaxed);
+    let _recovered = AbortOnDrop(tokio::spawn(inbound::drain_recovered(
+        shared.clone(),
+        client.clone(),
+    )));
+    let mut run = Run {
+        teardown: Teardown {
+            client: client.clone(),
+            conn: None,
+            slot: Some(slot),
         },
-    );
-    let shared = Arc::new(Shared {
-        cfg: cfg.clone(),
-        ctx: ctx.clone(),
-        pairing: pairing.clone(),
-        seen: Mutex::new(Seen::default()),
-        sent: Mutex::new(SentIds::default()),
-        wake: Notify::new(),
-        inflow: inbound::Inflow::new(),
-    });
+        sh: shared,
+        client,
+        bot: Some(bot),
+        backend,
+        phone: opts.phone,
+        connect_error,
+        conn: None,
+        probe: None,
+        wait: None,
+    };
+    run.sh.feed(Input::Start { paired });
+    let mut commands = ctx.commands.clone().lock_owned().await;
+    Ok(run.drive(&mut commands, ctx.shutdown.clone(), inbox).await)
+}
+
+/// The client for one run, its events and inbound messages going to `shared`; and where its
+/// transport keeps the latest connect failure.
+async fn build(
+    cfg: &WhatsAppConfig,
+    ctx: &ChannelContext,
+    backend: &KvBackend,
+    shared: &Arc<Shared>,
+) -> Result<(whatsapp_rust::bot::Bot, Arc<Mutex<Option<String>>>), ChannelError> {
     let url = cfg.server_url.get_ref().clone();
     let factory = transport::WsFactory::new(&url);
     let connect_error = factory.last_error();
@@ -158,219 +163,193 @@ pub async fn run_with(
         .build()
         .await
         .map_err(|e| ChannelError(format!("cannot start the WhatsApp client: {e}")))?;
-    let client = bot.client();
-    // Wait for a previous driver's client (a restart after a panic) to be gone.
-    let slot = ONE_CLIENT.clone().lock_owned().await;
-    let mut teardown = Teardown {
-        client: client.clone(),
-        conn: None,
-        slot: Some(slot),
-    };
-    // We drive reconnects ourselves (adapter::decide).
-    client.enable_auto_reconnect.store(false, Ordering::Relaxed);
-    let _recovered = AbortOnDrop(tokio::spawn(inbound::drain_recovered(
-        shared.clone(),
-        client.clone(),
-    )));
-    let mut bot = Some(bot);
+    Ok((bot, connect_error))
+}
 
-    let mut commands = ctx.commands.clone().lock_owned().await;
-    let mut shutdown = ctx.shutdown.clone();
-    let seed = crate::store::now_ms() ^ 0x5741;
-    let mut backoff = Backoff::new(adapter::RECONNECT_BASE, adapter::RECONNECT_CAP, seed);
-    let mut first = true;
+/// The driver's side of one run: the client, its connection task, and the lifecycle's actions
+/// carried out ([`Run::perform`]).
+struct Run {
+    sh: Arc<Shared>,
+    client: Arc<Client>,
+    /// The client before its first connection (`Bot::run` starts it; later ones `Client::run`).
+    bot: Option<whatsapp_rust::bot::Bot>,
+    backend: KvBackend,
+    /// Link with a pairing code for this number instead of a QR.
+    phone: Option<String>,
+    /// Why the latest connect failed (the transport keeps it).
+    connect_error: Arc<Mutex<Option<String>>>,
+    /// The connection running now: the client's run loop returns when it ends.
+    conn: Option<JoinHandle<()>>,
+    /// The deaf-link probe of the connection running now (aborted when dropped).
+    probe: Option<AbortOnDrop>,
+    /// When the lifecycle wants [`Input::TimerFired`].
+    wait: Option<Instant>,
+    teardown: Teardown,
+}
 
-    loop {
-        ctx.reporter.beat_within(LINK_WITHIN);
-        {
-            let mut s = shared.seen();
-            s.ending = None;
-            s.pair_success = false;
-            s.up = false;
-        }
-        if !first {
-            Metrics::inc(&ctx.metrics.reconnects[ChannelKind::WhatsApp]);
-        }
-        first = false;
-        // One connection: the client's run loop returns when it ends (auto-reconnect is off).
-        let conn = {
-            let client = client.clone();
-            let bot = bot.take();
-            tokio::spawn(async move {
-                match bot {
-                    Some(b) => b.run().await,
-                    None => client.run().await,
+impl Run {
+    /// Feeds the lifecycle and carries out its actions until the run is over.
+    async fn drive(
+        &mut self,
+        commands: &mut mpsc::Receiver<ChannelCommand>,
+        mut shutdown: Shutdown,
+        inbox: &mut link::Inbox,
+    ) -> Outcome {
+        loop {
+            // Everything the lifecycle asks for, in order (the lock is not held across an await).
+            loop {
+                let next = self.sh.life().poll_action();
+                let Some(action) = next else { break };
+                if let Some(outcome) = self.perform(action).await {
+                    return outcome;
                 }
-            })
-        };
-        if let Some(phone) = &phone {
-            if !backend.is_paired().await {
-                request_code(&client, phone);
             }
-        }
-        let mut conn = conn;
-        teardown.conn = Some(conn.abort_handle());
-        // Aborted when this connection's loop is left, whichever way.
-        let _probe = AbortOnDrop(tokio::spawn(deaf_link_probe(
-            client.clone(),
-            ctx.reporter.clone(),
-        )));
-        let mut announced_up = false;
-        let ended = loop {
-            tokio::select! {
-                _ = &mut conn => break false,
-                _ = shutdown.wait() => break true,
-                _ = shared.wake.notified() => {
-                    let (up, ending, paired_now) = {
-                        let s = shared.seen();
-                        (s.up, s.ending.clone(), s.pair_success)
-                    };
-                    if paired_now {
-                        // The credentials from pair-success are durable before the 515 reconnect
-                        // uses them (every store write is fsynced; this flushes the device row).
-                        if let Err(e) = client.persistence_manager().flush().await {
-                            tracing::error!(error = %e, "could not save the new WhatsApp identity");
-                        }
-                    }
-                    if up && !announced_up {
-                        announced_up = true;
-                        ctx.reporter.beat_within(LINK_WITHIN);
-                        backoff.reset();
-                        let number = number_of(&client);
-                        ctx.reporter.set(State::Up, format!("linked {number}"));
-                        pairing.publish(Pairing::Linked { number: number.clone() });
-                        tracing::info!("WhatsApp connected");
-                        crate::fault::panic_point("whatsapp-connected");
-                        // The outage is over: the next failure (ours or the library's) is news.
-                        crate::repeat::settled(REPEAT_SITE);
-                        crate::repeat::settled(crate::repeat::LIBRARY);
-                        if opts.exit_when_linked {
-                            shutdown_client(&client).await;
-                            let _ = conn.await;
-                            return Ok(Outcome::Linked(number));
-                        }
-                    }
-                    if matches!(ending, Some(Ending::PairingExhausted)) {
-                        // Stop showing codes: disconnect this attempt.
-                        shutdown_client(&client).await;
-                    }
+            let input = tokio::select! {
+                () = connection_end(&mut self.conn) => {
+                    self.probe = None;
+                    let connect_error = self.connect_error.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    Input::ConnectionEnded { connect_error }
+                }
+                _ = shutdown.wait() => Input::Shutdown,
+                // The client's callbacks fed the lifecycle.
+                _ = self.sh.wake.notified() => continue,
+                () = sleep_until(self.wait) => {
+                    self.wait = None;
+                    Input::TimerFired
                 }
                 cmd = commands.recv() => match cmd {
-                    Some(cmd) => handle_command(&shared, &client, cmd),
-                    None => break true,
+                    Some(cmd) => {
+                        handle_command(&self.sh, &self.client, cmd);
+                        continue;
+                    }
+                    None => Input::Shutdown,
                 },
                 ask = inbox.next() => {
-                    if let Some(out) = link::during_run(ask, &shared, &client, &backend, &mut phone).await {
-                        let _ = conn.await;
-                        return Ok(out);
+                    if let Some(out) = link::during_run(ask, &self.sh, &self.client, &self.backend, &mut self.phone).await {
+                        if let Some(c) = self.conn.take() {
+                            let _ = c.await;
+                        }
+                        return out;
                     }
+                    continue;
+                }
+            };
+            self.sh.life().handle(input, Instant::now());
+        }
+    }
+
+    /// Carries out one action; `Some` when the run is over.
+    async fn perform(&mut self, action: Action) -> Option<Outcome> {
+        let ctx = &self.sh.ctx;
+        match action {
+            Action::Connect { reconnect } => self.connect(reconnect).await,
+            Action::BeatWithin(d) => ctx.reporter.beat_within(d),
+            Action::Report(state, words) => ctx.reporter.set(state, words),
+            Action::Publish(p) => self.sh.pairing.publish(p),
+            Action::Linked => {
+                let number = number_of(&self.client);
+                ctx.reporter.set(State::Up, format!("linked {number}"));
+                self.sh.pairing.publish(Pairing::Linked { number });
+                tracing::info!("WhatsApp connected");
+                crate::fault::panic_point("whatsapp-connected");
+                // The outage is over: the next failure (ours or the library's) is news.
+                crate::repeat::settled(REPEAT_SITE);
+                crate::repeat::settled(crate::repeat::LIBRARY);
+            }
+            Action::SaveIdentity { restarting } => {
+                if !restarting {
+                    tracing::info!("WhatsApp paired; reconnecting with the new identity");
+                }
+                // The credentials from pair-success are durable before the 515 reconnect uses
+                // them (every store write is fsynced; this flushes the device row).
+                if let Err(e) = self.client.persistence_manager().flush().await {
+                    tracing::error!(error = %e, "could not save the new WhatsApp identity");
+                }
+                if restarting {
+                    crate::fault::crash_point("after-pair-success");
                 }
             }
-        };
-        if ended {
-            shutdown_client(&client).await;
-            let _ = conn.await;
-            ctx.reporter.set(State::Off, "stopped");
-            return Ok(Outcome::Shutdown);
-        }
-        // The connection ended: decide.
-        let (ending, was_up, pair_success, last) = {
-            let s = shared.seen();
-            (
-                s.ending.clone(),
-                s.up,
-                s.pair_success,
-                s.last_disconnect.clone(),
-            )
-        };
-        let ending = match ending {
-            Some(e) => e,
-            None if pair_success => Ending::RestartRequired,
-            None => Ending::Lost,
-        };
-        if pair_success {
-            let _ = client.persistence_manager().flush().await;
-            // The new identity is durable; a power cut here must not force a re-pairing.
-            crate::fault::crash_point("after-pair-success");
-        }
-        match adapter::decide(&ending, was_up, &mut backoff) {
-            Decision::Exit => return Ok(Outcome::Shutdown),
-            Decision::ReconnectNow => {}
-            Decision::ReconnectAfter(d) => {
-                let connect_failure = connect_error
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take();
-                let why = if was_up {
-                    last
-                } else {
-                    connect_failure.or(last)
+            Action::Disconnect => shutdown_client(&self.client).await,
+            Action::LogReconnect { delay, why, news } => log_reconnect(delay, &why, news),
+            Action::WaitUntil(t) => self.wait = Some(t),
+            Action::Wipe => match self.backend.wipe().await {
+                Ok(n) => tracing::warn!(rows = n, "WhatsApp logged out; its state was wiped"),
+                Err(e) => tracing::error!(error = %e, "could not wipe the WhatsApp state"),
+            },
+            Action::Finish(f) => {
+                if let Some(c) = self.conn.take() {
+                    let _ = c.await;
                 }
-                .unwrap_or_else(|| "connection failed".into());
-                ctx.reporter
-                    .set(State::Degraded, format!("reconnecting ({why})"));
-                // Once per outage and reason, then a reminder every 10 minutes (a box without
-                // network retries every few seconds for as long as it takes). A link that was up
-                // and dropped is news.
-                if was_up {
-                    crate::repeat::settled(REPEAT_SITE);
-                }
-                match crate::repeat::admit(REPEAT_SITE, &why) {
-                    Some(note) => {
-                        tracing::info!(delay_ms = d.as_millis() as u64, reason = %why, "WhatsApp reconnecting{note}")
+                return Some(match f {
+                    Finish::Linked => Outcome::Linked(number_of(&self.client)),
+                    Finish::NeedsOwner(why) => {
+                        tracing::warn!(status = %why, "WhatsApp stopped; it needs the owner");
+                        fail_pending(&self.sh);
+                        Outcome::NeedsOwner(why)
                     }
-                    None => {
-                        tracing::debug!(delay_ms = d.as_millis() as u64, reason = %why, "WhatsApp reconnecting")
-                    }
-                }
-                let until = Instant::now() + d;
-                ctx.reporter.beat_within(d + WAIT_SLACK);
-                loop {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(until) => break,
-                        _ = shutdown.wait() => {
-                            shutdown_client(&client).await;
-                            ctx.reporter.set(State::Off, "stopped");
-                            return Ok(Outcome::Shutdown);
-                        }
-                        cmd = commands.recv() => match cmd {
-                            Some(cmd) => handle_command(&shared, &client, cmd),
-                            None => return Ok(Outcome::Shutdown),
-                        },
-                        ask = inbox.next() => {
-                            if let Some(out) = link::during_run(ask, &shared, &client, &backend, &mut phone).await {
-                                return Ok(out);
-                            }
-                        }
-                    }
-                }
-            }
-            Decision::Stop {
-                wipe,
-                detail,
-                pair_again,
-                paused,
-            } => {
-                shutdown_client(&client).await;
-                if wipe {
-                    match backend.wipe().await {
-                        Ok(n) => {
-                            tracing::warn!(rows = n, "WhatsApp logged out; its state was wiped")
-                        }
-                        Err(e) => tracing::error!(error = %e, "could not wipe the WhatsApp state"),
-                    }
-                }
-                if pair_again {
-                    pairing.publish(Pairing::PairAgain);
-                } else if paused {
-                    pairing.publish(Pairing::Paused);
-                }
-                tracing::warn!(status = %detail, "WhatsApp stopped; it needs the owner");
-                ctx.reporter.set(State::NeedsOwner, detail.clone());
-                fail_pending(&shared);
-                return Ok(Outcome::NeedsOwner(detail));
+                    Finish::Shutdown => Outcome::Shutdown,
+                });
             }
         }
+        None
+    }
+
+    /// Starts one connection and its deaf-link probe.
+    async fn connect(&mut self, reconnect: bool) {
+        if reconnect {
+            Metrics::inc(&self.sh.ctx.metrics.reconnects[ChannelKind::WhatsApp]);
+        }
+        let client = self.client.clone();
+        let bot = self.bot.take();
+        let conn = tokio::spawn(async move {
+            match bot {
+                Some(b) => b.run().await,
+                None => client.run().await,
+            }
+        });
+        self.teardown.conn = Some(conn.abort_handle());
+        self.conn = Some(conn);
+        if let Some(phone) = &self.phone {
+            if !self.backend.is_paired().await {
+                request_code(&self.client, phone);
+            }
+        }
+        self.probe = Some(AbortOnDrop(tokio::spawn(deaf_link_probe(
+            self.client.clone(),
+            self.sh.ctx.reporter.clone(),
+        ))));
+    }
+}
+
+/// Once per outage and reason, then a reminder every 10 minutes (a box without network retries
+/// every few seconds for as long as it takes). A link that was up and dropped (`news`) is news.
+fn log_reconnect(delay: Duration, why: &str, news: bool) {
+    if news {
+        crate::repeat::settled(REPEAT_SITE);
+    }
+    let delay_ms = delay.as_millis() as u64;
+    match crate::repeat::admit(REPEAT_SITE, why) {
+        Some(note) => tracing::info!(delay_ms, reason = %why, "WhatsApp reconnecting{note}"),
+        None => tracing::debug!(delay_ms, reason = %why, "WhatsApp reconnecting"),
+    }
+}
+
+/// Until the running connection (if any) ends; pending forever when none runs.
+async fn connection_end(conn: &mut Option<JoinHandle<()>>) {
+    match conn {
+        Some(c) => {
+            let _ = c.await;
+            *conn = None;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Until `at`; pending forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -415,7 +394,8 @@ impl Drop for AbortOnDrop {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::shared;
+    use super::super::MAX_QR_CODES;
+    use super::super::test_support::{shared, test_client};
     use super::*;
 
     fn qr(code: &str) -> Arc<Event> {
@@ -427,12 +407,54 @@ mod tests {
         ))
     }
 
+    /// A driver's side of a run on `sh`, with a client that never connects.
+    async fn run_on(sh: &Arc<Shared>) -> Run {
+        let client = test_client(sh).await;
+        Run {
+            teardown: Teardown {
+                client: client.clone(),
+                conn: None,
+                slot: None,
+            },
+            sh: sh.clone(),
+            client,
+            bot: None,
+            backend: KvBackend::new(sh.ctx.store.kv(KvTable::WhatsApp)),
+            phone: None,
+            connect_error: Arc::default(),
+            conn: None,
+            probe: None,
+            wait: None,
+        }
+    }
+
+    /// Carries out everything the lifecycle asks for now, except connecting; returns the actions.
+    async fn carry_out(run: &mut Run) -> Vec<Action> {
+        let mut done = Vec::new();
+        loop {
+            let next = run.sh.life().poll_action();
+            let Some(a) = next else { return done };
+            if !matches!(a, Action::Connect { .. }) {
+                assert_eq!(run.perform(a.clone()).await, None, "{a:?}");
+            }
+            done.push(a);
+        }
+    }
+
     #[tokio::test]
     async fn qr_codes_are_published_and_pairing_pauses_after_three() {
         let (sh, _subs, prx, board) = shared(false);
+        let mut run = run_on(&sh).await;
+        sh.feed(Input::Start { paired: false });
+        carry_out(&mut run).await;
+        assert_eq!(
+            board.snapshot()[0].detail,
+            "not linked — connecting to show the QR"
+        );
         let h = Events(sh.clone());
         for i in 1..=MAX_QR_CODES {
             h.handle_event(qr(&format!("2@ref{i},k,k,k")));
+            carry_out(&mut run).await;
             assert_eq!(
                 *prx.borrow(),
                 Pairing::Qr {
@@ -440,14 +462,58 @@ mod tests {
                     expires_s: 20
                 }
             );
-            assert!(sh.seen().ending.is_none());
+            assert_eq!(board.snapshot()[0].detail, "not linked — scan the QR");
         }
-        assert_eq!(board.snapshot()[0].detail, "not linked — scan the QR");
-        // The next code means three expired unscanned: stop.
+        // The next code means three expired unscanned: the attempt ends, nothing new is shown.
         h.handle_event(qr("2@ref4,k,k,k"));
-        assert_eq!(sh.seen().ending, Some(Ending::PairingExhausted));
+        assert_eq!(carry_out(&mut run).await, [Action::Disconnect]);
         assert!(
             matches!(&*prx.borrow(), Pairing::Qr { payload, .. } if payload.ends_with("ref3,k,k,k"))
         );
+        // Its end pauses pairing on every surface and in the status row.
+        sh.life().handle(
+            Input::ConnectionEnded {
+                connect_error: None,
+            },
+            Instant::now(),
+        );
+        let why = "pairing paused — run `clawbox pair whatsapp` to try again";
+        let next = sh.life().poll_action();
+        let mut last = None;
+        for a in next
+            .into_iter()
+            .chain(std::iter::from_fn(|| sh.life().poll_action()))
+        {
+            last = run.perform(a).await;
+        }
+        assert_eq!(last, Some(Outcome::NeedsOwner(why.into())));
+        assert_eq!(*prx.borrow(), Pairing::Paused);
+        assert_eq!(board.snapshot()[0].detail, why);
+    }
+
+    #[tokio::test]
+    async fn the_servers_verdicts_reach_the_lifecycle_and_the_first_wins() {
+        let (sh, _subs, _prx, _board) = shared(false);
+        sh.feed(Input::Start { paired: true });
+        sh.feed(Input::Connected);
+        while sh.life().poll_action().is_some() {}
+        let h = Events(sh.clone());
+        use whatsapp_rust::types::events::{ConnectFailureReason, LoggedOut, StreamReplaced};
+        let out = LoggedOut::builder()
+            .on_connect(false)
+            .reason(ConnectFailureReason::LoggedOut)
+            .build();
+        h.handle_event(Arc::new(Event::LoggedOut(out)));
+        h.handle_event(Arc::new(Event::StreamReplaced(
+            StreamReplaced::builder().build(),
+        )));
+        sh.life().handle(
+            Input::ConnectionEnded {
+                connect_error: None,
+            },
+            Instant::now(),
+        );
+        let actions: Vec<Action> = std::iter::from_fn(|| sh.life().poll_action()).collect();
+        assert_eq!(actions[..2], [Action::Disconnect, Action::Wipe]);
     }
 }

@@ -1,13 +1,14 @@
 //! The owner's requests to the WhatsApp channel — link it ([`Ask::Pair`], by QR or by a pairing
 //! code for a phone number), stop a pairing ([`Ask::Cancel`]), unlink it ([`Ask::Unpair`]) — and
 //! what a run does with one ([`during_run`]). The loop that keeps the channel ready for them in
-//! the service, and the CLI's own runs without a service, are in [`super::runs`].
+//! the service is [`super::runs`]; the CLI's own runs without a service are
+//! [`crate::control::direct`].
 //!
 //! Requests come from the control socket ([`crate::control`]) and the page ([`crate::web`])
 //! through a [`Linker`]; the channel answers through a oneshot. Never logs the pairing payload or
 //! the code.
 
-use super::adapter::Ending;
+use super::lifecycle::Input;
 use super::outbound::fail_pending;
 use super::storage::KvBackend;
 use super::*;
@@ -111,7 +112,8 @@ impl Linker {
         }
     }
 
-    pub(super) fn submit(&self, ask: Ask) -> Result<(), String> {
+    /// Queues `ask` without waiting for an answer; errs when the channel is busy or gone.
+    pub fn submit(&self, ask: Ask) -> Result<(), String> {
         self.0.try_send(ask).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 "the WhatsApp channel is busy with other requests; try again in a moment".into()
@@ -161,7 +163,7 @@ pub(super) async fn during_run(
                 PairReply::AlreadyLinked(number_of(client))
             } else {
                 // The owner is watching now: a full set of codes from here.
-                sh.seen().qr_codes = 0;
+                sh.feed(Input::PairAsked);
                 if let Some(p) = p {
                     request_code(client, &p);
                     *phone = Some(p);
@@ -203,7 +205,7 @@ pub(super) async fn during_run(
                 };
                 if client.is_logged_in() {
                     // The logout's own LoggedOut event must not read as "removed by the phone".
-                    sh.end(Ending::Shutdown);
+                    sh.feed(Input::OwnerLogout);
                     told = tokio::time::timeout(LOGOUT_TIMEOUT, client.logout())
                         .await
                         .is_ok();
@@ -246,7 +248,7 @@ pub(super) fn unlinked(ctx: &ChannelContext, pairing: &PairingPublisher) {
 }
 
 /// What an unlink did, for the owner.
-pub(super) fn words(paired: bool, told: bool) -> String {
+pub fn words(paired: bool, told: bool) -> String {
     match (paired, told) {
         (false, _) => "WhatsApp was not linked; its state is clear.".into(),
         (true, true) => {

@@ -1,15 +1,16 @@
 //! The WhatsApp channel: the owner's WhatsApp account as a linked device (WhatsApp Web
 //! multi-device), through the `whatsapp-rust` client, kept entirely behind this module.
 //!
-//! [`adapter`] is the sans-io core (message conversion, self chat, outgoing ids, reconnect
-//! policy); [`storage`] puts the client's keys and sessions in clawbox's store; [`transport`] and
-//! [`http`] give it a WebSocket and HTTP on our rustls config; [`qr`] draws the pairing code;
-//! [`link`] carries out the owner's requests (link, cancel, unlink); [`runs`] keeps the channel
-//! ready for them in the service and runs it for the CLI. `driver` is one run of the channel (the
-//! connection loop and the client's events), `outbound` carries out the router's commands (sends
-//! and typing), `probe` finds a deaf link, `inbound` takes decrypted messages to the inbox. This
-//! file holds what they share: the run's options and outcome, the state the client's callbacks
-//! record, and the client helpers.
+//! [`adapter`] is the sans-io core of messages (conversion, self chat, outgoing ids);
+//! [`lifecycle`] the sans-io core of connections (explicit phases, the reconnect policy, the
+//! status words); [`storage`] puts the client's keys and sessions in clawbox's store;
+//! [`transport`] and [`http`] give it a WebSocket and HTTP on our rustls config; [`link`] carries
+//! out the owner's requests (link, cancel, unlink); [`runs`] keeps the channel ready for them in
+//! the service. `driver` is one run of the channel (the thin shell that feeds the lifecycle the
+//! client's events and carries out its actions), `outbound` carries out the router's commands
+//! (sends and typing), `probe` finds a deaf link, `inbound` takes decrypted messages to the inbox.
+//! This file holds what they share: the run's options and outcome, the lifecycle and the pending
+//! acks the client's callbacks reach, and the client helpers.
 //!
 //! Durability order: every decrypted message goes through the client's inbound durability hook,
 //! which submits it to [`crate::intake::Intake`] (durable in the inbox on `Ok`) before the client
@@ -19,13 +20,14 @@
 //! the core.
 //!
 //! Reconnects are driven by `driver`, not by the client (its Fibonacci backoff reaches 900 s):
-//! each `Client::run` is one connection; [`adapter::decide`] says what comes next. Never logs
+//! each `Client::run` is one connection; [`lifecycle::decide`] says what comes next. Never logs
 //! message bodies, keys or the pairing payload.
 
 pub mod adapter;
 mod driver;
 pub mod http;
 mod inbound;
+pub mod lifecycle;
 pub mod link;
 mod outbound;
 mod probe;
@@ -37,7 +39,8 @@ use crate::channel::ChannelContext;
 use crate::config::WhatsAppConfig;
 use crate::pairing::PairingPublisher;
 use crate::vocab::{ChannelKind, ChannelSpec};
-use adapter::{Ending, Own, Rules, SentIds};
+use adapter::{Own, Rules, SentIds};
+use lifecycle::{Input, Lifecycle};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -94,42 +97,53 @@ pub enum Outcome {
     Shutdown,
 }
 
-/// What the client's callbacks tell the driver. Fixed size: flags and a few strings, no queue.
-#[derive(Default)]
-struct Seen {
-    ending: Option<Ending>,
-    pair_success: bool,
-    up: bool,
-    qr_codes: u32,
-    last_disconnect: Option<String>,
-    /// Outgoing ids waiting for the server's ack.
-    acks: HashMap<String, oneshot::Sender<Option<String>>>,
-}
+/// Outgoing ids waiting for the server's ack (at most `outbound::MAX_PENDING_ACKS`).
+type Acks = HashMap<String, oneshot::Sender<Option<String>>>;
 
 struct Shared {
     cfg: Arc<WhatsAppConfig>,
     ctx: ChannelContext,
     pairing: PairingPublisher,
-    seen: Mutex<Seen>,
+    /// Fed by the client's callbacks (inline, never blocking) and by the driver, which carries
+    /// out its actions when woken.
+    life: Mutex<Lifecycle>,
+    acks: Mutex<Acks>,
     sent: Mutex<SentIds>,
     wake: Notify,
     inflow: inbound::Inflow,
 }
 
 impl Shared {
-    fn seen(&self) -> MutexGuard<'_, Seen> {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    fn new(
+        cfg: Arc<WhatsAppConfig>,
+        ctx: ChannelContext,
+        pairing: PairingPublisher,
+        life: Lifecycle,
+    ) -> Shared {
+        Shared {
+            cfg,
+            ctx,
+            pairing,
+            life: Mutex::new(life),
+            acks: Mutex::new(Acks::new()),
+            sent: Mutex::new(SentIds::default()),
+            wake: Notify::new(),
+            inflow: inbound::Inflow::new(),
+        }
+    }
+    fn life(&self) -> MutexGuard<'_, Lifecycle> {
+        self.life.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn acks(&self) -> MutexGuard<'_, Acks> {
+        self.acks.lock().unwrap_or_else(|p| p.into_inner())
     }
     fn sent(&self) -> MutexGuard<'_, SentIds> {
         self.sent.lock().unwrap_or_else(|p| p.into_inner())
     }
-    fn end(&self, e: Ending) {
-        let mut s = self.seen();
-        // The first verdict of a connection wins (a logout is followed by a disconnect).
-        if s.ending.is_none() {
-            s.ending = Some(e);
-        }
-        drop(s);
+    /// Feeds the lifecycle from outside the driver (the client's callbacks, the owner's requests)
+    /// and wakes the driver to carry out what it asks.
+    fn feed(&self, input: Input) {
+        self.life().handle(input, tokio::time::Instant::now());
         self.wake.notify_one();
     }
     #[cfg(test)]
@@ -238,15 +252,12 @@ mod test_support {
             read_receipts,
             ..WhatsAppConfig::default()
         };
-        let sh = Arc::new(Shared {
-            cfg: Arc::new(cfg),
+        let sh = Arc::new(Shared::new(
+            Arc::new(cfg),
             ctx,
             pairing,
-            seen: Mutex::new(Seen::default()),
-            sent: Mutex::new(SentIds::default()),
-            wake: Notify::new(),
-            inflow: inbound::Inflow::new(),
-        });
+            Lifecycle::new(false, 1),
+        ));
         (sh, subs, prx, board)
     }
 

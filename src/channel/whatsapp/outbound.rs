@@ -21,7 +21,7 @@ const MAX_PENDING_ACKS: usize = 32;
 
 /// Answers every send still waiting for the server's ack: the channel stopped.
 pub(super) fn fail_pending(sh: &Shared) {
-    for (_, tx) in sh.seen().acks.drain() {
+    for (_, tx) in sh.acks().drain() {
         let _ = tx.send(Some("channel stopped".into()));
     }
 }
@@ -95,27 +95,27 @@ async fn send(
     sh.sent().remember(&id, Instant::now());
     let (tx, rx) = oneshot::channel();
     {
-        let mut s = sh.seen();
-        if s.acks.len() >= MAX_PENDING_ACKS && !s.acks.contains_key(&id) {
+        let mut s = sh.acks();
+        if s.len() >= MAX_PENDING_ACKS && !s.contains_key(&id) {
             return Err(SendError::Retry(
                 "too many sends awaiting the server".into(),
             ));
         }
-        s.acks.insert(id.clone(), tx);
+        s.insert(id.clone(), tx);
     }
     let msg = wa::Message {
         conversation: Some(text),
         ..Default::default()
     };
     if let Err(e) = arm.arm(0).await {
-        sh.seen().acks.remove(&id);
+        sh.acks().remove(&id);
         return Err(e);
     }
     let sent = client
         .send_message_with_options(jid, msg, SendOptions::default().with_message_id(id.clone()))
         .await;
     if let Err(e) = sent {
-        sh.seen().acks.remove(&id);
+        sh.acks().remove(&id);
         return Err(classify_send_error(&e));
     }
     match tokio::time::timeout(SEND_ACK_TIMEOUT, rx).await {
@@ -123,7 +123,7 @@ async fn send(
         Ok(Ok(Some(code))) => Err(classify_nack(&code)),
         Ok(Err(_)) => Err(SendError::Retry("channel restarted".into())),
         Err(_) => {
-            sh.seen().acks.remove(&id);
+            sh.acks().remove(&id);
             Err(SendError::Retry("no acknowledgement from WhatsApp".into()))
         }
     }
