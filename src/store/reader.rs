@@ -1,39 +1,39 @@
 //! The reader thread: answers read operations from read transactions, which see every commit
 //! that returned, fsynced or not, so a read never queues behind the writer's commits or fsyncs.
 
+use super::ops::{ReadOp, ToReader};
 use super::records::INBOX_PENDING;
 use super::schema::{AUTH, CURSORS, INBOX, OUTBOX, SESSIONS, decode, io};
-use super::{InboxRecord, Op, OutboxRecord, Recovery, SessionRecord, StoreError, fail};
+use super::{InboxRecord, OutboxRecord, Recovery, SessionRecord, StoreError};
 use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::mpsc;
 
 /// The reader thread: answers read operations from read transactions, so a read (a session's
 /// history before an agent call, the WhatsApp library's keys) never waits for an fsync. Ends when
 /// every handle is dropped; after the writer closed the file it answers [`StoreError::Closed`].
-pub(super) fn serve_reads(db: std::sync::Weak<Database>, mut rx: mpsc::Receiver<Op>) {
-    while let Some(op) = rx.blocking_recv() {
-        if let Op::Ping(r) = op {
-            let _ = r.send(());
-            continue;
-        }
-        match db.upgrade() {
-            Some(db) => read(&db, op),
-            None => fail(op, StoreError::Closed),
+pub(super) fn serve_reads(db: std::sync::Weak<Database>, mut rx: mpsc::Receiver<ToReader>) {
+    while let Some(msg) = rx.blocking_recv() {
+        match msg {
+            ToReader::Ping(r) => drop(r.send(())),
+            ToReader::Read(op) => match db.upgrade() {
+                Some(db) => read(&db, op),
+                None => op.fail(StoreError::Closed),
+            },
         }
     }
 }
 
 /// Answers one read operation from a fresh read transaction.
-pub(super) fn read(db: &Database, op: Op) {
+pub(super) fn read(db: &Database, op: ReadOp) {
     let tx = match db.begin_read() {
         Ok(tx) => tx,
         Err(e) => {
-            fail(op, io(e));
+            op.fail(io(e));
             return;
         }
     };
     match op {
-        Op::Cursor(name, r) => {
+        ReadOp::Cursor(name, r) => {
             let v = (|| {
                 let t = tx.open_table(CURSORS).map_err(io)?;
                 Ok(t.get(name.as_str())
@@ -42,14 +42,14 @@ pub(super) fn read(db: &Database, op: Op) {
             })();
             let _ = r.send(v);
         }
-        Op::Auth(key, r) => {
+        ReadOp::Auth(key, r) => {
             let v = (|| {
                 let t = tx.open_table(AUTH).map_err(io)?;
                 Ok(t.get(key.as_str()).map_err(io)?.map(|v| v.value().to_vec()))
             })();
             let _ = r.send(v);
         }
-        Op::Session(s, r) => {
+        ReadOp::Session(s, r) => {
             let v = (|| {
                 let t = tx.open_table(SESSIONS).map_err(io)?;
                 match t.get(s.as_str()).map_err(io)? {
@@ -62,7 +62,7 @@ pub(super) fn read(db: &Database, op: Op) {
             })();
             let _ = r.send(v);
         }
-        Op::Recover(r) => {
+        ReadOp::Recover(r) => {
             let v = (|| {
                 let mut rec = Recovery::default();
                 let inbox = tx.open_table(INBOX).map_err(io)?;
@@ -92,7 +92,7 @@ pub(super) fn read(db: &Database, op: Op) {
             })();
             let _ = r.send(v);
         }
-        Op::PendingFor(s, r) => {
+        ReadOp::PendingFor(s, r) => {
             let v = (|| {
                 let inbox = tx.open_table(INBOX).map_err(io)?;
                 let mut out = Vec::new();
@@ -108,7 +108,6 @@ pub(super) fn read(db: &Database, op: Op) {
             })();
             let _ = r.send(v);
         }
-        Op::Kv(op) => super::kv::read(&tx, op),
-        other => fail(other, StoreError::Io("internal: not a read".into())),
+        ReadOp::Kv(op) => super::kv::read(&tx, op),
     }
 }
