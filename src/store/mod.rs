@@ -6,8 +6,11 @@
 //! previous commit ran into one transaction, and fsyncs that transaction only if one of its
 //! operations needs durability (an accepted message, a send about to happen, auth state). Everything
 //! else rides along and becomes durable with the next fsync. This is the only code that commits.
-//! Reads are answered by a reader thread ([`reader`]) and never wait for a commit. The file, its
-//! tables and schema version are in [`schema`]; what is kept and for how long in [`retention`].
+//! Reads are answered by a reader thread ([`reader`]) and never wait for a commit; the two kinds of
+//! operation are two types ([`ops`]), so each can only reach its own thread. What each write does
+//! is in [`apply`]. The file, its tables and schema version are in [`schema`]; what is kept and for
+//! how long in [`retention`]; the periodic flush and retention pass are the store's own task
+//! ([`maintenance`], [`Store::start_maintenance`]).
 //!
 //! Each thread proves it is alive by answering: [`Store::prove_alive`] sends it a no-op every
 //! [`PROBE_EVERY`] and beats the thread's row on the board when the answer comes back. A writer
@@ -25,6 +28,7 @@
 
 mod apply;
 pub mod kv;
+mod maintenance;
 mod ops;
 mod reader;
 pub mod records;
@@ -36,6 +40,7 @@ use crate::config::StoreConfig;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::status::Reporter;
+pub use maintenance::{FLUSH_INTERVAL, GC_INTERVAL};
 use ops::{ReadOp, Reply, ToReader, ToWriter, WriteOp};
 pub use records::{HistoryItem, InboxRecord, OutboxRecord, SessionRecord};
 use std::fmt;
@@ -51,10 +56,6 @@ const WRITE_QUEUE: usize = 1024;
 /// Reads waiting for the reader thread; senders wait (backpressure) beyond this. As deep as the
 /// writer's queue, so neither kind of caller is throttled before the other.
 const READ_QUEUE: usize = 1024;
-/// How often lazily committed writes are made durable while any are outstanding.
-pub const FLUSH_INTERVAL: Duration = Duration::from_secs(2);
-/// How often old inbox rows and idle sessions are removed.
-pub const GC_INTERVAL: Duration = Duration::from_secs(600);
 /// How often each store thread is asked to answer a no-op ([`Store::prove_alive`]).
 pub const PROBE_EVERY: Duration = Duration::from_secs(5);
 /// How long a thread may take to answer that no-op before it counts as stuck. The answer waits
