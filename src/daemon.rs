@@ -280,15 +280,20 @@ impl Daemon {
             recovery.pending.len() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
+        if recovery.skipped > 0 {
+            tracing::warn!(
+                rows = recovery.skipped,
+                "some stored rows were skipped (each is logged above)"
+            );
+        }
         router.resume(recovery.pending);
         let mut jobs: HashMap<ChannelKind, Vec<Job>> = HashMap::new();
-        for (seq, rec) in recovery.outbox {
-            match ChannelKind::parse(&rec.channel) {
-                Some(k) => jobs.entry(k).or_default().push(Job { seq, rec }),
-                None => {
-                    tracing::warn!(channel = %rec.channel, "a stored reply names an unknown channel; it waits in the store")
-                }
-            }
+        for r in recovery.outbox {
+            let job = Job {
+                seq: r.seq,
+                rec: r.rec,
+            };
+            jobs.entry(r.channel).or_default().push(job);
         }
         Ok(jobs)
     }

@@ -42,7 +42,9 @@ use crate::shutdown::Shutdown;
 use crate::status::Reporter;
 pub use maintenance::{FLUSH_INTERVAL, GC_INTERVAL};
 use ops::{ReadOp, Reply, ToReader, ToWriter, WriteOp};
-pub use records::{HistoryItem, InboxRecord, OutboxRecord, SessionRecord};
+pub use records::{
+    HistoryItem, InboxRecord, OutboxRecord, SessionRecord, StoredMessage, StoredReply,
+};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -133,10 +135,11 @@ impl Durable {
 #[derive(Debug, Default)]
 pub struct Recovery {
     /// Inbox rows not yet answered, in arrival order.
-    pub pending: Vec<(u64, InboxRecord)>,
+    pub pending: Vec<StoredMessage>,
     /// Replies not completely sent, in creation order.
-    pub outbox: Vec<(u64, OutboxRecord)>,
-    /// Rows that could not be decoded and were skipped (counted, logged).
+    pub outbox: Vec<StoredReply>,
+    /// Rows skipped, each logged: undecodable ones, and those naming a channel this build does
+    /// not know (those stay in the store as they are, for a build that knows the channel).
     pub skipped: usize,
 }
 
@@ -390,7 +393,7 @@ impl Store {
     }
 
     /// Pending inbox rows of one session, in order (used when its in-memory queue overflowed).
-    pub async fn pending_for(&self, session: &str) -> Result<Vec<(u64, InboxRecord)>, StoreError> {
+    pub async fn pending_for(&self, session: &str) -> Result<Vec<StoredMessage>, StoreError> {
         let session = session.to_string();
         self.read(|tx| ReadOp::PendingFor(session, tx)).await
     }

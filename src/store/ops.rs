@@ -5,7 +5,7 @@
 //! drops its oneshots, and its caller hears [`StoreError::Closed`]).
 
 use super::kv::{KvRead, KvWriteOp};
-use super::{Accepted, InboxRecord, Recovery, SessionRecord, StoreError, TurnDone};
+use super::{Accepted, InboxRecord, Recovery, SessionRecord, StoreError, StoredMessage, TurnDone};
 use tokio::sync::oneshot;
 
 /// Where an operation's answer goes.
@@ -18,7 +18,7 @@ pub(crate) enum ReadOp {
     Auth(String, Reply<Option<Vec<u8>>>),
     Session(String, Reply<SessionRecord>),
     Recover(Reply<Recovery>),
-    PendingFor(String, Reply<Vec<(u64, InboxRecord)>>),
+    PendingFor(String, Reply<Vec<StoredMessage>>),
     /// A read of a generic key-value table ([`super::kv`]).
     Kv(KvRead),
 }

@@ -367,7 +367,7 @@ mod tests {
         } = store.recover().await.unwrap();
         assert!(pending.is_empty(), "the message was answered");
         assert_eq!(outbox.len(), 1);
-        assert!(outbox[0].1.in_flight, "the mark survived the reopen");
+        assert!(outbox[0].rec.in_flight, "the mark survived the reopen");
         store.close().await;
     }
 
