@@ -106,7 +106,7 @@ pub async fn run(cfg: Config, mode: Mode) -> Result<(), DaemonError> {
         .register_internal(crate::router::ROW, crate::router::ALLOWANCE);
     d.tasks
         .push(tokio::spawn(router.run(row, d.shutdown.clone())));
-    d.start_housekeeping();
+    d.tasks.push(d.store.start_maintenance(d.shutdown.clone()));
     let control_files = match mode {
         Mode::Run => d.start_service_endpoints(&cfg, &owner).await,
         Mode::Chat => None,
@@ -280,15 +280,20 @@ impl Daemon {
             recovery.pending.len() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
+        if recovery.skipped > 0 {
+            tracing::warn!(
+                rows = recovery.skipped,
+                "some stored rows were skipped (each is logged above)"
+            );
+        }
         router.resume(recovery.pending);
         let mut jobs: HashMap<ChannelKind, Vec<Job>> = HashMap::new();
-        for (seq, rec) in recovery.outbox {
-            match ChannelKind::parse(&rec.channel) {
-                Some(k) => jobs.entry(k).or_default().push(Job { seq, rec }),
-                None => {
-                    tracing::warn!(channel = %rec.channel, "a stored reply names an unknown channel; it waits in the store")
-                }
-            }
+        for r in recovery.outbox {
+            let job = Job {
+                seq: r.seq,
+                rec: r.rec,
+            };
+            jobs.entry(r.channel).or_default().push(job);
         }
         Ok(jobs)
     }
@@ -445,24 +450,6 @@ impl Daemon {
             }
         };
         self.tasks.push(task);
-    }
-
-    /// Makes lazy writes durable every [`crate::store::FLUSH_INTERVAL`] (a flush with nothing
-    /// waiting writes nothing) and trims old rows every [`crate::store::GC_INTERVAL`].
-    fn start_housekeeping(&mut self) {
-        let store = self.store.clone();
-        let mut sd = self.shutdown.clone();
-        self.tasks.push(tokio::spawn(async move {
-            let mut flush = tokio::time::interval(crate::store::FLUSH_INTERVAL);
-            let mut gc = tokio::time::interval(crate::store::GC_INTERVAL);
-            loop {
-                tokio::select! {
-                    _ = flush.tick() => { let _ = store.flush().await; }
-                    _ = gc.tick() => store.gc(crate::store::now_ms()).await,
-                    _ = sd.wait() => return,
-                }
-            }
-        }));
     }
 
     /// The service's endpoints and watchers: /healthz and /metrics, the control socket, the page

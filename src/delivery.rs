@@ -426,10 +426,7 @@ mod tests {
     /// The outbox row as stored now (None once the reply is complete).
     async fn row(store: &Store, seq: u64) -> Option<OutboxRecord> {
         let r = store.recover().await.unwrap();
-        r.outbox
-            .into_iter()
-            .find(|(s, _)| *s == seq)
-            .map(|(_, o)| o)
+        r.outbox.into_iter().find(|r| r.seq == seq).map(|r| r.rec)
     }
 
     /// The next command that is not a typing indicator.

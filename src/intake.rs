@@ -9,7 +9,7 @@ use crate::config::SessionScope;
 use crate::metrics::{DropReason, Metrics};
 use crate::policy::{Policies, Verdict};
 use crate::session;
-use crate::store::{Accepted, InboxRecord, Store, records::INBOX_PENDING};
+use crate::store::{Accepted, InboxRecord, Store, StoredMessage, records::INBOX_PENDING};
 use crate::vocab::{Inbound, PerChannel};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -65,7 +65,7 @@ impl std::fmt::Display for IntakeError {
 /// What the router's loop hears from the intake.
 pub enum Event {
     /// A message is durable in the inbox.
-    Inbound(u64, InboxRecord),
+    Inbound(StoredMessage),
 }
 
 pub(crate) struct Core {
@@ -238,7 +238,8 @@ impl Core {
                 Metrics::inc(&self.metrics.inbox_pending);
                 tracing::info!(channel = %channel, id = %rec.msg_id, seq, "accepted");
                 // Committed: if the router is gone (shutdown), the restart resumes it.
-                let _ = self.events.send(Event::Inbound(seq, rec)).await;
+                let msg = StoredMessage { seq, channel, rec };
+                let _ = self.events.send(Event::Inbound(msg)).await;
                 Submitted::Accepted
             }
         }

@@ -13,7 +13,10 @@
 //!   after an error or a panic, while the others carry on.
 //! - [`systemd`]: `READY=1`, `WATCHDOG=1`, `STATUS=`, `STOPPING=1`; a no-op without `NOTIFY_SOCKET`.
 //! - [`store`]: the redb file: inbox, outbox, sessions, cursors, channel auth. The only code that
-//!   commits, in grouped transactions.
+//!   commits, in grouped transactions: `schema.rs` (tables, version, modes), [`store::records`]
+//!   (the rows; the channel parsed once, on the way out), `ops.rs` (typed reads and writes),
+//!   `reader.rs` and `writer.rs` (the two threads), `apply.rs` (what each write does),
+//!   `retention.rs`, `maintenance.rs` (its own flush and retention task), [`store::kv`].
 //! - [`vocab`]: the shared words every layer uses ([`vocab::Inbound`], [`vocab::ChannelKind`],
 //!   [`vocab::PerChannel`], …); a leaf that imports nothing from the crate.
 //! - [`channel`]: the connector contract ([`channel::ChannelCommand`], [`channel::ChannelContext`]);

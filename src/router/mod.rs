@@ -12,11 +12,9 @@ pub mod runner;
 pub mod turns;
 
 use crate::intake::{self, Event, Intake};
-use crate::session;
-
 use crate::shutdown::Shutdown;
 use crate::status::Reporter;
-use crate::store::InboxRecord;
+use crate::store::StoredMessage;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,17 +72,15 @@ impl Router {
     }
 
     /// Re-queues messages that were accepted but not answered before a restart, in order.
-    pub fn resume(&mut self, pending: Vec<(u64, InboxRecord)>) {
-        for (seq, rec) in pending {
-            self.push(seq, rec);
+    pub fn resume(&mut self, pending: Vec<StoredMessage>) {
+        for msg in pending {
+            self.push(msg);
         }
     }
 
-    fn push(&mut self, seq: u64, rec: InboxRecord) {
-        let session = rec.session.clone();
-        let is_reset = session::is_reset(&rec.text);
-        self.turns
-            .push(&session, turns::Queued { seq, rec, is_reset });
+    fn push(&mut self, msg: StoredMessage) {
+        let session = msg.rec.session.clone();
+        self.turns.push(&session, turns::Queued::from(msg));
     }
 
     fn start_turns(&mut self) {
@@ -114,7 +110,7 @@ impl Router {
                 // Nothing arrived for a tick: turn anyway, so the beat shows the loop is free.
                 _ = tick.tick() => {}
                 ev = self.events.recv() => match ev {
-                    Some(Event::Inbound(seq, rec)) => self.push(seq, rec),
+                    Some(Event::Inbound(msg)) => self.push(msg),
                     None => break,
                 },
                 Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => match joined {

@@ -9,7 +9,7 @@ use crate::delivery::{Job, Outlet};
 use crate::metrics::{Metrics, TurnOutcome};
 use crate::session;
 use crate::store::{OutboxRecord, Store, TurnDone, records::INBOX_PENDING};
-use crate::vocab::{ChannelKind, PerChannel};
+use crate::vocab::PerChannel;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,12 +91,8 @@ pub async fn run_turn(shared: Arc<Shared>, turn: Turn) -> Finished {
         match shared.store.pending_for(&session).await {
             Ok(rows) => batch_from(
                 rows.into_iter()
-                    .filter(|(_, r)| r.state == INBOX_PENDING)
-                    .map(|(seq, rec)| Queued {
-                        seq,
-                        is_reset: session::is_reset(&rec.text),
-                        rec,
-                    })
+                    .filter(|m| m.rec.state == INBOX_PENDING)
+                    .map(Queued::from)
                     .collect(),
             ),
             Err(e) => {
@@ -118,25 +114,7 @@ pub async fn run_turn(shared: Arc<Shared>, turn: Turn) -> Finished {
         };
     };
     let route = first.rec.clone();
-    let Some(channel) = ChannelKind::parse(&route.channel) else {
-        tracing::error!(channel = %route.channel, "stored message names an unknown channel; skipping it");
-        let _ = record_done(
-            &shared,
-            TurnDone {
-                inbox: messages.iter().map(|m| m.seq).collect(),
-                session: session.clone(),
-                history: None,
-                reset: false,
-                new_generation: false,
-                reply: None,
-            },
-        )
-        .await;
-        return Finished {
-            session,
-            more_in_store,
-        };
-    };
+    let channel = first.channel;
     let entry = shared
         .agents
         .get(&route.agent)
@@ -152,7 +130,7 @@ pub async fn run_turn(shared: Arc<Shared>, turn: Turn) -> Finished {
     let started = Instant::now();
     let seqs: Vec<u64> = messages.iter().map(|m| m.seq).collect();
     let ids: Vec<&str> = messages.iter().map(|m| m.rec.msg_id.as_str()).collect();
-    let key = idempotency_key(&route.channel, &ids);
+    let key = idempotency_key(channel.as_str(), &ids);
 
     let record = match shared.store.session(&session).await {
         Ok(r) => r,
@@ -247,7 +225,7 @@ pub async fn run_turn(shared: Arc<Shared>, turn: Turn) -> Finished {
         .unwrap_or(4096);
     let chunks = crate::chunk::split(&reply, max_chars);
     let out = OutboxRecord {
-        channel: route.channel.clone(),
+        channel: channel.as_str().to_string(),
         chat: route.chat.clone(),
         chunks,
         next: 0,

@@ -6,7 +6,8 @@
 //! its pending messages from the store instead. Nothing acknowledged is ever lost to a full queue.
 //! A 🗑️ reset is a batch boundary: it runs as its own turn, between the messages around it.
 
-use crate::store::InboxRecord;
+use crate::store::{InboxRecord, StoredMessage};
+use crate::vocab::ChannelKind;
 use heapless::Deque;
 use std::collections::{HashMap, VecDeque};
 
@@ -19,8 +20,21 @@ pub const MAX_BATCH: usize = 16;
 pub struct Queued {
     /// Inbox sequence number.
     pub seq: u64,
+    /// The message's channel (parsed by the store, never here).
+    pub channel: ChannelKind,
     pub rec: InboxRecord,
     pub is_reset: bool,
+}
+
+impl From<StoredMessage> for Queued {
+    fn from(m: StoredMessage) -> Queued {
+        Queued {
+            is_reset: crate::session::is_reset(&m.rec.text),
+            seq: m.seq,
+            channel: m.channel,
+            rec: m.rec,
+        }
+    }
 }
 
 /// A turn to run now.
@@ -188,6 +202,7 @@ mod tests {
     fn q(seq: u64, text: &str) -> Queued {
         Queued {
             seq,
+            channel: ChannelKind::Telegram,
             rec: InboxRecord {
                 text: text.into(),
                 ..Default::default()

@@ -6,9 +6,9 @@
 //! wipe. Every write is fsynced before its call returns. Never interprets the bytes it stores and
 //! never touches the daemon's own tables (inbox, outbox, sessions, cursors, auth).
 
-use super::{Op, Store, StoreError};
+use super::ops::{ReadOp, Reply, WriteOp};
+use super::{Store, StoreError};
 use redb::{ReadableTable, TableDefinition};
-use tokio::sync::oneshot;
 
 /// The WhatsApp client's state (Signal sessions and keys, app-state keys, device identity).
 pub(super) const WHATSAPP: TableDefinition<&str, &[u8]> = TableDefinition::new("whatsapp");
@@ -41,30 +41,42 @@ impl KvTable {
 /// One write of a batch: `Some(value)` puts, `None` deletes.
 pub type KvWrite = (String, Option<Vec<u8>>);
 
-type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
-
-/// Key-value operations carried to the writer.
-pub(crate) enum KvOp {
+/// Key-value reads, answered by the reader thread.
+pub(crate) enum KvRead {
     Get(KvTable, String, Reply<Option<Vec<u8>>>),
     GetMany(KvTable, Vec<String>, Reply<Vec<Option<Vec<u8>>>>),
     Scan(KvTable, String, usize, Reply<Vec<(String, Vec<u8>)>>),
+}
+
+/// Key-value writes, carried to the writer; each is fsynced before its caller hears back.
+pub(crate) enum KvWriteOp {
     PutBatch(KvTable, Vec<KvWrite>, Reply<()>),
     Take(KvTable, String, Reply<Option<Vec<u8>>>),
     DeletePrefix(KvTable, String, Reply<usize>),
 }
 
-impl KvOp {
-    pub(crate) fn is_read(&self) -> bool {
-        matches!(self, KvOp::Get(..) | KvOp::GetMany(..) | KvOp::Scan(..))
-    }
-
+impl KvRead {
     pub(crate) fn fail(self, e: StoreError) {
         match self {
-            KvOp::Get(_, _, r) | KvOp::Take(_, _, r) => drop(r.send(Err(e))),
-            KvOp::GetMany(_, _, r) => drop(r.send(Err(e))),
-            KvOp::Scan(_, _, _, r) => drop(r.send(Err(e))),
-            KvOp::PutBatch(_, _, r) => drop(r.send(Err(e))),
-            KvOp::DeletePrefix(_, _, r) => drop(r.send(Err(e))),
+            KvRead::Get(_, _, r) => drop(r.send(Err(e))),
+            KvRead::GetMany(_, _, r) => drop(r.send(Err(e))),
+            KvRead::Scan(_, _, _, r) => drop(r.send(Err(e))),
+        }
+    }
+
+    fn table(&self) -> KvTable {
+        match self {
+            KvRead::Get(t, ..) | KvRead::GetMany(t, ..) | KvRead::Scan(t, ..) => *t,
+        }
+    }
+}
+
+impl KvWriteOp {
+    fn table(&self) -> KvTable {
+        match self {
+            KvWriteOp::PutBatch(t, ..)
+            | KvWriteOp::Take(t, ..)
+            | KvWriteOp::DeletePrefix(t, ..) => *t,
         }
     }
 }
@@ -73,21 +85,20 @@ fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
-/// A read answered now (from a read transaction or from inside a write batch, which sees the
-/// batch's own earlier writes).
-fn read_from<T>(t: &T, op: KvOp)
+/// Answers a read from one opened table.
+fn read_from<T>(t: &T, op: KvRead)
 where
     T: ReadableTable<&'static str, &'static [u8]>,
 {
     match op {
-        KvOp::Get(_, key, r) => {
+        KvRead::Get(_, key, r) => {
             let v = t
                 .get(key.as_str())
                 .map(|o| o.map(|v| v.value().to_vec()))
                 .map_err(io);
             let _ = r.send(v);
         }
-        KvOp::GetMany(_, keys, r) => {
+        KvRead::GetMany(_, keys, r) => {
             let v = keys
                 .iter()
                 .map(|k| {
@@ -98,10 +109,9 @@ where
                 .collect::<Result<Vec<_>, _>>();
             let _ = r.send(v);
         }
-        KvOp::Scan(table, prefix, limit, r) => {
+        KvRead::Scan(table, prefix, limit, r) => {
             let _ = r.send(scan(t, table, &prefix, limit));
         }
-        other => other.fail(StoreError::Io("internal: not a key-value read".into())),
     }
 }
 
@@ -134,12 +144,8 @@ where
 }
 
 /// Answers a read from a read transaction.
-pub(super) fn read(tx: &redb::ReadTransaction, op: KvOp) {
-    let table = match &op {
-        KvOp::Get(t, ..) | KvOp::GetMany(t, ..) | KvOp::Scan(t, ..) => *t,
-        _ => return op.fail(StoreError::Io("internal: not a key-value read".into())),
-    };
-    match tx.open_table(table.def()) {
+pub(super) fn read(tx: &redb::ReadTransaction, op: KvRead) {
+    match tx.open_table(op.table().def()) {
         Ok(t) => read_from(&t, op),
         Err(e) => op.fail(io(e)),
     }
@@ -173,33 +179,10 @@ fn reply<T: Send + 'static>(r: Reply<T>, value: Result<T, StoreError>) -> Applie
 
 /// Applies one operation inside the writer's open write transaction. An `Err` aborts the whole
 /// batch (every caller in it hears the error).
-pub(super) fn apply(tx: &redb::WriteTransaction, op: KvOp) -> Result<Applied, StoreError> {
-    let table = match &op {
-        KvOp::Get(t, ..)
-        | KvOp::GetMany(t, ..)
-        | KvOp::Scan(t, ..)
-        | KvOp::PutBatch(t, ..)
-        | KvOp::Take(t, ..)
-        | KvOp::DeletePrefix(t, ..) => *t,
-    };
-    let mut t = tx.open_table(table.def()).map_err(io)?;
+pub(super) fn apply(tx: &redb::WriteTransaction, op: KvWriteOp) -> Result<Applied, StoreError> {
+    let mut t = tx.open_table(op.table().def()).map_err(io)?;
     Ok(match op {
-        KvOp::Get(_, key, r) => {
-            let v = t.get(key.as_str()).map_err(io)?.map(|v| v.value().to_vec());
-            reply(r, Ok(v))
-        }
-        KvOp::GetMany(_, keys, r) => {
-            let mut out = Vec::with_capacity(keys.len());
-            for k in &keys {
-                out.push(t.get(k.as_str()).map_err(io)?.map(|v| v.value().to_vec()));
-            }
-            reply(r, Ok(out))
-        }
-        KvOp::Scan(table, prefix, limit, r) => {
-            let v = scan(&t, table, &prefix, limit);
-            reply(r, v)
-        }
-        KvOp::PutBatch(_, writes, r) => {
+        KvWriteOp::PutBatch(_, writes, r) => {
             let mut bytes = 0u64;
             for (k, v) in &writes {
                 match v {
@@ -218,7 +201,7 @@ pub(super) fn apply(tx: &redb::WriteTransaction, op: KvOp) -> Result<Applied, St
             a.durable = true;
             a
         }
-        KvOp::Take(_, key, r) => {
+        KvWriteOp::Take(_, key, r) => {
             let v = t
                 .remove(key.as_str())
                 .map_err(io)?
@@ -231,7 +214,7 @@ pub(super) fn apply(tx: &redb::WriteTransaction, op: KvOp) -> Result<Applied, St
             }
             a
         }
-        KvOp::DeletePrefix(_, prefix, r) => {
+        KvWriteOp::DeletePrefix(_, prefix, r) => {
             let mut n = 0usize;
             t.retain(|k, _| {
                 let hit = k.starts_with(prefix.as_str());
@@ -275,20 +258,22 @@ impl Kv {
         self.table
     }
 
-    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> KvOp) -> Result<T, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.store.send(Op::Kv(make(tx))).await?;
-        rx.await.map_err(|_| StoreError::Closed)?
+    async fn read<T>(&self, make: impl FnOnce(Reply<T>) -> KvRead) -> Result<T, StoreError> {
+        self.store.read(|r| ReadOp::Kv(make(r))).await
+    }
+
+    async fn write<T>(&self, make: impl FnOnce(Reply<T>) -> KvWriteOp) -> Result<T, StoreError> {
+        self.store.write(|r| WriteOp::Kv(make(r))).await
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let key = key.to_string();
-        self.call(|r| KvOp::Get(self.table, key, r)).await
+        self.read(|r| KvRead::Get(self.table, key, r)).await
     }
 
     /// Values of `keys`, in the same order (None where absent).
     pub async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        self.call(|r| KvOp::GetMany(self.table, keys, r)).await
+        self.read(|r| KvRead::GetMany(self.table, keys, r)).await
     }
 
     /// Every row whose key starts with `prefix`, in key order; fails if there are more than
@@ -299,7 +284,7 @@ impl Kv {
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let prefix = prefix.to_string();
-        self.call(|r| KvOp::Scan(self.table, prefix, limit, r))
+        self.read(|r| KvRead::Scan(self.table, prefix, limit, r))
             .await
     }
 
@@ -309,7 +294,8 @@ impl Kv {
         if writes.is_empty() {
             return Ok(());
         }
-        self.call(|r| KvOp::PutBatch(self.table, writes, r)).await
+        self.write(|r| KvWriteOp::PutBatch(self.table, writes, r))
+            .await
     }
 
     pub async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
@@ -323,14 +309,14 @@ impl Kv {
     /// Atomically reads and deletes `key`; durable before this returns.
     pub async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let key = key.to_string();
-        self.call(|r| KvOp::Take(self.table, key, r)).await
+        self.write(|r| KvWriteOp::Take(self.table, key, r)).await
     }
 
     /// Deletes every row whose key starts with `prefix` (`""`: the whole table); durable before
     /// this returns. Returns how many rows went.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, StoreError> {
         let prefix = prefix.to_string();
-        self.call(|r| KvOp::DeletePrefix(self.table, prefix, r))
+        self.write(|r| KvWriteOp::DeletePrefix(self.table, prefix, r))
             .await
     }
 }

@@ -6,8 +6,11 @@
 //! previous commit ran into one transaction, and fsyncs that transaction only if one of its
 //! operations needs durability (an accepted message, a send about to happen, auth state). Everything
 //! else rides along and becomes durable with the next fsync. This is the only code that commits.
-//! Reads are answered by a reader thread ([`reader`]) and never wait for a commit. The file, its
-//! tables and schema version are in [`schema`]; what is kept and for how long in [`retention`].
+//! Reads are answered by a reader thread ([`reader`]) and never wait for a commit; the two kinds of
+//! operation are two types ([`ops`]), so each can only reach its own thread. What each write does
+//! is in [`apply`]. The file, its tables and schema version are in [`schema`]; what is kept and for
+//! how long in [`retention`]; the periodic flush and retention pass are the store's own task
+//! ([`maintenance`], [`Store::start_maintenance`]).
 //!
 //! Each thread proves it is alive by answering: [`Store::prove_alive`] sends it a no-op every
 //! [`PROBE_EVERY`] and beats the thread's row on the board when the answer comes back. A writer
@@ -23,7 +26,10 @@
 //!   sent, so no reply is lost and none is sent twice ([`crate::delivery`]).
 //! - A turn's completion (inbox rows answered, history, outbox row) is one atomic transaction.
 
+mod apply;
 pub mod kv;
+mod maintenance;
+mod ops;
 mod reader;
 pub mod records;
 mod retention;
@@ -34,7 +40,11 @@ use crate::config::StoreConfig;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::status::Reporter;
-pub use records::{HistoryItem, InboxRecord, OutboxRecord, SessionRecord};
+pub use maintenance::{FLUSH_INTERVAL, GC_INTERVAL};
+use ops::{ReadOp, Reply, ToReader, ToWriter, WriteOp};
+pub use records::{
+    HistoryItem, InboxRecord, OutboxRecord, SessionRecord, StoredMessage, StoredReply,
+};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,13 +53,11 @@ use tokio::sync::{mpsc, oneshot};
 
 /// The store's file name inside the state directory.
 pub const FILE_NAME: &str = "clawbox.redb";
-/// Operations waiting for the writer thread, and reads waiting for the reader thread; senders wait
-/// (backpressure) beyond this.
-const QUEUE_DEPTH: usize = 1024;
-/// How often lazily committed writes are made durable while any are outstanding.
-pub const FLUSH_INTERVAL: Duration = Duration::from_secs(2);
-/// How often old inbox rows and idle sessions are removed.
-pub const GC_INTERVAL: Duration = Duration::from_secs(600);
+/// Operations waiting for the writer thread; senders wait (backpressure) beyond this.
+const WRITE_QUEUE: usize = 1024;
+/// Reads waiting for the reader thread; senders wait (backpressure) beyond this. As deep as the
+/// writer's queue, so neither kind of caller is throttled before the other.
+const READ_QUEUE: usize = 1024;
 /// How often each store thread is asked to answer a no-op ([`Store::prove_alive`]).
 pub const PROBE_EVERY: Duration = Duration::from_secs(5);
 /// How long a thread may take to answer that no-op before it counts as stuck. The answer waits
@@ -127,10 +135,11 @@ impl Durable {
 #[derive(Debug, Default)]
 pub struct Recovery {
     /// Inbox rows not yet answered, in arrival order.
-    pub pending: Vec<(u64, InboxRecord)>,
+    pub pending: Vec<StoredMessage>,
     /// Replies not completely sent, in creation order.
-    pub outbox: Vec<(u64, OutboxRecord)>,
-    /// Rows that could not be decoded and were skipped (counted, logged).
+    pub outbox: Vec<StoredReply>,
+    /// Rows skipped, each logged: undecodable ones, and those naming a channel this build does
+    /// not know (those stay in the store as they are, for a build that knows the channel).
     pub skipped: usize,
 }
 
@@ -150,65 +159,12 @@ pub struct TurnDone {
     pub reply: Option<OutboxRecord>,
 }
 
-pub(crate) enum Op {
-    /// One or more inbound messages, accepted in order in one transaction (one fsync): the
-    /// outcomes once committed (visible), then a second answer once fsynced (durable).
-    Accept(
-        Vec<InboxRecord>,
-        oneshot::Sender<Result<Vec<Accepted>, StoreError>>,
-        oneshot::Sender<Result<(), StoreError>>,
-    ),
-    TurnDone(TurnDone, oneshot::Sender<Result<Option<u64>, StoreError>>),
-    /// Outbox row, the channel's doubt hint.
-    InFlight(u64, u64, oneshot::Sender<Result<(), StoreError>>),
-    /// The in-flight chunk certainly did not leave (the channel refused it before sending).
-    ClearInFlight(u64, oneshot::Sender<Result<(), StoreError>>),
-    Sent(u64, oneshot::Sender<Result<bool, StoreError>>),
-    Abandon(u64, oneshot::Sender<Result<(), StoreError>>),
-    SetCursor(String, Vec<u8>, oneshot::Sender<Result<(), StoreError>>),
-    SetAuth(String, Vec<u8>, oneshot::Sender<Result<(), StoreError>>),
-    DeleteAuthPrefix(String, oneshot::Sender<Result<usize, StoreError>>),
-    // Reads.
-    Cursor(String, oneshot::Sender<Result<Option<Vec<u8>>, StoreError>>),
-    Auth(String, oneshot::Sender<Result<Option<Vec<u8>>, StoreError>>),
-    Session(String, oneshot::Sender<Result<SessionRecord, StoreError>>),
-    Recover(oneshot::Sender<Result<Recovery, StoreError>>),
-    PendingFor(
-        String,
-        oneshot::Sender<Result<Vec<(u64, InboxRecord)>, StoreError>>,
-    ),
-    /// The generic key-value tables ([`kv`]).
-    Kv(kv::KvOp),
-    // Housekeeping.
-    /// A no-op the thread answers as soon as it gets to it (liveness): no transaction.
-    Ping(oneshot::Sender<()>),
-    Flush(oneshot::Sender<Result<(), StoreError>>),
-    Gc(u64),
-    Close(oneshot::Sender<()>),
-}
-
-impl Op {
-    pub(crate) fn is_read(&self) -> bool {
-        match self {
-            Op::Kv(op) => op.is_read(),
-            op => matches!(
-                op,
-                Op::Cursor(..)
-                    | Op::Auth(..)
-                    | Op::Session(..)
-                    | Op::Recover(..)
-                    | Op::PendingFor(..)
-            ),
-        }
-    }
-}
-
 #[derive(Clone)]
 enum Backend {
     /// The writer thread and the reader thread over the file.
     Thread {
-        writes: mpsc::Sender<Op>,
-        reads: mpsc::Sender<Op>,
+        writes: mpsc::Sender<ToWriter>,
+        reads: mpsc::Sender<ToReader>,
     },
     /// In memory, each operation handled inline (tests under a paused clock).
     Inline(Arc<std::sync::Mutex<writer::Writer>>),
@@ -226,8 +182,8 @@ impl Store {
     /// wrong modes are fixed (with a warning).
     pub fn open(dir: &Path, cfg: &StoreConfig, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
         let path = schema::prepare_dir_and_file(dir)?;
-        let (writes, rx) = mpsc::channel(QUEUE_DEPTH);
-        let (reads, read_rx) = mpsc::channel(QUEUE_DEPTH);
+        let (writes, rx) = mpsc::channel(WRITE_QUEUE);
+        let (reads, read_rx) = mpsc::channel(READ_QUEUE);
         writer::spawn(&path, cfg, metrics, rx, read_rx)?;
         Ok(Store {
             backend: Backend::Thread { writes, reads },
@@ -249,17 +205,17 @@ impl Store {
     /// Sends a no-op to `thread` and waits (without a deadline) for its answer.
     pub async fn ping(&self, thread: Thread) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        match &self.backend {
-            Backend::Thread { writes, reads } => {
-                let to = match thread {
-                    Thread::Writer => writes,
-                    Thread::Reader => reads,
-                };
-                to.send(Op::Ping(tx))
-                    .await
-                    .map_err(|_| StoreError::Closed)?;
+        let sent = match (&self.backend, thread) {
+            (Backend::Thread { writes, .. }, Thread::Writer) => {
+                writes.send(ToWriter::Ping(tx)).await.is_ok()
             }
-            Backend::Inline(_) => return Ok(()),
+            (Backend::Thread { reads, .. }, Thread::Reader) => {
+                reads.send(ToReader::Ping(tx)).await.is_ok()
+            }
+            (Backend::Inline(_), _) => return Ok(()),
+        };
+        if !sent {
+            return Err(StoreError::Closed);
         }
         rx.await.map_err(|_| StoreError::Closed)
     }
@@ -290,15 +246,30 @@ impl Store {
         }
     }
 
-    async fn send(&self, op: Op) -> Result<(), StoreError> {
+    /// Queues a write for the writer thread (or runs it inline).
+    async fn send_write(&self, op: WriteOp) -> Result<(), StoreError> {
         match &self.backend {
-            Backend::Thread { writes, reads } => {
-                let to = if op.is_read() { reads } else { writes };
-                to.send(op).await.map_err(|_| StoreError::Closed)
-            }
+            Backend::Thread { writes, .. } => writes
+                .send(ToWriter::Write(op))
+                .await
+                .map_err(|_| StoreError::Closed),
             Backend::Inline(w) => {
                 // A poisoned lock means a panic mid-operation; redb itself stays consistent.
-                w.lock().unwrap_or_else(|p| p.into_inner()).handle(op);
+                w.lock().unwrap_or_else(|p| p.into_inner()).write(op);
+                Ok(())
+            }
+        }
+    }
+
+    /// Queues a read for the reader thread (or runs it inline).
+    async fn send_read(&self, op: ReadOp) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Thread { reads, .. } => reads
+                .send(ToReader::Read(op))
+                .await
+                .map_err(|_| StoreError::Closed),
+            Backend::Inline(w) => {
+                w.lock().unwrap_or_else(|p| p.into_inner()).read(op);
                 Ok(())
             }
         }
@@ -308,12 +279,17 @@ impl Store {
         &self.path
     }
 
-    async fn call<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op,
-    ) -> Result<T, StoreError> {
+    /// Runs a write and waits for its answer.
+    async fn write<T>(&self, make: impl FnOnce(Reply<T>) -> WriteOp) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.send(make(tx)).await?;
+        self.send_write(make(tx)).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs a read and waits for its answer.
+    async fn read<T>(&self, make: impl FnOnce(Reply<T>) -> ReadOp) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.send_read(make(tx)).await?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -341,102 +317,107 @@ impl Store {
         recs: Vec<InboxRecord>,
     ) -> Result<(Vec<Accepted>, Durable), StoreError> {
         let (done, durable) = oneshot::channel();
-        let outcomes = self.call(|tx| Op::Accept(recs, tx, done)).await?;
+        let outcomes = self.write(|tx| WriteOp::Accept(recs, tx, done)).await?;
         Ok((outcomes, Durable(durable)))
     }
 
     /// Records a finished turn: inbox rows answered, history, the reply queued; returns the outbox
     /// sequence number. Not fsynced on its own (a crash before the next fsync re-runs the turn).
     pub async fn turn_done(&self, done: TurnDone) -> Result<Option<u64>, StoreError> {
-        self.call(|tx| Op::TurnDone(done, tx)).await
+        self.write(|tx| WriteOp::TurnDone(Box::new(done), tx)).await
     }
 
     /// Marks the outbox row's next chunk as possibly sent, with the channel's `hint` for settling
     /// it after a crash; durable on return. Call just before the request may leave the box.
     pub async fn mark_in_flight(&self, outbox: u64, hint: u64) -> Result<(), StoreError> {
-        self.call(|tx| Op::InFlight(outbox, hint, tx)).await
+        self.write(|tx| WriteOp::InFlight(outbox, hint, tx)).await
     }
 
     /// The in-flight chunk did not leave after all (the channel refused it before sending, or
     /// its send was found not to have arrived). Not fsynced on its own: a crash before the next
     /// fsync leaves the mark, and the chunk is then settled with the channel again.
     pub async fn clear_in_flight(&self, outbox: u64) -> Result<(), StoreError> {
-        self.call(|tx| Op::ClearInFlight(outbox, tx)).await
+        self.write(|tx| WriteOp::ClearInFlight(outbox, tx)).await
     }
 
     /// The in-flight chunk was confirmed sent; returns true when the reply is complete (row removed).
     pub async fn mark_sent(&self, outbox: u64) -> Result<bool, StoreError> {
-        self.call(|tx| Op::Sent(outbox, tx)).await
+        self.write(|tx| WriteOp::Sent(outbox, tx)).await
     }
 
     /// Gives up on a reply (permanent send failure): removes the row.
     pub async fn abandon(&self, outbox: u64) -> Result<(), StoreError> {
-        self.call(|tx| Op::Abandon(outbox, tx)).await
+        self.write(|tx| WriteOp::Abandon(outbox, tx)).await
     }
 
     /// A channel's cursor (e.g. Telegram's next offset), if one was saved.
     pub async fn cursor(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let name = name.to_string();
-        self.call(|tx| Op::Cursor(name, tx)).await
+        self.read(|tx| ReadOp::Cursor(name, tx)).await
     }
 
     /// Saves a cursor. Not fsynced on its own: it becomes durable with the next durable commit,
     /// which is safe because inbound messages are deduplicated by id anyway.
     pub async fn set_cursor(&self, name: &str, value: Vec<u8>) -> Result<(), StoreError> {
         let name = name.to_string();
-        self.call(|tx| Op::SetCursor(name, value, tx)).await
+        self.write(|tx| WriteOp::SetCursor(name, value, tx)).await
     }
 
     /// A channel's auth/identity value (OpenClaw device key, WhatsApp creds), if present.
     pub async fn auth(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let key = key.to_string();
-        self.call(|tx| Op::Auth(key, tx)).await
+        self.read(|tx| ReadOp::Auth(key, tx)).await
     }
 
     /// Saves an auth value durably (fsynced before this returns).
     pub async fn set_auth(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
         let key = key.to_string();
-        self.call(|tx| Op::SetAuth(key, value, tx)).await
+        self.write(|tx| WriteOp::SetAuth(key, value, tx)).await
     }
 
     /// Deletes every auth value whose key starts with `prefix` (a logged-out channel), durably.
     pub async fn delete_auth_prefix(&self, prefix: &str) -> Result<usize, StoreError> {
         let prefix = prefix.to_string();
-        self.call(|tx| Op::DeleteAuthPrefix(prefix, tx)).await
+        self.write(|tx| WriteOp::DeleteAuthPrefix(prefix, tx)).await
     }
 
     /// The session's state (a fresh one if never seen).
     pub async fn session(&self, session: &str) -> Result<SessionRecord, StoreError> {
         let session = session.to_string();
-        self.call(|tx| Op::Session(session, tx)).await
+        self.read(|tx| ReadOp::Session(session, tx)).await
     }
 
     /// Everything a restarted daemon must finish.
     pub async fn recover(&self) -> Result<Recovery, StoreError> {
-        self.call(Op::Recover).await
+        self.read(ReadOp::Recover).await
     }
 
     /// Pending inbox rows of one session, in order (used when its in-memory queue overflowed).
-    pub async fn pending_for(&self, session: &str) -> Result<Vec<(u64, InboxRecord)>, StoreError> {
+    pub async fn pending_for(&self, session: &str) -> Result<Vec<StoredMessage>, StoreError> {
         let session = session.to_string();
-        self.call(|tx| Op::PendingFor(session, tx)).await
+        self.read(|tx| ReadOp::PendingFor(session, tx)).await
     }
 
     /// Makes every lazily committed write durable now.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.call(Op::Flush).await
+        self.write(WriteOp::Flush).await
     }
 
     /// Removes answered inbox rows older than the retention and sessions idle past theirs.
     pub async fn gc(&self, now_ms: u64) {
-        let _ = self.send(Op::Gc(now_ms)).await;
+        let _ = self.send_write(WriteOp::Gc(now_ms)).await;
     }
 
     /// Flushes and closes the file; later calls fail with [`StoreError::Closed`].
     pub async fn close(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.send(Op::Close(tx)).await.is_ok() {
-            let _ = rx.await;
+        match &self.backend {
+            Backend::Thread { writes, .. } => {
+                if writes.send(ToWriter::Close(tx)).await.is_ok() {
+                    let _ = rx.await;
+                }
+            }
+            Backend::Inline(w) => w.lock().unwrap_or_else(|p| p.into_inner()).close(),
         }
     }
 }
@@ -447,34 +428,6 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// Answers an operation that could not run with `e` (every reply channel gets the error).
-fn fail(op: Op, e: StoreError) {
-    match op {
-        Op::Accept(_, r, done) => {
-            drop(r.send(Err(e.clone())));
-            drop(done.send(Err(e)));
-        }
-        Op::TurnDone(_, r) => drop(r.send(Err(e))),
-        Op::InFlight(_, _, r)
-        | Op::ClearInFlight(_, r)
-        | Op::Abandon(_, r)
-        | Op::SetCursor(_, _, r)
-        | Op::SetAuth(_, _, r)
-        | Op::Flush(r) => drop(r.send(Err(e))),
-        Op::Sent(_, r) => drop(r.send(Err(e))),
-        Op::DeleteAuthPrefix(_, r) => drop(r.send(Err(e))),
-        Op::Cursor(_, r) | Op::Auth(_, r) => drop(r.send(Err(e))),
-        Op::Session(_, r) => drop(r.send(Err(e))),
-        Op::Recover(r) => drop(r.send(Err(e))),
-        Op::PendingFor(_, r) => drop(r.send(Err(e))),
-        Op::Kv(op) => op.fail(e),
-        Op::Gc(_) => {}
-        // A failed no-op is no answer: the thread did not vouch for itself.
-        Op::Ping(_) => {}
-        Op::Close(r) => drop(r.send(())),
-    }
 }
 
 #[cfg(test)]

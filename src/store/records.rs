@@ -1,5 +1,11 @@
 //! The records kept in the store, encoded with prost (derive only, no build script). Field tags are
 //! the on-disk format: never reuse or renumber one; add new fields with new tags.
+//!
+//! A record names its channel as a string (the on-disk format); the store hands rows out as
+//! [`StoredMessage`] and [`StoredReply`], with the channel parsed once where the row is read, so no
+//! later layer parses it.
+
+use crate::vocab::ChannelKind;
 
 /// State of an inbound message.
 pub const INBOX_PENDING: u32 = 0;
@@ -39,6 +45,23 @@ pub struct InboxRecord {
     /// The channel's ordinal for the message (see `channel::Inbound::wire_seq`); 0 if none.
     #[prost(uint64, tag = "12")]
     pub wire_seq: u64,
+}
+
+/// An inbox row as the store hands it out: its sequence number, its channel (parsed once, where
+/// the row was read, or known when it was accepted) and the record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMessage {
+    pub seq: u64,
+    pub channel: ChannelKind,
+    pub rec: InboxRecord,
+}
+
+/// An outbox row as read back: its sequence number, its channel (parsed once) and the record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredReply {
+    pub seq: u64,
+    pub channel: ChannelKind,
+    pub rec: OutboxRecord,
 }
 
 /// One reply, split into the chunks the channel will send, and how far sending got.
