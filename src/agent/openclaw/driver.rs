@@ -7,8 +7,8 @@
 use super::identity::{self, DeviceIdentity};
 use super::proto::{self, Connection, Credentials, GatewayError, Hello, OpId, Output, ProtoError};
 use crate::agent::AgentError;
-use crate::backoff::Backoff;
 use crate::config::Secret;
+use crate::retry::{self, Backoff, CONNECT_TIMEOUT};
 use crate::shutdown::Shutdown;
 use crate::status::{Reporter, State};
 use crate::store::Store;
@@ -24,14 +24,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
-/// TCP + TLS + WebSocket upgrade must finish within this: short, so an attempt hung in a dead
-/// network gives way to a fresh one soon after the network heals.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Reconnect backoff: first delay up to this, doubling…
-pub const RECONNECT_BASE: Duration = Duration::from_millis(500);
-/// …up to this: a restarted gateway (or a healed link) is found again within 5 s; half-jittered,
-/// so attempts land 1.5–3 s apart at worst.
-pub const RECONNECT_CAP: Duration = Duration::from_secs(3);
 /// Turns and resets waiting or running at once. The router's `max_concurrent_turns` (8) plus
 /// resets stays far below; beyond it the caller gets an error rather than memory growth.
 pub const MAX_OPS: usize = 64;
@@ -333,7 +325,7 @@ impl Shared {
                 self.name
             )));
         }
-        let mut backoff = Backoff::new(RECONNECT_BASE, RECONNECT_CAP, fastrand::u64(..));
+        let mut backoff = Backoff::new(retry::LINK, fastrand::u64(..));
         let mut generation = 0u64;
         loop {
             if shutdown.is_tripped() {

@@ -5,7 +5,7 @@
 //! No sockets, no clock (`now` is passed in), no tokio. Never decides who may talk to the
 //! assistant (the core's policy does); never logs message bodies.
 
-use crate::backoff::Backoff;
+use crate::retry::{self, Backoff};
 use crate::vocab::{ChannelKind, Content, Inbound, MediaKind};
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -24,15 +24,6 @@ pub const MAX_SENT_IDS: usize = 1024;
 /// How long a sent id is remembered: echoes arrive within seconds; an offline replay after a
 /// restart is caught by the reply prefix instead.
 pub const SENT_ID_TTL: Duration = Duration::from_secs(30 * 60);
-/// First reconnect delay (upper bound; half-jittered).
-pub const RECONNECT_BASE: Duration = Duration::from_millis(500);
-/// Longest wait between reconnect attempts: a lost link must be back within 5 s of the network
-/// healing (tests/soak.rs measured 9.8 s with a 10 s cap after a 6 s outage). Half-jittered, so
-/// attempts land 1.5–3 s apart at worst, plus the connect itself.
-pub const RECONNECT_CAP: Duration = Duration::from_secs(3);
-/// Wait before reconnecting when WhatsApp says we connect too often: deliberately slower than the
-/// ordinary cap, so a rate limit is not hammered.
-pub const RATE_LIMITED_WAIT: Duration = Duration::from_secs(10);
 
 /// The outgoing message id for a reply chunk: `3EB0` + 16 upper-hex characters of SHA-256(key),
 /// the shape of WhatsApp Web's ids. The same chunk always gets the same id, so a resend after a
@@ -288,7 +279,8 @@ pub enum Decision {
     Exit,
 }
 
-/// The reconnect policy. `was_up`: the connection had logged in (a fresh start of the backoff).
+/// The reconnect policy (its numbers: [`crate::retry::LINK`], [`crate::retry::RATE_LIMITED_WAIT`]).
+/// `was_up`: the connection had logged in (a fresh start of the backoff).
 pub fn decide(ending: &Ending, was_up: bool, backoff: &mut Backoff) -> Decision {
     let stop = |wipe: bool, detail: String| Decision::Stop {
         wipe,
@@ -324,7 +316,7 @@ pub fn decide(ending: &Ending, was_up: bool, backoff: &mut Backoff) -> Decision 
             pair_again: false,
             paused: true,
         },
-        Ending::RateLimited => Decision::ReconnectAfter(RATE_LIMITED_WAIT),
+        Ending::RateLimited => Decision::ReconnectAfter(retry::RATE_LIMITED_WAIT),
         Ending::Lost => {
             if was_up {
                 backoff.reset();
@@ -628,7 +620,7 @@ mod tests {
 
     #[test]
     fn reconnect_policy_table() {
-        let mut b = Backoff::new(RECONNECT_BASE, RECONNECT_CAP, 1);
+        let mut b = Backoff::new(retry::LINK, 1);
         assert_eq!(
             decide(&Ending::RestartRequired, false, &mut b),
             Decision::ReconnectNow
@@ -673,20 +665,20 @@ mod tests {
             }
         ));
         assert_eq!(decide(&Ending::Shutdown, true, &mut b), Decision::Exit);
-        // Transient failures: capped backoff, never over 10 s, however many in a row.
+        // Transient failures: capped backoff, never over the cap, however many in a row.
         for _ in 0..100 {
             match decide(&Ending::Lost, false, &mut b) {
-                Decision::ReconnectAfter(d) => assert!(d <= Duration::from_secs(10), "{d:?}"),
+                Decision::ReconnectAfter(d) => assert!(d <= retry::LINK.cap, "{d:?}"),
                 d => panic!("{d:?}"),
             }
         }
         match decide(&Ending::RateLimited, false, &mut b) {
-            Decision::ReconnectAfter(d) => assert_eq!(d, RATE_LIMITED_WAIT),
+            Decision::ReconnectAfter(d) => assert_eq!(d, retry::RATE_LIMITED_WAIT),
             d => panic!("{d:?}"),
         }
         // A connection that was up starts again from the base.
         match decide(&Ending::Lost, true, &mut b) {
-            Decision::ReconnectAfter(d) => assert!(d <= RECONNECT_BASE),
+            Decision::ReconnectAfter(d) => assert!(d <= retry::LINK.base),
             d => panic!("{d:?}"),
         }
     }

@@ -12,11 +12,11 @@ use super::{
     DEFAULT_SERVER_URL, LINK_WITHIN, MAX_QR_CODES, Options, Outcome, Seen, Shared,
     TEST_SERVER_VERSION, http, inbound, link, number_of, request_code, shutdown_client, transport,
 };
-use crate::backoff::Backoff;
 use crate::channel::{ChannelContext, ChannelError};
 use crate::config::WhatsAppConfig;
 use crate::metrics::Metrics;
 use crate::pairing::{Pairing, PairingPublisher};
+use crate::retry::{self, Backoff};
 use crate::status::State;
 use crate::store::kv::KvTable;
 use crate::vocab::ChannelKind;
@@ -177,7 +177,7 @@ pub async fn run_with(
     let mut commands = ctx.commands.clone().lock_owned().await;
     let mut shutdown = ctx.shutdown.clone();
     let seed = crate::store::now_ms() ^ 0x5741;
-    let mut backoff = Backoff::new(adapter::RECONNECT_BASE, adapter::RECONNECT_CAP, seed);
+    let mut backoff = Backoff::new(retry::LINK, seed);
     let mut first = true;
 
     loop {

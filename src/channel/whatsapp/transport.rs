@@ -4,9 +4,11 @@
 //! Implements the library's `TransportFactory`/`Transport`: `Connected` first, then one
 //! `DataReceived` per binary WebSocket message, then one `Disconnected`. The event queue is
 //! bounded and never drops: a slow client backpressures the socket read. Adds a WebSocket-level
-//! liveness check ([`LinkWatch`], sans-io) so a dead link is noticed within [`DEAD_AFTER`] even
-//! between the client's own keepalives. Knows nothing of Noise or stanzas; never logs payloads.
+//! liveness check ([`LinkWatch`], sans-io) so a silent link is noticed within
+//! [`crate::retry::SILENT_LINK_NOTICED`] even between the client's own keepalives. Knows nothing
+//! of Noise or stanzas; never logs payloads.
 
+use crate::retry::CONNECT_TIMEOUT;
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -24,10 +26,10 @@ use whatsapp_rust::wacore::net::{
 };
 use whatsapp_rust::{anyhow, async_channel, async_trait};
 
-/// TCP connect + TLS + WebSocket upgrade must finish within this (the library's own handshake
-/// deadline, 20 s, covers the Noise handshake after it). Short, so an attempt hung in a dead
-/// network gives way to a fresh one soon after the network heals; a Pi does TLS in well under 1 s.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The dead-link numbers this transport runs on (their reasons and worst case live in
+/// [`crate::retry`]; named here too for the tests that pace against them).
+pub use crate::retry::{DEAD_AFTER, PING_EVERY};
+
 /// tungstenite's read buffer: stanzas are small; its 128 KiB default is sized for throughput.
 const READ_BUFFER: usize = 32 * 1024;
 /// Bytes written per flush: one outgoing stanza at a time, a few KiB each.
@@ -41,12 +43,6 @@ pub const MAX_MESSAGE: usize = 4 * 1024 * 1024;
 const MAX_FRAME: usize = MAX_MESSAGE;
 /// Events waiting for the client; beyond this the socket read waits (never drops).
 const EVENT_QUEUE: usize = 64;
-/// A WebSocket ping this often keeps NAT state warm and proves the link.
-pub const PING_EVERY: Duration = Duration::from_secs(5);
-/// No frame at all for this long = dead link (a live server answers our pings, RFC 6455 5.5.2).
-/// Checked every [`PING_EVERY`], so a dead link is noticed within 25 s: under the 30 s promise;
-/// the client's own keepalive (15–30 s + 20 s) is slower.
-pub const DEAD_AFTER: Duration = Duration::from_secs(20);
 /// Closing handshake on disconnect must not hold anything up.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -322,7 +318,7 @@ mod tests {
     }
 
     #[test]
-    fn silence_is_death_within_30_seconds() {
+    fn silence_is_death_within_the_silent_link_budget() {
         let t0 = Instant::now();
         let mut w = LinkWatch::new(t0);
         assert_eq!(w.tick(t0 + Duration::from_secs(19)), Tick::Ping);
@@ -338,7 +334,7 @@ mod tests {
             Tick::Dead
         );
         // Checked once per ping period: the worst case is DEAD_AFTER + PING_EVERY.
-        assert!(DEAD_AFTER + PING_EVERY <= Duration::from_secs(30));
+        assert_eq!(DEAD_AFTER + PING_EVERY, crate::retry::SILENT_LINK_NOTICED);
     }
 
     #[test]
@@ -391,5 +387,51 @@ mod tests {
         let (origin, got) = server.await.unwrap();
         assert_eq!(origin.as_deref(), Some("https://web.whatsapp.com"));
         assert_eq!(got, Message::Binary(Bytes::from_static(b"hello")));
+    }
+
+    /// README: "a silent link noticed within 25 s". On a paused clock, over a real socket: the
+    /// server sends one frame just after the transport's first check, then nothing (it never
+    /// reads, so our pings go unanswered); the link is closed no later than
+    /// [`crate::retry::SILENT_LINK_NOTICED`] after that last frame, and not before
+    /// [`DEAD_AFTER`] of silence.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_link_is_closed_within_the_budget() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            tokio::time::sleep(PING_EVERY + Duration::from_millis(1)).await;
+            ws.send(Message::Binary(Bytes::from_static(b"last")))
+                .await
+                .unwrap();
+            // Silent from here on, and deaf: nothing reads our pings.
+            tokio::time::sleep(crate::retry::SILENT_LINK_NOTICED * 4).await;
+            drop(ws);
+        });
+        let f = WsFactory::new(&format!("ws://{addr}/ws/chat"));
+        let (_t, rx) = f.create_transport().await.unwrap();
+        assert!(matches!(
+            rx.recv().await.unwrap(),
+            TransportEvent::Connected
+        ));
+        assert!(matches!(
+            rx.recv().await.unwrap(),
+            TransportEvent::DataReceived(_)
+        ));
+        let last_frame = Instant::now();
+        match rx.recv().await.unwrap() {
+            TransportEvent::Disconnected(DisconnectReason::ReadError(why)) => {
+                assert!(why.contains("no data"), "{why}")
+            }
+            _ => panic!("expected the silent link to be closed"),
+        }
+        let silent = last_frame.elapsed();
+        assert!(silent >= DEAD_AFTER, "closed after only {silent:?}");
+        assert!(
+            silent <= crate::retry::SILENT_LINK_NOTICED,
+            "noticed after {silent:?}"
+        );
+        server.abort();
     }
 }
