@@ -37,7 +37,9 @@
 //! - [`retry`]: the reconnect, restart and retry policy: [`retry::Backoff`] and the named profiles
 //!   ([`retry::LINK`], [`retry::RESTART`], [`retry::SEND`], …), the waits a server may ask for,
 //!   and the dead-link budgets, each with its reason and the README promise it keeps.
-//! - [`http`]: the bounded hyper + rustls client shared by the agents and channels.
+//! - [`http`]: the bounded hyper + rustls client shared by the agents and channels; [`ws`]: the
+//!   one WebSocket connect (TCP, rustls, upgrade, limits) of the WhatsApp transport and the
+//!   OpenClaw gateway link.
 //! - [`state_dir`]: where the state lives (the same for every command) and who owns it.
 //! - [`web`]: the pairing and status page (`[web] listen`, off by default).
 //! - The pairing screen: [`pairing`] holds the WhatsApp pairing state (QR, code, linked, paused);
@@ -84,3 +86,4 @@ pub mod supervisor;
 pub mod systemd;
 pub mod vocab;
 pub mod web;
+pub mod ws;

@@ -1,5 +1,5 @@
-//! The WhatsApp client's byte pipe: a WebSocket over tokio-tungstenite and the binary's one
-//! rustls config (ring, webpki roots) to `server_url`, with `Origin: https://web.whatsapp.com`.
+//! The WhatsApp client's byte pipe: a WebSocket to `server_url` opened by the binary's one
+//! WebSocket connect ([`crate::ws`]), with `Origin: https://web.whatsapp.com` and our limits.
 //!
 //! Implements the library's `TransportFactory`/`Transport`: `Connected` first, then one
 //! `DataReceived` per binary WebSocket message, then one `Disconnected`. The event queue is
@@ -8,19 +8,15 @@
 //! [`crate::retry::SILENT_LINK_NOTICED`] even between the client's own keepalives. Knows nothing
 //! of Noise or stanzas; never logs payloads.
 
-use crate::retry::CONNECT_TIMEOUT;
+use crate::ws::{CLOSE_TIMEOUT, Dial, Ws};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::{Mutex, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use whatsapp_rust::wacore::net::{
     DisconnectReason, Transport, TransportEvent, TransportFactory, WHATSAPP_WEB_ORIGIN,
 };
@@ -43,10 +39,6 @@ pub const MAX_MESSAGE: usize = 4 * 1024 * 1024;
 const MAX_FRAME: usize = MAX_MESSAGE;
 /// Events waiting for the client; beyond this the socket read waits (never drops).
 const EVENT_QUEUE: usize = 64;
-/// Closing handshake on disconnect must not hold anything up.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// The WebSocket limits, named.
 pub fn ws_config() -> WebSocketConfig {
@@ -108,90 +100,16 @@ impl WsFactory {
     }
 }
 
-/// Plain words for a failed connect (no payloads, no secrets in a URL here).
-fn describe(url: &str, e: &tokio_tungstenite::tungstenite::Error) -> String {
-    use tokio_tungstenite::tungstenite::Error as E;
-    match e {
-        E::Io(io) => format!("could not connect to {url}: {io}"),
-        E::Tls(t) => format!("TLS handshake with {url} failed: {t}"),
-        E::Url(u) => format!("bad WhatsApp server URL {url}: {u}"),
-        E::Http(resp) => format!(
-            "{url} answered HTTP {} instead of a WebSocket upgrade",
-            resp.status()
-        ),
-        other => format!("could not open the WebSocket to {url}: {other}"),
-    }
-}
-
-/// host:port of a ws:// or wss:// URL.
-fn host_port(url: &str) -> Result<(String, u16), String> {
-    let (rest, default_port) = if let Some(r) = url.strip_prefix("wss://") {
-        (r, 443)
-    } else if let Some(r) = url.strip_prefix("ws://") {
-        (r, 80)
-    } else {
-        return Err(format!("{url}: not a ws:// or wss:// URL"));
-    };
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    if authority.is_empty() {
-        return Err(format!("{url}: no host"));
-    }
-    if let Some(v6) = authority.strip_prefix('[') {
-        let (host, tail) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("{url}: bad IPv6 host"))?;
-        let port = match tail.strip_prefix(':') {
-            Some(p) => p.parse().map_err(|_| format!("{url}: bad port"))?,
-            None => default_port,
-        };
-        return Ok((host.to_string(), port));
-    }
-    match authority.rsplit_once(':') {
-        Some((h, p)) => Ok((
-            h.to_string(),
-            p.parse().map_err(|_| format!("{url}: bad port"))?,
-        )),
-        None => Ok((authority.to_string(), default_port)),
-    }
-}
-
-/// TCP (no Nagle) + TLS for wss + the upgrade with `Origin`, within [`CONNECT_TIMEOUT`].
+/// The WebSocket to `url`: Origin `https://web.whatsapp.com`, our limits ([`ws_config`]).
 pub async fn open(url: &str) -> Result<Ws, String> {
-    let fut = async {
-        let (host, port) = host_port(url)?;
-        let tcp = TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| format!("could not connect to {url}: {e}"))?;
-        tcp.set_nodelay(true)
-            .map_err(|e| format!("could not set TCP_NODELAY: {e}"))?;
-        let mut req = url.into_client_request().map_err(|e| describe(url, &e))?;
-        req.headers_mut().insert(
-            http::header::ORIGIN,
-            http::HeaderValue::from_static(WHATSAPP_WEB_ORIGIN),
-        );
-        let connector = if url.starts_with("wss://") {
-            Connector::Rustls(crate::http::tls_config())
-        } else {
-            Connector::Plain
-        };
-        let (ws, _resp) = tokio_tungstenite::client_async_tls_with_config(
-            req,
-            tcp,
-            Some(ws_config()),
-            Some(connector),
-        )
-        .await
-        .map_err(|e| describe(url, &e))?;
-        Ok(ws)
-    };
-    tokio::time::timeout(CONNECT_TIMEOUT, fut)
-        .await
-        .map_err(|_| {
-            format!(
-                "no connection to {url} within {} s",
-                CONNECT_TIMEOUT.as_secs()
-            )
-        })?
+    crate::ws::connect(&Dial {
+        url,
+        peer: "WhatsApp server",
+        origin: Some(WHATSAPP_WEB_ORIGIN),
+        limits: ws_config(),
+    })
+    .await
+    .map_err(|e| e.to_string())
 }
 
 struct WsTransport {
@@ -301,21 +219,7 @@ async fn read_pump(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_and_port_from_urls() {
-        assert_eq!(
-            host_port("wss://web.whatsapp.com/ws/chat").unwrap(),
-            ("web.whatsapp.com".into(), 443)
-        );
-        assert_eq!(
-            host_port("ws://127.0.0.1:5555/ws/chat").unwrap(),
-            ("127.0.0.1".into(), 5555)
-        );
-        assert_eq!(host_port("ws://[::1]:7/x").unwrap(), ("::1".into(), 7));
-        assert!(host_port("http://x").is_err());
-        assert!(host_port("ws://h:notaport/").is_err());
-    }
+    use std::time::Duration;
 
     #[test]
     fn silence_is_death_within_the_silent_link_budget() {
