@@ -11,8 +11,9 @@
 //! - [`SEND`]: a reply chunk that failed, and a chunk in doubt the channel cannot settle yet
 //!   (`delivery`).
 //! - [`INTAKE`]: a WhatsApp message the inbox refused for now (`channel::whatsapp::inbound`).
-//! - Fixed waits: [`RATE_LIMITED_WAIT`], [`RESTRICTED_WAIT`], and [`RETRY_AFTER_CAP`] on any
-//!   wait a server asks for.
+//! - Fixed waits: [`RATE_LIMITED_WAIT`], [`RESTRICTED_WAIT`], [`STORE_RETRY`] (a turn after a
+//!   store failure, `router::runner`), [`DISPLAY_RETRY`] (a failed display device), and
+//!   [`RETRY_AFTER_CAP`] on any wait a server asks for.
 //! - Dead links: WhatsApp's silent link ([`PING_EVERY`], [`DEAD_AFTER`] → [`SILENT_LINK_NOTICED`])
 //!   and deaf link ([`PROBE_EVERY`] … → [`DEAF_LINK_NOTICED`]); the OpenClaw gateway's
 //!   ([`GATEWAY_MISSED_TICKS`]); every link's [`CONNECT_TIMEOUT`].
@@ -90,6 +91,13 @@ pub const RATE_LIMITED_WAIT: Duration = Duration::from_secs(10);
 /// Wait before offering again a message WhatsApp refused for an account restriction that lifts
 /// with time (463: no trusted-contact token yet; 475: too many new chats).
 pub const RESTRICTED_WAIT: Duration = Duration::from_secs(300);
+/// Wait after a store failure before a session's turn is tried again (the store's own health
+/// check decides whether the process must stop; this only keeps the turn from spinning).
+pub const STORE_RETRY: Duration = Duration::from_secs(2);
+/// A display device that failed (a missing `/dev` node, an unplugged panel) is tried again after
+/// this long: slow enough not to flood the journal or spin, quick enough that a reconnected
+/// display lights up soon.
+pub const DISPLAY_RETRY: Duration = Duration::from_secs(30);
 /// A wait a server asks for (Telegram's `retry_after`, a channel's "not yet") is honoured up to
 /// this: an hour-long flood ban is re-asked hourly, which is harmless, and a garbage value cannot
 /// park a channel for days.
