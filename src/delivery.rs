@@ -10,11 +10,11 @@
 //! unknowable on that channel (not resent, logged). Nothing is skipped while the channel cannot
 //! tell yet (a Telegram outage): the question is asked again until it can.
 
-use crate::backoff::Backoff;
 use crate::channel::{Arm, ChannelCommand, Doubt, SendError};
 use crate::config::PacingConfig;
 use crate::metrics::Metrics;
 use crate::pacing::Pacer;
+use crate::retry::{self, Backoff};
 use crate::shutdown::Shutdown;
 use crate::store::{OutboxRecord, Store};
 use crate::vocab::ChannelSpec;
@@ -28,15 +28,8 @@ use tokio::time::{Instant, sleep, sleep_until};
 pub const QUEUE_DEPTH: usize = 256;
 /// A channel that has not reported a send's outcome by then is treated as having failed it.
 const SEND_TIMEOUT: Duration = Duration::from_secs(120);
-/// First wait before a failed chunk is tried again.
-const RETRY_BASE: Duration = Duration::from_secs(1);
-/// Longest wait between tries of a failed chunk: once a link is back, the reply follows within
-/// seconds (a failed try while it is down is local or one small request, so this costs little).
-const RETRY_CAP: Duration = Duration::from_secs(8);
 /// A reply still unsent after this long (a channel down for a day) is given up, with a log line.
 const MAX_REPLY_AGE_MS: u64 = 24 * 3600 * 1000;
-/// The longest `retry_after` honoured as asked; longer ones are capped (then asked again).
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// A channel that has not settled a chunk in doubt by then is asked again later (its probing is
 /// bounded by its own request deadlines; this only guards against a channel that vanished).
 const RECONCILE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -149,7 +142,7 @@ impl Delivery {
     async fn deliver(&mut self, job: Job) -> Result<(), crate::store::StoreError> {
         let Job { seq, mut rec } = job;
         let ch = self.spec.kind;
-        let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP, seq);
+        let mut backoff = Backoff::new(retry::SEND, seq);
         // While a channel is unreachable every waiting reply retries every few seconds: say so
         // once, then every 10 minutes ([`crate::repeat`]).
         let repeat_site = format!("delivery {ch}");
@@ -269,11 +262,11 @@ impl Delivery {
                     }
                     sleep(wait).await;
                 }
-                SendError::NotYet(d) => sleep(d.min(MAX_RETRY_AFTER)).await,
+                SendError::NotYet(d) => sleep(d.min(retry::RETRY_AFTER_CAP)).await,
                 SendError::RetryAfter(d) => {
                     Metrics::inc(&self.metrics.send_failures[ch]);
                     tracing::info!(channel = %ch, seq, retry_after_s = d.as_secs(), "rate limited by the channel");
-                    sleep(d.min(MAX_RETRY_AFTER)).await;
+                    sleep(d.min(retry::RETRY_AFTER_CAP)).await;
                 }
                 SendError::Permanent(why) => {
                     Metrics::inc(&self.metrics.send_failures[ch]);
@@ -305,7 +298,7 @@ impl Delivery {
     ) -> Result<Settled, crate::store::StoreError> {
         let ch = self.spec.kind;
         let key = format!("{}.{}", rec.key, rec.next);
-        let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP, seq ^ 0xd0b7);
+        let mut backoff = Backoff::new(retry::SEND, seq ^ 0xd0b7);
         loop {
             if self.too_old(rec) {
                 tracing::error!(channel = %ch, seq, "a reply chunk in doubt could not be settled for a day; giving up on the reply");
@@ -325,7 +318,7 @@ impl Delivery {
                     tracing::warn!(channel = %ch, seq, chunk = rec.next, "whether a reply chunk arrived cannot be known on this channel; not resending it, to never send it twice");
                     return Ok(Settled::Sent);
                 }
-                Doubt::NotYet(d) => sleep(d.min(MAX_RETRY_AFTER)).await,
+                Doubt::NotYet(d) => sleep(d.min(retry::RETRY_AFTER_CAP)).await,
                 Doubt::Unresolved(why) => {
                     let wait = backoff.next_delay();
                     tracing::info!(channel = %ch, seq, retry_in_ms = wait.as_millis() as u64, reason = %why, "cannot tell yet whether a chunk in doubt arrived; asking again");

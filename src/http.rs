@@ -2,7 +2,7 @@
 //!
 //! Shared by the OpenAI-compatible agent and the Telegram channel. Every request has a deadline and
 //! every body a size limit, because hyper itself enforces neither. [`tls_config`] is also what the
-//! WebSocket clients use, so the whole binary trusts one root set.
+//! one WebSocket connect ([`crate::ws`]) uses, so the whole binary trusts one root set.
 
 use bytes::Bytes;
 use http::{Request, Response};

@@ -9,7 +9,7 @@
 //! - [`config`]: the strict TOML schema and its semantic checks ([`config::ConfigError`] → exit 78).
 //! - [`daemon`]: wires every task together, owns shutdown ([`shutdown`]: the one switch every task
 //!   watches) and readiness.
-//! - [`supervisor`]: runs each channel in its own task and restarts it (capped, jittered backoff)
+//! - [`supervisor`]: runs each channel in its own task and restarts it ([`retry::RESTART`])
 //!   after an error or a panic, while the others carry on.
 //! - [`systemd`]: `READY=1`, `WATCHDOG=1`, `STATUS=`, `STOPPING=1`; a no-op without `NOTIFY_SOCKET`.
 //! - [`store`]: the redb file: inbox, outbox, sessions, cursors, channel auth. The only code that
@@ -41,8 +41,12 @@
 //! - [`health`]: loopback `/healthz` and `/metrics`, on [`httpd`] (the tiny bounded HTTP server
 //!   the pairing page [`web`] runs on too); [`metrics`]: the counters; [`status`]: each
 //!   component's state, shared by health, `STATUS=` and the watchdog.
-//! - [`backoff`]: the one reconnect/restart policy (capped, jittered exponential).
-//! - [`http`]: the bounded hyper + rustls client shared by the agents and channels.
+//! - [`retry`]: the reconnect, restart and retry policy: [`retry::Backoff`] and the named profiles
+//!   ([`retry::LINK`], [`retry::RESTART`], [`retry::SEND`], …), the waits a server may ask for,
+//!   and the dead-link budgets, each with its reason and the README promise it keeps.
+//! - [`http`]: the bounded hyper + rustls client shared by the agents and channels; [`ws`]: the
+//!   one WebSocket connect (TCP, rustls, upgrade, limits) of the WhatsApp transport and the
+//!   OpenClaw gateway link.
 //! - [`state_dir`]: where the state lives (the same for every command) and who owns it.
 //! - [`web`]: the pairing and status page (`[web] listen`, off by default).
 //! - The pairing screen: [`pairing`] holds the WhatsApp pairing state (QR, code, linked, paused)
@@ -57,7 +61,6 @@
 //!   from an OpenClaw config.
 
 pub mod agent;
-pub mod backoff;
 pub mod channel;
 pub mod chunk;
 pub mod cli;
@@ -80,6 +83,7 @@ pub mod pairing;
 pub mod policy;
 pub mod providers;
 pub mod repeat;
+pub mod retry;
 pub mod router;
 pub mod session;
 pub mod shutdown;
@@ -90,3 +94,4 @@ pub mod supervisor;
 pub mod systemd;
 pub mod vocab;
 pub mod web;
+pub mod ws;

@@ -1,13 +1,13 @@
 //! Runs each channel and agent connection in its own task and restarts it after an error or a
-//! panic, with capped, jittered backoff, while the others carry on. A task that returns `Ok` is
+//! panic, with capped, jittered backoff ([`crate::retry::RESTART`]), while the others carry on. A task that returns `Ok` is
 //! finished for good (shutdown, or it needs the owner: token rejected, logged out).
 //!
 //! Waiting to restart is progress: the task's row on the board is told the restart is coming
 //! (the wait plus the standing allowance to its first beat), so a channel that keeps failing is
 //! retried here, not escalated to a watchdog restart of the whole process.
 
-use crate::backoff::Backoff;
 use crate::metrics::Metrics;
+use crate::retry::{self, Backoff};
 use crate::shutdown::Shutdown;
 use crate::status::Reporter;
 use std::fmt::Display;
@@ -17,12 +17,6 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-/// First restart delay.
-const RESTART_BASE: Duration = Duration::from_secs(1);
-/// Longest restart delay: a broken channel is retried at least this often.
-const RESTART_CAP: Duration = Duration::from_secs(30);
-/// A task that ran this long before failing starts its backoff afresh.
-const HEALTHY_RUN: Duration = Duration::from_secs(60);
 /// After shutdown begins, a task gets this long to return before it is aborted.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -44,7 +38,7 @@ where
         let seed = name
             .bytes()
             .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-        let mut backoff = Backoff::new(RESTART_BASE, RESTART_CAP, seed);
+        let mut backoff = Backoff::new(retry::RESTART, seed);
         let repeat_site = format!("task {name}");
         loop {
             let started = Instant::now();
@@ -82,7 +76,7 @@ where
                 return;
             }
             Metrics::inc(&metrics.task_restarts);
-            if started.elapsed() >= HEALTHY_RUN {
+            if started.elapsed() >= retry::HEALTHY_RUN {
                 backoff.reset();
                 crate::repeat::settled(&repeat_site);
             }

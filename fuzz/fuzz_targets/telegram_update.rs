@@ -8,9 +8,8 @@
 #![no_main]
 
 use clawbox::vocab::ChannelKind;
-use clawbox::channel::telegram::proto::{
-    self, ApiError, Fetched, MAX_RETRY_AFTER, PollStep, Poller, StartStep,
-};
+use clawbox::channel::telegram::proto::{self, ApiError, Fetched, PollStep, Poller, StartStep};
+use clawbox::retry::RETRY_AFTER_CAP as MAX_RETRY_AFTER;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 

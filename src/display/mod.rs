@@ -8,7 +8,7 @@
 //! [`run`] redraws on every pairing change and checks the status every [`STATUS_POLL`]. Device
 //! writes run on the blocking pool, at most one in flight per device, so a slow or stuck device
 //! never blocks the runtime or the other displays. A missing or failing device is logged once
-//! (and again only when the error changes), retried every [`RETRY_AFTER`], and never stops the
+//! (and again only when the error changes), retried every [`DISPLAY_RETRY`], and never stops the
 //! daemon. Never logs what is shown (the QR payload and the pairing code are secrets while they
 //! live).
 
@@ -21,6 +21,7 @@ pub mod terminal;
 
 use crate::config::DisplayConfig;
 use crate::pairing::Pairing;
+use crate::retry::DISPLAY_RETRY;
 use crate::shutdown::Shutdown;
 use crate::status::Board;
 pub use render::View;
@@ -34,10 +35,6 @@ use tokio::time::Instant;
 /// How often the status line is looked at (a redraw happens only when it changed).
 pub const STATUS_POLL: Duration = Duration::from_secs(5);
 
-/// A device that failed is tried again after this long: slow enough not to flood the journal or
-/// spin on a missing `/dev` node, quick enough that a reconnected display lights up soon.
-pub const RETRY_AFTER: Duration = Duration::from_secs(30);
-
 /// Screens that something else may draw over (the kernel console on an HDMI framebuffer) are
 /// redrawn this often even without a change.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(60);
@@ -45,7 +42,7 @@ pub const REFRESH_EVERY: Duration = Duration::from_secs(60);
 /// While a write is in flight, how often the task looks for its end.
 const IN_FLIGHT_POLL: Duration = Duration::from_millis(250);
 
-/// Why a display could not show a frame. Every variant is retried after [`RETRY_AFTER`].
+/// Why a display could not show a frame. Every variant is retried after [`DISPLAY_RETRY`].
 #[derive(Debug)]
 pub enum DisplayError {
     /// The device node could not be opened (missing, permissions, driver not loaded).
@@ -190,11 +187,11 @@ impl Slot {
 
     fn failed(&mut self, error: String, now: Instant) {
         if self.failing.as_deref() != Some(error.as_str()) {
-            tracing::warn!(display = %self.name, error = %error, retry_s = RETRY_AFTER.as_secs(), "display unavailable");
+            tracing::warn!(display = %self.name, error = %error, retry_s = DISPLAY_RETRY.as_secs(), "display unavailable");
         }
         self.failing = Some(error);
         self.shown = None;
-        self.retry_at = Some(now + RETRY_AFTER);
+        self.retry_at = Some(now + DISPLAY_RETRY);
     }
 
     /// Starts a write of `view` when it is due and the device is free.

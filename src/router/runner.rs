@@ -15,9 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Wait after a store failure before the session's turn is retried.
-const STORE_RETRY_DELAY: Duration = Duration::from_secs(2);
-
 /// An agent with the settings the router needs around it.
 pub struct AgentEntry {
     pub agent: Agent,
@@ -97,7 +94,7 @@ pub async fn run_turn(shared: Arc<Shared>, turn: Turn) -> Finished {
             ),
             Err(e) => {
                 tracing::error!(error = %e, "cannot read a spilled session from the store; retrying");
-                tokio::time::sleep(STORE_RETRY_DELAY).await;
+                tokio::time::sleep(crate::retry::STORE_RETRY).await;
                 return Finished {
                     session,
                     more_in_store: true,
@@ -136,7 +133,7 @@ pub async fn run_turn(shared: Arc<Shared>, turn: Turn) -> Finished {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot read the session; retrying");
-            tokio::time::sleep(STORE_RETRY_DELAY).await;
+            tokio::time::sleep(crate::retry::STORE_RETRY).await;
             return Finished {
                 session,
                 more_in_store: true,
@@ -268,7 +265,7 @@ pub async fn run_turn(shared: Arc<Shared>, turn: Turn) -> Finished {
         },
         Err(e) => {
             tracing::error!(error = %e, "cannot record the finished turn; it will run again");
-            tokio::time::sleep(STORE_RETRY_DELAY).await;
+            tokio::time::sleep(crate::retry::STORE_RETRY).await;
             Finished {
                 session,
                 more_in_store: true,

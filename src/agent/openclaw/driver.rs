@@ -7,8 +7,8 @@
 use super::identity::{self, DeviceIdentity};
 use super::proto::{self, Connection, Credentials, GatewayError, Hello, OpId, Output, ProtoError};
 use crate::agent::AgentError;
-use crate::backoff::Backoff;
 use crate::config::Secret;
+use crate::retry::{self, Backoff};
 use crate::shutdown::Shutdown;
 use crate::status::{Reporter, State};
 use crate::store::Store;
@@ -17,21 +17,14 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
-/// TCP + TLS + WebSocket upgrade must finish within this: short, so an attempt hung in a dead
-/// network gives way to a fresh one soon after the network heals.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Reconnect backoff: first delay up to this, doubling…
-pub const RECONNECT_BASE: Duration = Duration::from_millis(500);
-/// …up to this: a restarted gateway (or a healed link) is found again within 5 s; half-jittered,
-/// so attempts land 1.5–3 s apart at worst.
-pub const RECONNECT_CAP: Duration = Duration::from_secs(3);
+pub use crate::ws::Ws;
+use crate::ws::{CLOSE_TIMEOUT, ConnectError, Dial};
+
 /// Turns and resets waiting or running at once. The router's `max_concurrent_turns` (8) plus
 /// resets stays far below; beyond it the caller gets an error rather than memory growth.
 pub const MAX_OPS: usize = 64;
@@ -43,11 +36,6 @@ const READ_BUFFER: usize = 16 * 1024;
 const WRITE_BUFFER: usize = 16 * 1024;
 /// Unflushed outgoing bytes allowed before writes fail: the outbox is bounded anyway.
 const MAX_WRITE_BUFFER: usize = 1024 * 1024;
-/// Closing handshake on shutdown must not hold the process.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
 /// The WebSocket limits: messages and frames capped at the post-login frame limit.
 pub fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
@@ -58,40 +46,26 @@ pub fn ws_config() -> WebSocketConfig {
         .max_frame_size(Some(proto::MAX_FRAME))
 }
 
-/// Opens the WebSocket to `url` (ws:// plain, wss:// through the shared rustls config).
+/// Opens the WebSocket to the gateway at `url` ([`crate::ws::connect`] with our limits).
 pub async fn open(url: &str) -> Result<Ws, String> {
-    let connector = if url.starts_with("wss://") {
-        Some(Connector::Rustls(crate::http::tls_config()))
-    } else {
-        Some(Connector::Plain)
-    };
-    let fut =
-        tokio_tungstenite::connect_async_tls_with_config(url, Some(ws_config()), true, connector);
-    match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
-        Err(_) => Err(format!(
-            "no connection to {url} within {} s",
-            CONNECT_TIMEOUT.as_secs()
-        )),
-        Ok(Err(e)) => Err(describe_ws_error(url, &e)),
-        Ok(Ok((ws, _resp))) => Ok(ws),
-    }
+    crate::ws::connect(&Dial {
+        url,
+        peer: "gateway",
+        origin: None,
+        limits: ws_config(),
+    })
+    .await
+    .map_err(|e| describe_ws_error(&e))
 }
 
-/// Plain words for a failed WebSocket connect.
-fn describe_ws_error(url: &str, e: &tokio_tungstenite::tungstenite::Error) -> String {
-    use tokio_tungstenite::tungstenite::Error as E;
+/// Plain words for a failed connect, with a hint where the usual cause is known.
+fn describe_ws_error(e: &ConnectError) -> String {
     match e {
-        E::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => format!(
+        ConnectError::Tcp { url, .. } if e.is_refused() => format!(
             "connection refused at {url}: is the gateway running and listening on that port?"
         ),
-        E::Io(io) => format!("could not connect to {url}: {io}"),
-        E::Tls(t) => format!("TLS handshake with {url} failed: {t}"),
-        E::Url(u) => format!("bad gateway URL {url}: {u}"),
-        E::Http(resp) => format!(
-            "{url} answered HTTP {} instead of a WebSocket upgrade: is this the gateway port?",
-            resp.status()
-        ),
-        other => format!("could not open the WebSocket to {url}: {other}"),
+        ConnectError::NotWebSocket { .. } => format!("{e}: is this the gateway port?"),
+        _ => e.to_string(),
     }
 }
 
@@ -333,7 +307,7 @@ impl Shared {
                 self.name
             )));
         }
-        let mut backoff = Backoff::new(RECONNECT_BASE, RECONNECT_CAP, fastrand::u64(..));
+        let mut backoff = Backoff::new(retry::LINK, fastrand::u64(..));
         let mut generation = 0u64;
         loop {
             if shutdown.is_tripped() {

@@ -16,6 +16,7 @@ pub use frames::{GatewayError, Hello, ProtoError};
 
 use super::identity::{DeviceIdentity, SignInput, payload_v3};
 use crate::agent::AgentError;
+use crate::retry::GATEWAY_MISSED_TICKS;
 use frames::{connect_error, last_assistant_text, message_text, parse_hello, str_at};
 use serde_json::{Map, Value, json};
 use std::collections::{HashMap, VecDeque};
@@ -54,8 +55,6 @@ pub const DEFAULT_TICK_INTERVAL: Duration = Duration::from_secs(30);
 /// Bounds on an advertised tick interval, so a bogus value can neither spin nor blind us.
 pub const MIN_TICK_INTERVAL: Duration = Duration::from_millis(50);
 pub const MAX_TICK_INTERVAL: Duration = Duration::from_secs(600);
-/// Silent tick intervals after which the link counts as dead.
-pub const MISSED_TICKS_DEAD: u32 = 2;
 /// The gateway's own limit on session keys.
 pub const MAX_SESSION_KEY_CHARS: usize = 512;
 /// How far back `chat.history` looks for the reply of an already finished run.
@@ -229,7 +228,7 @@ impl Connection {
             return Ok(());
         }
         let silent = now.saturating_duration_since(self.last_rx);
-        if silent >= self.tick_interval * MISSED_TICKS_DEAD {
+        if silent >= self.tick_interval * GATEWAY_MISSED_TICKS {
             return Err(ProtoError::DeadLink(silent));
         }
         Ok(())
@@ -307,7 +306,7 @@ impl Connection {
     /// When [`Connection::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Instant {
         if self.is_ready() {
-            self.last_rx + self.tick_interval * MISSED_TICKS_DEAD
+            self.last_rx + self.tick_interval * GATEWAY_MISSED_TICKS
         } else {
             self.started + HANDSHAKE_TIMEOUT
         }

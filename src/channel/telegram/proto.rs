@@ -20,8 +20,8 @@ pub use wire::{
     User, chat_id_json,
 };
 
-use crate::backoff::Backoff;
 use crate::channel::SendError;
+use crate::retry::{self, Backoff};
 use crate::status::State;
 use crate::vocab::{ChannelKind, Content, Inbound, MediaKind};
 use serde::de::{DeserializeOwned, IgnoredAny};
@@ -44,14 +44,9 @@ pub const MAX_ACTION_BODY: usize = 16 * 1024;
 /// The getUpdates HTTP deadline is the long-poll timeout plus this grace, so the server always
 /// answers an idle poll before the client gives up on it.
 pub const POLL_GRACE: Duration = Duration::from_secs(10);
-/// First retry delay after a failed poll; doubles per failure (with jitter).
-pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
-/// Longest wait between poll retries: a box that lost its network must be back within 5 s of it
-/// healing (the soak test's promise); half-jittered, so retries land 1.5–3 s apart at worst.
-pub const BACKOFF_CAP: Duration = Duration::from_secs(3);
-/// A `retry_after` beyond this is capped: an hour-long flood ban is re-asked hourly, which is
-/// harmless, and a garbage value cannot park the channel for days.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// The longest wait between poll retries: [`retry::LINK`]'s cap (named here for the tests that
+/// pace against it).
+pub const BACKOFF_CAP: Duration = retry::LINK.cap;
 
 /// Status detail for a 409 Conflict.
 pub const CONFLICT_DETAIL: &str =
@@ -144,7 +139,7 @@ impl ClassifyName for serde_json::Error {
 fn error_for(code: i64, description: String, retry_after: Option<u64>) -> ApiError {
     match code {
         429 => ApiError::RetryAfter(
-            Duration::from_secs(retry_after.unwrap_or(1).max(1)).min(MAX_RETRY_AFTER),
+            Duration::from_secs(retry_after.unwrap_or(1).max(1)).min(retry::RETRY_AFTER_CAP),
         ),
         409 => ApiError::Conflict,
         401 | 404 => ApiError::TokenRejected,
@@ -356,7 +351,7 @@ impl Poller {
             offset: saved_offset,
             saved: saved_offset,
             batch: VecDeque::new(),
-            backoff: Backoff::new(BACKOFF_BASE, BACKOFF_CAP, seed),
+            backoff: Backoff::new(retry::LINK, seed),
             failing: false,
             up_detail: String::new(),
             small_batches: false,

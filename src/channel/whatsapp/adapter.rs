@@ -23,15 +23,6 @@ pub const MAX_SENT_IDS: usize = 1024;
 /// How long a sent id is remembered: echoes arrive within seconds; an offline replay after a
 /// restart is caught by the reply prefix instead.
 pub const SENT_ID_TTL: Duration = Duration::from_secs(30 * 60);
-/// First reconnect delay (upper bound; half-jittered).
-pub const RECONNECT_BASE: Duration = Duration::from_millis(500);
-/// Longest wait between reconnect attempts: a lost link must be back within 5 s of the network
-/// healing (tests/soak.rs measured 9.8 s with a 10 s cap after a 6 s outage). Half-jittered, so
-/// attempts land 1.5–3 s apart at worst, plus the connect itself.
-pub const RECONNECT_CAP: Duration = Duration::from_secs(3);
-/// Wait before reconnecting when WhatsApp says we connect too often: deliberately slower than the
-/// ordinary cap, so a rate limit is not hammered.
-pub const RATE_LIMITED_WAIT: Duration = Duration::from_secs(10);
 
 /// The outgoing message id for a reply chunk: `3EB0` + 16 upper-hex characters of SHA-256(key),
 /// the shape of WhatsApp Web's ids. The same chunk always gets the same id, so a resend after a

@@ -11,8 +11,8 @@
 
 use super::adapter::{self, Classified, Own};
 use super::{Shared, own_of};
-use crate::backoff::Backoff;
 use crate::intake::{IntakeError, Submitted};
+use crate::retry::{self, Backoff};
 use crate::vocab::ChannelKind;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,9 +34,6 @@ pub const HOOK_PATIENCE: Duration = Duration::from_secs(10);
 /// After the hook gave up on a message: the pause before the forced reconnect that makes the
 /// server deliver it again (time for the inbox to drain; short enough to be "within seconds").
 pub const REDRIVE_AFTER: Duration = Duration::from_secs(5);
-/// Retry pacing for a refused message (hook and recovered queue alike).
-const RETRY_BASE: Duration = Duration::from_millis(250);
-const RETRY_CAP: Duration = Duration::from_secs(2);
 
 /// The queue of recovered messages, and whether a redrive reconnect is already on its way.
 pub(super) struct Inflow {
@@ -81,7 +78,7 @@ pub(super) async fn drain_recovered(sh: Arc<Shared>, client: Arc<Client>) {
         .unwrap_or_else(|p| p.into_inner())
         .take();
     let Some(mut rx) = rx else { return };
-    let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP, 0x7ec0);
+    let mut backoff = Backoff::new(retry::INTAKE, 0x7ec0);
     while let Some(m) = rx.recv().await {
         loop {
             match submit_one(&sh, Some(&client), &m).await {
@@ -161,7 +158,7 @@ async fn submit_patiently(
     m: &InboundMessage,
 ) -> Result<bool, IntakeError> {
     let give_up = Instant::now() + HOOK_PATIENCE;
-    let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP, 0x400c);
+    let mut backoff = Backoff::new(retry::INTAKE, 0x400c);
     loop {
         match submit_one(sh, Some(client), m).await {
             Err(e @ (IntakeError::Busy | IntakeError::Store(_))) => {

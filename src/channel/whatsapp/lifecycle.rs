@@ -9,10 +9,9 @@
 //! does too, inline — and carries out the [`Action`]s it asks for, in order
 //! ([`Lifecycle::poll_action`]): connect, wait, show, save, disconnect, wipe, finish.
 
-use super::adapter::{RATE_LIMITED_WAIT, RECONNECT_BASE, RECONNECT_CAP};
 use super::{LINK_WITHIN, MAX_QR_CODES};
-use crate::backoff::Backoff;
 use crate::pairing::Pairing;
+use crate::retry::{self, Backoff};
 use crate::status::State;
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -69,7 +68,8 @@ pub enum Decision {
     Exit,
 }
 
-/// The reconnect policy. `was_up`: the connection had logged in (a fresh start of the backoff).
+/// The reconnect policy (its numbers: [`crate::retry::LINK`], [`crate::retry::RATE_LIMITED_WAIT`]).
+/// `was_up`: the connection had logged in (a fresh start of the backoff).
 pub fn decide(ending: &Ending, was_up: bool, backoff: &mut Backoff) -> Decision {
     let stop = |wipe: bool, detail: String| Decision::Stop {
         wipe,
@@ -105,7 +105,7 @@ pub fn decide(ending: &Ending, was_up: bool, backoff: &mut Backoff) -> Decision 
             pair_again: false,
             paused: true,
         },
-        Ending::RateLimited => Decision::ReconnectAfter(RATE_LIMITED_WAIT),
+        Ending::RateLimited => Decision::ReconnectAfter(retry::RATE_LIMITED_WAIT),
         Ending::Lost => {
             if was_up {
                 backoff.reset();
@@ -254,7 +254,7 @@ impl Lifecycle {
             verdict: None,
             paired: false,
             last_disconnect: None,
-            backoff: Backoff::new(RECONNECT_BASE, RECONNECT_CAP, seed),
+            backoff: Backoff::new(retry::LINK, seed),
             actions: VecDeque::new(),
         }
     }

@@ -48,7 +48,7 @@ use tokio::sync::{Notify, oneshot};
 use whatsapp_rust::prelude::*;
 
 pub use driver::run_with;
-pub use outbound::{RESTRICTED_RETRY, SEND_ACK_TIMEOUT, classify_nack};
+pub use outbound::{SEND_ACK_TIMEOUT, classify_nack};
 
 /// WhatsApp allows ~65k characters; 4000 keeps a reply chunk readable on a phone and leaves room
 /// for the self-chat prefix. A send in doubt is simply repeated: the message id is derived from the
@@ -68,11 +68,12 @@ pub const TEST_SERVER_VERSION: (u32, u32, u32) = (2, 3000, 1_026_131_876);
 pub const MAX_QR_CODES: u32 = 3;
 /// The status row beats from the connection's life, not from a timer: each connection attempt,
 /// the link coming up, each keepalive answered, each reconnect wait. The longest legitimate gap
-/// between two of those on a connection: the first probe goes [`probe::PROBE_EVERY`] after the
-/// attempt starts (another `PROBE_EVERY` later if not yet logged in) and is answered within
+/// between two of those on a connection: the first probe goes `PROBE_EVERY` after the attempt
+/// starts (another `PROBE_EVERY` later if not yet logged in) and is answered within
 /// `PROBE_DEADLINE + PROBE_SLACK`; a link that stops answering is given up on within
 /// `PROBE_EVERY + PROBE_FAILURES × (PROBE_DEADLINE + PROBE_SLACK)` = 39 s, and the reconnect
-/// beats. 54 s at worst; an attempt that fails ends sooner (`transport::CONNECT_TIMEOUT`, 5 s).
+/// beats (the numbers: [`crate::retry`]). 54 s at worst; an attempt that fails ends sooner
+/// ([`crate::retry::CONNECT_TIMEOUT`], 5 s).
 const LINK_WITHIN: Duration = Duration::from_secs(60);
 /// Graceful disconnect (flushes the client's buffered state) must not hold shutdown.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(3);

@@ -129,10 +129,6 @@ async fn send(
     }
 }
 
-/// How long to wait before offering again a message WhatsApp refused for an account restriction
-/// that lifts with time (463: no trusted-contact token yet; 475: too many new chats).
-pub const RESTRICTED_RETRY: Duration = Duration::from_secs(300);
-
 /// What a server nack (the `error` attribute of the `<ack>` to our message; codes as WA Web's
 /// `NackFromStanza` and whatsapp-rust's `NackReason` name them) means for the reply: the same id
 /// is sent again later, or the reply is given up.
@@ -144,7 +140,7 @@ pub fn classify_nack(code: &str) -> SendError {
         // Stale group addressing / an old Signal counter: the client refreshes and re-encrypts.
         "421" | "496" => SendError::Retry(why("stale state, re-encrypting")),
         // Account restrictions that lift with time.
-        "463" | "475" => SendError::RetryAfter(RESTRICTED_RETRY),
+        "463" | "475" => SendError::RetryAfter(crate::retry::RESTRICTED_WAIT),
         // Malformed, unknown recipient, unsupported: it will never go.
         _ => SendError::Permanent(why("rejected")),
     }
@@ -174,7 +170,7 @@ mod tests {
         for code in ["463", "475"] {
             assert_eq!(
                 classify_nack(code),
-                SendError::RetryAfter(RESTRICTED_RETRY),
+                SendError::RetryAfter(crate::retry::RESTRICTED_WAIT),
                 "{code} waits"
             );
         }

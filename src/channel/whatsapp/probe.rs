@@ -1,28 +1,20 @@
 //! The deaf-link probe: a link that still carries bytes but answers nothing is found by asking
-//! (a keepalive IQ every [`PROBE_EVERY`]) and ended with a reconnect ([`deaf_link_probe`]).
+//! (a keepalive IQ every [`PROBE_EVERY`]) and ended with a reconnect ([`deaf_link_probe`]). Its
+//! numbers and their worst case ([`crate::retry::DEAF_LINK_NOTICED`]) live in [`crate::retry`].
 
 use super::LINK_WITHIN;
+use crate::retry::{PROBE_DEADLINE, PROBE_EVERY, PROBE_FAILURES, PROBE_SLACK};
 use std::sync::Arc;
-use std::time::Duration;
 use whatsapp_rust::prelude::*;
-
-/// How often the deaf-link probe asks the server for a pong (one tiny IQ; WhatsApp Web pings at a
-/// similar pace while idle).
-const PROBE_EVERY: Duration = Duration::from_secs(15);
-/// How long a probe's pong may take: generous for a slow mobile uplink.
-const PROBE_DEADLINE: Duration = Duration::from_secs(10);
-/// Extra time on top of the IQ's own deadline before the probe gives up on the call itself.
-const PROBE_SLACK: Duration = Duration::from_secs(2);
-/// Unanswered probes in a row before the link counts as deaf: one could be a slow moment.
-const PROBE_FAILURES: u32 = 2;
 
 /// A link that still carries bytes but answers nothing — e.g. the Noise read counter out of step
 /// after a frame that failed to decrypt: every later frame fails too, yet the bytes keep the
 /// library's and the transport's dead-link timers satisfied — is found by asking: a keepalive IQ
 /// every [`PROBE_EVERY`] while logged in; [`PROBE_FAILURES`] unanswered in a row force a
 /// reconnect (the server redelivers whatever was not acknowledged). Worst case to notice:
-/// `PROBE_EVERY + PROBE_FAILURES × (PROBE_DEADLINE + PROBE_SLACK)` = 39 s. Only an error that
-/// came back at once (not connected) paces the next probe; a probe that timed out already waited.
+/// `PROBE_EVERY + PROBE_FAILURES × (PROBE_DEADLINE + PROBE_SLACK)` = 39 s
+/// ([`crate::retry::DEAF_LINK_NOTICED`]). Only an error that came back at once (not connected)
+/// paces the next probe; a probe that timed out already waited.
 pub(super) async fn deaf_link_probe(client: Arc<Client>, row: crate::status::Reporter) {
     use whatsapp_rust::wacore::iq::keepalive::KeepaliveSpec;
     use whatsapp_rust::wacore::iq::spec::IqSpec;

@@ -1,33 +1,31 @@
-//! The WhatsApp client's byte pipe: a WebSocket over tokio-tungstenite and the binary's one
-//! rustls config (ring, webpki roots) to `server_url`, with `Origin: https://web.whatsapp.com`.
+//! The WhatsApp client's byte pipe: a WebSocket to `server_url` opened by the binary's one
+//! WebSocket connect ([`crate::ws`]), with `Origin: https://web.whatsapp.com` and our limits.
 //!
 //! Implements the library's `TransportFactory`/`Transport`: `Connected` first, then one
 //! `DataReceived` per binary WebSocket message, then one `Disconnected`. The event queue is
 //! bounded and never drops: a slow client backpressures the socket read. Adds a WebSocket-level
-//! liveness check ([`LinkWatch`], sans-io) so a dead link is noticed within [`DEAD_AFTER`] even
-//! between the client's own keepalives. Knows nothing of Noise or stanzas; never logs payloads.
+//! liveness check ([`LinkWatch`], sans-io) so a silent link is noticed within
+//! [`crate::retry::SILENT_LINK_NOTICED`] even between the client's own keepalives. Knows nothing
+//! of Noise or stanzas; never logs payloads.
 
+use crate::ws::{CLOSE_TIMEOUT, Dial, Ws};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::{Mutex, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use whatsapp_rust::wacore::net::{
     DisconnectReason, Transport, TransportEvent, TransportFactory, WHATSAPP_WEB_ORIGIN,
 };
 use whatsapp_rust::{anyhow, async_channel, async_trait};
 
-/// TCP connect + TLS + WebSocket upgrade must finish within this (the library's own handshake
-/// deadline, 20 s, covers the Noise handshake after it). Short, so an attempt hung in a dead
-/// network gives way to a fresh one soon after the network heals; a Pi does TLS in well under 1 s.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The dead-link numbers this transport runs on (their reasons and worst case live in
+/// [`crate::retry`]; named here too for the tests that pace against them).
+pub use crate::retry::{DEAD_AFTER, PING_EVERY};
+
 /// tungstenite's read buffer: stanzas are small; its 128 KiB default is sized for throughput.
 const READ_BUFFER: usize = 32 * 1024;
 /// Bytes written per flush: one outgoing stanza at a time, a few KiB each.
@@ -41,16 +39,6 @@ pub const MAX_MESSAGE: usize = 4 * 1024 * 1024;
 const MAX_FRAME: usize = MAX_MESSAGE;
 /// Events waiting for the client; beyond this the socket read waits (never drops).
 const EVENT_QUEUE: usize = 64;
-/// A WebSocket ping this often keeps NAT state warm and proves the link.
-pub const PING_EVERY: Duration = Duration::from_secs(5);
-/// No frame at all for this long = dead link (a live server answers our pings, RFC 6455 5.5.2).
-/// Checked every [`PING_EVERY`], so a dead link is noticed within 25 s: under the 30 s promise;
-/// the client's own keepalive (15–30 s + 20 s) is slower.
-pub const DEAD_AFTER: Duration = Duration::from_secs(20);
-/// Closing handshake on disconnect must not hold anything up.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// The WebSocket limits, named.
 pub fn ws_config() -> WebSocketConfig {
@@ -112,90 +100,16 @@ impl WsFactory {
     }
 }
 
-/// Plain words for a failed connect (no payloads, no secrets in a URL here).
-fn describe(url: &str, e: &tokio_tungstenite::tungstenite::Error) -> String {
-    use tokio_tungstenite::tungstenite::Error as E;
-    match e {
-        E::Io(io) => format!("could not connect to {url}: {io}"),
-        E::Tls(t) => format!("TLS handshake with {url} failed: {t}"),
-        E::Url(u) => format!("bad WhatsApp server URL {url}: {u}"),
-        E::Http(resp) => format!(
-            "{url} answered HTTP {} instead of a WebSocket upgrade",
-            resp.status()
-        ),
-        other => format!("could not open the WebSocket to {url}: {other}"),
-    }
-}
-
-/// host:port of a ws:// or wss:// URL.
-fn host_port(url: &str) -> Result<(String, u16), String> {
-    let (rest, default_port) = if let Some(r) = url.strip_prefix("wss://") {
-        (r, 443)
-    } else if let Some(r) = url.strip_prefix("ws://") {
-        (r, 80)
-    } else {
-        return Err(format!("{url}: not a ws:// or wss:// URL"));
-    };
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    if authority.is_empty() {
-        return Err(format!("{url}: no host"));
-    }
-    if let Some(v6) = authority.strip_prefix('[') {
-        let (host, tail) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("{url}: bad IPv6 host"))?;
-        let port = match tail.strip_prefix(':') {
-            Some(p) => p.parse().map_err(|_| format!("{url}: bad port"))?,
-            None => default_port,
-        };
-        return Ok((host.to_string(), port));
-    }
-    match authority.rsplit_once(':') {
-        Some((h, p)) => Ok((
-            h.to_string(),
-            p.parse().map_err(|_| format!("{url}: bad port"))?,
-        )),
-        None => Ok((authority.to_string(), default_port)),
-    }
-}
-
-/// TCP (no Nagle) + TLS for wss + the upgrade with `Origin`, within [`CONNECT_TIMEOUT`].
+/// The WebSocket to `url`: Origin `https://web.whatsapp.com`, our limits ([`ws_config`]).
 pub async fn open(url: &str) -> Result<Ws, String> {
-    let fut = async {
-        let (host, port) = host_port(url)?;
-        let tcp = TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| format!("could not connect to {url}: {e}"))?;
-        tcp.set_nodelay(true)
-            .map_err(|e| format!("could not set TCP_NODELAY: {e}"))?;
-        let mut req = url.into_client_request().map_err(|e| describe(url, &e))?;
-        req.headers_mut().insert(
-            http::header::ORIGIN,
-            http::HeaderValue::from_static(WHATSAPP_WEB_ORIGIN),
-        );
-        let connector = if url.starts_with("wss://") {
-            Connector::Rustls(crate::http::tls_config())
-        } else {
-            Connector::Plain
-        };
-        let (ws, _resp) = tokio_tungstenite::client_async_tls_with_config(
-            req,
-            tcp,
-            Some(ws_config()),
-            Some(connector),
-        )
-        .await
-        .map_err(|e| describe(url, &e))?;
-        Ok(ws)
-    };
-    tokio::time::timeout(CONNECT_TIMEOUT, fut)
-        .await
-        .map_err(|_| {
-            format!(
-                "no connection to {url} within {} s",
-                CONNECT_TIMEOUT.as_secs()
-            )
-        })?
+    crate::ws::connect(&Dial {
+        url,
+        peer: "WhatsApp server",
+        origin: Some(WHATSAPP_WEB_ORIGIN),
+        limits: ws_config(),
+    })
+    .await
+    .map_err(|e| e.to_string())
 }
 
 struct WsTransport {
@@ -305,24 +219,10 @@ async fn read_pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
-    fn host_and_port_from_urls() {
-        assert_eq!(
-            host_port("wss://web.whatsapp.com/ws/chat").unwrap(),
-            ("web.whatsapp.com".into(), 443)
-        );
-        assert_eq!(
-            host_port("ws://127.0.0.1:5555/ws/chat").unwrap(),
-            ("127.0.0.1".into(), 5555)
-        );
-        assert_eq!(host_port("ws://[::1]:7/x").unwrap(), ("::1".into(), 7));
-        assert!(host_port("http://x").is_err());
-        assert!(host_port("ws://h:notaport/").is_err());
-    }
-
-    #[test]
-    fn silence_is_death_within_30_seconds() {
+    fn silence_is_death_within_the_silent_link_budget() {
         let t0 = Instant::now();
         let mut w = LinkWatch::new(t0);
         assert_eq!(w.tick(t0 + Duration::from_secs(19)), Tick::Ping);
@@ -338,7 +238,7 @@ mod tests {
             Tick::Dead
         );
         // Checked once per ping period: the worst case is DEAD_AFTER + PING_EVERY.
-        assert!(DEAD_AFTER + PING_EVERY <= Duration::from_secs(30));
+        assert_eq!(DEAD_AFTER + PING_EVERY, crate::retry::SILENT_LINK_NOTICED);
     }
 
     #[test]
@@ -391,5 +291,51 @@ mod tests {
         let (origin, got) = server.await.unwrap();
         assert_eq!(origin.as_deref(), Some("https://web.whatsapp.com"));
         assert_eq!(got, Message::Binary(Bytes::from_static(b"hello")));
+    }
+
+    /// README: "a silent link noticed within 25 s". On a paused clock, over a real socket: the
+    /// server sends one frame just after the transport's first check, then nothing (it never
+    /// reads, so our pings go unanswered); the link is closed no later than
+    /// [`crate::retry::SILENT_LINK_NOTICED`] after that last frame, and not before
+    /// [`DEAD_AFTER`] of silence.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_link_is_closed_within_the_budget() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            tokio::time::sleep(PING_EVERY + Duration::from_millis(1)).await;
+            ws.send(Message::Binary(Bytes::from_static(b"last")))
+                .await
+                .unwrap();
+            // Silent from here on, and deaf: nothing reads our pings.
+            tokio::time::sleep(crate::retry::SILENT_LINK_NOTICED * 4).await;
+            drop(ws);
+        });
+        let f = WsFactory::new(&format!("ws://{addr}/ws/chat"));
+        let (_t, rx) = f.create_transport().await.unwrap();
+        assert!(matches!(
+            rx.recv().await.unwrap(),
+            TransportEvent::Connected
+        ));
+        assert!(matches!(
+            rx.recv().await.unwrap(),
+            TransportEvent::DataReceived(_)
+        ));
+        let last_frame = Instant::now();
+        match rx.recv().await.unwrap() {
+            TransportEvent::Disconnected(DisconnectReason::ReadError(why)) => {
+                assert!(why.contains("no data"), "{why}")
+            }
+            _ => panic!("expected the silent link to be closed"),
+        }
+        let silent = last_frame.elapsed();
+        assert!(silent >= DEAD_AFTER, "closed after only {silent:?}");
+        assert!(
+            silent <= crate::retry::SILENT_LINK_NOTICED,
+            "noticed after {silent:?}"
+        );
+        server.abort();
     }
 }

@@ -83,7 +83,10 @@ fn classify_reads_errors_in_the_real_shape() {
         status: 429,
         body: &b,
     });
-    assert_eq!(r.unwrap_err(), ApiError::RetryAfter(MAX_RETRY_AFTER));
+    assert_eq!(
+        r.unwrap_err(),
+        ApiError::RetryAfter(crate::retry::RETRY_AFTER_CAP)
+    );
 }
 
 #[test]

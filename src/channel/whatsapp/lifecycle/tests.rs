@@ -19,7 +19,7 @@ fn secs(s: u64) -> Duration {
 
 /// The same jitter the machine uses: the exact waits it must ask for.
 fn backoff() -> Backoff {
-    Backoff::new(RECONNECT_BASE, RECONNECT_CAP, SEED)
+    Backoff::new(retry::LINK, SEED)
 }
 
 fn drain(l: &mut Lifecycle) -> Vec<Action> {
@@ -144,7 +144,7 @@ fn logging_in_announces_the_link_and_a_drop_reconnects_from_the_base_wait() {
     );
     l.handle(ended(None), at);
     let d = backoff().next_delay();
-    assert!(d <= RECONNECT_BASE, "{d:?}");
+    assert!(d <= retry::LINK.base, "{d:?}");
     assert_eq!(drain(&mut l), wait(at, d, "stream closed", true));
     assert_eq!(l.phase(), &Phase::Backoff { until: at + d });
 
@@ -175,7 +175,7 @@ fn failed_attempts_wait_longer_up_to_the_cap_and_say_why_the_connect_failed() {
         }
         l.handle(ended(Some(refused)), now);
         let d = b.next_delay();
-        assert!(d <= RECONNECT_CAP, "{d:?}");
+        assert!(d <= retry::LINK.cap, "{d:?}");
         assert_eq!(drain(&mut l), wait(now, d, refused, false), "attempt {i}");
         now += d;
         l.handle(Input::TimerFired, now);
@@ -198,7 +198,7 @@ fn a_515_on_a_live_link_is_a_drop_that_reconnects_within_the_base_wait() {
     // Without a pair success, a stream error 515 just ends the connection.
     l.handle(ended(None), t + secs(30));
     let d = backoff().next_delay();
-    assert!(d <= RECONNECT_BASE);
+    assert!(d <= retry::LINK.base);
     assert_eq!(
         drain(&mut l),
         wait(t + secs(30), d, "connection failed", true)
@@ -341,12 +341,17 @@ fn rate_limited_waits_the_fixed_wait_and_keeps_the_backoff_where_it_was() {
     l.handle(ended(None), t + secs(1));
     assert_eq!(
         drain(&mut l),
-        wait(t + secs(1), RATE_LIMITED_WAIT, "stream error 429", false)
+        wait(
+            t + secs(1),
+            retry::RATE_LIMITED_WAIT,
+            "stream error 429",
+            false
+        )
     );
     assert_eq!(
         l.phase(),
         &Phase::Backoff {
-            until: t + secs(1) + RATE_LIMITED_WAIT
+            until: t + secs(1) + retry::RATE_LIMITED_WAIT
         }
     );
     // The next failure gets the backoff's first wait: the rate limit did not consume one.
@@ -455,7 +460,7 @@ fn the_owners_unlink_is_not_a_logout_by_the_phone() {
 
 #[test]
 fn reconnect_policy_table() {
-    let mut b = Backoff::new(RECONNECT_BASE, RECONNECT_CAP, 1);
+    let mut b = Backoff::new(retry::LINK, 1);
     assert_eq!(
         decide(&Ending::RestartRequired, false, &mut b),
         Decision::ReconnectNow
@@ -508,12 +513,12 @@ fn reconnect_policy_table() {
         }
     }
     match decide(&Ending::RateLimited, false, &mut b) {
-        Decision::ReconnectAfter(d) => assert_eq!(d, RATE_LIMITED_WAIT),
+        Decision::ReconnectAfter(d) => assert_eq!(d, retry::RATE_LIMITED_WAIT),
         d => panic!("{d:?}"),
     }
     // A connection that was up starts again from the base.
     match decide(&Ending::Lost, true, &mut b) {
-        Decision::ReconnectAfter(d) => assert!(d <= RECONNECT_BASE),
+        Decision::ReconnectAfter(d) => assert!(d <= retry::LINK.base),
         d => panic!("{d:?}"),
     }
     assert_eq!(human_duration(90), "90 s");
