@@ -6,8 +6,7 @@
 //! wipe. Every write is fsynced before its call returns. Never interprets the bytes it stores and
 //! never touches the daemon's own tables (inbox, outbox, sessions, cursors, auth).
 
-use super::ops::{ReadOp, Reply, WriteOp};
-use super::{Store, StoreError};
+use super::{Reply, Store, StoreError};
 use redb::{ReadableTable, TableDefinition};
 
 /// The WhatsApp client's state (Signal sessions and keys, app-state keys, device identity).
@@ -259,11 +258,11 @@ impl Kv {
     }
 
     async fn read<T>(&self, make: impl FnOnce(Reply<T>) -> KvRead) -> Result<T, StoreError> {
-        self.store.read(|r| ReadOp::Kv(make(r))).await
+        self.store.kv_read(make).await
     }
 
     async fn write<T>(&self, make: impl FnOnce(Reply<T>) -> KvWriteOp) -> Result<T, StoreError> {
-        self.store.write(|r| WriteOp::Kv(make(r))).await
+        self.store.kv_write(make).await
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {

@@ -41,7 +41,8 @@ use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::status::Reporter;
 pub use maintenance::{FLUSH_INTERVAL, GC_INTERVAL};
-use ops::{ReadOp, Reply, ToReader, ToWriter, WriteOp};
+pub(crate) use ops::Reply;
+use ops::{ReadOp, ToReader, ToWriter, WriteOp};
 pub use records::{
     HistoryItem, InboxRecord, OutboxRecord, SessionRecord, StoredMessage, StoredReply,
 };
@@ -291,6 +292,19 @@ impl Store {
         let (tx, rx) = oneshot::channel();
         self.send_read(make(tx)).await?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs a key-value read ([`kv`]) on the reader thread and waits for its answer.
+    async fn kv_read<T>(&self, make: impl FnOnce(Reply<T>) -> kv::KvRead) -> Result<T, StoreError> {
+        self.read(|r| ReadOp::Kv(make(r))).await
+    }
+
+    /// Runs a key-value write ([`kv`]) on the writer thread and waits for its answer.
+    async fn kv_write<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> kv::KvWriteOp,
+    ) -> Result<T, StoreError> {
+        self.write(|r| WriteOp::Kv(make(r))).await
     }
 
     /// Adds an inbound message to the inbox unless its (channel, id) was seen; durable on return.
