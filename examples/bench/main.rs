@@ -3,19 +3,19 @@
 //! Markdown table of footprint and speed figures, each with its target and whether it meets it.
 //!
 //! Owns the scenarios and the arithmetic; the processes and /proc readings are `proc.rs`, the link
-//! proxy `proxy.rs`, the fakes `tests/fakes`. Never part of the test suite; never talks to anything
-//! beyond 127.0.0.1. Usage (bench.sh passes these): `bench --clawbox BIN [--size-x86 BIN]
-//! [--dist DIR] [--quick] [--overhead-only] [--openclaw-rss-kib N | --openclaw-note TEXT]`.
+//! proxy `proxy.rs`, the fakes the test kit's (tests/kit). Never part of the test suite; never
+//! talks to anything beyond 127.0.0.1. Usage (bench.sh passes these): `bench --clawbox BIN
+//! [--size-x86 BIN] [--dist DIR] [--quick] [--overhead-only] [--openclaw-rss-kib N |
+//! --openclaw-note TEXT]`.
 #![allow(dead_code)]
 
-#[path = "../../tests/fakes/mod.rs"]
-mod fakes;
 mod proc;
 mod proxy;
 
 use fakes::openai::{FakeConfig, FakeOpenAi, last_user_message};
 use fakes::telegram::FakeTelegram;
 use fakes::whatsapp::FakeWhatsApp;
+use kit::fakes;
 use proc::Clawbox;
 use proxy::{Link, Proxy};
 use serde_json::Value;
