@@ -2,22 +2,18 @@
 //! (WhatsApp through a link proxy, Telegram Bot API, OpenAI-compatible endpoint) and prints one
 //! Markdown table of footprint and speed figures, each with its target and whether it meets it.
 //!
-//! Owns the scenarios and the arithmetic; the processes and /proc readings are `proc.rs`, the link
-//! proxy `proxy.rs`, the fakes `tests/fakes`. Never part of the test suite; never talks to anything
-//! beyond 127.0.0.1. Usage (bench.sh passes these): `bench --clawbox BIN [--size-x86 BIN]
-//! [--dist DIR] [--quick] [--overhead-only] [--openclaw-rss-kib N | --openclaw-note TEXT]`.
-#![allow(dead_code)]
+//! Owns the scenarios and the arithmetic; the processes, the /proc readings, the link proxy and the
+//! fakes are the test kit's (tests/kit: `support`, `support::procfs`, `support::faultproxy`,
+//! `fakes`). Never part of the test suite; never talks to anything beyond 127.0.0.1. Usage
+//! (bench.sh passes these): `bench --clawbox BIN [--size-x86 BIN] [--dist DIR] [--quick]
+//! [--overhead-only] [--openclaw-rss-kib N | --openclaw-note TEXT]`.
 
-#[path = "../../tests/fakes/mod.rs"]
-mod fakes;
-mod proc;
-mod proxy;
-
-use fakes::openai::{FakeConfig, FakeOpenAi, last_user_message};
-use fakes::telegram::FakeTelegram;
-use fakes::whatsapp::FakeWhatsApp;
-use proc::Clawbox;
-use proxy::{Link, Proxy};
+use kit::fakes;
+use kit::fakes::openai::{FakeConfig, FakeOpenAi, last_user_message};
+use kit::fakes::telegram::FakeTelegram;
+use kit::fakes::whatsapp::{FakeWhatsApp, WS_PATH};
+use kit::support::faultproxy::FaultProxy;
+use kit::support::{self, Proc, procfs};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -329,7 +325,7 @@ async fn login_after(
 /// `clawbox pair whatsapp`: the mock phone scans the printed QR data.
 async fn pair(bin: &Path, bx: &Bx, wa: &FakeWhatsApp) -> Result<(), String> {
     let cfg = bx.cfg("echo.toml");
-    let mut p = proc::spawn(
+    let mut p = spawn(
         bin,
         &["pair", "whatsapp", "--config", &cfg],
         &[],
@@ -370,7 +366,7 @@ async fn start_run(
     wa: &FakeWhatsApp,
     tg: &FakeTelegram,
     n: usize,
-) -> Result<(Clawbox, Duration, Duration), String> {
+) -> Result<(Proc, Duration, Duration), String> {
     until("the fake to see the old link go", SOON, || async {
         !connected(wa).await
     })
@@ -396,7 +392,7 @@ async fn start_run(
     let polls = tg.calls("getUpdates");
     let cfg = bx.cfg(cfg);
     let sp = sock_path.display().to_string();
-    let p = proc::spawn(
+    let p = spawn(
         bin,
         &["run", "--config", &cfg],
         &[("NOTIFY_SOCKET", &sp)],
@@ -422,6 +418,14 @@ async fn start_run(
     .await?;
     let (ready, conn) = (ready_at - p.started, conn_at - p.started);
     Ok((p, ready, conn))
+}
+
+/// `bin` as the bench runs it: the test environment ([`support::command_for`]) with no console
+/// (stdin is null).
+fn spawn(bin: &Path, args: &[&str], envs: &[(&str, &str)], cwd: &Path) -> Result<Proc, String> {
+    let mut c = support::command_for(bin, args, envs);
+    c.stdin(std::process::Stdio::null());
+    support::try_spawn(c, cwd)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -572,11 +576,9 @@ async fn run(args: &Args, t: &mut Table) -> Result<(), String> {
     })
     .await;
     let wa = FakeWhatsApp::start().await;
-    let proxy = Proxy::start(wa.ws_addr())
-        .await
-        .map_err(|e| format!("proxy: {e}"))?;
+    let proxy = FaultProxy::start(wa.ws_addr()).await;
     let tg = FakeTelegram::start(TOKEN).await;
-    let bx = Bx::new(&proxy.ws_url(), &tg, &ai, &slow)?;
+    let bx = Bx::new(&format!("ws://{}{WS_PATH}", proxy.addr()), &tg, &ai, &slow)?;
     pair(bin, &bx, &wa).await?;
     eprintln!("bench: paired");
     if args.overhead_only {
@@ -586,9 +588,9 @@ async fn run(args: &Args, t: &mut Table) -> Result<(), String> {
     // Cold starts (echo agent); the last one stays up for the idle figures.
     let mut readies = Vec::new();
     let mut conns = Vec::new();
-    let mut p: Option<Clawbox> = None;
+    let mut p: Option<Proc> = None;
     for n in 0..plan.cold_runs {
-        if let Some(old) = p.take() {
+        if let Some(mut old) = p.take() {
             old.stop().await;
         }
         let (np, r, c) = start_run(bin, &bx, "echo.toml", &wa, &tg, n).await?;
@@ -596,7 +598,7 @@ async fn run(args: &Args, t: &mut Table) -> Result<(), String> {
         conns.push(c);
         p = Some(np);
     }
-    let p = p.ok_or("no run")?;
+    let mut p = p.ok_or("no run")?;
     readies.sort();
     conns.sort();
     let ready = pct(&readies, 50.0);
@@ -618,19 +620,19 @@ async fn run(args: &Args, t: &mut Table) -> Result<(), String> {
     // Idle, after the first connection's writes (pre-keys, the app-state sync ~10 s after login).
     sleep(IDLE_SETTLE).await;
     let m0 = bx.metrics().await?;
-    let io0 = proc::io(p.pid)?;
-    let cpu0 = proc::cpu_ticks(p.pid)?;
+    let io0 = procfs::io(p.pid)?;
+    let cpu0 = procfs::cpu_ticks(p.pid)?;
     let t0 = Instant::now();
     sleep(plan.idle).await;
     let idle_for = t0.elapsed();
-    let rss = proc::status_kib(p.pid, "VmRSS")?;
-    let io1 = proc::io(p.pid)?;
-    let cpu1 = proc::cpu_ticks(p.pid)?;
+    let rss = procfs::status_kib(p.pid, "VmRSS")?;
+    let io1 = procfs::io(p.pid)?;
+    let cpu1 = procfs::cpu_ticks(p.pid)?;
     let m1 = bx.metrics().await?;
     *IDLE_RSS_KIB.lock().unwrap_or_else(|e| e.into_inner()) = Some(rss);
     t.add(
         "Idle RSS (WhatsApp + Telegram + echo agent)",
-        format!("{} (VmHWM {})", mib(rss), mib(proc::status_kib(p.pid, "VmHWM")?)),
+        format!("{} (VmHWM {})", mib(rss), mib(procfs::status_kib(p.pid, "VmHWM")?)),
         "≤ 10 MiB",
         Some(rss <= 10 * 1024),
         &format!(
@@ -639,7 +641,7 @@ async fn run(args: &Args, t: &mut Table) -> Result<(), String> {
         ),
     );
     let hours = idle_for.as_secs_f64() / 3600.0;
-    let tck = proc::clk_tck() as f64;
+    let tck = procfs::clk_tck() as f64;
     t.add(
         "Idle writes per hour (extrapolated)",
         format!(
@@ -655,7 +657,7 @@ async fn run(args: &Args, t: &mut Table) -> Result<(), String> {
         &format!("measured over the {:.0} s idle window × {:.0}", idle_for.as_secs_f64(), 1.0 / hours),
     );
 
-    // Reconnect after the link comes back: cut it (the proxy closes the link and refuses new ones)
+    // Reconnect after the link comes back: cut it (the proxy resets every connection and new ones)
     // for a random outage, restore it, time restore → logged in again.
     let mut rec = Vec::new();
     let mut rng = fastrand::Rng::with_seed(7);
@@ -663,13 +665,13 @@ async fn run(args: &Args, t: &mut Table) -> Result<(), String> {
     for _ in 0..plan.reconnects {
         let outage = Duration::from_millis(rng.u64(500..=20_000));
         outages.push(outage);
-        proxy.set(Link::Down);
+        proxy.reset();
         until("the fake to see the link cut", SOON, || async {
             !connected(&wa).await
         })
         .await?;
         sleep(outage).await;
-        proxy.set(Link::Up);
+        proxy.pass();
         let up = Instant::now();
         let back = login_after(&wa, up, SOON, "WhatsApp back after the link was restored").await?;
         rec.push(back - up);
@@ -687,7 +689,7 @@ async fn run(args: &Args, t: &mut Table) -> Result<(), String> {
         ),
         "p99 ≤ 5 s",
         Some(p99 <= Duration::from_secs(5)),
-        "link cut by the proxy (connections closed, new ones refused) for a random 0.5–20 s outage, then restored; restore → a new connection logged in (the fake's login log). Includes the backoff wait left at restore",
+        "link cut by the proxy (connections reset, new ones reset at accept) for a random 0.5–20 s outage, then restored; restore → a new connection logged in (the fake's login log). Includes the backoff wait left at restore",
     );
 
     // Dead link: the fake stops answering anything (pings included) but keeps the socket open;
@@ -748,7 +750,7 @@ async fn run(args: &Args, t: &mut Table) -> Result<(), String> {
 
     // The OpenAI agent: overhead and writes per message, then the load.
     overhead_run(bin, &bx, &wa, &tg, &slow, plan, t).await?;
-    let (p, _, _) = start_run(bin, &bx, "openai.toml", &wa, &tg, 99).await?;
+    let (mut p, _, _) = start_run(bin, &bx, "openai.toml", &wa, &tg, 99).await?;
     load(&p, &bx, &tg, &ai, t).await?;
     if p.stop().await != Some(0) {
         return Err("the load run did not exit 0 on SIGTERM".into());
@@ -766,7 +768,7 @@ async fn overhead_run(
     plan: &Plan,
     t: &mut Table,
 ) -> Result<(), String> {
-    let (p, _, _) = start_run(bin, bx, "overhead.toml", wa, tg, 98).await?;
+    let (mut p, _, _) = start_run(bin, bx, "overhead.toml", wa, tg, 98).await?;
     overhead(&p, bx, wa, tg, slow, plan, t).await?;
     if p.stop().await != Some(0) {
         return Err("the overhead run did not exit 0 on SIGTERM".into());
@@ -789,7 +791,7 @@ async fn wait_arrival(agent: &FakeOpenAi, marker: &str) -> Result<Instant, Strin
 /// Sequential single messages on each channel: fake sends at t0, the fake OpenAI endpoint has the
 /// request at t1; the reply is awaited before the next message so each message is its own batch.
 async fn overhead(
-    p: &Clawbox,
+    p: &Proc,
     bx: &Bx,
     wa: &FakeWhatsApp,
     tg: &FakeTelegram,
@@ -798,7 +800,7 @@ async fn overhead(
     t: &mut Table,
 ) -> Result<(), String> {
     let m0 = bx.metrics().await?;
-    let io0 = proc::io(p.pid)?;
+    let io0 = procfs::io(p.pid)?;
     let mut per = Vec::new();
     let mut sent_in = 0u64;
     for ch in ["WhatsApp", "Telegram"] {
@@ -848,7 +850,7 @@ async fn overhead(
     // Let the last replies' delivery records land before reading the write counters.
     sleep(Duration::from_millis(500)).await;
     let m1 = bx.metrics().await?;
-    let io1 = proc::io(p.pid)?;
+    let io1 = procfs::io(p.pid)?;
     for (ch, d, _) in &per {
         let p99 = pct(d, 99.0);
         t.add(
@@ -913,16 +915,16 @@ fn tokens_in(text: &str) -> impl Iterator<Item = (i64, i64)> + '_ {
 
 /// 1,000 Telegram chats × 10 messages, all pushed at once; pacing is off in the config.
 async fn load(
-    p: &Clawbox,
+    p: &Proc,
     bx: &Bx,
     tg: &FakeTelegram,
     ai: &FakeOpenAi,
     t: &mut Table,
 ) -> Result<(), String> {
-    let rss0 = proc::status_kib(p.pid, "VmRSS")?;
-    let cpu0 = proc::cpu_ticks(p.pid)?;
+    let rss0 = procfs::status_kib(p.pid, "VmRSS")?;
+    let cpu0 = procfs::cpu_ticks(p.pid)?;
     let m0 = bx.metrics().await?;
-    let io0 = proc::io(p.pid)?;
+    let io0 = procfs::io(p.pid)?;
     let reqs0 = ai.requests().len();
     let sent0 = tg.sent().len();
     let base = 1_000_000i64;
@@ -949,7 +951,7 @@ async fn load(
             }
         }
         checked = sent.len();
-        peak = peak.max(proc::status_kib(p.pid, "VmRSS").unwrap_or(0));
+        peak = peak.max(procfs::status_kib(p.pid, "VmRSS").unwrap_or(0));
         let complete =
             seen.len() as i64 == LOAD_CHATS && seen.values().all(|s| s.len() as i64 == LOAD_MSGS);
         if complete {
@@ -967,10 +969,10 @@ async fn load(
         sleep(Duration::from_millis(200)).await;
     }
     let took = start.elapsed();
-    let cpu1 = proc::cpu_ticks(p.pid)?;
-    let rss1 = proc::status_kib(p.pid, "VmRSS")?;
-    let hwm = proc::status_kib(p.pid, "VmHWM")?;
-    let io1 = proc::io(p.pid)?;
+    let cpu1 = procfs::cpu_ticks(p.pid)?;
+    let rss1 = procfs::status_kib(p.pid, "VmRSS")?;
+    let hwm = procfs::status_kib(p.pid, "VmHWM")?;
+    let io1 = procfs::io(p.pid)?;
     sleep(Duration::from_millis(500)).await;
     let m1 = bx.metrics().await?;
     // Agent side: every request's messages (history included) belong to one chat.
@@ -995,7 +997,7 @@ async fn load(
         .unwrap_or_else(|e| e.into_inner())
         .unwrap_or(rss0);
     let growth = peak.max(hwm).saturating_sub(idle);
-    let tck = proc::clk_tck() as f64;
+    let tck = procfs::clk_tck() as f64;
     t.add(
         "RSS under load: 1,000 chats × 10 messages",
         format!(

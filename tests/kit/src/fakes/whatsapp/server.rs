@@ -1,0 +1,1172 @@
+//! The fake server's protocol core: account, pairing, key bundles, device lists, contacts, the
+//! phone's own "message yourself" chat, the offline queue and the login log, and what it answers
+//! to each stanza the client sends. Nodes in, nodes out: every
+//! outgoing stanza goes into the live connection's bounded command queue, which the socket driver
+//! in `mod.rs` drains. No sockets, no clock (`now_secs` is passed in); async only because
+//! libsignal's stores are.
+
+use std::collections::{HashMap, VecDeque};
+
+use base64::Engine as _;
+use tokio::sync::mpsc;
+use whatsapp_rust::wacore::libsignal::protocol::KeyPair;
+use whatsapp_rust::wacore::protocol::ProtocolNode;
+use whatsapp_rust::wacore::types::jid::JidExt;
+use whatsapp_rust::wacore_binary::builder::NodeBuilder;
+use whatsapp_rust::wacore_binary::{Jid, Node};
+use whatsapp_rust::waproto::whatsapp as wa;
+
+use super::contacts::{self, ClientKeys, Contact, InboxEntry, PADDING_VERSION};
+use super::nodes::{self, SERVER, attr, child, child_bytes, iq_error, iq_result};
+use super::noise::ServerIdentity;
+use super::phone::{self, Account, LinkExchange, PendingPair};
+use super::signal_store::PeerStore;
+
+/// Stanzas queued for a client that is offline; beyond this the oldest is dropped (a test sends
+/// a handful while the client is away).
+pub const OFFLINE_QUEUE_CAP: usize = 512;
+/// Commands queued towards one live connection before new ones are dropped (the driver drains it
+/// continuously; only a blackholed or dying connection fills it).
+pub const CONN_QUEUE_CAP: usize = 1024;
+/// QR refs offered per `pair-device` (the client shows each in turn, 60 s then 20 s apiece).
+const QR_REFS: usize = 6;
+/// Mock contacts kept at once (each holds Signal state and an inbox).
+pub const CONTACTS_CAP: usize = 256;
+/// Companion device id the fake assigns to a linked client.
+const COMPANION_DEVICE: u16 = 7;
+/// Logins kept in the login log (the oldest dropped beyond): a 10-minute soak logs in about a
+/// hundred times, the crash loop a few hundred.
+pub const LOGINS_CAP: usize = 4096;
+
+/// One connection that logged in (`<success>` sent): its id — connections are numbered from 1 in
+/// the order they finished the Noise handshake, so a reconnect always has a larger id — and when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Login {
+    pub conn: u64,
+    pub at: tokio::time::Instant,
+    /// The same instant as Unix milliseconds, for the admin API.
+    pub at_unix_ms: u64,
+}
+
+pub enum Cmd {
+    Send(Node),
+    /// Send this node, then close the socket.
+    SendClose(Node),
+    Close,
+    Blackhole,
+    Heal,
+    /// Encrypt these bytes as one transport frame (valid Noise, whatever the plaintext is).
+    SealRaw(Vec<u8>),
+    /// Send these bytes as one WebSocket binary message, bypassing the cipher.
+    RawWs(Vec<u8>),
+    /// Send these raw bytes, then drop the socket without a close frame (a cut mid-frame).
+    RawWsCut(Vec<u8>),
+}
+
+/// Bytes after the 3-byte length of a frame that fails decryption (random, so AES-GCM's tag
+/// cannot match).
+const BAD_CIPHERTEXT_LEN: usize = 48;
+/// Plaintext that does not decode as a binary node: flags byte 0 (uncompressed), a LIST_8 of 3
+/// items whose first is a BINARY_8 claiming 255 bytes that are not there.
+pub const GARBAGE_NODE: [u8; 5] = [0x00, 0xf8, 0x03, 0xfc, 0xff];
+/// An oversized frame: one WebSocket message above the client's 4 MiB message limit.
+pub const OVERSIZED_LEN: usize = 4 * 1024 * 1024 + 4096;
+
+pub struct Conn {
+    pub id: u64,
+    pub tx: mpsc::Sender<Cmd>,
+    pub noise_pub: Vec<u8>,
+    pub logged_in: bool,
+    /// Live delivery allowed (logged in, `<ib><offline>` sent, not blackholed).
+    pub active: bool,
+    pub blackholed: bool,
+    pub qr_refs: Vec<String>,
+}
+
+/// The linked companion device.
+pub struct Companion {
+    pub device: u16,
+    pub signed_identity: Vec<u8>,
+}
+
+struct LinkCode {
+    conn_id: u64,
+    wrapped: Vec<u8>,
+    pairing_ref: Vec<u8>,
+    exchange: Option<LinkExchange>,
+}
+
+pub struct World {
+    pub server: ServerIdentity,
+    pub account: Account,
+    pub phone: PeerStore,
+    pub companion: Option<Companion>,
+    pub client_keys: ClientKeys,
+    pub contacts: HashMap<String, Contact>,
+    pub conn: Option<Conn>,
+    offline: VecDeque<Node>,
+    /// Messages written to the live connection whose delivery receipt has not come back. Like the
+    /// real server, they are delivered again (offline) after the connection ends: a client that
+    /// died before making a message durable gets it once more.
+    unreceipted: VecDeque<Node>,
+    pending_pair: Option<PendingPair>,
+    link: Option<LinkCode>,
+    key_index: u32,
+    next_conn: u64,
+    /// Set while the `blackhole` fault is on: new connections are held before the WebSocket
+    /// upgrade, the live one neither reads nor writes.
+    pub blackhole: tokio::sync::watch::Sender<bool>,
+    /// TCP connections accepted on the WebSocket listener so far.
+    pub attempts: u64,
+    /// Logged-in connections pushed out by a newer one of the same device (the real server sends
+    /// the old one `<conflict type="replaced"/>`): two clients on one identity at once.
+    pub replaced: u64,
+    /// Messages the phone got in its own chat so far (the next self-inbox `seq`).
+    self_delivered: u64,
+    /// Every message stanza delivered so far (up to `OFFLINE_QUEUE_CAP`), for the `replay` fault.
+    delivered: VecDeque<Node>,
+    /// Every login, oldest first (up to `LOGINS_CAP`): "reconnected" means a new id in here.
+    pub logins: VecDeque<Login>,
+    /// What the linked device sent into the account's own "message yourself" chat, as the phone
+    /// (device 0) decrypted it (up to `contacts::INBOX_CAP`).
+    pub self_inbox: VecDeque<InboxEntry>,
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `+15551234567`, `15551234567` or `15551234567@s.whatsapp.net` → `15551234567`.
+pub fn digits(e164: &str) -> Option<String> {
+    let user = e164.split('@').next().unwrap_or("");
+    let d: String = user.trim_start_matches('+').to_string();
+    (!d.is_empty() && d.len() <= 15 && d.bytes().all(|b| b.is_ascii_digit())).then_some(d)
+}
+
+impl World {
+    pub fn new(phone_pn: &str) -> Self {
+        let identity = KeyPair::generate(&mut rand::rng());
+        let phone = PeerStore::new(&identity);
+        Self {
+            server: ServerIdentity::generate(),
+            account: Account {
+                pn: phone_pn.to_string(),
+                lid: format!("{}", 100_000_000_000_000u64 + u64::from(fastrand::u32(..))),
+                identity,
+            },
+            phone,
+            companion: None,
+            client_keys: ClientKeys::default(),
+            contacts: HashMap::new(),
+            conn: None,
+            offline: VecDeque::new(),
+            unreceipted: VecDeque::new(),
+            pending_pair: None,
+            link: None,
+            key_index: 0,
+            next_conn: 1,
+            blackhole: tokio::sync::watch::Sender::new(false),
+            attempts: 0,
+            replaced: 0,
+            self_delivered: 0,
+            delivered: VecDeque::new(),
+            logins: VecDeque::new(),
+            self_inbox: VecDeque::new(),
+        }
+    }
+
+    /// The connection logged in right now, if any.
+    pub fn logged_in_conn(&self) -> Option<u64> {
+        self.conn.as_ref().filter(|c| c.logged_in).map(|c| c.id)
+    }
+
+    /// Connection `conn_id` logged in at `at` (the socket driver's clock).
+    pub fn record_login(&mut self, conn_id: u64, at: tokio::time::Instant, at_unix_ms: u64) {
+        if self.logins.len() >= LOGINS_CAP {
+            self.logins.pop_front();
+        }
+        self.logins.push_back(Login {
+            conn: conn_id,
+            at,
+            at_unix_ms,
+        });
+    }
+
+    pub fn own_jid(&self) -> Option<String> {
+        self.companion
+            .as_ref()
+            .map(|c| format!("{}:{}@s.whatsapp.net", self.account.pn, c.device))
+    }
+
+    fn companion_address(
+        &self,
+    ) -> Option<whatsapp_rust::wacore::libsignal::protocol::ProtocolAddress> {
+        let c = self.companion.as_ref()?;
+        Some(Jid::pn_device(self.account.pn.clone(), c.device).to_protocol_address())
+    }
+
+    fn send(&self, node: Node) {
+        if let Some(conn) = &self.conn
+            && conn.tx.try_send(Cmd::Send(node)).is_err()
+        {
+            tracing::warn!("fake-whatsapp: connection queue full, stanza dropped");
+        }
+    }
+
+    fn send_close(&self, node: Node) {
+        if let Some(conn) = &self.conn {
+            let _ = conn.tx.try_send(Cmd::SendClose(node));
+        }
+    }
+
+    // ---- connection lifecycle -------------------------------------------------------------
+
+    /// A connection finished its handshake; returns its id.
+    pub fn attach(&mut self, tx: mpsc::Sender<Cmd>, noise_pub: Vec<u8>) -> u64 {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        if let Some(old) = self.conn.take() {
+            if old.logged_in {
+                self.replaced += 1;
+            }
+            let _ = old.tx.try_send(Cmd::Close);
+        }
+        self.requeue_unreceipted();
+        self.conn = Some(Conn {
+            id,
+            tx,
+            noise_pub,
+            logged_in: false,
+            active: false,
+            blackholed: false,
+            qr_refs: Vec::new(),
+        });
+        id
+    }
+
+    pub fn detach(&mut self, id: u64) {
+        if self.conn.as_ref().is_some_and(|c| c.id == id) {
+            self.conn = None;
+            self.requeue_unreceipted();
+        }
+    }
+
+    /// The connection ended: messages it never receipted go back to the front of the offline queue.
+    fn requeue_unreceipted(&mut self) {
+        while let Some(node) = self.unreceipted.pop_back() {
+            if self.offline.len() >= OFFLINE_QUEUE_CAP {
+                break;
+            }
+            self.offline.push_front(node);
+        }
+        self.unreceipted.clear();
+    }
+
+    /// Sends a message stanza and remembers it until the client's delivery receipt.
+    fn send_message(&mut self, node: Node) {
+        if self.unreceipted.len() >= OFFLINE_QUEUE_CAP {
+            self.unreceipted.pop_front();
+        }
+        self.unreceipted.push_back(node.clone());
+        if !self
+            .delivered
+            .iter()
+            .any(|d| attr(d, "id") == attr(&node, "id"))
+        {
+            if self.delivered.len() >= OFFLINE_QUEUE_CAP {
+                self.delivered.pop_front();
+            }
+            self.delivered.push_back(node.clone());
+        }
+        self.send(node);
+    }
+
+    /// The client receipted these message ids (`id`, plus any `<list><item id/>`).
+    fn on_receipt(&mut self, node: &Node) {
+        let mut ids: Vec<String> = node
+            .attrs
+            .get("id")
+            .map(|v| v.to_string())
+            .into_iter()
+            .collect();
+        for list in node
+            .children()
+            .into_iter()
+            .flatten()
+            .filter(|c| c.tag == "list")
+        {
+            for item in list.children().into_iter().flatten() {
+                if let Some(id) = item.attrs.get("id") {
+                    ids.push(id.to_string());
+                }
+            }
+        }
+        self.unreceipted.retain(|m| {
+            !m.attrs
+                .get("id")
+                .is_some_and(|id| ids.contains(&id.to_string()))
+        });
+    }
+
+    fn is_current(&self, id: u64) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.id == id)
+    }
+
+    /// The client's ClientPayload: registration (unpaired) or login (paired). True when this
+    /// connection logged in (the caller records it in the login log with its clock).
+    pub fn on_payload(&mut self, conn_id: u64, payload: &wa::ClientPayload, now: u64) -> bool {
+        if !self.is_current(conn_id) {
+            return false;
+        }
+        if let Some(reg) = payload.device_pairing_data.as_option() {
+            // Registration: remember the client's keys and offer QR refs.
+            self.client_keys = ClientKeys {
+                registration_id: reg.e_regid.as_deref().map(nodes::be_uint).unwrap_or(0),
+                identity: reg.e_ident.clone().unwrap_or_default(),
+                skey_id: reg.e_skey_id.as_deref().map(nodes::be_uint).unwrap_or(0),
+                skey_pub: reg.e_skey_val.clone().unwrap_or_default(),
+                skey_sig: reg.e_skey_sig.clone().unwrap_or_default(),
+                prekeys: VecDeque::new(),
+            };
+            let refs: Vec<String> = (0..QR_REFS)
+                .map(|_| format!("2@{}", phone::random_hex(24)))
+                .collect();
+            if let Some(conn) = self.conn.as_mut() {
+                conn.qr_refs = refs.clone();
+            }
+            let node = NodeBuilder::new("iq")
+                .attr("from", SERVER)
+                .attr("type", "set")
+                .attr("id", phone::random_hex(8))
+                .attr("xmlns", "md")
+                .children([NodeBuilder::new("pair-device")
+                    .children(
+                        refs.into_iter()
+                            .map(|r| NodeBuilder::new("ref").bytes(r.into_bytes()).build()),
+                    )
+                    .build()])
+                .build();
+            self.send(node);
+            return false;
+        }
+        let user_ok = payload.username.map(|u| u.to_string()) == Some(self.account.pn.clone());
+        let device_ok = self
+            .companion
+            .as_ref()
+            .is_some_and(|c| payload.device == Some(u32::from(c.device)));
+        if !(user_ok && device_ok) {
+            tracing::info!("fake-whatsapp: login for an unknown device; failure 401");
+            self.send_close(
+                NodeBuilder::new("failure")
+                    .attr("reason", "401")
+                    .attr("location", "fake")
+                    .build(),
+            );
+            return false;
+        }
+        if let Some(conn) = self.conn.as_mut() {
+            conn.logged_in = true;
+        }
+        self.send(
+            NodeBuilder::new("success")
+                .attr("t", now.to_string())
+                .attr("props", "1")
+                .attr("abprops", "1")
+                .attr("location", "fake")
+                .attr("lid", format!("{}@lid", self.account.lid))
+                .attr("creation", now.to_string())
+                .build(),
+        );
+        true
+    }
+
+    /// Delivers the offline queue then the end marker (the client waits for it after `passive`).
+    fn flush_offline(&mut self) {
+        let queued: Vec<Node> = self.offline.drain(..).collect();
+        let count = queued.len();
+        for mut node in queued {
+            node.attrs.insert("offline", "1");
+            if node.tag == "message" {
+                self.send_message(node);
+            } else {
+                self.send(node);
+            }
+        }
+        self.send(
+            NodeBuilder::new("ib")
+                .attr("from", SERVER)
+                .children([NodeBuilder::new("offline")
+                    .attr("count", count.to_string())
+                    .build()])
+                .build(),
+        );
+        if let Some(conn) = self.conn.as_mut() {
+            conn.active = true;
+        }
+    }
+
+    fn can_deliver(&self) -> bool {
+        self.conn
+            .as_ref()
+            .is_some_and(|c| c.active && !c.blackholed)
+    }
+
+    fn queue_or_send(&mut self, node: Node) {
+        if self.can_deliver() {
+            if node.tag == "message" {
+                self.send_message(node);
+            } else {
+                self.send(node);
+            }
+        } else {
+            if self.offline.len() >= OFFLINE_QUEUE_CAP {
+                self.offline.pop_front();
+            }
+            self.offline.push_back(node);
+        }
+    }
+
+    // ---- stanzas from the client ----------------------------------------------------------
+
+    pub async fn on_node(&mut self, conn_id: u64, node: Node, now: u64) {
+        if !self.is_current(conn_id) {
+            return;
+        }
+        tracing::debug!("fake-whatsapp <- {}", nodes::summary(&node));
+        match node.tag.as_ref() {
+            "iq" => self.on_iq(&node, now).await,
+            "message" => self.on_message(&node, now).await,
+            "receipt" | "notification" | "call" => {
+                if node.tag == "receipt" {
+                    self.on_receipt(&node);
+                }
+                if let Some(ack) = nodes::ack_for(&node, now) {
+                    self.send(ack);
+                }
+            }
+            // Acks for our stanzas, presence, chatstate, `ib` (unified_session…): nothing to answer.
+            _ => {}
+        }
+    }
+
+    async fn on_iq(&mut self, iq: &Node, now: u64) {
+        let id = attr(iq, "id").unwrap_or_default();
+        let kind = attr(iq, "type").unwrap_or_default();
+        if kind == "result" || kind == "error" {
+            self.on_iq_answer(iq, &id, &kind);
+            return;
+        }
+        let xmlns = attr(iq, "xmlns").unwrap_or_default();
+        let answer = match xmlns.as_str() {
+            "w:p" | "passive" | "presence" | "w:profile:picture" => iq_result(&id, vec![]),
+            "encrypt" => self.on_encrypt_iq(iq, &id),
+            "usync" => self.on_usync(iq, &id),
+            "md" => match self.on_md_iq(iq, &id) {
+                // companion_finish queued its own answer ahead of pair-success.
+                Ok(None) => return,
+                Ok(Some(node)) => node,
+                Err(e) => {
+                    tracing::info!("fake-whatsapp: md iq rejected: {e}");
+                    iq_error(&id, 400, "bad-request")
+                }
+            },
+            "w:sync:app:state" => {
+                let collections: Vec<Node> = child(iq, "sync")
+                    .map(|s| {
+                        nodes::children(s, "collection")
+                            .filter_map(|c| attr(c, "name"))
+                            .map(|name| NodeBuilder::new("collection").attr("name", name).build())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                iq_result(
+                    &id,
+                    vec![NodeBuilder::new("sync").children(collections).build()],
+                )
+            }
+            _ => iq_error(&id, 501, "feature-not-implemented"),
+        };
+        self.send(answer);
+        if xmlns == "passive" {
+            self.flush_offline();
+        }
+        let _ = now;
+    }
+
+    fn on_iq_answer(&mut self, iq: &Node, id: &str, kind: &str) {
+        let Some(pending) = self.pending_pair.take_if(|p| p.iq_id == id) else {
+            return;
+        };
+        if kind != "result" {
+            tracing::info!("fake-whatsapp: client refused pair-success");
+            return;
+        }
+        match phone::verify_device_sign(iq, &pending, &self.account) {
+            Ok(signed_identity) => {
+                self.companion = Some(Companion {
+                    device: pending.device,
+                    signed_identity,
+                });
+                self.offline.clear();
+                tracing::info!("fake-whatsapp: device linked; restarting the stream (515)");
+                self.send_close(nodes::stream_error(515));
+            }
+            Err(e) => {
+                tracing::warn!("fake-whatsapp: pair-device-sign rejected: {e}");
+                self.send_close(nodes::stream_error(401));
+            }
+        }
+    }
+
+    fn on_encrypt_iq(&mut self, iq: &Node, id: &str) -> Node {
+        if let Some(count) = child(iq, "count") {
+            let _ = count;
+            let n = self.client_keys.prekeys.len();
+            return iq_result(
+                id,
+                vec![
+                    NodeBuilder::new("count")
+                        .attr("value", n.to_string())
+                        .build(),
+                ],
+            );
+        }
+        if child(iq, "digest").is_some() {
+            return self.digest(id);
+        }
+        if let Some(key) = child(iq, "key") {
+            let users: Vec<Node> = nodes::children(key, "user")
+                .filter_map(|u| attr(u, "jid"))
+                .map(|jid| self.bundle_node(&jid))
+                .collect();
+            return iq_result(id, vec![NodeBuilder::new("list").children(users).build()]);
+        }
+        if let Some(rotate) = child(iq, "rotate") {
+            if let Some(skey) = child(rotate, "skey") {
+                self.store_skey(skey);
+            }
+            return iq_result(id, vec![]);
+        }
+        if child(iq, "registration").is_some() {
+            let keys = &mut self.client_keys;
+            if let Some(b) = child_bytes(iq, "registration") {
+                keys.registration_id = nodes::be_uint(b);
+            }
+            if let Some(b) = child_bytes(iq, "identity") {
+                keys.identity = b.to_vec();
+            }
+            if let Some(list) = child(iq, "list") {
+                for k in nodes::children(list, "key") {
+                    if let (Some(i), Some(v)) = (child_bytes(k, "id"), child_bytes(k, "value")) {
+                        keys.add_prekey(nodes::be_uint(i), v.to_vec());
+                    }
+                }
+            }
+            if let Some(skey) = child(iq, "skey") {
+                self.store_skey(skey);
+            }
+            return iq_result(id, vec![]);
+        }
+        iq_error(id, 501, "feature-not-implemented")
+    }
+
+    fn store_skey(&mut self, skey: &Node) {
+        if let Some(b) = child_bytes(skey, "id") {
+            self.client_keys.skey_id = nodes::be_uint(b);
+        }
+        if let Some(b) = child_bytes(skey, "value") {
+            self.client_keys.skey_pub = b.to_vec();
+        }
+        if let Some(b) = child_bytes(skey, "signature") {
+            self.client_keys.skey_sig = b.to_vec();
+        }
+    }
+
+    fn digest(&self, id: &str) -> Node {
+        let k = &self.client_keys;
+        if !k.is_known() {
+            return iq_error(id, 404, "item-not-found");
+        }
+        let pubs: Vec<&[u8]> = k.prekeys.iter().map(|(_, p)| p.as_slice()).collect();
+        let hash = whatsapp_rust::wacore::prekeys::compute_key_bundle_digest(
+            &k.identity,
+            &k.skey_pub,
+            &k.skey_sig,
+            &pubs,
+        );
+        let id3 = |n: u32| n.to_be_bytes()[1..].to_vec();
+        let digest = NodeBuilder::new("digest")
+            .children([
+                NodeBuilder::new("registration")
+                    .bytes(k.registration_id.to_be_bytes().to_vec())
+                    .build(),
+                NodeBuilder::new("type").bytes(vec![5]).build(),
+                NodeBuilder::new("identity")
+                    .bytes(k.identity.clone())
+                    .build(),
+                NodeBuilder::new("skey")
+                    .children([
+                        NodeBuilder::new("id").bytes(id3(k.skey_id)).build(),
+                        NodeBuilder::new("value").bytes(k.skey_pub.clone()).build(),
+                        NodeBuilder::new("signature")
+                            .bytes(k.skey_sig.clone())
+                            .build(),
+                    ])
+                    .build(),
+                NodeBuilder::new("list")
+                    .children(
+                        k.prekeys
+                            .iter()
+                            .map(|(i, _)| NodeBuilder::new("id").bytes(id3(*i)).build()),
+                    )
+                    .build(),
+                NodeBuilder::new("hash").bytes(hash).build(),
+            ])
+            .build();
+        iq_result(id, vec![digest])
+    }
+
+    /// One `<user>` of a pre-key fetch answer.
+    fn bundle_node(&mut self, jid_str: &str) -> Node {
+        let error = |code: u16, text: &str| {
+            NodeBuilder::new("user")
+                .attr("jid", jid_str.to_string())
+                .children([NodeBuilder::new("error")
+                    .attr("code", code.to_string())
+                    .attr("text", text.to_string())
+                    .build()])
+                .build()
+        };
+        let Ok(jid) = jid_str.parse::<Jid>() else {
+            return error(400, "bad-request");
+        };
+        let own = jid.user == self.account.pn || jid.user == self.account.lid;
+        let bundle = if own && jid.device == 0 {
+            self.phone.bundle().map_err(|e| e.to_string())
+        } else if own
+            && self
+                .companion
+                .as_ref()
+                .is_some_and(|c| c.device == jid.device)
+        {
+            self.client_keys.take_bundle(jid.device)
+        } else if jid.device == 0
+            && !own
+            && let Some(contact) = self.contact_mut(jid.user.as_str())
+        {
+            // Any PN user is a reachable mock contact: the client may start a chat.
+            contact.peer.bundle().map_err(|e| e.to_string())
+        } else {
+            return error(406, "not-acceptable");
+        };
+        let identity = if own && jid.device != 0 {
+            self.companion.as_ref().map(|c| c.signed_identity.clone())
+        } else {
+            None
+        };
+        match bundle.and_then(|b| {
+            whatsapp_rust::wacore::iq::prekeys::PreKeyBundleUserNode::from_bundle(
+                jid.clone(),
+                &b,
+                identity,
+            )
+            .map_err(|e| e.to_string())
+        }) {
+            Ok(user) => user.into_node(),
+            Err(e) => {
+                tracing::warn!("fake-whatsapp: bundle for a known user failed: {e}");
+                error(500, "internal-server-error")
+            }
+        }
+    }
+
+    fn on_usync(&self, iq: &Node, id: &str) -> Node {
+        let Some(usync) = child(iq, "usync") else {
+            return iq_error(id, 400, "bad-request");
+        };
+        let wants_lid = child(usync, "query").is_some_and(|q| child(q, "lid").is_some());
+        let wants_devices = child(usync, "query").is_some_and(|q| child(q, "devices").is_some());
+        let wants_contact = child(usync, "query").is_some_and(|q| child(q, "contact").is_some());
+        let mut users = Vec::new();
+        for user in child(usync, "list")
+            .map(|l| nodes::children(l, "user").collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            let jid = attr(user, "jid").or_else(|| {
+                child(user, "contact")
+                    .and_then(nodes::bytes)
+                    .and_then(|b| digits(&String::from_utf8_lossy(b)))
+                    .map(|d| format!("{d}@s.whatsapp.net"))
+            });
+            let Some(jid) = jid else { continue };
+            let user_part = jid
+                .split('@')
+                .next()
+                .unwrap_or("")
+                .split(':')
+                .next()
+                .unwrap_or("");
+            let own = user_part == self.account.pn || user_part == self.account.lid;
+            let mut kids = Vec::new();
+            if wants_contact {
+                // Every number is on the fake WhatsApp.
+                let mut c = NodeBuilder::new("contact").attr("type", "in");
+                if let Some(b) = child(user, "contact").and_then(nodes::bytes) {
+                    c = c.bytes(b.to_vec());
+                }
+                kids.push(c.build());
+            }
+            if wants_devices {
+                let mut devices = vec![NodeBuilder::new("device").attr("id", "0").build()];
+                if own && let Some(c) = &self.companion {
+                    devices.push(
+                        NodeBuilder::new("device")
+                            .attr("id", c.device.to_string())
+                            .build(),
+                    );
+                }
+                kids.push(
+                    NodeBuilder::new("devices")
+                        .children([NodeBuilder::new("device-list").children(devices).build()])
+                        .build(),
+                );
+            }
+            if wants_lid && own {
+                kids.push(
+                    NodeBuilder::new("lid")
+                        .attr("val", format!("{}@lid", self.account.lid))
+                        .build(),
+                );
+            }
+            users.push(
+                NodeBuilder::new("user")
+                    .attr("jid", jid)
+                    .children(kids)
+                    .build(),
+            );
+        }
+        let mut out = NodeBuilder::new("usync");
+        for key in ["sid", "mode", "context"] {
+            if let Some(v) = attr(usync, key) {
+                out = out.attr(key, v);
+            }
+        }
+        let out = out
+            .children([NodeBuilder::new("list").children(users).build()])
+            .build();
+        iq_result(id, vec![out])
+    }
+
+    fn on_md_iq(&mut self, iq: &Node, id: &str) -> Result<Option<Node>, String> {
+        // The companion logs itself out: the phone drops it from its linked devices.
+        if child(iq, "remove-companion-device").is_some() {
+            tracing::info!("fake-whatsapp: the companion logged out; device unlinked");
+            self.companion = None;
+            return Ok(Some(iq_result(id, vec![])));
+        }
+        let reg = child(iq, "link_code_companion_reg").ok_or("md iq without a known child")?;
+        let conn_id = self.conn.as_ref().map(|c| c.id).unwrap_or(0);
+        match attr(reg, "stage").as_deref() {
+            Some("companion_hello") => {
+                let jid = attr(reg, "jid").unwrap_or_default();
+                if digits(&jid).as_deref() != Some(self.account.pn.as_str()) {
+                    return Err(format!("pair code for unknown number {jid}"));
+                }
+                let wrapped = child_bytes(reg, "link_code_pairing_wrapped_companion_ephemeral_pub")
+                    .ok_or("companion_hello without wrapped ephemeral")?
+                    .to_vec();
+                let pairing_ref = phone::random_hex(16).into_bytes();
+                self.link = Some(LinkCode {
+                    conn_id,
+                    wrapped,
+                    pairing_ref: pairing_ref.clone(),
+                    exchange: None,
+                });
+                Ok(Some(iq_result(
+                    id,
+                    vec![
+                        NodeBuilder::new("link_code_companion_reg")
+                            .children([NodeBuilder::new("link_code_pairing_ref")
+                                .bytes(pairing_ref)
+                                .build()])
+                            .build(),
+                    ],
+                )))
+            }
+            Some("companion_finish") => {
+                let link = self
+                    .link
+                    .take()
+                    .ok_or("companion_finish without companion_hello")?;
+                let exchange = link
+                    .exchange
+                    .ok_or("companion_finish before the phone typed")?;
+                if child_bytes(reg, "link_code_pairing_ref") != Some(link.pairing_ref.as_slice()) {
+                    return Err("companion_finish for another ref".into());
+                }
+                let bundle = child_bytes(reg, "link_code_pairing_wrapped_key_bundle")
+                    .ok_or("companion_finish without key bundle")?;
+                let (companion_identity, adv_secret) =
+                    phone::finish_link(&exchange, bundle, &self.account)?;
+                let answer = iq_result(id, vec![]);
+                self.send(answer);
+                self.send_pair_success(&adv_secret, &companion_identity)?;
+                Ok(None)
+            }
+            other => Err(format!("unknown link code stage {other:?}")),
+        }
+    }
+
+    fn send_pair_success(
+        &mut self,
+        adv_secret: &[u8; 32],
+        identity: &[u8; 32],
+    ) -> Result<(), String> {
+        self.key_index += 1;
+        let (node, pending) = phone::pair_success(
+            &self.account,
+            adv_secret,
+            identity,
+            COMPANION_DEVICE,
+            self.key_index,
+            now_secs(),
+        )?;
+        self.pending_pair = Some(pending);
+        self.send(node);
+        Ok(())
+    }
+
+    // ---- the mock phone and contacts (admin API) ---------------------------------------------
+
+    /// The phone scanned `qr` (`ref,noise,identity,adv[,type]`).
+    pub fn scan(&mut self, qr: &str) -> Result<(), String> {
+        let parts: Vec<&str> = qr.split(',').collect();
+        if parts.len() < 4 {
+            return Err("qr: expected ref,noise,identity,adv".into());
+        }
+        let conn = self.conn.as_ref().ok_or("qr: no client connected")?;
+        if !conn.qr_refs.iter().any(|r| r == parts[0]) {
+            return Err("qr: ref was not issued to the connected client".into());
+        }
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let noise = b64
+            .decode(parts[1])
+            .map_err(|e| format!("qr: noise key: {e}"))?;
+        if noise != conn.noise_pub {
+            return Err("qr: noise key does not match the connected client".into());
+        }
+        let identity: [u8; 32] = b64
+            .decode(parts[2])
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or("qr: identity key is not 32 bytes of base64")?;
+        let adv: [u8; 32] = b64
+            .decode(parts[3])
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or("qr: adv secret is not 32 bytes of base64")?;
+        self.send_pair_success(&adv, &identity)
+    }
+
+    /// The phone's user typed the pair code shown by the client.
+    pub fn enter_code(&mut self, code: &str) -> Result<(), String> {
+        let code: String = code.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+        let conn_id = self
+            .conn
+            .as_ref()
+            .map(|c| c.id)
+            .ok_or("code: no client connected")?;
+        let link = self
+            .link
+            .as_mut()
+            .ok_or("code: the client has not asked for a pair code")?;
+        if link.conn_id != conn_id {
+            return Err("code: the pair code belongs to an earlier connection".into());
+        }
+        let (node, exchange) =
+            phone::primary_hello(&code, &link.wrapped, &link.pairing_ref, &self.account)?;
+        link.exchange = Some(exchange);
+        self.send(node);
+        Ok(())
+    }
+
+    /// Contact `e164` sends a message to the linked account; returns its id.
+    pub async fn contact_send(
+        &mut self,
+        e164: &str,
+        text: &str,
+        media: Option<&str>,
+        caption: Option<&str>,
+        now: u64,
+    ) -> Result<String, String> {
+        let user = digits(e164).ok_or("contact: not an E.164 number")?;
+        if !matches!(
+            media,
+            None | Some("image" | "video" | "audio" | "document" | "sticker")
+        ) {
+            return Err("contact: media must be image, video, audio, document or sticker".into());
+        }
+        let remote = self
+            .companion_address()
+            .ok_or("contact: no linked device")?;
+        let device = self.companion.as_ref().map(|c| c.device).unwrap_or(0);
+        if !self.client_keys.is_known() {
+            return Err("contact: the linked device has not published keys".into());
+        }
+        if !self.contacts.contains_key(&user) && self.contacts.len() >= CONTACTS_CAP {
+            return Err("contact: too many contacts".into());
+        }
+        let contact = self
+            .contacts
+            .entry(user.clone())
+            .or_insert_with(Contact::new);
+        let msg = contacts::build_message(text, media, caption);
+        let keys = &mut self.client_keys;
+        let (kind, ct) = contacts::encrypt(
+            &mut contact.peer,
+            &remote,
+            || keys.take_bundle(device),
+            &msg,
+        )
+        .await?;
+        let id = phone::random_hex(10);
+        let mut enc = NodeBuilder::new("enc")
+            .attr("v", PADDING_VERSION.to_string())
+            .attr("type", kind);
+        if let Some(m) = media {
+            enc = enc.attr("mediatype", m);
+        }
+        let stanza = NodeBuilder::new("message")
+            .attr("from", format!("{user}@s.whatsapp.net"))
+            .attr("id", id.clone())
+            .attr("t", now.to_string())
+            .attr("type", if media.is_some() { "media" } else { "text" })
+            .attr(
+                "notify",
+                format!("Contact {}", &user[user.len().saturating_sub(4)..]),
+            )
+            .children([enc.bytes(ct).build()])
+            .build();
+        self.queue_or_send(stanza);
+        Ok(id)
+    }
+
+    /// The owner writes `text` in "message yourself" on the primary phone (device 0). The linked
+    /// device gets the phone's copy the way WhatsApp hands a companion any message sent from
+    /// another of the account's devices: `from` the account's own JID (device 0), `recipient` the
+    /// chat it was sent to (the account itself, PN form), the content wrapped in a
+    /// `deviceSentMessage` naming that destination, Signal-encrypted by the phone to the companion
+    /// (`pkmsg` until the phone has a session with it). Returns the message id.
+    pub async fn phone_self_send(&mut self, text: &str, now: u64) -> Result<String, String> {
+        let remote = self.companion_address().ok_or("phone: no linked device")?;
+        let device = self.companion.as_ref().map(|c| c.device).unwrap_or(0);
+        if !self.client_keys.is_known() {
+            return Err("phone: the linked device has not published keys".into());
+        }
+        let own_chat = format!("{}@{SERVER}", self.account.pn);
+        let msg = phone::device_sent(&own_chat, text);
+        let keys = &mut self.client_keys;
+        let (kind, ct) =
+            contacts::encrypt(&mut self.phone, &remote, || keys.take_bundle(device), &msg).await?;
+        let id = phone::random_hex(16);
+        let stanza = NodeBuilder::new("message")
+            .attr("from", own_chat.clone())
+            .attr("recipient", own_chat)
+            .attr("id", id.clone())
+            .attr("t", now.to_string())
+            .attr("type", "text")
+            .children([NodeBuilder::new("enc")
+                .attr("v", PADDING_VERSION.to_string())
+                .attr("type", kind)
+                .bytes(ct)
+                .build()])
+            .build();
+        self.queue_or_send(stanza);
+        Ok(id)
+    }
+
+    /// What the linked device sent into the self chat, as the phone read it.
+    pub fn self_messages(&self) -> Vec<InboxEntry> {
+        self.self_inbox.iter().cloned().collect()
+    }
+
+    /// The contact for `user` (digits), created on first use within `CONTACTS_CAP`.
+    fn contact_mut(&mut self, user: &str) -> Option<&mut Contact> {
+        let user = digits(user)?;
+        if !self.contacts.contains_key(&user) && self.contacts.len() >= CONTACTS_CAP {
+            return None;
+        }
+        Some(self.contacts.entry(user).or_insert_with(Contact::new))
+    }
+
+    pub fn inbox(&self, e164: &str) -> Vec<InboxEntry> {
+        digits(e164)
+            .and_then(|u| self.contacts.get(&u))
+            .map(|c| c.inbox.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// A message the client sent: decrypt each copy addressed to a mock peer, ack, deliver.
+    async fn on_message(&mut self, node: &Node, now: u64) {
+        let id = attr(node, "id").unwrap_or_default();
+        let to = attr(node, "to").unwrap_or_default();
+        let mut copies: Vec<(String, String, Vec<u8>, u8)> = Vec::new();
+        let enc_of = |n: &Node| {
+            let kind = attr(n, "type").unwrap_or_default();
+            let v = attr(n, "v")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(PADDING_VERSION);
+            nodes::bytes(n).map(|b| (kind, b.to_vec(), v))
+        };
+        if let Some(parts) = child(node, "participants") {
+            for t in nodes::children(parts, "to") {
+                if let (Some(jid), Some((kind, ct, v))) =
+                    (attr(t, "jid"), child(t, "enc").and_then(enc_of))
+                {
+                    copies.push((jid, kind, ct, v));
+                }
+            }
+        } else if let Some((kind, ct, v)) = child(node, "enc").and_then(enc_of) {
+            copies.push((to.clone(), kind, ct, v));
+        }
+        let Some(sender) = self.companion_address() else {
+            return;
+        };
+        // Sent into the account's own chat ("message yourself"), PN or LID addressed.
+        let to_self = to
+            .parse::<Jid>()
+            .is_ok_and(|j| j.user == self.account.pn || j.user == self.account.lid);
+        let mut delivered_to = None;
+        for (jid, kind, ct, v) in copies {
+            let Ok(dest) = jid.parse::<Jid>() else {
+                continue;
+            };
+            let own = dest.user == self.account.pn || dest.user == self.account.lid;
+            if own && dest.device == 0 {
+                match contacts::decrypt(&mut self.phone, &sender, &kind, &ct, v).await {
+                    Ok(msg) if to_self => {
+                        if let Some(text) = contacts::message_text(&msg) {
+                            if self.self_inbox.len() >= contacts::INBOX_CAP {
+                                self.self_inbox.pop_front();
+                            }
+                            self.self_delivered += 1;
+                            self.self_inbox.push_back(InboxEntry {
+                                seq: self.self_delivered - 1,
+                                id: id.clone(),
+                                text,
+                                ts: now,
+                            });
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!("fake-whatsapp: phone could not read its copy: {e}"),
+                }
+                continue;
+            }
+            let Some(contact) = self.contacts.get_mut(dest.user.as_str()) else {
+                continue;
+            };
+            match contacts::decrypt(&mut contact.peer, &sender, &kind, &ct, v).await {
+                Ok(msg) => {
+                    if let Some(text) = contacts::message_text(&msg) {
+                        contact.record(InboxEntry {
+                            seq: 0,
+                            id: id.clone(),
+                            text,
+                            ts: now,
+                        });
+                    }
+                    delivered_to = Some(dest.user.to_string());
+                }
+                Err(e) => tracing::warn!("fake-whatsapp: contact could not decrypt: {e}"),
+            }
+        }
+        if let Some(ack) = nodes::ack_for(node, now) {
+            self.send(ack);
+        }
+        if let Some(user) = delivered_to {
+            self.send(
+                NodeBuilder::new("receipt")
+                    .attr("from", format!("{user}@s.whatsapp.net"))
+                    .attr("id", id)
+                    .attr("t", now.to_string())
+                    .build(),
+            );
+        }
+    }
+
+    // ---- faults --------------------------------------------------------------------------
+
+    pub fn fault(&mut self, kind: &str, code: Option<u16>) -> Result<(), String> {
+        match kind {
+            "heal" => {
+                self.blackhole.send_replace(false);
+                if let Some(c) = self.conn.as_mut() {
+                    c.blackholed = false;
+                    let _ = c.tx.try_send(Cmd::Heal);
+                }
+                Ok(())
+            }
+            "blackhole" => {
+                self.blackhole.send_replace(true);
+                if let Some(c) = self.conn.as_mut() {
+                    c.blackholed = true;
+                    let _ = c.tx.try_send(Cmd::Blackhole);
+                }
+                Ok(())
+            }
+            // A server-side replay: every message delivered so far is queued again (same id, same
+            // ciphertext) and the link drops, so the reconnecting client gets them offline.
+            "replay" => {
+                let c = self.conn.as_mut().ok_or("fault: no client connected")?;
+                c.tx.try_send(Cmd::Close)
+                    .map_err(|_| "fault: connection queue full".to_string())?;
+                for node in self.delivered.clone() {
+                    if self.offline.len() >= OFFLINE_QUEUE_CAP {
+                        break;
+                    }
+                    self.offline.push_back(node);
+                }
+                Ok(())
+            }
+            "bad-decrypt" | "garbage-node" | "truncated" | "oversized" => {
+                let c = self.conn.as_mut().ok_or("fault: no client connected")?;
+                let cmd = match kind {
+                    "bad-decrypt" => {
+                        let mut f = vec![0, 0, BAD_CIPHERTEXT_LEN as u8];
+                        f.extend((0..BAD_CIPHERTEXT_LEN).map(|_| fastrand::u8(..)));
+                        Cmd::RawWs(f)
+                    }
+                    "garbage-node" => Cmd::SealRaw(GARBAGE_NODE.to_vec()),
+                    // A header promising 1000 bytes, 10 of them sent, then the link is cut.
+                    "truncated" => {
+                        let mut f = vec![0x00, 0x03, 0xe8];
+                        f.extend([0xab; 10]);
+                        Cmd::RawWsCut(f)
+                    }
+                    _ => {
+                        let mut f = vec![0xff, 0xff, 0xff];
+                        f.resize(OVERSIZED_LEN, 0x5a);
+                        Cmd::RawWs(f)
+                    }
+                };
+                c.tx.try_send(cmd)
+                    .map_err(|_| "fault: connection queue full".to_string())
+            }
+            "drop" | "stream-error" | "conflict" => {
+                let c = self.conn.as_mut().ok_or("fault: no client connected")?;
+                let cmd = match kind {
+                    "drop" => Cmd::Close,
+                    "stream-error" => Cmd::SendClose(nodes::stream_error(code.unwrap_or(515))),
+                    _ => Cmd::SendClose(nodes::conflict_replaced()),
+                };
+                c.tx.try_send(cmd)
+                    .map_err(|_| "fault: connection queue full".to_string())
+            }
+            other => Err(format!("fault: unknown kind {other}")),
+        }
+    }
+}
