@@ -45,7 +45,7 @@ impl Profile {
 /// Telegram poll. README: "tried again never more than 3 s apart", and a link is back within 5 s
 /// of the network healing ([`HEAL_WITHIN`]): an attempt that is in flight when the network heals
 /// goes through; otherwise the next one starts within `cap` (1.5–3 s at worst, half-jittered),
-/// and a connect and login take well under 2 s. (tests/soak.rs measured 9.8 s with a 10 s cap
+/// and a connect and login take well under 2 s. (tests/system/soak.rs measured 9.8 s with a 10 s cap
 /// after a 6 s outage, hence 3 s.)
 pub const LINK: Profile = Profile {
     base: Duration::from_millis(500),
@@ -54,7 +54,7 @@ pub const LINK: Profile = Profile {
 /// The README's promise for [`LINK`]: the link is up again this soon after the network heals.
 pub const HEAL_WITHIN: Duration = Duration::from_secs(5);
 /// What a connect and a login are allowed on a working network (a Pi does TLS in well under 1 s;
-/// tests/whatsapp_flow.rs measures the whole heal through the binary): [`LINK`]'s cap plus this
+/// tests/flows/whatsapp_flow.rs measures the whole heal through the binary): [`LINK`]'s cap plus this
 /// is [`HEAL_WITHIN`].
 pub const CONNECT_AND_LOGIN: Duration = Duration::from_secs(2);
 /// TCP connect + TLS + WebSocket upgrade of a link (WhatsApp, the OpenClaw gateway) must finish

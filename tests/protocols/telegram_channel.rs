@@ -538,7 +538,10 @@ async fn server_errors_back_off_then_count_a_reconnect() {
     // Jittered, capped backoff between the retries.
     for w in calls.windows(2) {
         let gap = w[1].at - w[0].at;
-        assert!(gap > Duration::ZERO && gap <= proto::BACKOFF_CAP, "{gap:?}");
+        assert!(
+            gap > Duration::ZERO && gap <= clawbox::retry::LINK.cap,
+            "{gap:?}"
+        );
     }
     let id = h.fake.push_text(USER, USER, "back");
     assert_eq!(h.accept().await.id, id.to_string());

@@ -26,12 +26,12 @@ const HEALTHY_MS: (u64, u64) = (2_000, 6_000);
 const HEALTHY_MS_MAX: Duration = Duration::from_millis(HEALTHY_MS.1);
 /// A fault lasts this long (ms range); past the longest backoff cap so the cap is exercised.
 const FAULT_MS: (u64, u64) = (1_000, 8_000);
-/// The worst case of the WhatsApp keepalive probe (src/channel/whatsapp/probe.rs, private there):
-/// PROBE_EVERY 15 s, then PROBE_FAILURES = 2 unanswered probes, each an IQ that times out after
-/// PROBE_DEADLINE 10 s followed by a 10 s pause = 15 + 2 × (10 + 10) = 55 s. It is the backstop for
-/// a link that still carries bytes; a silent (blackholed) link is noticed sooner, by the
-/// transport's WebSocket check (`dead_link_bound`).
-const PROBE_WORST: Duration = Duration::from_secs(55);
+/// The worst case of the WhatsApp keepalive probe ([`clawbox::retry::DEAF_LINK_NOTICED`]: a probe
+/// every 15 s, then 2 unanswered probes of 10 s + 2 s slack = 39 s). It is the backstop for a link
+/// that still carries bytes; a silent (blackholed) link is noticed sooner, by the transport's
+/// WebSocket check (`dead_link_bound`). (This said 55 s, from a 10 s pause per probe the code never
+/// had, until the retry policy was gathered in src/retry.rs.)
+const PROBE_WORST: Duration = clawbox::retry::DEAF_LINK_NOTICED;
 /// A WhatsApp blackhole longer than `dead_link_bound` by this must have been noticed: timers on a
 /// loaded 2-core machine slip, but not by seconds.
 const DETECT_MARGIN: Duration = Duration::from_secs(5);
@@ -64,10 +64,9 @@ const DUP_WATCH: Duration = Duration::from_secs(3);
 
 /// How long a silent WhatsApp link can go unnoticed at most: the transport's WebSocket check
 /// declares it dead after `DEAD_AFTER` without a frame, looked at every `PING_EVERY` (25 s; the
-/// README's "a dead link noticed within 25 s").
+/// README's "a silent link noticed within 25 s").
 fn dead_link_bound() -> Duration {
-    use clawbox::channel::whatsapp::transport::{DEAD_AFTER, PING_EVERY};
-    DEAD_AFTER + PING_EVERY
+    clawbox::retry::SILENT_LINK_NOTICED
 }
 
 /// Long WhatsApp blackholes: from past detection (with its margin) to past the probe's backstop.

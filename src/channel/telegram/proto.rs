@@ -44,10 +44,6 @@ pub const MAX_ACTION_BODY: usize = 16 * 1024;
 /// The getUpdates HTTP deadline is the long-poll timeout plus this grace, so the server always
 /// answers an idle poll before the client gives up on it.
 pub const POLL_GRACE: Duration = Duration::from_secs(10);
-/// The longest wait between poll retries: [`retry::LINK`]'s cap (named here for the tests that
-/// pace against it).
-pub const BACKOFF_CAP: Duration = retry::LINK.cap;
-
 /// Status detail for a 409 Conflict.
 pub const CONFLICT_DETAIL: &str =
     "another bot instance or a webhook is using this token — retrying";

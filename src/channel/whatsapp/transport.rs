@@ -24,7 +24,7 @@ use whatsapp_rust::{anyhow, async_channel, async_trait};
 
 /// The dead-link numbers this transport runs on (their reasons and worst case live in
 /// [`crate::retry`]; named here too for the tests that pace against them).
-pub use crate::retry::{DEAD_AFTER, PING_EVERY};
+use crate::retry::{DEAD_AFTER, PING_EVERY};
 
 /// tungstenite's read buffer: stanzas are small; its 128 KiB default is sized for throughput.
 const READ_BUFFER: usize = 32 * 1024;

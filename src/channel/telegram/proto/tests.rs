@@ -247,7 +247,7 @@ fn the_offset_moves_only_over_the_confirmed_prefix() {
     assert_eq!(p.next_submission().unwrap().id, "3");
     assert_eq!(p.offset(), Some(3));
     let wait = p.submit_failed();
-    assert!(wait <= BACKOFF_CAP);
+    assert!(wait <= crate::retry::LINK.cap);
     assert_eq!(p.next_submission(), None);
     assert_eq!(p.offset(), Some(3));
     assert_eq!(p.request().offset, Some(3));
@@ -266,7 +266,7 @@ fn failures_map_to_waits_and_statuses() {
         body: &b,
     }) {
         PollStep::Wait { delay, status, .. } => {
-            assert!(delay <= BACKOFF_CAP);
+            assert!(delay <= crate::retry::LINK.cap);
             assert_eq!(status, Some((State::Degraded, CONFLICT_DETAIL.into())));
         }
         other => panic!("{other:?}"),
@@ -299,7 +299,7 @@ fn failures_map_to_waits_and_statuses() {
     for _ in 0..20 {
         match p.handle_updates(Fetched::Failed("connection refused")) {
             PollStep::Wait { delay, status, .. } => {
-                assert!(delay <= BACKOFF_CAP);
+                assert!(delay <= crate::retry::LINK.cap);
                 assert_eq!(status.unwrap().0, State::Degraded);
             }
             other => panic!("{other:?}"),
