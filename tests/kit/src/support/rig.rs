@@ -581,7 +581,7 @@ impl Tally {
 
     pub fn line(&self) -> String {
         format!(
-            "{} reply parts expected: answered once={}, lost={} (whatsapp {}, telegram {}), duplicates={}; chunks in doubt: whatsapp {} (settled: arrived {}, resent {}; same-id retransmissions {}, with other text {}), telegram {} (settled: arrived {}, resent {}), not resendable {}",
+            "{} reply parts expected: answered once={}, lost={} (whatsapp {}, telegram {}), duplicates={}; settle asks (a chunk in doubt asked about; one chunk can be asked again after a crash): whatsapp {} (settled: arrived {}, resent {}; same-id retransmissions {}, with other text {}), telegram {} (settled: arrived {}, resent {}), not resendable {}",
             self.keys,
             self.once,
             self.lost.len(),
