@@ -5,7 +5,7 @@
 //!
 //! [`Backoff`] computes the delays (capped exponential, half jitter). Pure: the caller owns the
 //! clock and the sleeping; this only says how long. The callers:
-//! - [`LINK`]: WhatsApp reconnects (`channel::whatsapp::adapter::decide`), OpenClaw gateway
+//! - [`LINK`]: WhatsApp reconnects (`channel::whatsapp::lifecycle::decide`), OpenClaw gateway
 //!   reconnects (`agent::openclaw::driver`), Telegram poll retries (`channel::telegram::proto`).
 //! - [`RESTART`] (+ [`HEALTHY_RUN`]): the supervisor's task restarts.
 //! - [`SEND`]: a reply chunk that failed, and a chunk in doubt the channel cannot settle yet
