@@ -259,6 +259,23 @@ pub async fn wait_for(what: &str, cond: impl Fn() -> bool, context: impl Fn() ->
     }
 }
 
+/// The box's /metrics (on `port`) once it holds every line in `want`; panics with the last
+/// reading after `SOON`. A fake records a request when it arrives and the box counts it only once
+/// it has read the answer, so a counter read the instant a fake saw the request can be one behind.
+pub async fn metrics_showing(port: u16, want: &[&str]) -> String {
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        let m = http_get(&format!("http://127.0.0.1:{port}/metrics")).await;
+        if want.iter().all(|w| m.lines().any(|l| l == *w)) {
+            return m;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("/metrics never showed all of {want:?}:\n{m}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A scratch directory with a config file written into it.
 pub fn scratch(config: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
