@@ -78,9 +78,6 @@ impl Gw {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    async fn metrics(&self) -> String {
-        http_get(&format!("http://127.0.0.1:{}/metrics", self.port)).await
-    }
 }
 
 fn replies_to(tg: &FakeTelegram, word: &str) -> usize {
