@@ -9,11 +9,15 @@
 
 mod admin;
 pub mod contacts;
+mod faults;
+mod keys;
+mod messages;
 pub mod nodes;
 mod noise;
 pub mod phone;
 mod server;
 mod signal_store;
+mod usync;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,22 +1,21 @@
-//! The fake server's protocol core: account, pairing, key bundles, device lists, contacts, the
-//! phone's own "message yourself" chat, the offline queue and the login log, and what it answers
-//! to each stanza the client sends. Nodes in, nodes out: every
-//! outgoing stanza goes into the live connection's bounded command queue, which the socket driver
-//! in `mod.rs` drains. No sockets, no clock (`now_secs` is passed in); async only because
-//! libsignal's stores are.
+//! The fake server's protocol core: the account, connections and logins, pairing (QR and code),
+//! the offline queue, and the dispatch of each stanza the client sends to the module that answers
+//! it (`keys`, `usync`, `messages`; `faults` for the admin API's injected faults). Nodes in, nodes
+//! out: every outgoing stanza goes into the live connection's bounded command queue, which the
+//! socket driver in `mod.rs` drains. No sockets, no clock (`now_secs` is passed in); async only
+//! because libsignal's stores are.
 
 use std::collections::{HashMap, VecDeque};
 
 use base64::Engine as _;
 use tokio::sync::mpsc;
 use whatsapp_rust::wacore::libsignal::protocol::KeyPair;
-use whatsapp_rust::wacore::protocol::ProtocolNode;
 use whatsapp_rust::wacore::types::jid::JidExt;
 use whatsapp_rust::wacore_binary::builder::NodeBuilder;
 use whatsapp_rust::wacore_binary::{Jid, Node};
 use whatsapp_rust::waproto::whatsapp as wa;
 
-use super::contacts::{self, ClientKeys, Contact, InboxEntry, PADDING_VERSION};
+use super::contacts::{ClientKeys, Contact, InboxEntry};
 use super::nodes::{self, SERVER, attr, child, child_bytes, iq_error, iq_result};
 use super::noise::ServerIdentity;
 use super::phone::{self, Account, LinkExchange, PendingPair};
@@ -65,7 +64,7 @@ pub enum Cmd {
 
 /// Bytes after the 3-byte length of a frame that fails decryption (random, so AES-GCM's tag
 /// cannot match).
-const BAD_CIPHERTEXT_LEN: usize = 48;
+pub(super) const BAD_CIPHERTEXT_LEN: usize = 48;
 /// Plaintext that does not decode as a binary node: flags byte 0 (uncompressed), a LIST_8 of 3
 /// items whose first is a BINARY_8 claiming 255 bytes that are not there.
 pub const GARBAGE_NODE: [u8; 5] = [0x00, 0xf8, 0x03, 0xfc, 0xff];
@@ -89,7 +88,7 @@ pub struct Companion {
     pub signed_identity: Vec<u8>,
 }
 
-struct LinkCode {
+pub(super) struct LinkCode {
     conn_id: u64,
     wrapped: Vec<u8>,
     pairing_ref: Vec<u8>,
@@ -104,15 +103,15 @@ pub struct World {
     pub client_keys: ClientKeys,
     pub contacts: HashMap<String, Contact>,
     pub conn: Option<Conn>,
-    offline: VecDeque<Node>,
+    pub(super) offline: VecDeque<Node>,
     /// Messages written to the live connection whose delivery receipt has not come back. Like the
     /// real server, they are delivered again (offline) after the connection ends: a client that
     /// died before making a message durable gets it once more.
-    unreceipted: VecDeque<Node>,
-    pending_pair: Option<PendingPair>,
-    link: Option<LinkCode>,
-    key_index: u32,
-    next_conn: u64,
+    pub(super) unreceipted: VecDeque<Node>,
+    pub(super) pending_pair: Option<PendingPair>,
+    pub(super) link: Option<LinkCode>,
+    pub(super) key_index: u32,
+    pub(super) next_conn: u64,
     /// Set while the `blackhole` fault is on: new connections are held before the WebSocket
     /// upgrade, the live one neither reads nor writes.
     pub blackhole: tokio::sync::watch::Sender<bool>,
@@ -122,9 +121,9 @@ pub struct World {
     /// the old one `<conflict type="replaced"/>`): two clients on one identity at once.
     pub replaced: u64,
     /// Messages the phone got in its own chat so far (the next self-inbox `seq`).
-    self_delivered: u64,
+    pub(super) self_delivered: u64,
     /// Every message stanza delivered so far (up to `OFFLINE_QUEUE_CAP`), for the `replay` fault.
-    delivered: VecDeque<Node>,
+    pub(super) delivered: VecDeque<Node>,
     /// Every login, oldest first (up to `LOGINS_CAP`): "reconnected" means a new id in here.
     pub logins: VecDeque<Login>,
     /// What the linked device sent into the account's own "message yourself" chat, as the phone
@@ -201,14 +200,14 @@ impl World {
             .map(|c| format!("{}:{}@s.whatsapp.net", self.account.pn, c.device))
     }
 
-    fn companion_address(
+    pub(super) fn companion_address(
         &self,
     ) -> Option<whatsapp_rust::wacore::libsignal::protocol::ProtocolAddress> {
         let c = self.companion.as_ref()?;
         Some(Jid::pn_device(self.account.pn.clone(), c.device).to_protocol_address())
     }
 
-    fn send(&self, node: Node) {
+    pub(super) fn send(&self, node: Node) {
         if let Some(conn) = &self.conn
             && conn.tx.try_send(Cmd::Send(node)).is_err()
         {
@@ -216,7 +215,7 @@ impl World {
         }
     }
 
-    fn send_close(&self, node: Node) {
+    pub(super) fn send_close(&self, node: Node) {
         if let Some(conn) = &self.conn {
             let _ = conn.tx.try_send(Cmd::SendClose(node));
         }
@@ -255,7 +254,7 @@ impl World {
     }
 
     /// The connection ended: messages it never receipted go back to the front of the offline queue.
-    fn requeue_unreceipted(&mut self) {
+    pub(super) fn requeue_unreceipted(&mut self) {
         while let Some(node) = self.unreceipted.pop_back() {
             if self.offline.len() >= OFFLINE_QUEUE_CAP {
                 break;
@@ -266,7 +265,7 @@ impl World {
     }
 
     /// Sends a message stanza and remembers it until the client's delivery receipt.
-    fn send_message(&mut self, node: Node) {
+    pub(super) fn send_message(&mut self, node: Node) {
         if self.unreceipted.len() >= OFFLINE_QUEUE_CAP {
             self.unreceipted.pop_front();
         }
@@ -285,7 +284,7 @@ impl World {
     }
 
     /// The client receipted these message ids (`id`, plus any `<list><item id/>`).
-    fn on_receipt(&mut self, node: &Node) {
+    pub(super) fn on_receipt(&mut self, node: &Node) {
         let mut ids: Vec<String> = node
             .attrs
             .get("id")
@@ -311,7 +310,7 @@ impl World {
         });
     }
 
-    fn is_current(&self, id: u64) -> bool {
+    pub(super) fn is_current(&self, id: u64) -> bool {
         self.conn.as_ref().is_some_and(|c| c.id == id)
     }
 
@@ -384,7 +383,7 @@ impl World {
     }
 
     /// Delivers the offline queue then the end marker (the client waits for it after `passive`).
-    fn flush_offline(&mut self) {
+    pub(super) fn flush_offline(&mut self) {
         let queued: Vec<Node> = self.offline.drain(..).collect();
         let count = queued.len();
         for mut node in queued {
@@ -408,13 +407,13 @@ impl World {
         }
     }
 
-    fn can_deliver(&self) -> bool {
+    pub(super) fn can_deliver(&self) -> bool {
         self.conn
             .as_ref()
             .is_some_and(|c| c.active && !c.blackholed)
     }
 
-    fn queue_or_send(&mut self, node: Node) {
+    pub(super) fn queue_or_send(&mut self, node: Node) {
         if self.can_deliver() {
             if node.tag == "message" {
                 self.send_message(node);
@@ -452,7 +451,7 @@ impl World {
         }
     }
 
-    async fn on_iq(&mut self, iq: &Node, now: u64) {
+    pub(super) async fn on_iq(&mut self, iq: &Node, now: u64) {
         let id = attr(iq, "id").unwrap_or_default();
         let kind = attr(iq, "type").unwrap_or_default();
         if kind == "result" || kind == "error" {
@@ -496,7 +495,7 @@ impl World {
         let _ = now;
     }
 
-    fn on_iq_answer(&mut self, iq: &Node, id: &str, kind: &str) {
+    pub(super) fn on_iq_answer(&mut self, iq: &Node, id: &str, kind: &str) {
         let Some(pending) = self.pending_pair.take_if(|p| p.iq_id == id) else {
             return;
         };
@@ -521,246 +520,7 @@ impl World {
         }
     }
 
-    fn on_encrypt_iq(&mut self, iq: &Node, id: &str) -> Node {
-        if let Some(count) = child(iq, "count") {
-            let _ = count;
-            let n = self.client_keys.prekeys.len();
-            return iq_result(
-                id,
-                vec![
-                    NodeBuilder::new("count")
-                        .attr("value", n.to_string())
-                        .build(),
-                ],
-            );
-        }
-        if child(iq, "digest").is_some() {
-            return self.digest(id);
-        }
-        if let Some(key) = child(iq, "key") {
-            let users: Vec<Node> = nodes::children(key, "user")
-                .filter_map(|u| attr(u, "jid"))
-                .map(|jid| self.bundle_node(&jid))
-                .collect();
-            return iq_result(id, vec![NodeBuilder::new("list").children(users).build()]);
-        }
-        if let Some(rotate) = child(iq, "rotate") {
-            if let Some(skey) = child(rotate, "skey") {
-                self.store_skey(skey);
-            }
-            return iq_result(id, vec![]);
-        }
-        if child(iq, "registration").is_some() {
-            let keys = &mut self.client_keys;
-            if let Some(b) = child_bytes(iq, "registration") {
-                keys.registration_id = nodes::be_uint(b);
-            }
-            if let Some(b) = child_bytes(iq, "identity") {
-                keys.identity = b.to_vec();
-            }
-            if let Some(list) = child(iq, "list") {
-                for k in nodes::children(list, "key") {
-                    if let (Some(i), Some(v)) = (child_bytes(k, "id"), child_bytes(k, "value")) {
-                        keys.add_prekey(nodes::be_uint(i), v.to_vec());
-                    }
-                }
-            }
-            if let Some(skey) = child(iq, "skey") {
-                self.store_skey(skey);
-            }
-            return iq_result(id, vec![]);
-        }
-        iq_error(id, 501, "feature-not-implemented")
-    }
-
-    fn store_skey(&mut self, skey: &Node) {
-        if let Some(b) = child_bytes(skey, "id") {
-            self.client_keys.skey_id = nodes::be_uint(b);
-        }
-        if let Some(b) = child_bytes(skey, "value") {
-            self.client_keys.skey_pub = b.to_vec();
-        }
-        if let Some(b) = child_bytes(skey, "signature") {
-            self.client_keys.skey_sig = b.to_vec();
-        }
-    }
-
-    fn digest(&self, id: &str) -> Node {
-        let k = &self.client_keys;
-        if !k.is_known() {
-            return iq_error(id, 404, "item-not-found");
-        }
-        let pubs: Vec<&[u8]> = k.prekeys.iter().map(|(_, p)| p.as_slice()).collect();
-        let hash = whatsapp_rust::wacore::prekeys::compute_key_bundle_digest(
-            &k.identity,
-            &k.skey_pub,
-            &k.skey_sig,
-            &pubs,
-        );
-        let id3 = |n: u32| n.to_be_bytes()[1..].to_vec();
-        let digest = NodeBuilder::new("digest")
-            .children([
-                NodeBuilder::new("registration")
-                    .bytes(k.registration_id.to_be_bytes().to_vec())
-                    .build(),
-                NodeBuilder::new("type").bytes(vec![5]).build(),
-                NodeBuilder::new("identity")
-                    .bytes(k.identity.clone())
-                    .build(),
-                NodeBuilder::new("skey")
-                    .children([
-                        NodeBuilder::new("id").bytes(id3(k.skey_id)).build(),
-                        NodeBuilder::new("value").bytes(k.skey_pub.clone()).build(),
-                        NodeBuilder::new("signature")
-                            .bytes(k.skey_sig.clone())
-                            .build(),
-                    ])
-                    .build(),
-                NodeBuilder::new("list")
-                    .children(
-                        k.prekeys
-                            .iter()
-                            .map(|(i, _)| NodeBuilder::new("id").bytes(id3(*i)).build()),
-                    )
-                    .build(),
-                NodeBuilder::new("hash").bytes(hash).build(),
-            ])
-            .build();
-        iq_result(id, vec![digest])
-    }
-
-    /// One `<user>` of a pre-key fetch answer.
-    fn bundle_node(&mut self, jid_str: &str) -> Node {
-        let error = |code: u16, text: &str| {
-            NodeBuilder::new("user")
-                .attr("jid", jid_str.to_string())
-                .children([NodeBuilder::new("error")
-                    .attr("code", code.to_string())
-                    .attr("text", text.to_string())
-                    .build()])
-                .build()
-        };
-        let Ok(jid) = jid_str.parse::<Jid>() else {
-            return error(400, "bad-request");
-        };
-        let own = jid.user == self.account.pn || jid.user == self.account.lid;
-        let bundle = if own && jid.device == 0 {
-            self.phone.bundle().map_err(|e| e.to_string())
-        } else if own
-            && self
-                .companion
-                .as_ref()
-                .is_some_and(|c| c.device == jid.device)
-        {
-            self.client_keys.take_bundle(jid.device)
-        } else if jid.device == 0
-            && !own
-            && let Some(contact) = self.contact_mut(jid.user.as_str())
-        {
-            // Any PN user is a reachable mock contact: the client may start a chat.
-            contact.peer.bundle().map_err(|e| e.to_string())
-        } else {
-            return error(406, "not-acceptable");
-        };
-        let identity = if own && jid.device != 0 {
-            self.companion.as_ref().map(|c| c.signed_identity.clone())
-        } else {
-            None
-        };
-        match bundle.and_then(|b| {
-            whatsapp_rust::wacore::iq::prekeys::PreKeyBundleUserNode::from_bundle(
-                jid.clone(),
-                &b,
-                identity,
-            )
-            .map_err(|e| e.to_string())
-        }) {
-            Ok(user) => user.into_node(),
-            Err(e) => {
-                tracing::warn!("fake-whatsapp: bundle for a known user failed: {e}");
-                error(500, "internal-server-error")
-            }
-        }
-    }
-
-    fn on_usync(&self, iq: &Node, id: &str) -> Node {
-        let Some(usync) = child(iq, "usync") else {
-            return iq_error(id, 400, "bad-request");
-        };
-        let wants_lid = child(usync, "query").is_some_and(|q| child(q, "lid").is_some());
-        let wants_devices = child(usync, "query").is_some_and(|q| child(q, "devices").is_some());
-        let wants_contact = child(usync, "query").is_some_and(|q| child(q, "contact").is_some());
-        let mut users = Vec::new();
-        for user in child(usync, "list")
-            .map(|l| nodes::children(l, "user").collect::<Vec<_>>())
-            .unwrap_or_default()
-        {
-            let jid = attr(user, "jid").or_else(|| {
-                child(user, "contact")
-                    .and_then(nodes::bytes)
-                    .and_then(|b| digits(&String::from_utf8_lossy(b)))
-                    .map(|d| format!("{d}@s.whatsapp.net"))
-            });
-            let Some(jid) = jid else { continue };
-            let user_part = jid
-                .split('@')
-                .next()
-                .unwrap_or("")
-                .split(':')
-                .next()
-                .unwrap_or("");
-            let own = user_part == self.account.pn || user_part == self.account.lid;
-            let mut kids = Vec::new();
-            if wants_contact {
-                // Every number is on the fake WhatsApp.
-                let mut c = NodeBuilder::new("contact").attr("type", "in");
-                if let Some(b) = child(user, "contact").and_then(nodes::bytes) {
-                    c = c.bytes(b.to_vec());
-                }
-                kids.push(c.build());
-            }
-            if wants_devices {
-                let mut devices = vec![NodeBuilder::new("device").attr("id", "0").build()];
-                if own && let Some(c) = &self.companion {
-                    devices.push(
-                        NodeBuilder::new("device")
-                            .attr("id", c.device.to_string())
-                            .build(),
-                    );
-                }
-                kids.push(
-                    NodeBuilder::new("devices")
-                        .children([NodeBuilder::new("device-list").children(devices).build()])
-                        .build(),
-                );
-            }
-            if wants_lid && own {
-                kids.push(
-                    NodeBuilder::new("lid")
-                        .attr("val", format!("{}@lid", self.account.lid))
-                        .build(),
-                );
-            }
-            users.push(
-                NodeBuilder::new("user")
-                    .attr("jid", jid)
-                    .children(kids)
-                    .build(),
-            );
-        }
-        let mut out = NodeBuilder::new("usync");
-        for key in ["sid", "mode", "context"] {
-            if let Some(v) = attr(usync, key) {
-                out = out.attr(key, v);
-            }
-        }
-        let out = out
-            .children([NodeBuilder::new("list").children(users).build()])
-            .build();
-        iq_result(id, vec![out])
-    }
-
-    fn on_md_iq(&mut self, iq: &Node, id: &str) -> Result<Option<Node>, String> {
+    pub(super) fn on_md_iq(&mut self, iq: &Node, id: &str) -> Result<Option<Node>, String> {
         // The companion logs itself out: the phone drops it from its linked devices.
         if child(iq, "remove-companion-device").is_some() {
             tracing::info!("fake-whatsapp: the companion logged out; device unlinked");
@@ -820,7 +580,7 @@ impl World {
         }
     }
 
-    fn send_pair_success(
+    pub(super) fn send_pair_success(
         &mut self,
         adv_secret: &[u8; 32],
         identity: &[u8; 32],
@@ -891,282 +651,5 @@ impl World {
         link.exchange = Some(exchange);
         self.send(node);
         Ok(())
-    }
-
-    /// Contact `e164` sends a message to the linked account; returns its id.
-    pub async fn contact_send(
-        &mut self,
-        e164: &str,
-        text: &str,
-        media: Option<&str>,
-        caption: Option<&str>,
-        now: u64,
-    ) -> Result<String, String> {
-        let user = digits(e164).ok_or("contact: not an E.164 number")?;
-        if !matches!(
-            media,
-            None | Some("image" | "video" | "audio" | "document" | "sticker")
-        ) {
-            return Err("contact: media must be image, video, audio, document or sticker".into());
-        }
-        let remote = self
-            .companion_address()
-            .ok_or("contact: no linked device")?;
-        let device = self.companion.as_ref().map(|c| c.device).unwrap_or(0);
-        if !self.client_keys.is_known() {
-            return Err("contact: the linked device has not published keys".into());
-        }
-        if !self.contacts.contains_key(&user) && self.contacts.len() >= CONTACTS_CAP {
-            return Err("contact: too many contacts".into());
-        }
-        let contact = self
-            .contacts
-            .entry(user.clone())
-            .or_insert_with(Contact::new);
-        let msg = contacts::build_message(text, media, caption);
-        let keys = &mut self.client_keys;
-        let (kind, ct) = contacts::encrypt(
-            &mut contact.peer,
-            &remote,
-            || keys.take_bundle(device),
-            &msg,
-        )
-        .await?;
-        let id = phone::random_hex(10);
-        let mut enc = NodeBuilder::new("enc")
-            .attr("v", PADDING_VERSION.to_string())
-            .attr("type", kind);
-        if let Some(m) = media {
-            enc = enc.attr("mediatype", m);
-        }
-        let stanza = NodeBuilder::new("message")
-            .attr("from", format!("{user}@s.whatsapp.net"))
-            .attr("id", id.clone())
-            .attr("t", now.to_string())
-            .attr("type", if media.is_some() { "media" } else { "text" })
-            .attr(
-                "notify",
-                format!("Contact {}", &user[user.len().saturating_sub(4)..]),
-            )
-            .children([enc.bytes(ct).build()])
-            .build();
-        self.queue_or_send(stanza);
-        Ok(id)
-    }
-
-    /// The owner writes `text` in "message yourself" on the primary phone (device 0). The linked
-    /// device gets the phone's copy the way WhatsApp hands a companion any message sent from
-    /// another of the account's devices: `from` the account's own JID (device 0), `recipient` the
-    /// chat it was sent to (the account itself, PN form), the content wrapped in a
-    /// `deviceSentMessage` naming that destination, Signal-encrypted by the phone to the companion
-    /// (`pkmsg` until the phone has a session with it). Returns the message id.
-    pub async fn phone_self_send(&mut self, text: &str, now: u64) -> Result<String, String> {
-        let remote = self.companion_address().ok_or("phone: no linked device")?;
-        let device = self.companion.as_ref().map(|c| c.device).unwrap_or(0);
-        if !self.client_keys.is_known() {
-            return Err("phone: the linked device has not published keys".into());
-        }
-        let own_chat = format!("{}@{SERVER}", self.account.pn);
-        let msg = phone::device_sent(&own_chat, text);
-        let keys = &mut self.client_keys;
-        let (kind, ct) =
-            contacts::encrypt(&mut self.phone, &remote, || keys.take_bundle(device), &msg).await?;
-        let id = phone::random_hex(16);
-        let stanza = NodeBuilder::new("message")
-            .attr("from", own_chat.clone())
-            .attr("recipient", own_chat)
-            .attr("id", id.clone())
-            .attr("t", now.to_string())
-            .attr("type", "text")
-            .children([NodeBuilder::new("enc")
-                .attr("v", PADDING_VERSION.to_string())
-                .attr("type", kind)
-                .bytes(ct)
-                .build()])
-            .build();
-        self.queue_or_send(stanza);
-        Ok(id)
-    }
-
-    /// What the linked device sent into the self chat, as the phone read it.
-    pub fn self_messages(&self) -> Vec<InboxEntry> {
-        self.self_inbox.iter().cloned().collect()
-    }
-
-    /// The contact for `user` (digits), created on first use within `CONTACTS_CAP`.
-    fn contact_mut(&mut self, user: &str) -> Option<&mut Contact> {
-        let user = digits(user)?;
-        if !self.contacts.contains_key(&user) && self.contacts.len() >= CONTACTS_CAP {
-            return None;
-        }
-        Some(self.contacts.entry(user).or_insert_with(Contact::new))
-    }
-
-    pub fn inbox(&self, e164: &str) -> Vec<InboxEntry> {
-        digits(e164)
-            .and_then(|u| self.contacts.get(&u))
-            .map(|c| c.inbox.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    /// A message the client sent: decrypt each copy addressed to a mock peer, ack, deliver.
-    async fn on_message(&mut self, node: &Node, now: u64) {
-        let id = attr(node, "id").unwrap_or_default();
-        let to = attr(node, "to").unwrap_or_default();
-        let mut copies: Vec<(String, String, Vec<u8>, u8)> = Vec::new();
-        let enc_of = |n: &Node| {
-            let kind = attr(n, "type").unwrap_or_default();
-            let v = attr(n, "v")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(PADDING_VERSION);
-            nodes::bytes(n).map(|b| (kind, b.to_vec(), v))
-        };
-        if let Some(parts) = child(node, "participants") {
-            for t in nodes::children(parts, "to") {
-                if let (Some(jid), Some((kind, ct, v))) =
-                    (attr(t, "jid"), child(t, "enc").and_then(enc_of))
-                {
-                    copies.push((jid, kind, ct, v));
-                }
-            }
-        } else if let Some((kind, ct, v)) = child(node, "enc").and_then(enc_of) {
-            copies.push((to.clone(), kind, ct, v));
-        }
-        let Some(sender) = self.companion_address() else {
-            return;
-        };
-        // Sent into the account's own chat ("message yourself"), PN or LID addressed.
-        let to_self = to
-            .parse::<Jid>()
-            .is_ok_and(|j| j.user == self.account.pn || j.user == self.account.lid);
-        let mut delivered_to = None;
-        for (jid, kind, ct, v) in copies {
-            let Ok(dest) = jid.parse::<Jid>() else {
-                continue;
-            };
-            let own = dest.user == self.account.pn || dest.user == self.account.lid;
-            if own && dest.device == 0 {
-                match contacts::decrypt(&mut self.phone, &sender, &kind, &ct, v).await {
-                    Ok(msg) if to_self => {
-                        if let Some(text) = contacts::message_text(&msg) {
-                            if self.self_inbox.len() >= contacts::INBOX_CAP {
-                                self.self_inbox.pop_front();
-                            }
-                            self.self_delivered += 1;
-                            self.self_inbox.push_back(InboxEntry {
-                                seq: self.self_delivered - 1,
-                                id: id.clone(),
-                                text,
-                                ts: now,
-                            });
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!("fake-whatsapp: phone could not read its copy: {e}"),
-                }
-                continue;
-            }
-            let Some(contact) = self.contacts.get_mut(dest.user.as_str()) else {
-                continue;
-            };
-            match contacts::decrypt(&mut contact.peer, &sender, &kind, &ct, v).await {
-                Ok(msg) => {
-                    if let Some(text) = contacts::message_text(&msg) {
-                        contact.record(InboxEntry {
-                            seq: 0,
-                            id: id.clone(),
-                            text,
-                            ts: now,
-                        });
-                    }
-                    delivered_to = Some(dest.user.to_string());
-                }
-                Err(e) => tracing::warn!("fake-whatsapp: contact could not decrypt: {e}"),
-            }
-        }
-        if let Some(ack) = nodes::ack_for(node, now) {
-            self.send(ack);
-        }
-        if let Some(user) = delivered_to {
-            self.send(
-                NodeBuilder::new("receipt")
-                    .attr("from", format!("{user}@s.whatsapp.net"))
-                    .attr("id", id)
-                    .attr("t", now.to_string())
-                    .build(),
-            );
-        }
-    }
-
-    // ---- faults --------------------------------------------------------------------------
-
-    pub fn fault(&mut self, kind: &str, code: Option<u16>) -> Result<(), String> {
-        match kind {
-            "heal" => {
-                self.blackhole.send_replace(false);
-                if let Some(c) = self.conn.as_mut() {
-                    c.blackholed = false;
-                    let _ = c.tx.try_send(Cmd::Heal);
-                }
-                Ok(())
-            }
-            "blackhole" => {
-                self.blackhole.send_replace(true);
-                if let Some(c) = self.conn.as_mut() {
-                    c.blackholed = true;
-                    let _ = c.tx.try_send(Cmd::Blackhole);
-                }
-                Ok(())
-            }
-            // A server-side replay: every message delivered so far is queued again (same id, same
-            // ciphertext) and the link drops, so the reconnecting client gets them offline.
-            "replay" => {
-                let c = self.conn.as_mut().ok_or("fault: no client connected")?;
-                c.tx.try_send(Cmd::Close)
-                    .map_err(|_| "fault: connection queue full".to_string())?;
-                for node in self.delivered.clone() {
-                    if self.offline.len() >= OFFLINE_QUEUE_CAP {
-                        break;
-                    }
-                    self.offline.push_back(node);
-                }
-                Ok(())
-            }
-            "bad-decrypt" | "garbage-node" | "truncated" | "oversized" => {
-                let c = self.conn.as_mut().ok_or("fault: no client connected")?;
-                let cmd = match kind {
-                    "bad-decrypt" => {
-                        let mut f = vec![0, 0, BAD_CIPHERTEXT_LEN as u8];
-                        f.extend((0..BAD_CIPHERTEXT_LEN).map(|_| fastrand::u8(..)));
-                        Cmd::RawWs(f)
-                    }
-                    "garbage-node" => Cmd::SealRaw(GARBAGE_NODE.to_vec()),
-                    // A header promising 1000 bytes, 10 of them sent, then the link is cut.
-                    "truncated" => {
-                        let mut f = vec![0x00, 0x03, 0xe8];
-                        f.extend([0xab; 10]);
-                        Cmd::RawWsCut(f)
-                    }
-                    _ => {
-                        let mut f = vec![0xff, 0xff, 0xff];
-                        f.resize(OVERSIZED_LEN, 0x5a);
-                        Cmd::RawWs(f)
-                    }
-                };
-                c.tx.try_send(cmd)
-                    .map_err(|_| "fault: connection queue full".to_string())
-            }
-            "drop" | "stream-error" | "conflict" => {
-                let c = self.conn.as_mut().ok_or("fault: no client connected")?;
-                let cmd = match kind {
-                    "drop" => Cmd::Close,
-                    "stream-error" => Cmd::SendClose(nodes::stream_error(code.unwrap_or(515))),
-                    _ => Cmd::SendClose(nodes::conflict_replaced()),
-                };
-                c.tx.try_send(cmd)
-                    .map_err(|_| "fault: connection queue full".to_string())
-            }
-            other => Err(format!("fault: unknown kind {other}")),
-        }
     }
 }

@@ -1,0 +1,217 @@
+//! Messages between the mock people and the linked device: a contact or the owner's phone writing
+//! to it (Signal-encrypted as the real peer would), and what the linked device sends back,
+//! decrypted by each addressee, acknowledged and receipted.
+
+use super::contacts::{self, Contact, InboxEntry, PADDING_VERSION};
+use super::nodes::{self, SERVER, attr, child};
+use super::phone;
+use super::server::*;
+use whatsapp_rust::wacore_binary::builder::NodeBuilder;
+use whatsapp_rust::wacore_binary::{Jid, Node};
+
+impl World {
+    /// Contact `e164` sends a message to the linked account; returns its id.
+    pub async fn contact_send(
+        &mut self,
+        e164: &str,
+        text: &str,
+        media: Option<&str>,
+        caption: Option<&str>,
+        now: u64,
+    ) -> Result<String, String> {
+        let user = digits(e164).ok_or("contact: not an E.164 number")?;
+        if !matches!(
+            media,
+            None | Some("image" | "video" | "audio" | "document" | "sticker")
+        ) {
+            return Err("contact: media must be image, video, audio, document or sticker".into());
+        }
+        let remote = self
+            .companion_address()
+            .ok_or("contact: no linked device")?;
+        let device = self.companion.as_ref().map(|c| c.device).unwrap_or(0);
+        if !self.client_keys.is_known() {
+            return Err("contact: the linked device has not published keys".into());
+        }
+        if !self.contacts.contains_key(&user) && self.contacts.len() >= CONTACTS_CAP {
+            return Err("contact: too many contacts".into());
+        }
+        let contact = self
+            .contacts
+            .entry(user.clone())
+            .or_insert_with(Contact::new);
+        let msg = contacts::build_message(text, media, caption);
+        let keys = &mut self.client_keys;
+        let (kind, ct) = contacts::encrypt(
+            &mut contact.peer,
+            &remote,
+            || keys.take_bundle(device),
+            &msg,
+        )
+        .await?;
+        let id = phone::random_hex(10);
+        let mut enc = NodeBuilder::new("enc")
+            .attr("v", PADDING_VERSION.to_string())
+            .attr("type", kind);
+        if let Some(m) = media {
+            enc = enc.attr("mediatype", m);
+        }
+        let stanza = NodeBuilder::new("message")
+            .attr("from", format!("{user}@s.whatsapp.net"))
+            .attr("id", id.clone())
+            .attr("t", now.to_string())
+            .attr("type", if media.is_some() { "media" } else { "text" })
+            .attr(
+                "notify",
+                format!("Contact {}", &user[user.len().saturating_sub(4)..]),
+            )
+            .children([enc.bytes(ct).build()])
+            .build();
+        self.queue_or_send(stanza);
+        Ok(id)
+    }
+
+    /// The owner writes `text` in "message yourself" on the primary phone (device 0). The linked
+    /// device gets the phone's copy the way WhatsApp hands a companion any message sent from
+    /// another of the account's devices: `from` the account's own JID (device 0), `recipient` the
+    /// chat it was sent to (the account itself, PN form), the content wrapped in a
+    /// `deviceSentMessage` naming that destination, Signal-encrypted by the phone to the companion
+    /// (`pkmsg` until the phone has a session with it). Returns the message id.
+    pub async fn phone_self_send(&mut self, text: &str, now: u64) -> Result<String, String> {
+        let remote = self.companion_address().ok_or("phone: no linked device")?;
+        let device = self.companion.as_ref().map(|c| c.device).unwrap_or(0);
+        if !self.client_keys.is_known() {
+            return Err("phone: the linked device has not published keys".into());
+        }
+        let own_chat = format!("{}@{SERVER}", self.account.pn);
+        let msg = phone::device_sent(&own_chat, text);
+        let keys = &mut self.client_keys;
+        let (kind, ct) =
+            contacts::encrypt(&mut self.phone, &remote, || keys.take_bundle(device), &msg).await?;
+        let id = phone::random_hex(16);
+        let stanza = NodeBuilder::new("message")
+            .attr("from", own_chat.clone())
+            .attr("recipient", own_chat)
+            .attr("id", id.clone())
+            .attr("t", now.to_string())
+            .attr("type", "text")
+            .children([NodeBuilder::new("enc")
+                .attr("v", PADDING_VERSION.to_string())
+                .attr("type", kind)
+                .bytes(ct)
+                .build()])
+            .build();
+        self.queue_or_send(stanza);
+        Ok(id)
+    }
+
+    /// What the linked device sent into the self chat, as the phone read it.
+    pub fn self_messages(&self) -> Vec<InboxEntry> {
+        self.self_inbox.iter().cloned().collect()
+    }
+
+    /// The contact for `user` (digits), created on first use within `CONTACTS_CAP`.
+    pub(super) fn contact_mut(&mut self, user: &str) -> Option<&mut Contact> {
+        let user = digits(user)?;
+        if !self.contacts.contains_key(&user) && self.contacts.len() >= CONTACTS_CAP {
+            return None;
+        }
+        Some(self.contacts.entry(user).or_insert_with(Contact::new))
+    }
+
+    pub fn inbox(&self, e164: &str) -> Vec<InboxEntry> {
+        digits(e164)
+            .and_then(|u| self.contacts.get(&u))
+            .map(|c| c.inbox.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// A message the client sent: decrypt each copy addressed to a mock peer, ack, deliver.
+    pub(super) async fn on_message(&mut self, node: &Node, now: u64) {
+        let id = attr(node, "id").unwrap_or_default();
+        let to = attr(node, "to").unwrap_or_default();
+        let mut copies: Vec<(String, String, Vec<u8>, u8)> = Vec::new();
+        let enc_of = |n: &Node| {
+            let kind = attr(n, "type").unwrap_or_default();
+            let v = attr(n, "v")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(PADDING_VERSION);
+            nodes::bytes(n).map(|b| (kind, b.to_vec(), v))
+        };
+        if let Some(parts) = child(node, "participants") {
+            for t in nodes::children(parts, "to") {
+                if let (Some(jid), Some((kind, ct, v))) =
+                    (attr(t, "jid"), child(t, "enc").and_then(enc_of))
+                {
+                    copies.push((jid, kind, ct, v));
+                }
+            }
+        } else if let Some((kind, ct, v)) = child(node, "enc").and_then(enc_of) {
+            copies.push((to.clone(), kind, ct, v));
+        }
+        let Some(sender) = self.companion_address() else {
+            return;
+        };
+        // Sent into the account's own chat ("message yourself"), PN or LID addressed.
+        let to_self = to
+            .parse::<Jid>()
+            .is_ok_and(|j| j.user == self.account.pn || j.user == self.account.lid);
+        let mut delivered_to = None;
+        for (jid, kind, ct, v) in copies {
+            let Ok(dest) = jid.parse::<Jid>() else {
+                continue;
+            };
+            let own = dest.user == self.account.pn || dest.user == self.account.lid;
+            if own && dest.device == 0 {
+                match contacts::decrypt(&mut self.phone, &sender, &kind, &ct, v).await {
+                    Ok(msg) if to_self => {
+                        if let Some(text) = contacts::message_text(&msg) {
+                            if self.self_inbox.len() >= contacts::INBOX_CAP {
+                                self.self_inbox.pop_front();
+                            }
+                            self.self_delivered += 1;
+                            self.self_inbox.push_back(InboxEntry {
+                                seq: self.self_delivered - 1,
+                                id: id.clone(),
+                                text,
+                                ts: now,
+                            });
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!("fake-whatsapp: phone could not read its copy: {e}"),
+                }
+                continue;
+            }
+            let Some(contact) = self.contacts.get_mut(dest.user.as_str()) else {
+                continue;
+            };
+            match contacts::decrypt(&mut contact.peer, &sender, &kind, &ct, v).await {
+                Ok(msg) => {
+                    if let Some(text) = contacts::message_text(&msg) {
+                        contact.record(InboxEntry {
+                            seq: 0,
+                            id: id.clone(),
+                            text,
+                            ts: now,
+                        });
+                    }
+                    delivered_to = Some(dest.user.to_string());
+                }
+                Err(e) => tracing::warn!("fake-whatsapp: contact could not decrypt: {e}"),
+            }
+        }
+        if let Some(ack) = nodes::ack_for(node, now) {
+            self.send(ack);
+        }
+        if let Some(user) = delivered_to {
+            self.send(
+                NodeBuilder::new("receipt")
+                    .attr("from", format!("{user}@s.whatsapp.net"))
+                    .attr("id", id)
+                    .attr("t", now.to_string())
+                    .build(),
+            );
+        }
+    }
+}

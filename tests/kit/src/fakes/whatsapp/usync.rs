@@ -1,0 +1,85 @@
+//! The fake server's user sync (`xmlns="usync"`): contact existence, device lists and LIDs.
+
+use super::nodes::{self, attr, child, iq_error, iq_result};
+use super::server::*;
+use whatsapp_rust::wacore_binary::Node;
+use whatsapp_rust::wacore_binary::builder::NodeBuilder;
+
+impl World {
+    pub(super) fn on_usync(&self, iq: &Node, id: &str) -> Node {
+        let Some(usync) = child(iq, "usync") else {
+            return iq_error(id, 400, "bad-request");
+        };
+        let wants_lid = child(usync, "query").is_some_and(|q| child(q, "lid").is_some());
+        let wants_devices = child(usync, "query").is_some_and(|q| child(q, "devices").is_some());
+        let wants_contact = child(usync, "query").is_some_and(|q| child(q, "contact").is_some());
+        let mut users = Vec::new();
+        for user in child(usync, "list")
+            .map(|l| nodes::children(l, "user").collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            let jid = attr(user, "jid").or_else(|| {
+                child(user, "contact")
+                    .and_then(nodes::bytes)
+                    .and_then(|b| digits(&String::from_utf8_lossy(b)))
+                    .map(|d| format!("{d}@s.whatsapp.net"))
+            });
+            let Some(jid) = jid else { continue };
+            let user_part = jid
+                .split('@')
+                .next()
+                .unwrap_or("")
+                .split(':')
+                .next()
+                .unwrap_or("");
+            let own = user_part == self.account.pn || user_part == self.account.lid;
+            let mut kids = Vec::new();
+            if wants_contact {
+                // Every number is on the fake WhatsApp.
+                let mut c = NodeBuilder::new("contact").attr("type", "in");
+                if let Some(b) = child(user, "contact").and_then(nodes::bytes) {
+                    c = c.bytes(b.to_vec());
+                }
+                kids.push(c.build());
+            }
+            if wants_devices {
+                let mut devices = vec![NodeBuilder::new("device").attr("id", "0").build()];
+                if own && let Some(c) = &self.companion {
+                    devices.push(
+                        NodeBuilder::new("device")
+                            .attr("id", c.device.to_string())
+                            .build(),
+                    );
+                }
+                kids.push(
+                    NodeBuilder::new("devices")
+                        .children([NodeBuilder::new("device-list").children(devices).build()])
+                        .build(),
+                );
+            }
+            if wants_lid && own {
+                kids.push(
+                    NodeBuilder::new("lid")
+                        .attr("val", format!("{}@lid", self.account.lid))
+                        .build(),
+                );
+            }
+            users.push(
+                NodeBuilder::new("user")
+                    .attr("jid", jid)
+                    .children(kids)
+                    .build(),
+            );
+        }
+        let mut out = NodeBuilder::new("usync");
+        for key in ["sid", "mode", "context"] {
+            if let Some(v) = attr(usync, key) {
+                out = out.attr(key, v);
+            }
+        }
+        let out = out
+            .children([NodeBuilder::new("list").children(users).build()])
+            .build();
+        iq_result(id, vec![out])
+    }
+}
