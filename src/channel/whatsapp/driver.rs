@@ -567,6 +567,70 @@ mod tests {
         assert_eq!(board.snapshot()[0].detail, why);
     }
 
+    /// Every login refusal the library reports reaches the lifecycle as what it is: a ban with
+    /// its length, a refusal with its code (409, 411, 503, unknown).
+    #[tokio::test]
+    async fn login_refusals_reach_the_lifecycle_with_their_code_and_expiry() {
+        use whatsapp_rust::types::events::{
+            ConnectFailure, ConnectFailureReason, TempBanReason, TemporaryBan,
+        };
+        for (reason, code) in [
+            (ConnectFailureReason::BadUserAgent, 409),
+            (ConnectFailureReason::Unknown(411), 411),
+            (ConnectFailureReason::ServiceUnavailable, 503),
+            (ConnectFailureReason::Unknown(499), 499),
+        ] {
+            let (sh, _subs, _prx, _board) = shared(false);
+            sh.feed(Input::Start { paired: true });
+            while sh.life().poll_action().is_some() {}
+            Events(sh.clone()).handle_event(Arc::new(Event::ConnectFailure(
+                ConnectFailure::builder().reason(reason).build(),
+            )));
+            sh.life().handle(
+                Input::ConnectionEnded {
+                    connect_error: None,
+                },
+                Instant::now(),
+            );
+            let actions: Vec<Action> = std::iter::from_fn(|| sh.life().poll_action()).collect();
+            assert!(
+                actions.contains(&Action::Report(
+                    State::Degraded,
+                    format!("reconnecting (WhatsApp refused the login: {code})")
+                )),
+                "{code}: {actions:?}"
+            );
+        }
+        let (sh, _subs, _prx, _board) = shared(false);
+        sh.feed(Input::Start { paired: true });
+        while sh.life().poll_action().is_some() {}
+        Events(sh.clone()).handle_event(Arc::new(Event::TemporaryBan(
+            TemporaryBan::builder()
+                .code(TempBanReason::from(101))
+                .expire(whatsapp_rust::chrono::Duration::seconds(7200))
+                .build(),
+        )));
+        let now = Instant::now();
+        sh.life().handle(
+            Input::ConnectionEnded {
+                connect_error: None,
+            },
+            now,
+        );
+        let actions: Vec<Action> = std::iter::from_fn(|| sh.life().poll_action()).collect();
+        assert!(
+            actions.iter().any(|a| matches!(a, Action::Report(State::Degraded, w)
+                if w.starts_with("temporarily banned by WhatsApp until ") && w.contains("UTC (2 h)"))),
+            "{actions:?}"
+        );
+        assert!(
+            actions.contains(&Action::WaitUntil(
+                now + Duration::from_secs(7200) + crate::retry::TEMP_BAN_SLACK
+            )),
+            "{actions:?}"
+        );
+    }
+
     #[tokio::test]
     async fn the_servers_verdicts_reach_the_lifecycle_and_the_first_wins() {
         let (sh, _subs, _prx, _board) = shared(false);
