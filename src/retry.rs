@@ -87,6 +87,29 @@ pub const INTAKE: Profile = Profile {
     cap: Duration::from_secs(2),
 };
 
+/// Reconnecting after WhatsApp refused a login with a code that is neither a logout, a ban nor
+/// "outdated" (409 bad user agent, 411 multi-device mismatch, 500, 503, codes nobody decodes yet):
+/// the server answered, so the network is fine and a quick retry would only be refused again (or
+/// look like a client hammering a refusal). From 10 s up to 30 min apart: at most 4 attempts in
+/// the first minute, and a server that comes back is tried within half an hour.
+pub const REFUSED: Profile = Profile {
+    base: Duration::from_secs(10),
+    cap: Duration::from_secs(30 * 60),
+};
+/// Reconnecting while WhatsApp keeps answering 405 (client outdated) although clawbox fetched the
+/// current web version: only a newer clawbox (or a newer version document) helps, so the tries go
+/// from 30 min up to 6 h apart — a box left alone for a week asks a few dozen times, not thousands.
+pub const OUTDATED: Profile = Profile {
+    base: Duration::from_secs(30 * 60),
+    cap: Duration::from_secs(6 * 3600),
+};
+/// A temporary ban (402) is waited out for the `expire` WhatsApp gives plus this much (its clock
+/// and ours may differ by a little; a login a moment early would be refused again).
+pub const TEMP_BAN_SLACK: Duration = Duration::from_secs(30);
+/// The longest ban wait honoured before trying again anyway: a garbage `expire` cannot park the
+/// channel for years; a real ban that is still on answers 402 again and is waited out afresh.
+pub const TEMP_BAN_CAP: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Wait before reconnecting when WhatsApp says we connect too often: deliberately slower than
 /// [`LINK`]'s cap, so a rate limit is not hammered. README: "10 s when WhatsApp says it is
 /// rate-limited".

@@ -379,6 +379,13 @@ pub(super) fn check(cfg: &mut Config, text: &str) -> Result<(), Vec<ConfigError>
                 "server_url must start with wss:// (or ws:// for a local test server)",
             );
         }
+        let v = w.version_url.get_ref();
+        if !(v.starts_with("https://") || v.starts_with("http://")) {
+            c.err_at(
+                &w.version_url,
+                "version_url must start with https:// (or http:// for a local test server)",
+            );
+        }
     }
 
     if c.errors.is_empty() {

@@ -379,6 +379,11 @@ pub struct WhatsAppConfig {
     /// WebSocket endpoint; tests point it at the fake server.
     #[serde(default = "default_whatsapp_url")]
     pub server_url: Spanned<String>,
+    /// The document WhatsApp Web's current version is read from (its service worker, `sw.js`,
+    /// which names the `client_revision`): fetched when the channel starts and whenever WhatsApp
+    /// answers a login with 405 (client outdated). Tests point it at the fake server.
+    #[serde(default = "default_whatsapp_version_url")]
+    pub version_url: Spanned<String>,
 }
 
 /// On, allowlist policy with nobody listed: only the owner's self chat reaches the assistant.
@@ -393,6 +398,7 @@ impl Default for WhatsAppConfig {
             self_prefix: default_self_prefix(),
             read_receipts: true,
             server_url: default_whatsapp_url(),
+            version_url: default_whatsapp_version_url(),
         }
     }
 }
@@ -418,6 +424,9 @@ fn default_telegram_root() -> Spanned<String> {
 }
 fn default_whatsapp_url() -> Spanned<String> {
     Spanned::new(0..0, "wss://web.whatsapp.com/ws/chat".into())
+}
+fn default_whatsapp_version_url() -> Spanned<String> {
+    Spanned::new(0..0, crate::channel::whatsapp::DEFAULT_VERSION_URL.into())
 }
 fn default_self_prefix() -> String {
     "🤖 ".into()

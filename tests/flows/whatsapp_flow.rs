@@ -11,24 +11,25 @@ use std::time::Duration;
 use support::*;
 use tokio::time::Instant;
 
-const FRIEND: &str = "+15550002222";
+pub(crate) const FRIEND: &str = "+15550002222";
 const STRANGER: &str = "+15550003333";
 
-struct Bx {
-    dir: tempfile::TempDir,
-    cfg: std::path::PathBuf,
-    port: u16,
+pub(crate) struct Bx {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) cfg: std::path::PathBuf,
+    pub(crate) port: u16,
 }
 
-fn new_box(fake: &FakeWhatsApp) -> Bx {
+pub(crate) fn new_box(fake: &FakeWhatsApp) -> Bx {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let cfg = format!(
         "[gateway]\nstate_dir = \"{}\"\nhealth_listen = \"127.0.0.1:{port}\"\n[pacing]\nenabled = false\n\
          [channels.console]\nenabled = true\n\
-         [channels.whatsapp]\nserver_url = \"{}\"\nallow_from = [\"{FRIEND}\"]\n",
+         [channels.whatsapp]\nserver_url = \"{}\"\nversion_url = \"{}\"\nallow_from = [\"{FRIEND}\"]\n",
         dir.path().join("state").display(),
-        fake.ws_url()
+        fake.ws_url(),
+        fake.version_url()
     );
     let path = dir.path().join("clawbox.toml");
     std::fs::write(&path, cfg).unwrap();
@@ -45,19 +46,19 @@ impl Bx {
         v.extend_from_slice(&["--config", self.cfg.to_str().unwrap()]);
         v
     }
-    async fn run(&self) -> Proc {
+    pub(crate) async fn run(&self) -> Proc {
         let p = spawn(&self.args(&["run"]), &[], self.dir.path());
         p.wait_stderr("ready", |e| e.iter().any(|l| l.contains("ready")))
             .await;
         p
     }
-    async fn health(&self) -> String {
+    pub(crate) async fn health(&self) -> String {
         http_get(&format!("http://127.0.0.1:{}/healthz", self.port)).await
     }
     async fn metrics(&self) -> String {
         http_get(&format!("http://127.0.0.1:{}/metrics", self.port)).await
     }
-    async fn wait_health(&self, needle: &str) -> String {
+    pub(crate) async fn wait_health(&self, needle: &str) -> String {
         let deadline = Instant::now() + SOON;
         loop {
             let h = self.health().await;
@@ -73,7 +74,7 @@ impl Bx {
     }
 }
 
-async fn wait_connected(fake: &FakeWhatsApp, within: Duration) -> Duration {
+pub(crate) async fn wait_connected(fake: &FakeWhatsApp, within: Duration) -> Duration {
     let t = Instant::now();
     loop {
         if fake.state().await.connected {
@@ -119,7 +120,7 @@ async fn pair_by_qr(fake: &FakeWhatsApp, bx: &Bx) {
 }
 
 /// A box linked by QR, with `clawbox run` started and connected.
-async fn linked_and_running(fake: &FakeWhatsApp) -> (Bx, Proc) {
+pub(crate) async fn linked_and_running(fake: &FakeWhatsApp) -> (Bx, Proc) {
     let bx = new_box(fake);
     pair_by_qr(fake, &bx).await;
     let p = bx.run().await;
@@ -128,12 +129,12 @@ async fn linked_and_running(fake: &FakeWhatsApp) -> (Bx, Proc) {
 }
 
 /// SIGTERM, and a clean exit.
-async fn stop(mut p: Proc) {
+pub(crate) async fn stop(mut p: Proc) {
     p.sigterm();
     assert_eq!(p.exit_code().await, Some(0), "{:#?}", p.stderr());
 }
 
-async fn replies(fake: &FakeWhatsApp, who: &str, word: &str) -> usize {
+pub(crate) async fn replies(fake: &FakeWhatsApp, who: &str, word: &str) -> usize {
     fake.contact_inbox(who)
         .await
         .iter()
@@ -141,7 +142,7 @@ async fn replies(fake: &FakeWhatsApp, who: &str, word: &str) -> usize {
         .count()
 }
 
-async fn wait_reply(fake: &FakeWhatsApp, who: &str, word: &str) {
+pub(crate) async fn wait_reply(fake: &FakeWhatsApp, who: &str, word: &str) {
     let t = Instant::now();
     while replies(fake, who, word).await == 0 {
         assert!(

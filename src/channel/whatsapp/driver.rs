@@ -4,15 +4,22 @@
 //! actions the lifecycle asks for ([`Run::perform`]: connect, publish, save, disconnect, wipe,
 //! wait, finish), hands the router's commands to [`super::outbound`] and the owner's requests to
 //! [`link`], and ends the client for good however the run ends ([`Teardown`]: one client per
-//! process). Decides nothing itself.
+//! process at a time). Decides nothing itself.
+//!
+//! Every connection gets a fresh client ([`Run::connect`]): the one before is disconnected
+//! (flushing its state to the store) and dropped first. A client is never run again after its
+//! connection ended — whatsapp-rust 0.7.0 can leave a reused client connected but deaf
+//! (upstream #1264) — and a new client is the only way to offer a newly fetched web version after
+//! a 405 (the version is fixed when a client is built).
 
 use super::lifecycle::{Action, Ending, Finish, Input, Lifecycle};
 use super::outbound::{fail_pending, handle_command};
 use super::probe::deaf_link_probe;
 use super::storage::KvBackend;
+use super::version::{self, WebVersion};
 use super::{
-    DEFAULT_SERVER_URL, Options, Outcome, Shared, TEST_SERVER_VERSION, http, inbound, link,
-    number_of, request_code, shutdown_client, transport,
+    Options, Outcome, Shared, http, inbound, link, number_of, request_code, shutdown_client,
+    transport,
 };
 use crate::channel::{ChannelCommand, ChannelContext, ChannelError};
 use crate::config::WhatsAppConfig;
@@ -60,6 +67,12 @@ impl EventHandler for Events {
             Event::StreamReplaced(_) => Input::Verdict(Ending::Replaced),
             Event::TemporaryBan(b) => Input::Verdict(Ending::TempBanned {
                 expire_s: u64::try_from(b.expire.num_seconds()).unwrap_or(0),
+                at_unix_s: crate::store::now_ms() / 1000,
+            }),
+            // Every other `<failure reason=…>` at login (409, 411, 500, 503, a 402 without its
+            // expiry, unknown codes): the library only reports it.
+            Event::ConnectFailure(f) => Input::Verdict(Ending::Refused {
+                code: f.reason.code(),
             }),
             Event::ClientOutdated(_) => Input::Verdict(Ending::ClientOutdated),
             Event::StreamError(e) if e.code == "429" => Input::Verdict(Ending::RateLimited),
@@ -105,15 +118,15 @@ pub async fn run_with(
     let seed = crate::store::now_ms() ^ 0x5741;
     let life = Lifecycle::new(opts.exit_when_linked, seed);
     let shared = Arc::new(Shared::new(cfg.clone(), ctx.clone(), pairing, life));
-    let (bot, connect_error) = build(&cfg, &ctx, &backend, &shared).await?;
-    let client = bot.client();
+    let web_version = version::starting(&ctx.http, cfg.version_url.get_ref()).await;
     // Wait for a previous driver's client (a restart after a panic) to be gone.
     let slot = ONE_CLIENT.clone().lock_owned().await;
-    // We drive reconnects ourselves (the lifecycle).
-    client.enable_auto_reconnect.store(false, Ordering::Relaxed);
+    let (bot, connect_error) = build(&cfg, &ctx, &backend, &shared, web_version).await?;
+    let client = bot.client();
+    let (current, clients) = tokio::sync::watch::channel(client.clone());
     let _recovered = AbortOnDrop(tokio::spawn(inbound::drain_recovered(
         shared.clone(),
-        client.clone(),
+        clients,
     )));
     let mut run = Run {
         teardown: Teardown {
@@ -124,6 +137,8 @@ pub async fn run_with(
         sh: shared,
         client,
         bot: Some(bot),
+        current,
+        web_version,
         backend,
         phone: opts.phone,
         connect_error,
@@ -136,18 +151,20 @@ pub async fn run_with(
     Ok(run.drive(&mut commands, ctx.shutdown.clone(), inbox).await)
 }
 
-/// The client for one run, its events and inbound messages going to `shared`; and where its
-/// transport keeps the latest connect failure.
+/// A client for one connection offering `web_version`, its events and inbound messages going to
+/// `shared`; and where its transport keeps the latest connect failure. Reconnects are ours (the
+/// lifecycle): the client's own are off.
 async fn build(
     cfg: &WhatsAppConfig,
     ctx: &ChannelContext,
     backend: &KvBackend,
     shared: &Arc<Shared>,
+    web_version: WebVersion,
 ) -> Result<(whatsapp_rust::bot::Bot, Arc<Mutex<Option<String>>>), ChannelError> {
     let url = cfg.server_url.get_ref().clone();
     let factory = transport::WsFactory::new(&url);
     let connect_error = factory.last_error();
-    let mut builder = Bot::builder()
+    let builder = Bot::builder()
         .with_backend(backend.clone())
         .with_transport_factory(factory)
         .with_http_client(http::WaHttp::new(ctx.http.clone()))
@@ -155,14 +172,15 @@ async fn build(
         .with_event_handler(Events(shared.clone()))
         .with_inbound_durability_hook(inbound::Hook(shared.clone()))
         // An assistant needs no chat history: skips downloading and storing it.
-        .skip_history_sync();
-    if url != DEFAULT_SERVER_URL {
-        builder = builder.with_version(TEST_SERVER_VERSION);
-    }
+        .skip_history_sync()
+        .with_version(web_version);
     let bot = builder
         .build()
         .await
         .map_err(|e| ChannelError(format!("cannot start the WhatsApp client: {e}")))?;
+    bot.client()
+        .enable_auto_reconnect
+        .store(false, Ordering::Relaxed);
     Ok((bot, connect_error))
 }
 
@@ -171,8 +189,12 @@ async fn build(
 struct Run {
     sh: Arc<Shared>,
     client: Arc<Client>,
-    /// The client before its first connection (`Bot::run` starts it; later ones `Client::run`).
+    /// The client before its connection (`Bot::run` starts it); `None` once it ran.
     bot: Option<whatsapp_rust::bot::Bot>,
+    /// Tells the recovered-message drain which client is current.
+    current: tokio::sync::watch::Sender<Arc<Client>>,
+    /// The web version the next client offers (the version document's, [`version`]).
+    web_version: WebVersion,
     backend: KvBackend,
     /// Link with a pairing code for this number instead of a QR.
     phone: Option<String>,
@@ -272,6 +294,28 @@ impl Run {
             Action::Disconnect => shutdown_client(&self.client).await,
             Action::LogReconnect { delay, why, news } => log_reconnect(delay, &why, news),
             Action::WaitUntil(t) => self.wait = Some(t),
+            Action::FetchVersion => {
+                let url = self.sh.cfg.version_url.get_ref().clone();
+                let newer = match version::fetch(&ctx.http, &url).await {
+                    Ok(v) => {
+                        let newer = v != self.web_version;
+                        tracing::warn!(
+                            refused = %version::show(self.web_version),
+                            current = %version::show(v),
+                            "WhatsApp refused this client version; fetched the current one"
+                        );
+                        self.web_version = v;
+                        newer
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "WhatsApp refused this client version and the current one could not be read");
+                        false
+                    }
+                };
+                self.sh
+                    .life()
+                    .handle(Input::VersionFetched { newer }, Instant::now());
+            }
             Action::Wipe => match self.backend.wipe().await {
                 Ok(n) => tracing::warn!(rows = n, "WhatsApp logged out; its state was wiped"),
                 Err(e) => tracing::error!(error = %e, "could not wipe the WhatsApp state"),
@@ -294,19 +338,19 @@ impl Run {
         None
     }
 
-    /// Starts one connection and its deaf-link probe.
+    /// Starts one connection, on a fresh client, and its deaf-link probe.
     async fn connect(&mut self, reconnect: bool) {
         if reconnect {
             Metrics::inc(&self.sh.ctx.metrics.reconnects[ChannelKind::WhatsApp]);
         }
-        let client = self.client.clone();
-        let bot = self.bot.take();
-        let conn = tokio::spawn(async move {
-            match bot {
-                Some(b) => b.run().await,
-                None => client.run().await,
-            }
-        });
+        if self.bot.is_none() && !self.renew_client().await {
+            // No client could be built (the store failed): this attempt ends at once and the
+            // lifecycle waits before the next one.
+            self.conn = Some(tokio::spawn(async {}));
+            return;
+        }
+        let Some(bot) = self.bot.take() else { return };
+        let conn = tokio::spawn(bot.run());
         self.teardown.conn = Some(conn.abort_handle());
         self.conn = Some(conn);
         if let Some(phone) = &self.phone {
@@ -318,6 +362,36 @@ impl Run {
             self.client.clone(),
             self.sh.ctx.reporter.clone(),
         ))));
+    }
+
+    /// Ends the client whose connection is over (its disconnect flushes its state to the store,
+    /// bounded in time) and builds the next one from the store, offering the current web
+    /// version. False when it could not be built.
+    async fn renew_client(&mut self) -> bool {
+        self.teardown.conn = None;
+        shutdown_client(&self.client).await;
+        let built = build(
+            &self.sh.cfg,
+            &self.sh.ctx,
+            &self.backend,
+            &self.sh,
+            self.web_version,
+        )
+        .await;
+        match built {
+            Ok((bot, connect_error)) => {
+                self.client = bot.client();
+                self.teardown.client = self.client.clone();
+                self.current.send_replace(self.client.clone());
+                self.connect_error = connect_error;
+                self.bot = Some(bot);
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e.0, "could not build a new WhatsApp client");
+                false
+            }
+        }
     }
 }
 
@@ -417,8 +491,10 @@ mod tests {
                 slot: None,
             },
             sh: sh.clone(),
+            current: tokio::sync::watch::channel(client.clone()).0,
             client,
             bot: None,
+            web_version: version::FALLBACK_VERSION,
             backend: KvBackend::new(sh.ctx.store.kv(KvTable::WhatsApp)),
             phone: None,
             connect_error: Arc::default(),
@@ -489,6 +565,70 @@ mod tests {
         assert_eq!(last, Some(Outcome::NeedsOwner(why.into())));
         assert_eq!(*prx.borrow(), Pairing::Paused);
         assert_eq!(board.snapshot()[0].detail, why);
+    }
+
+    /// Every login refusal the library reports reaches the lifecycle as what it is: a ban with
+    /// its length, a refusal with its code (409, 411, 503, unknown).
+    #[tokio::test]
+    async fn login_refusals_reach_the_lifecycle_with_their_code_and_expiry() {
+        use whatsapp_rust::types::events::{
+            ConnectFailure, ConnectFailureReason, TempBanReason, TemporaryBan,
+        };
+        for (reason, code) in [
+            (ConnectFailureReason::BadUserAgent, 409),
+            (ConnectFailureReason::Unknown(411), 411),
+            (ConnectFailureReason::ServiceUnavailable, 503),
+            (ConnectFailureReason::Unknown(499), 499),
+        ] {
+            let (sh, _subs, _prx, _board) = shared(false);
+            sh.feed(Input::Start { paired: true });
+            while sh.life().poll_action().is_some() {}
+            Events(sh.clone()).handle_event(Arc::new(Event::ConnectFailure(
+                ConnectFailure::builder().reason(reason).build(),
+            )));
+            sh.life().handle(
+                Input::ConnectionEnded {
+                    connect_error: None,
+                },
+                Instant::now(),
+            );
+            let actions: Vec<Action> = std::iter::from_fn(|| sh.life().poll_action()).collect();
+            assert!(
+                actions.contains(&Action::Report(
+                    State::Degraded,
+                    format!("reconnecting (WhatsApp refused the login: {code})")
+                )),
+                "{code}: {actions:?}"
+            );
+        }
+        let (sh, _subs, _prx, _board) = shared(false);
+        sh.feed(Input::Start { paired: true });
+        while sh.life().poll_action().is_some() {}
+        Events(sh.clone()).handle_event(Arc::new(Event::TemporaryBan(
+            TemporaryBan::builder()
+                .code(TempBanReason::from(101))
+                .expire(whatsapp_rust::chrono::Duration::seconds(7200))
+                .build(),
+        )));
+        let now = Instant::now();
+        sh.life().handle(
+            Input::ConnectionEnded {
+                connect_error: None,
+            },
+            now,
+        );
+        let actions: Vec<Action> = std::iter::from_fn(|| sh.life().poll_action()).collect();
+        assert!(
+            actions.iter().any(|a| matches!(a, Action::Report(State::Degraded, w)
+                if w.starts_with("temporarily banned by WhatsApp until ") && w.contains("UTC (2 h)"))),
+            "{actions:?}"
+        );
+        assert!(
+            actions.contains(&Action::WaitUntil(
+                now + Duration::from_secs(7200) + crate::retry::TEMP_BAN_SLACK
+            )),
+            "{actions:?}"
+        );
     }
 
     #[tokio::test]

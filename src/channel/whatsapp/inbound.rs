@@ -69,8 +69,12 @@ pub(super) fn queue_recovered(sh: &Arc<Shared>, m: InboundMessage) {
     }
 }
 
-/// Submits recovered messages for as long as the channel runs, each until the inbox took it.
-pub(super) async fn drain_recovered(sh: Arc<Shared>, client: Arc<Client>) {
+/// Submits recovered messages for as long as the channel runs, each until the inbox took it,
+/// with the client current at the time (the driver builds one per connection).
+pub(super) async fn drain_recovered(
+    sh: Arc<Shared>,
+    clients: tokio::sync::watch::Receiver<Arc<Client>>,
+) {
     let rx = sh
         .inflow
         .rx
@@ -81,6 +85,7 @@ pub(super) async fn drain_recovered(sh: Arc<Shared>, client: Arc<Client>) {
     let mut backoff = Backoff::new(retry::INTAKE, 0x7ec0);
     while let Some(m) = rx.recv().await {
         loop {
+            let client = clients.borrow().clone();
             match submit_one(&sh, Some(&client), &m).await {
                 Ok(_) => break,
                 Err(IntakeError::ShuttingDown) => return,
@@ -344,7 +349,8 @@ mod tests {
     async fn a_recovered_message_is_retried_until_the_inbox_takes_it() {
         let (sh, mut subs, _prx, _board) = shared(false);
         let client = test_client(&sh).await;
-        let drain = tokio::spawn(drain_recovered(sh.clone(), client));
+        let (_current, clients) = tokio::sync::watch::channel(client);
+        let drain = tokio::spawn(drain_recovered(sh.clone(), clients));
         queue_recovered(&sh, inbound("R1", "while you were away"));
         let s = subs.recv().await.unwrap();
         assert_eq!(s.msg.id, "R1");

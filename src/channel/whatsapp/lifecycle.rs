@@ -2,7 +2,8 @@
 //! client reports (a code to show, paired, logged in, the server's verdict on the connection, the
 //! connection's end), the reconnect timer, the owner's requests and shutdown lead to, in explicit
 //! [`Phase`]s. It owns the reconnect policy ([`decide`]: each way a connection ends → reconnect
-//! now, after a wait, or stop for the owner) and the status row's words for each phase.
+//! now, after a wait, after a ban or a refused version is waited out, fetch the current web
+//! version first, or stop for the owner) and the status row's words for each phase.
 //!
 //! Sans-io: no sockets, no tasks, no clock (`now` is passed in), never logs. The driver
 //! ([`super::driver`]) feeds it [`Input`]s ([`Lifecycle::handle`]) — the client's event handler
@@ -38,10 +39,13 @@ pub enum Ending {
     LoggedOut,
     /// `<conflict type="replaced">` / 409: another session took over.
     Replaced,
-    /// Temporary ban; seconds until it lifts.
-    TempBanned { expire_s: u64 },
+    /// 402, temporary ban: seconds until it lifts, and when (Unix seconds) WhatsApp said so.
+    TempBanned { expire_s: u64, at_unix_s: u64 },
     /// 405: this client version is refused.
     ClientOutdated,
+    /// Any other login refusal (`<failure reason=…>`): 409 bad user agent, 411 multi-device
+    /// mismatch, 500, 503, a 402 without its expiry, codes nobody decodes yet.
+    Refused { code: i32 },
     /// 429 from the server.
     RateLimited,
     /// The link dropped or the attempt failed (network, 5xx, 503, 408, 428, 500, a deaf link).
@@ -57,6 +61,15 @@ pub enum Ending {
 pub enum Decision {
     ReconnectNow,
     ReconnectAfter(Duration),
+    /// Wait this long (a ban, a refused version), with these words on the status row, then
+    /// reconnect by itself.
+    Hold {
+        delay: Duration,
+        state: State,
+        detail: String,
+    },
+    /// 405: fetch the current web version from the version document first.
+    FetchVersion,
     /// Stop the channel (other channels keep running); `wipe`: forget the WhatsApp state.
     Stop {
         wipe: bool,
@@ -68,9 +81,49 @@ pub enum Decision {
     Exit,
 }
 
-/// The reconnect policy (its numbers: [`crate::retry::LINK`], [`crate::retry::RATE_LIMITED_WAIT`]).
+/// The reconnect backoffs, one per kind of failure: a refusal does not speed up a lost link's
+/// retries, nor the other way round.
+#[derive(Debug, Clone)]
+pub struct Backoffs {
+    /// A lost link, a failed connect ([`retry::LINK`]).
+    pub link: Backoff,
+    /// A login refused with a code ([`retry::REFUSED`]).
+    pub refused: Backoff,
+    /// 405 while the version document offers nothing newer ([`retry::OUTDATED`]).
+    pub outdated: Backoff,
+}
+
+impl Backoffs {
+    pub fn new(seed: u64) -> Backoffs {
+        Backoffs {
+            link: Backoff::new(retry::LINK, seed),
+            refused: Backoff::new(retry::REFUSED, seed.rotate_left(21)),
+            outdated: Backoff::new(retry::OUTDATED, seed.rotate_left(42)),
+        }
+    }
+
+    /// Logged in: every kind of failure starts again from its base.
+    pub fn reset(&mut self) {
+        self.link.reset();
+        self.refused.reset();
+        self.outdated.reset();
+    }
+}
+
+/// The status row while a 405 is answered by fetching the current web version.
+pub const FETCHING_VERSION: &str =
+    "WhatsApp refuses this client version — fetching the current one";
+/// The status row while WhatsApp keeps refusing the version clawbox can offer.
+pub const UPDATE_CLAWBOX: &str = "WhatsApp refuses this client version — update clawbox";
+/// The status row must hear from the link within this long while the version document is
+/// fetched (the driver's fetch deadline plus slack).
+pub const VERSION_FETCH_WITHIN: Duration = Duration::from_secs(30);
+
+/// The reconnect policy (its numbers: [`crate::retry::LINK`], [`crate::retry::REFUSED`],
+/// [`crate::retry::RATE_LIMITED_WAIT`], [`crate::retry::TEMP_BAN_SLACK`]).
 /// `was_up`: the connection had logged in (a fresh start of the backoff).
-pub fn decide(ending: &Ending, was_up: bool, backoff: &mut Backoff) -> Decision {
+pub fn decide(ending: &Ending, was_up: bool, backoffs: &mut Backoffs) -> Decision {
+    let backoff = &mut backoffs.link;
     let stop = |wipe: bool, detail: String| Decision::Stop {
         wipe,
         detail,
@@ -88,17 +141,20 @@ pub fn decide(ending: &Ending, was_up: bool, backoff: &mut Backoff) -> Decision 
             false,
             "another WhatsApp Web session took over — run `clawbox pair whatsapp` or restart to take it back".into(),
         ),
-        Ending::TempBanned { expire_s } => stop(
-            false,
-            format!(
-                "temporarily banned by WhatsApp for {} — clawbox will not reconnect; restart it after that",
+        Ending::TempBanned {
+            expire_s,
+            at_unix_s,
+        } => Decision::Hold {
+            delay: Duration::from_secs(*expire_s).min(retry::TEMP_BAN_CAP) + retry::TEMP_BAN_SLACK,
+            state: State::Degraded,
+            detail: format!(
+                "temporarily banned by WhatsApp until {} ({}) — clawbox reconnects by itself then",
+                utc_minute(at_unix_s.saturating_add(*expire_s)),
                 human_duration(*expire_s)
             ),
-        ),
-        Ending::ClientOutdated => stop(
-            false,
-            "WhatsApp refuses this client version — update clawbox".into(),
-        ),
+        },
+        Ending::ClientOutdated => Decision::FetchVersion,
+        Ending::Refused { .. } => Decision::ReconnectAfter(backoffs.refused.next_delay()),
         Ending::PairingExhausted => Decision::Stop {
             wipe: false,
             detail: "pairing paused — run `clawbox pair whatsapp` to try again".into(),
@@ -113,6 +169,27 @@ pub fn decide(ending: &Ending, was_up: bool, backoff: &mut Backoff) -> Decision 
             Decision::ReconnectAfter(backoff.next_delay())
         }
     }
+}
+
+/// `unix_s` as `2026-12-07 21:04 UTC` (the proleptic Gregorian calendar, from days since 1970).
+fn utc_minute(unix_s: u64) -> String {
+    let days = (unix_s / 86_400) as i64;
+    let secs = unix_s % 86_400;
+    // Civil date from a day count (H. Hinnant's days_from_civil, inverted).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        secs / 3600,
+        secs % 3600 / 60
+    )
 }
 
 fn human_duration(s: u64) -> String {
@@ -139,6 +216,8 @@ pub enum Phase {
     Up,
     /// The connection ended; the next attempt at `until`.
     Backoff { until: Instant },
+    /// WhatsApp refused this client version: the driver fetches the current one.
+    Updating,
     /// The run is over.
     Stopped(Finish),
 }
@@ -172,6 +251,9 @@ pub enum Input {
     ConnectionEnded { connect_error: Option<String> },
     /// The instant of the last [`Action::WaitUntil`] came.
     TimerFired,
+    /// The driver fetched the version document ([`Action::FetchVersion`]); `newer`: it offers a
+    /// version other than the one WhatsApp just refused (the next connection offers it).
+    VersionFetched { newer: bool },
     /// clawbox is shutting down.
     Shutdown,
 }
@@ -202,6 +284,9 @@ pub enum Action {
     },
     /// Feed [`Input::TimerFired`] at this instant.
     WaitUntil(Instant),
+    /// Fetch the current web version from the version document; feed
+    /// [`Input::VersionFetched`] (also when the fetch failed: `newer: false`).
+    FetchVersion,
     /// Forget the WhatsApp state: the phone logged this device out.
     Wipe,
     /// The run is over: return this once the connection, if one runs, is gone.
@@ -240,7 +325,13 @@ pub struct Lifecycle {
     /// Why the link last closed, in the library's words (kept across connections: the status
     /// says it while reconnecting).
     last_disconnect: Option<String>,
-    backoff: Backoff,
+    backoffs: Backoffs,
+    /// 405s in a row since the last login: only the first one's fetched version is tried at
+    /// once (a version document that changes on every fetch cannot make a loop).
+    outdated_streak: u32,
+    /// A wait for a refused version is over: fetch the document again, then connect whatever it
+    /// says.
+    refetch_then_connect: bool,
     actions: VecDeque<Action>,
 }
 
@@ -254,7 +345,9 @@ impl Lifecycle {
             verdict: None,
             paired: false,
             last_disconnect: None,
-            backoff: Backoff::new(retry::LINK, seed),
+            backoffs: Backoffs::new(seed),
+            outdated_streak: 0,
+            refetch_then_connect: false,
             actions: VecDeque::new(),
         }
     }
@@ -311,7 +404,9 @@ impl Lifecycle {
             }
             Input::Connected if connected && self.phase != Phase::Up => {
                 self.phase = Phase::Up;
-                self.backoff.reset();
+                self.backoffs.reset();
+                self.outdated_streak = 0;
+                self.refetch_then_connect = false;
                 self.push(Action::BeatWithin(LINK_WITHIN));
                 self.push(Action::Linked);
                 if self.exit_when_linked {
@@ -324,9 +419,25 @@ impl Lifecycle {
             Input::OwnerLogout if connected => self.verdict(Ending::Shutdown),
             Input::PairAsked => self.qr_codes = 0,
             Input::ConnectionEnded { connect_error } if connected => self.ended(connect_error, now),
+            Input::VersionFetched { newer } if self.phase == Phase::Updating => {
+                if self.refetch_then_connect || (newer && self.outdated_streak == 1) {
+                    self.refetch_then_connect = false;
+                    self.connect(true);
+                } else {
+                    let delay = self.backoffs.outdated.next_delay();
+                    self.refetch_then_connect = true;
+                    let detail = format!(
+                        "{UPDATE_CLAWBOX} (next try in {})",
+                        human_duration(delay.as_secs())
+                    );
+                    self.hold(now, delay, State::NeedsOwner, detail);
+                }
+            }
             Input::TimerFired => {
                 if let Phase::Backoff { until } = self.phase {
-                    if now >= until {
+                    if now >= until && self.refetch_then_connect {
+                        self.fetch_version();
+                    } else if now >= until {
                         self.connect(true);
                     } else {
                         self.push(Action::WaitUntil(until));
@@ -375,13 +486,26 @@ impl Lifecycle {
             // not force a re-pairing.
             self.push(Action::SaveIdentity { restarting: true });
         }
-        match decide(&ending, was_up, &mut self.backoff) {
+        match decide(&ending, was_up, &mut self.backoffs) {
             Decision::Exit => self.finish(Finish::Shutdown),
             Decision::ReconnectNow => self.connect(true),
+            Decision::FetchVersion => {
+                self.outdated_streak = self.outdated_streak.saturating_add(1);
+                self.fetch_version();
+            }
+            Decision::Hold {
+                delay,
+                state,
+                detail,
+            } => self.hold(now, delay, state, detail),
             Decision::ReconnectAfter(delay) => {
                 let last = self.last_disconnect.clone();
-                let why = if was_up { last } else { connect_error.or(last) }
-                    .unwrap_or_else(|| NO_REASON.into());
+                let why = match &ending {
+                    Ending::Refused { code } => Some(format!("WhatsApp refused the login: {code}")),
+                    _ if was_up => last,
+                    _ => connect_error.or(last),
+                }
+                .unwrap_or_else(|| NO_REASON.into());
                 let until = now + delay;
                 self.phase = Phase::Backoff { until };
                 self.push(Action::Report(
@@ -418,6 +542,28 @@ impl Lifecycle {
         }
     }
 
+    /// Asks the driver for the current web version ([`Input::VersionFetched`] follows).
+    fn fetch_version(&mut self) {
+        self.phase = Phase::Updating;
+        self.push(Action::Report(State::Degraded, FETCHING_VERSION.into()));
+        self.push(Action::BeatWithin(VERSION_FETCH_WITHIN));
+        self.push(Action::FetchVersion);
+    }
+
+    /// Waits `delay` from `now` with `detail` on the status row, then reconnects by itself.
+    fn hold(&mut self, now: Instant, delay: Duration, state: State, detail: String) {
+        let until = now + delay;
+        self.phase = Phase::Backoff { until };
+        self.push(Action::Report(state, detail.clone()));
+        self.push(Action::LogReconnect {
+            delay,
+            why: detail,
+            news: false,
+        });
+        self.push(Action::BeatWithin(delay + WAIT_SLACK));
+        self.push(Action::WaitUntil(until));
+    }
+
     fn finish(&mut self, f: Finish) {
         self.phase = Phase::Stopped(f.clone());
         self.push(Action::Finish(f));
@@ -435,3 +581,6 @@ impl Lifecycle {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod login_tests;

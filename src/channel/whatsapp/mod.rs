@@ -34,6 +34,7 @@ mod probe;
 pub mod runs;
 pub mod storage;
 pub mod transport;
+pub mod version;
 
 use crate::channel::ChannelContext;
 use crate::config::WhatsAppConfig;
@@ -49,6 +50,7 @@ use whatsapp_rust::prelude::*;
 
 pub use driver::run_with;
 pub use outbound::{SEND_ACK_TIMEOUT, classify_nack};
+pub use version::DEFAULT_VERSION_URL;
 
 /// WhatsApp allows ~65k characters; 4000 keeps a reply chunk readable on a phone and leaves room
 /// for the self-chat prefix. A send in doubt is simply repeated: the message id is derived from the
@@ -60,9 +62,9 @@ pub const SPEC: ChannelSpec = ChannelSpec {
 
 /// The production endpoint; any other URL is a test server.
 pub const DEFAULT_SERVER_URL: &str = "wss://web.whatsapp.com/ws/chat";
-/// Web client version announced to a non-default (test) server, so no version page is fetched
-/// from the internet. Against the real server the client fetches the live version (cached 24 h in
-/// the device state): a pinned version ages into "client outdated" on a box left for months.
+/// Web client version of the unit tests' clients (which never connect). A run offers the version
+/// its version document names ([`version`]).
+#[cfg(test)]
 pub const TEST_SERVER_VERSION: (u32, u32, u32) = (2, 3000, 1_026_131_876);
 /// QR codes shown before pairing pauses: WhatsApp rate-limits repeated link attempts.
 pub const MAX_QR_CODES: u32 = 3;

@@ -39,6 +39,12 @@ pub const MAX_MESSAGE: usize = 4 * 1024 * 1024;
 const MAX_FRAME: usize = MAX_MESSAGE;
 /// Events waiting for the client; beyond this the socket read waits (never drops).
 const EVENT_QUEUE: usize = 64;
+/// A write (a frame or a ping) that cannot finish within this is a stalled link: the peer stopped
+/// draining the socket. It bounds every hold of the sink's lock, so one stalled write cannot hang
+/// a disconnect, the next write or the read pump (whatsapp-rust fixed the same hang in its own
+/// transport after 0.7.0, upstream #1221: a close sent without a deadline while a lock was held).
+/// Generous: a frame is at most a few hundred KiB, well under this on a slow mobile uplink.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The WebSocket limits, named.
 pub fn ws_config() -> WebSocketConfig {
@@ -120,16 +126,23 @@ struct WsTransport {
 #[async_trait]
 impl Transport for WsTransport {
     async fn send(&self, data: Bytes) -> Result<(), anyhow::Error> {
-        let mut sink = self.sink.lock().await;
-        sink.send(Message::Binary(data))
-            .await
-            .map_err(|e| anyhow::anyhow!("WebSocket send failed: {e}"))
+        let write = async {
+            let mut sink = self.sink.lock().await;
+            sink.send(Message::Binary(data)).await
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(r) => r.map_err(|e| anyhow::anyhow!("WebSocket send failed: {e}")),
+            Err(_) => {
+                // The link is stalled: the read pump ends it.
+                let _ = self.stop.send(true);
+                Err(anyhow::anyhow!("WebSocket send stalled"))
+            }
+        }
     }
 
     async fn disconnect(&self) {
         let _ = self.stop.send(true);
-        let mut sink = self.sink.lock().await;
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+        close_within(&self.sink).await;
     }
 }
 
@@ -176,10 +189,13 @@ async fn read_pump(
                     tracing::info!(after_s = DEAD_AFTER.as_secs(), "WhatsApp link silent; closing it");
                     break DisconnectReason::ReadError(format!("no data for {} s", DEAD_AFTER.as_secs()));
                 }
-                Tick::Ping => {
-                    let mut sink = transport.sink.lock().await;
-                    let _ = sink.send(Message::Ping(Bytes::new())).await;
-                }
+                // A write in progress holds the sink: this ping is skipped, the next one goes.
+                Tick::Ping => if let Ok(mut sink) = transport.sink.try_lock() {
+                    let ping = sink.send(Message::Ping(Bytes::new()));
+                    if tokio::time::timeout(WRITE_TIMEOUT, ping).await.is_err() {
+                        break DisconnectReason::ReadError("the link stopped taking data".into());
+                    }
+                },
             },
             next = stream.next() => match next {
                 Some(Ok(Message::Binary(data))) => {
@@ -209,11 +225,18 @@ async fn read_pump(
         }
     };
     tracing::debug!(%reason, "WhatsApp transport closed");
-    {
-        let mut sink = transport.sink.lock().await;
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
-    }
+    close_within(&transport.sink).await;
     let _ = tx.send(TransportEvent::Disconnected(reason)).await;
+}
+
+/// The close handshake, waiting for the sink's lock included, bounded by [`CLOSE_TIMEOUT`]: a
+/// write stalled on a dead socket cannot hold it up.
+async fn close_within(sink: &Mutex<SplitSink<Ws, Message>>) {
+    let close = async {
+        let mut sink = sink.lock().await;
+        let _ = sink.close().await;
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
 }
 
 #[cfg(test)]

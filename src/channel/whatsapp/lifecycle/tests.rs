@@ -296,35 +296,20 @@ fn logged_out_by_the_phone_wipes_and_says_pair_again() {
 }
 
 #[test]
-fn replaced_banned_and_outdated_stop_without_wiping() {
+fn replaced_stops_without_wiping() {
     let t = t0();
-    for (ending, words) in [
-        (
-            Ending::Replaced,
-            "another WhatsApp Web session took over — run `clawbox pair whatsapp` or restart to take it back",
-        ),
-        (
-            Ending::TempBanned { expire_s: 7200 },
-            "temporarily banned by WhatsApp for 2 h — clawbox will not reconnect; restart it after that",
-        ),
-        (
-            Ending::ClientOutdated,
-            "WhatsApp refuses this client version — update clawbox",
-        ),
-    ] {
-        let mut l = up(t);
-        l.handle(Input::Verdict(ending.clone()), t + secs(1));
-        l.handle(ended(None), t + secs(1));
-        assert_eq!(
-            drain(&mut l),
-            [
-                Action::Disconnect,
-                Action::Report(State::NeedsOwner, words.into()),
-                Action::Finish(Finish::NeedsOwner(words.into())),
-            ],
-            "{ending:?}"
-        );
-    }
+    let words = "another WhatsApp Web session took over — run `clawbox pair whatsapp` or restart to take it back";
+    let mut l = up(t);
+    l.handle(Input::Verdict(Ending::Replaced), t + secs(1));
+    l.handle(ended(None), t + secs(1));
+    assert_eq!(
+        drain(&mut l),
+        [
+            Action::Disconnect,
+            Action::Report(State::NeedsOwner, words.into()),
+            Action::Finish(Finish::NeedsOwner(words.into())),
+        ]
+    );
 }
 
 #[test]
@@ -460,7 +445,7 @@ fn the_owners_unlink_is_not_a_logout_by_the_phone() {
 
 #[test]
 fn reconnect_policy_table() {
-    let mut b = Backoff::new(retry::LINK, 1);
+    let mut b = Backoffs::new(1);
     assert_eq!(
         decide(&Ending::RestartRequired, false, &mut b),
         Decision::ReconnectNow
@@ -484,18 +469,32 @@ fn reconnect_policy_table() {
         }
         d => panic!("{d:?}"),
     }
-    match decide(&Ending::TempBanned { expire_s: 7200 }, true, &mut b) {
-        Decision::Stop {
-            wipe: false,
+    // 2026-12-07 18:00 UTC + 2 h.
+    match decide(
+        &Ending::TempBanned {
+            expire_s: 7200,
+            at_unix_s: 1_796_666_400,
+        },
+        true,
+        &mut b,
+    ) {
+        Decision::Hold {
+            delay,
+            state: State::Degraded,
             detail,
-            ..
-        } => assert!(detail.contains("2 h")),
+        } => {
+            assert_eq!(delay, secs(7200) + retry::TEMP_BAN_SLACK);
+            assert_eq!(
+                detail,
+                "temporarily banned by WhatsApp until 2026-12-07 20:00 UTC (2 h) — clawbox reconnects by itself then"
+            );
+        }
         d => panic!("{d:?}"),
     }
-    assert!(matches!(
+    assert_eq!(
         decide(&Ending::ClientOutdated, true, &mut b),
-        Decision::Stop { wipe: false, .. }
-    ));
+        Decision::FetchVersion
+    );
     assert!(matches!(
         decide(&Ending::PairingExhausted, false, &mut b),
         Decision::Stop {

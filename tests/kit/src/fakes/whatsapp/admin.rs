@@ -48,6 +48,17 @@ struct SelfSend {
 struct Fault {
     kind: String,
     code: Option<u16>,
+    /// `login-failure` 402: the ban's length in seconds.
+    expire: Option<u64>,
+    /// `login-failure`: how many logins in a row are refused (default 1).
+    count: Option<u32>,
+}
+
+/// `POST /version`: `{"min": "2.3000.N" | N, "serve": …}` (`login.rs`).
+#[derive(Deserialize)]
+struct VersionCheck {
+    min: Option<serde_json::Value>,
+    serve: Option<serde_json::Value>,
 }
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
@@ -162,7 +173,30 @@ pub async fn handle(
             let inbox = world.lock().await.inbox(who);
             reply(StatusCode::OK, json!(inbox))
         }
+        (Method::GET, ["sw.js"]) => super::login::sw_js_response(world.lock().await.sw_js()),
+        (Method::GET, ["version"]) => reply(StatusCode::OK, world.lock().await.version_json()),
+        (Method::POST, ["version"]) => match serde_json::from_slice::<VersionCheck>(&body) {
+            Ok(v) => {
+                let parse = |x: &Option<serde_json::Value>| {
+                    x.as_ref().map(super::login::parse_version).transpose()
+                };
+                match (parse(&v.min), parse(&v.serve)) {
+                    (Ok(min), Ok(serve)) => {
+                        world.lock().await.require_version(min, serve);
+                        reply(StatusCode::OK, json!({}))
+                    }
+                    (Err(e), _) | (_, Err(e)) => bad(e),
+                }
+            }
+            Err(e) => bad(e),
+        },
         (Method::POST, ["faults"]) => match serde_json::from_slice::<Fault>(&body) {
+            Ok(f) if f.kind == "login-failure" => {
+                match world.lock().await.login_failure(f.code, f.expire, f.count) {
+                    Ok(()) => reply(StatusCode::OK, json!({})),
+                    Err(e) => bad(e),
+                }
+            }
             Ok(f) => match world.lock().await.fault(&f.kind, f.code) {
                 Ok(()) => reply(StatusCode::OK, json!({})),
                 Err(e) => bad(e),

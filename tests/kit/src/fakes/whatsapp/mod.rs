@@ -11,6 +11,7 @@ mod admin;
 pub mod contacts;
 mod faults;
 mod keys;
+pub mod login;
 mod messages;
 pub mod nodes;
 mod noise;

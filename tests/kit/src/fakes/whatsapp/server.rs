@@ -129,6 +129,8 @@ pub struct World {
     /// What the linked device sent into the account's own "message yourself" chat, as the phone
     /// (device 0) decrypted it (up to `contacts::INBOX_CAP`).
     pub self_inbox: VecDeque<InboxEntry>,
+    /// Login refusals waiting and the version check (`login.rs`).
+    pub login: super::login::LoginGate,
 }
 
 pub fn now_secs() -> u64 {
@@ -174,6 +176,7 @@ impl World {
             delivered: VecDeque::new(),
             logins: VecDeque::new(),
             self_inbox: VecDeque::new(),
+            login: Default::default(),
         }
     }
 
@@ -318,6 +321,10 @@ impl World {
     /// connection logged in (the caller records it in the login log with its clock).
     pub fn on_payload(&mut self, conn_id: u64, payload: &wa::ClientPayload, now: u64) -> bool {
         if !self.is_current(conn_id) {
+            return false;
+        }
+        if let Some(failure) = self.login_refusal(payload) {
+            self.send_close(failure);
             return false;
         }
         if let Some(reg) = payload.device_pairing_data.as_option() {
