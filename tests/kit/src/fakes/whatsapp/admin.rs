@@ -34,6 +34,9 @@ struct Send {
     text: String,
     media: Option<String>,
     caption: Option<String>,
+    /// The first copy fails to decrypt on the linked device (`retry.rs`).
+    #[serde(default)]
+    undecryptable: bool,
 }
 
 /// `POST /phone/self`: the owner writes in "message yourself" from the primary phone.
@@ -48,6 +51,10 @@ struct SelfSend {
 struct Fault {
     kind: String,
     code: Option<u16>,
+    /// `prekeys-low`: the one-time prekeys the server has left.
+    count: Option<u32>,
+    /// `identity-change`: the contact who reinstalled.
+    contact: Option<String>,
 }
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
@@ -103,6 +110,9 @@ pub async fn handle(
     let resp = match (method, segments.as_slice()) {
         (Method::GET, ["state"]) => reply(StatusCode::OK, state_json(&world).await),
         (Method::GET, ["logins"]) => reply(StatusCode::OK, logins_json(&world).await),
+        (Method::GET, ["retries"]) => {
+            reply(StatusCode::OK, json!(world.lock().await.retry_stats()))
+        }
         (Method::POST, ["phone", "self"]) => match serde_json::from_slice::<SelfSend>(&body) {
             Ok(SelfSend { addressing, .. }) if addressing.as_deref().is_some_and(|a| a != "pn") => {
                 bad("phone: only \"addressing\": \"pn\" is modelled yet")
@@ -139,17 +149,15 @@ pub async fn handle(
         (Method::POST, ["contacts", who, "messages"]) => {
             match serde_json::from_slice::<Send>(&body) {
                 Ok(s) => {
-                    let sent = world
-                        .lock()
-                        .await
-                        .contact_send(
-                            who,
-                            &s.text,
-                            s.media.as_deref(),
-                            s.caption.as_deref(),
-                            now_secs(),
-                        )
-                        .await;
+                    let mut w = world.lock().await;
+                    let (media, caption) = (s.media.as_deref(), s.caption.as_deref());
+                    let sent = if s.undecryptable {
+                        w.contact_send_undecryptable(who, &s.text, media, caption, now_secs())
+                            .await
+                    } else {
+                        w.contact_send(who, &s.text, media, caption, now_secs())
+                            .await
+                    };
                     match sent {
                         Ok(id) => reply(StatusCode::OK, json!({ "id": id })),
                         Err(e) => bad(e),
@@ -163,10 +171,16 @@ pub async fn handle(
             reply(StatusCode::OK, json!(inbox))
         }
         (Method::POST, ["faults"]) => match serde_json::from_slice::<Fault>(&body) {
-            Ok(f) => match world.lock().await.fault(&f.kind, f.code) {
-                Ok(()) => reply(StatusCode::OK, json!({})),
-                Err(e) => bad(e),
-            },
+            Ok(f) => {
+                match world
+                    .lock()
+                    .await
+                    .fault_with(&f.kind, f.code, f.count, f.contact.as_deref())
+                {
+                    Ok(()) => reply(StatusCode::OK, json!({})),
+                    Err(e) => bad(e),
+                }
+            }
             Err(e) => bad(e),
         },
         _ => reply(StatusCode::NOT_FOUND, json!({ "error": "no such route" })),

@@ -38,6 +38,9 @@ impl World {
             return iq_result(id, vec![]);
         }
         if child(iq, "registration").is_some() {
+            if child(iq, "list").is_some() {
+                self.retry.prekeys_uploaded();
+            }
             let keys = &mut self.client_keys;
             if let Some(b) = child_bytes(iq, "registration") {
                 keys.registration_id = nodes::be_uint(b);

@@ -129,6 +129,8 @@ pub struct World {
     /// What the linked device sent into the account's own "message yourself" chat, as the phone
     /// (device 0) decrypted it (up to `contacts::INBOX_CAP`).
     pub self_inbox: VecDeque<InboxEntry>,
+    /// Retry receipts, nacks, prekeys low, identity changes (`retry.rs`).
+    pub(super) retry: super::retry::Retries,
 }
 
 pub fn now_secs() -> u64 {
@@ -174,6 +176,7 @@ impl World {
             delivered: VecDeque::new(),
             logins: VecDeque::new(),
             self_inbox: VecDeque::new(),
+            retry: Default::default(),
         }
     }
 
@@ -439,7 +442,9 @@ impl World {
             "iq" => self.on_iq(&node, now).await,
             "message" => self.on_message(&node, now).await,
             "receipt" | "notification" | "call" => {
-                if node.tag == "receipt" {
+                if node.tag == "receipt" && attr(&node, "type").as_deref() == Some("retry") {
+                    self.on_retry_receipt(&node, now).await;
+                } else if node.tag == "receipt" {
                     self.on_receipt(&node);
                 }
                 if let Some(ack) = nodes::ack_for(&node, now) {
