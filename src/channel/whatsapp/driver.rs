@@ -67,6 +67,16 @@ impl EventHandler for Events {
                 tracing::warn!("WhatsApp pairing failed on the phone's side");
                 return;
             }
+            // The library already dropped the old session and identity and accepts the new one
+            // (whatsapp-rust 0.7.0 `handle_identity_change`, `implicit` when noticed while
+            // decrypting): said once, with no keys and no number.
+            Event::IdentityChange(c) => {
+                tracing::info!(
+                    implicit = c.implicit,
+                    "a WhatsApp contact reinstalled WhatsApp (their security code changed); their new identity is accepted"
+                );
+                return;
+            }
             Event::ServerAck(a) => {
                 if let Some(tx) = sh.acks().remove(&a.id) {
                     let _ = tx.send(a.error.clone());
