@@ -37,6 +37,9 @@ struct Send {
     /// The first copy fails to decrypt on the linked device (`retry.rs`).
     #[serde(default)]
     undecryptable: bool,
+    /// With `undecryptable`: every resend fails too.
+    #[serde(default)]
+    stays_undecryptable: bool,
 }
 
 /// `POST /phone/self`: the owner writes in "message yourself" from the primary phone.
@@ -152,8 +155,15 @@ pub async fn handle(
                     let mut w = world.lock().await;
                     let (media, caption) = (s.media.as_deref(), s.caption.as_deref());
                     let sent = if s.undecryptable {
-                        w.contact_send_undecryptable(who, &s.text, media, caption, now_secs())
-                            .await
+                        let always = s.stays_undecryptable;
+                        w.contact_send_undecryptable(
+                            who,
+                            &s.text,
+                            (media, caption),
+                            always,
+                            now_secs(),
+                        )
+                        .await
                     } else {
                         w.contact_send(who, &s.text, media, caption, now_secs())
                             .await

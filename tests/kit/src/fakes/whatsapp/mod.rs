@@ -218,7 +218,21 @@ impl FakeWhatsApp {
         self.world
             .lock()
             .await
-            .contact_send_undecryptable(e164, text, None, None, now_secs())
+            .contact_send_undecryptable(e164, text, (None, None), false, now_secs())
+            .await
+    }
+
+    /// Contact `e164` sends a text that never decrypts: every resend is damaged too (the client
+    /// stops asking after its retry bound). Returns the message id.
+    pub async fn contact_send_never_decryptable(
+        &self,
+        e164: &str,
+        text: &str,
+    ) -> Result<String, String> {
+        self.world
+            .lock()
+            .await
+            .contact_send_undecryptable(e164, text, (None, None), true, now_secs())
             .await
     }
 

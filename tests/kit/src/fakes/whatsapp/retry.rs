@@ -72,6 +72,8 @@ struct Held {
     t: u64,
     media: Option<String>,
     resends: u8,
+    /// Every resend is damaged too: the message never decrypts.
+    always: bool,
 }
 
 /// The retry faults' state inside [`World`].
@@ -193,13 +195,14 @@ fn contact_stanza(
 
 impl World {
     /// Contact `e164` sends a message whose first copy the linked device cannot decrypt; the
-    /// contact resends it (same id) when the device asks with a retry receipt. Returns the id.
+    /// contact resends it (same id) when the device asks with a retry receipt — damaged again
+    /// each time when `always`. Returns the id.
     pub async fn contact_send_undecryptable(
         &mut self,
         e164: &str,
         text: &str,
-        media: Option<&str>,
-        caption: Option<&str>,
+        (media, caption): (Option<&str>, Option<&str>),
+        always: bool,
         now: u64,
     ) -> Result<String, String> {
         let user = digits(e164).ok_or("contact: not an E.164 number")?;
@@ -239,6 +242,7 @@ impl World {
             t: now,
             media: media.map(str::to_string),
             resends: 0,
+            always,
         });
         let stanza = contact_stanza(&user, &id, now, media, (kind, broken), None);
         self.queue_or_send(stanza);
@@ -440,6 +444,9 @@ impl World {
             &held.msg,
         )
         .await;
+        let always = held.always;
+        let sealed =
+            sealed.and_then(|(kind, ct)| Ok((kind, if always { corrupt(kind, &ct)? } else { ct })));
         match sealed {
             Ok(enc) => {
                 let stanza =
