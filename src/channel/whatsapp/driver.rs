@@ -77,6 +77,15 @@ impl EventHandler for Events {
                 );
                 return;
             }
+            // The library asks the sender to resend (retry receipts, at most 5 per message,
+            // then a request to the owner's phone) and dispatches this once per message; the
+            // resend, when it decrypts, arrives as an ordinary message and is answered once.
+            Event::UndecryptableMessage(_) => {
+                tracing::info!(
+                    "a WhatsApp message could not be decrypted; the sender is asked to send it again"
+                );
+                return;
+            }
             Event::ServerAck(a) => {
                 if let Some(tx) = sh.acks().remove(&a.id) {
                     let _ = tx.send(a.error.clone());
