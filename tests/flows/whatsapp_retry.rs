@@ -92,6 +92,41 @@ async fn an_undecryptable_message_is_asked_for_again_and_answered_once() {
     stop(p).await;
 }
 
+/// The retry bound: whatsapp-rust 0.7.0 (like WA Web and whatsmeow) asks at most 5 times for
+/// one message; the box neither answers nor loops, and the chat carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_never_decrypts_is_asked_for_at_most_five_times_and_not_answered() {
+    let fake = FakeWhatsApp::start().await;
+    let (bx, p) = linked_and_running(&fake).await;
+    let attempts = fake.connection_attempts().await;
+    warm_up(&fake).await;
+
+    fake.contact_send_never_decryptable(FRIEND, "never-readable")
+        .await
+        .unwrap();
+    // Receipts from the second on carry the device's keys: the contact starts new sessions from
+    // them and the resends still fail.
+    let s = wait_stats(&fake, "five retry receipts, five resends", |s| {
+        s.retry_receipts == 5 && s.contact_resends == 5
+    })
+    .await;
+    p.wait_stderr("the failure is logged", |e| {
+        e.iter().any(|l| l.contains("could not be decrypted"))
+    })
+    .await;
+    assert_eq!(stays_at_most(&fake, "never-readable", 0).await, 0);
+    assert_eq!(fake.retry_stats().await, s, "no sixth receipt");
+
+    fake.contact_send(FRIEND, "still-talking", None, None)
+        .await
+        .unwrap();
+    wait_reply(&fake, FRIEND, "still-talking").await;
+    let m = bx.metrics().await;
+    assert_eq!(turns(&m), 2, "warm-up and still-talking only: {m}");
+    assert_eq!(fake.connection_attempts().await, attempts, "no reconnect");
+    stop(p).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_contacts_retry_receipt_gets_the_reply_resent_once_with_the_same_id() {
     let fake = FakeWhatsApp::start().await;
@@ -161,6 +196,13 @@ async fn each_refusal_code_resends_once_or_gives_up_with_a_line_and_never_reconn
             "{code}: exactly one reply"
         );
     }
+    // The stale-state codes (421, 479) rebuilt the chat's sessions before the resend.
+    let rebuilt = p
+        .stderr()
+        .iter()
+        .filter(|l| l.contains("sessions are rebuilt"))
+        .count();
+    assert_eq!(rebuilt, 2, "{:#?}", p.stderr());
 
     // Rejected: given up at once, the owner told, nothing sent.
     let before = fake.retry_stats().await.nacks;
