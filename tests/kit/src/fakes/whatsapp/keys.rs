@@ -133,6 +133,9 @@ impl World {
         let Ok(jid) = jid_str.parse::<Jid>() else {
             return error(400, "bad-request");
         };
+        if self.refuse_bundle(&jid) {
+            return error(406, "not-acceptable");
+        }
         let own = jid.user == self.account.pn || jid.user == self.account.lid;
         let bundle = if own && jid.device == 0 {
             self.phone.bundle().map_err(|e| e.to_string())

@@ -239,7 +239,8 @@ impl FakeWhatsApp {
     /// `POST /faults` with every argument: besides [`Self::fault`]'s kinds, `retry-receipt` (the
     /// contact the device writes next asks for a resend), `nack` with `code` (the server refuses
     /// the device's next `count` messages to contacts, 1 if not given), `prekeys-low` with `count` (the server's
-    /// `encrypt` notification), `identity-change` of `contact` (a reinstall).
+    /// `encrypt` notification), `identity-change` of `contact` (a reinstall), `no-bundle` for
+    /// `contact` (its key bundle refused `count` times, 1 if not given).
     pub async fn fault_with(
         &self,
         kind: &str,

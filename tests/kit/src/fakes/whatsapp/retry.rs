@@ -62,6 +62,11 @@ pub struct RetryStats {
     pub prekey_uploads: u64,
     /// `encrypt` notifications sent: prekeys low, identity changes.
     pub encrypt_notifications: u64,
+    /// Key bundle requests refused (the `no-bundle` fault).
+    pub refused_bundles: u64,
+    /// Messages to a contact that carried no copy for any of the contact's devices (only the
+    /// account's own devices'): whatsapp-rust #1298, a send that reaches nobody.
+    pub unreached_sends: u64,
 }
 
 /// A contact message kept to be encrypted again on request.
@@ -84,6 +89,8 @@ pub struct Retries {
     nack: Option<(u16, u32)>,
     /// The contact the linked device writes next answers with a retry receipt.
     ask_resend: bool,
+    /// The server refuses this contact's key bundle this many more times.
+    refuse_bundles: Option<(String, u32)>,
     /// Messages sent to the client whose first copy was made undecryptable.
     held: VecDeque<Held>,
     /// Ids the fake asked the client to resend (the `retry-receipt` fault), bounded like `held`.
@@ -250,7 +257,7 @@ impl World {
     }
 
     /// The admin API's `POST /faults` with this module's kinds (`retry-receipt`, `nack`,
-    /// `prekeys-low`, `identity-change`); any other kind goes to [`World::fault`]. `nack` refuses
+    /// `prekeys-low`, `identity-change`, `no-bundle`); any other kind goes to [`World::fault`]. `nack` refuses
     /// the next `count` messages (1 if not given) to contacts with `code`.
     pub fn fault_with(
         &mut self,
@@ -288,6 +295,16 @@ impl World {
                 self.queue_or_send(node);
                 Ok(())
             }
+            // The server has no key bundle for the contact's devices (a stale device list, a
+            // device gone): `<user jid><error code="406" text="not-acceptable"/></user>` in the
+            // `encrypt` key fetch, the per-user error whatsapp-rust's prekey parser reads.
+            "no-bundle" => {
+                let who = contact.ok_or("no-bundle: a contact is required")?;
+                let user = digits(who).ok_or("no-bundle: not an E.164 number")?;
+                self.retry.refuse_bundles =
+                    Some((user, count.unwrap_or(1))).filter(|(_, n)| *n > 0);
+                Ok(())
+            }
             "identity-change" => {
                 let who = contact.ok_or("identity-change: a contact is required")?;
                 let user = digits(who).ok_or("identity-change: not an E.164 number")?;
@@ -312,6 +329,20 @@ impl World {
         }
     }
 
+    /// True when the key bundle of `jid` is to be refused (the `no-bundle` fault), counted.
+    pub(super) fn refuse_bundle(&mut self, jid: &Jid) -> bool {
+        let Some((user, left)) = self.retry.refuse_bundles.take() else {
+            return false;
+        };
+        if jid.user.as_str() != user {
+            self.retry.refuse_bundles = Some((user, left));
+            return false;
+        }
+        self.retry.refuse_bundles = Some((user, left - 1)).filter(|(_, n)| *n > 0);
+        self.retry.stats.refused_bundles += 1;
+        true
+    }
+
     pub fn retry_stats(&self) -> RetryStats {
         self.retry.stats
     }
@@ -329,6 +360,15 @@ impl World {
             return false;
         };
         let resend = enc_count(node).is_some();
+        let for_contact = child(node, "enc").is_some()
+            || child(node, "participants").is_some_and(|p| {
+                nodes::children(p, "to")
+                    .filter_map(|t| attr(t, "jid"))
+                    .any(|j| j.parse::<Jid>().is_ok_and(|j| j.user == user))
+            });
+        if !for_contact {
+            self.retry.stats.unreached_sends += 1;
+        }
         if resend && self.retry.asked.contains(&id) {
             self.retry.stats.client_resends += 1;
         }
