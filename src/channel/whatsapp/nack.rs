@@ -23,6 +23,12 @@ pub const MAX_TRACKED: usize = 256;
 /// A message not refused again within this is forgotten (its retries are long over).
 pub const TRACK_TTL: Duration = Duration::from_secs(3600);
 
+/// Our own code for a send the server accepted that reached none of the recipient's devices:
+/// whatsapp-rust 0.7.0 sends a DM whose every recipient device failed to encrypt (no session, no
+/// key bundle) to our own devices alone, the server acks it and `send` returns Ok (#1298, fixed
+/// after 0.7.0 by #1299). Counted and decided like a refusal.
+pub const UNREACHED: &str = "unreached";
+
 /// What a refusal code means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Class {
@@ -47,6 +53,10 @@ pub fn classify(code: &str) -> (Class, &'static str) {
         "503" => (Class::Transient, "service unavailable"),
         "552" => (Class::Transient, "server database failure"),
         "421" => (Class::Refresh, "stale addressing mode"),
+        UNREACHED => (
+            Class::Transient,
+            "accepted, but encrypted for none of the recipient's devices",
+        ),
         "479" => (
             Class::Refresh,
             "stanza rejected as malformed (stale address)",
@@ -164,6 +174,7 @@ mod tests {
             ("503", Class::Transient),
             ("552", Class::Transient),
             ("421", Class::Refresh),
+            (UNREACHED, Class::Transient),
             ("479", Class::Refresh),
             ("496", Class::Refresh),
             ("463", Class::Restricted),

@@ -4,7 +4,7 @@
 //! [`classify_send_error`]).
 
 use super::adapter;
-use super::nack::Decision;
+use super::nack::{self, Decision};
 use super::{Shared, own_of};
 use crate::channel::{ChannelCommand, SendError};
 use std::sync::Arc;
@@ -125,30 +125,67 @@ async fn send(
         return Err(classify_send_error(&e));
     }
     match tokio::time::timeout(SEND_ACK_TIMEOUT, rx).await {
+        Ok(Ok(None)) if !is_self && !reached_a_device(client, &jid, &own).await => {
+            refused(sh, client, &jid, &id, nack::UNREACHED).await
+        }
         Ok(Ok(None)) => {
             sh.refusals().forget(&id);
             Ok(())
         }
-        Ok(Ok(Some(code))) => {
-            let decision = sh.refusals().on_nack(&id, &code, Instant::now());
-            match decision {
-                Decision::Retry { why } => Err(SendError::Retry(why)),
-                Decision::RefreshThenRetry { why } => {
-                    refresh_sessions(client, &jid).await;
-                    Err(SendError::Retry(why))
-                }
-                Decision::GiveUp { why } => {
-                    tracing::warn!(code = %code, "{why}; the reply is given up");
-                    Err(SendError::Permanent(why))
-                }
-            }
-        }
+        Ok(Ok(Some(code))) => refused(sh, client, &jid, &id, &code).await,
         Ok(Err(_)) => Err(SendError::Retry("channel restarted".into())),
         Err(_) => {
             sh.acks().remove(&id);
             Err(SendError::Retry("no acknowledgement from WhatsApp".into()))
         }
     }
+}
+
+/// Message `id` to `jid` was refused with `code` (or reached nobody): what becomes of the reply.
+async fn refused(
+    sh: &Arc<Shared>,
+    client: &Arc<Client>,
+    jid: &Jid,
+    id: &str,
+    code: &str,
+) -> Result<(), SendError> {
+    let decision = sh.refusals().on_nack(id, code, Instant::now());
+    match decision {
+        Decision::Retry { why } => Err(SendError::Retry(why)),
+        Decision::RefreshThenRetry { why } => {
+            refresh_sessions(client, jid).await;
+            Err(SendError::Retry(why))
+        }
+        Decision::GiveUp { why } => {
+            tracing::warn!(code = %code, "{why}; the reply is given up");
+            Err(SendError::Permanent(why))
+        }
+    }
+}
+
+/// After the server accepted a message to `jid`: whether the client holds a Signal session with
+/// at least one of the recipient's devices, i.e. whether any copy can have been encrypted for
+/// them (whatsapp-rust #1298). A failed look-up counts as reached: the check only catches the
+/// known defect and never holds a reply back on its own failure.
+async fn reached_a_device(client: &Arc<Client>, jid: &Jid, own: &adapter::Own) -> bool {
+    let devices = match client
+        .signal()
+        .get_user_devices(std::slice::from_ref(jid))
+        .await
+    {
+        Ok(d) => d,
+        Err(_) => return true,
+    };
+    // The recipient's devices, in whichever address form the library lists them; not our own.
+    let ours = |d: &Jid| {
+        own.pn.as_deref() == Some(d.user.as_str()) || own.lid.as_deref() == Some(d.user.as_str())
+    };
+    for d in devices.iter().filter(|d| !ours(d)) {
+        if client.signal().validate_session(d).await.unwrap_or(true) {
+            return true;
+        }
+    }
+    false
 }
 
 /// After a refusal that says our view of the chat is stale: the Signal sessions with every known
