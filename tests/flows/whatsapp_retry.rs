@@ -313,3 +313,37 @@ async fn a_contact_who_reinstalled_is_answered_under_the_new_identity() {
     assert_eq!(fake.connection_attempts().await, attempts, "no reconnect");
     stop(p).await;
 }
+
+/// A stale-state refusal rebuilds the chat's sessions, and the server then has no key bundle for
+/// the contact (twice: the library asks again within the send): the send fails, the box tries
+/// again with fresh keys, and the contact gets the reply once. With only the phone as the
+/// account's other device, 0.7.0 reports this send as failed; the variant where it says Ok
+/// (whatsapp-rust #1298: another own companion took a copy) is caught by the box's check that a
+/// recipient device has a session, and needs a second own companion in the fake to be staged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_key_bundle_after_a_stale_refusal_still_gets_one_reply() {
+    let fake = FakeWhatsApp::start().await;
+    let (_bx, p) = linked_and_running(&fake).await;
+    let attempts = fake.connection_attempts().await;
+    warm_up(&fake).await;
+
+    fake.fault_with("nack", Some(421), None, None)
+        .await
+        .unwrap();
+    fake.fault_with("no-bundle", None, Some(2), Some(FRIEND))
+        .await
+        .unwrap();
+    fake.contact_send(FRIEND, "reach-me", None, None)
+        .await
+        .unwrap();
+    wait_reply(&fake, FRIEND, "reach-me").await;
+    let s = fake.retry_stats().await;
+    assert_eq!((s.nacks, s.refused_bundles), (1, 2), "{s:?}");
+    assert_eq!(
+        s.unreached_sends, 0,
+        "nothing went out without the contact's copy: {s:?}"
+    );
+    assert_eq!(stays_at_most(&fake, "reach-me", 1).await, 1);
+    assert_eq!(fake.connection_attempts().await, attempts, "no reconnect");
+    stop(p).await;
+}
