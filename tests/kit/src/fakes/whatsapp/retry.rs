@@ -27,8 +27,8 @@ use std::collections::VecDeque;
 
 use serde::Serialize;
 use whatsapp_rust::wacore::libsignal::protocol::{
-    DeviceId, IdentityKey, IdentityKeyStore, PreKeyBundle, PreKeySignalMessage, PublicKey,
-    SignalMessage, SignedPreKeyId, UsePQRatchet, process_prekey_bundle,
+    DeviceId, IdentityKey, PreKeyBundle, PreKeySignalMessage, PublicKey, SignalMessage,
+    SignedPreKeyId, UsePQRatchet, process_prekey_bundle,
 };
 use whatsapp_rust::wacore_binary::builder::NodeBuilder;
 use whatsapp_rust::wacore_binary::{Jid, Node};
@@ -387,11 +387,7 @@ impl World {
             return true;
         }
         if self.retry.ask_resend && !resend {
-            let Some(regid) = self
-                .contacts
-                .get(&user)
-                .map(|c| c.peer.identity.registration())
-            else {
+            let Some(regid) = self.contacts.get(&user).map(|c| c.peer.registration_id()) else {
                 return false;
             };
             self.retry.ask_resend = false;
@@ -431,7 +427,7 @@ impl World {
     /// The client's retry receipt for a contact's message: the contact encrypts it again (from
     /// the keys in the receipt when it carries them, as whatsmeow does) and resends it with the
     /// same id.
-    pub(super) async fn on_retry_receipt(&mut self, node: &Node, now: u64) {
+    pub(super) async fn on_retry_receipt(&mut self, node: &Node) {
         let id = attr(node, "id").unwrap_or_default();
         self.retry.stats.retry_receipts += 1;
         let count: u8 = child(node, "retry")
@@ -496,7 +492,6 @@ impl World {
             }
             Err(e) => tracing::warn!("fake-whatsapp: contact could not re-encrypt: {e}"),
         }
-        let _ = now;
     }
 }
 
@@ -511,20 +506,4 @@ fn enc_count(node: &Node) -> Option<String> {
                     .find_map(|e| attr(e, "count"))
             })
         })
-}
-
-/// The registration id a peer puts in its retry receipts.
-trait Registration {
-    fn registration(&self) -> u32;
-}
-
-impl<T: IdentityKeyStore> Registration for T {
-    fn registration(&self) -> u32 {
-        use futures_util::FutureExt;
-        // The in-memory store answers at once.
-        self.get_local_registration_id()
-            .now_or_never()
-            .and_then(Result::ok)
-            .unwrap_or(0)
-    }
 }

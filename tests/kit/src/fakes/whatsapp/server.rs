@@ -443,7 +443,7 @@ impl World {
             "message" => self.on_message(&node, now).await,
             "receipt" | "notification" | "call" => {
                 if node.tag == "receipt" && attr(&node, "type").as_deref() == Some("retry") {
-                    self.on_retry_receipt(&node, now).await;
+                    self.on_retry_receipt(&node).await;
                 } else if node.tag == "receipt" {
                     self.on_receipt(&node);
                 }
