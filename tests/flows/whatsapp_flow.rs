@@ -51,7 +51,7 @@ impl Bx {
             .await;
         p
     }
-    async fn health(&self) -> String {
+    pub(crate) async fn health(&self) -> String {
         http_get(&format!("http://127.0.0.1:{}/healthz", self.port)).await
     }
     pub(crate) async fn metrics(&self) -> String {

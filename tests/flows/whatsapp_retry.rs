@@ -217,6 +217,11 @@ async fn each_refusal_code_resends_once_or_gives_up_with_a_line_and_never_reconn
             .any(|l| l.contains("error 400") && l.contains("given up"))
     })
     .await;
+    let h = bx.health().await;
+    assert!(
+        h.contains("a reply was given up") && h.contains("error 400"),
+        "{h}"
+    );
     assert_eq!(stays_at_most(&fake, "nack-400", 0).await, 0);
     assert_eq!(
         fake.retry_stats().await.nacks,

@@ -5,8 +5,9 @@
 
 use super::adapter;
 use super::nack::{self, Decision};
-use super::{Shared, own_of};
+use super::{Shared, number_of, own_of};
 use crate::channel::{ChannelCommand, SendError};
+use crate::status::State;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -158,6 +159,11 @@ async fn refused(
         }
         Decision::GiveUp { why } => {
             tracing::warn!(code = %code, "{why}; the reply is given up");
+            // The owner sees it in `clawbox status` too, until the link's next change of state.
+            sh.ctx.reporter.set(
+                State::Up,
+                format!("linked {} — a reply was given up: {why}", number_of(client)),
+            );
             Err(SendError::Permanent(why))
         }
     }
