@@ -1,6 +1,7 @@
 //! Messages end to end through the real `clawbox run` binary against the fakes: turns, history and
-//! the allowlist (`flow`), each channel inside the daemon (`telegram_flow`, `whatsapp_flow`),
-//! WhatsApp's login failures and version check (`whatsapp_login`), the OpenClaw agent in the
+//! the allowlist (`flow`), each channel inside the daemon (`telegram_flow`, `whatsapp_flow`;
+//! WhatsApp's login failures and version check in `whatsapp_login`, its retries, refusals and
+//! key events in `whatsapp_retry`), the OpenClaw agent in the
 //! daemon (`openclaw_flow`), crash safety (`restart`), the security matrix (`security`) and
 //! malformed frames from every server (`malformed`). Every test has its own temp state dir and
 //! free ports, so they run side by side. One test binary (one link of the WhatsApp stack); select
@@ -14,3 +15,4 @@ mod security;
 mod telegram_flow;
 mod whatsapp_flow;
 mod whatsapp_login;
+mod whatsapp_retry;

@@ -55,7 +55,7 @@ impl Bx {
     pub(crate) async fn health(&self) -> String {
         http_get(&format!("http://127.0.0.1:{}/healthz", self.port)).await
     }
-    async fn metrics(&self) -> String {
+    pub(crate) async fn metrics(&self) -> String {
         http_get(&format!("http://127.0.0.1:{}/metrics", self.port)).await
     }
     pub(crate) async fn wait_health(&self, needle: &str) -> String {
@@ -292,7 +292,7 @@ async fn wait_self_messages(fake: &FakeWhatsApp, n: usize) -> Vec<fakes::whatsap
 }
 
 /// Agent turns so far, whatever their outcome.
-fn turns(metrics: &str) -> u64 {
+pub(crate) fn turns(metrics: &str) -> u64 {
     metrics
         .lines()
         .filter(|l| l.starts_with("clawbox_turns_total{"))

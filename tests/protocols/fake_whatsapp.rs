@@ -28,7 +28,7 @@ const WAIT: Duration = Duration::from_secs(60);
 /// Bound for the client's keepalive to declare a silent socket dead (ping interval up to 30 s
 /// plus a 20 s answer timeout), with margin.
 const KEEPALIVE_WAIT: Duration = Duration::from_secs(120);
-const CONTACT: &str = "+15551234567";
+pub(crate) const CONTACT: &str = "+15551234567";
 
 /// Media is never downloaded in these tests; any HTTP call is a bug in the test setup.
 struct NoHttp;
@@ -74,8 +74,8 @@ fn init_logs() {
     }
 }
 
-struct TestClient {
-    handle: BotHandle,
+pub(crate) struct TestClient {
+    pub(crate) handle: BotHandle,
     events: mpsc::UnboundedReceiver<Arc<Event>>,
 }
 
@@ -106,12 +106,16 @@ impl TestClient {
         }
     }
 
-    fn client(&self) -> Arc<Client> {
+    pub(crate) fn client(&self) -> Arc<Client> {
         self.handle.client()
     }
 
     /// Waits for the first event `pick` accepts; panics with what was seen on timeout.
-    async fn wait_for<T>(&mut self, what: &str, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
+    pub(crate) async fn wait_for<T>(
+        &mut self,
+        what: &str,
+        mut pick: impl FnMut(&Event) -> Option<T>,
+    ) -> T {
         let mut seen = Vec::new();
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
@@ -143,7 +147,9 @@ impl TestClient {
 use whatsapp_rust::wacore::store as wacore_store;
 
 /// A fresh client linked by QR: QR → scan → pair-success → 515 → reconnect → Connected.
-async fn paired_client(fake: &FakeWhatsApp) -> (TestClient, Arc<wacore_store::InMemoryBackend>) {
+pub(crate) async fn paired_client(
+    fake: &FakeWhatsApp,
+) -> (TestClient, Arc<wacore_store::InMemoryBackend>) {
     let backend = Arc::new(wacore_store::InMemoryBackend::new());
     let mut client = TestClient::start(fake, backend.clone()).await;
     let qr = client
@@ -162,7 +168,7 @@ async fn paired_client(fake: &FakeWhatsApp) -> (TestClient, Arc<wacore_store::In
     (client, backend)
 }
 
-fn text_of(msg: &wa::Message) -> Option<String> {
+pub(crate) fn text_of(msg: &wa::Message) -> Option<String> {
     msg.conversation.clone().or_else(|| {
         msg.extended_text_message
             .as_option()
@@ -170,7 +176,7 @@ fn text_of(msg: &wa::Message) -> Option<String> {
     })
 }
 
-async fn wait_inbox(fake: &FakeWhatsApp, contact: &str, text: &str) {
+pub(crate) async fn wait_inbox(fake: &FakeWhatsApp, contact: &str, text: &str) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         if fake
@@ -592,12 +598,12 @@ async fn http_request(base: &str, method: &str, path: &str, body: &str) -> (u16,
     (status, String::from_utf8(bytes.to_vec()).unwrap())
 }
 
-async fn http_get(base: &str, path: &str) -> String {
+pub(crate) async fn http_get(base: &str, path: &str) -> String {
     let (status, body) = http_request(base, "GET", path, "").await;
     assert_eq!(status, 200, "GET {path}: {body}");
     body
 }
 
-async fn http_post(base: &str, path: &str, body: &str) -> (u16, String) {
+pub(crate) async fn http_post(base: &str, path: &str, body: &str) -> (u16, String) {
     http_request(base, "POST", path, body).await
 }

@@ -6,6 +6,7 @@
 
 mod display;
 mod fake_whatsapp;
+mod fake_whatsapp_retry;
 mod openai_agent;
 mod openclaw_agent;
 mod pacing;

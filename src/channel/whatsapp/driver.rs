@@ -80,6 +80,25 @@ impl EventHandler for Events {
                 tracing::warn!("WhatsApp pairing failed on the phone's side");
                 return;
             }
+            // The library already dropped the old session and identity and accepts the new one
+            // (whatsapp-rust 0.7.0 `handle_identity_change`, `implicit` when noticed while
+            // decrypting): said once, with no keys and no number.
+            Event::IdentityChange(c) => {
+                tracing::info!(
+                    implicit = c.implicit,
+                    "a WhatsApp contact reinstalled WhatsApp (their security code changed); their new identity is accepted"
+                );
+                return;
+            }
+            // The library asks the sender to resend (retry receipts, at most 5 per message,
+            // then a request to the owner's phone) and dispatches this once per message; the
+            // resend, when it decrypts, arrives as an ordinary message and is answered once.
+            Event::UndecryptableMessage(_) => {
+                tracing::info!(
+                    "a WhatsApp message could not be decrypted; the sender is asked to send it again"
+                );
+                return;
+            }
             Event::ServerAck(a) => {
                 if let Some(tx) = sh.acks().remove(&a.id) {
                     let _ = tx.send(a.error.clone());

@@ -29,6 +29,7 @@ pub mod http;
 mod inbound;
 pub mod lifecycle;
 pub mod link;
+pub mod nack;
 mod outbound;
 mod probe;
 pub mod runs;
@@ -49,7 +50,7 @@ use tokio::sync::{Notify, oneshot};
 use whatsapp_rust::prelude::*;
 
 pub use driver::run_with;
-pub use outbound::{SEND_ACK_TIMEOUT, classify_nack};
+pub use outbound::SEND_ACK_TIMEOUT;
 pub use version::DEFAULT_VERSION_URL;
 
 /// WhatsApp allows ~65k characters; 4000 keeps a reply chunk readable on a phone and leaves room
@@ -111,6 +112,8 @@ struct Shared {
     /// out its actions when woken.
     life: Mutex<Lifecycle>,
     acks: Mutex<Acks>,
+    /// The server's refusals of our messages, counted per id ([`nack`]).
+    refusals: Mutex<nack::Refusals>,
     sent: Mutex<SentIds>,
     wake: Notify,
     inflow: inbound::Inflow,
@@ -129,6 +132,7 @@ impl Shared {
             pairing,
             life: Mutex::new(life),
             acks: Mutex::new(Acks::new()),
+            refusals: Mutex::new(nack::Refusals::default()),
             sent: Mutex::new(SentIds::default()),
             wake: Notify::new(),
             inflow: inbound::Inflow::new(),
@@ -139,6 +143,9 @@ impl Shared {
     }
     fn acks(&self) -> MutexGuard<'_, Acks> {
         self.acks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn refusals(&self) -> MutexGuard<'_, nack::Refusals> {
+        self.refusals.lock().unwrap_or_else(|p| p.into_inner())
     }
     fn sent(&self) -> MutexGuard<'_, SentIds> {
         self.sent.lock().unwrap_or_else(|p| p.into_inner())

@@ -34,6 +34,12 @@ struct Send {
     text: String,
     media: Option<String>,
     caption: Option<String>,
+    /// The first copy fails to decrypt on the linked device (`retry.rs`).
+    #[serde(default)]
+    undecryptable: bool,
+    /// With `undecryptable`: every resend fails too.
+    #[serde(default)]
+    stays_undecryptable: bool,
 }
 
 /// `POST /phone/self`: the owner writes in "message yourself" from the primary phone.
@@ -50,8 +56,11 @@ struct Fault {
     code: Option<u16>,
     /// `login-failure` 402: the ban's length in seconds.
     expire: Option<u64>,
-    /// `login-failure`: how many logins in a row are refused (default 1).
+    /// `login-failure`: how many logins in a row are refused (default 1); `prekeys-low`: the
+    /// one-time prekeys the server has left; `nack`: how many sends in a row are refused.
     count: Option<u32>,
+    /// `identity-change`: the contact who reinstalled.
+    contact: Option<String>,
 }
 
 /// `POST /version`: `{"min": "2.3000.N" | N, "serve": …}` (`login.rs`).
@@ -114,6 +123,9 @@ pub async fn handle(
     let resp = match (method, segments.as_slice()) {
         (Method::GET, ["state"]) => reply(StatusCode::OK, state_json(&world).await),
         (Method::GET, ["logins"]) => reply(StatusCode::OK, logins_json(&world).await),
+        (Method::GET, ["retries"]) => {
+            reply(StatusCode::OK, json!(world.lock().await.retry_stats()))
+        }
         (Method::POST, ["phone", "self"]) => match serde_json::from_slice::<SelfSend>(&body) {
             Ok(SelfSend { addressing, .. }) if addressing.as_deref().is_some_and(|a| a != "pn") => {
                 bad("phone: only \"addressing\": \"pn\" is modelled yet")
@@ -150,17 +162,22 @@ pub async fn handle(
         (Method::POST, ["contacts", who, "messages"]) => {
             match serde_json::from_slice::<Send>(&body) {
                 Ok(s) => {
-                    let sent = world
-                        .lock()
-                        .await
-                        .contact_send(
+                    let mut w = world.lock().await;
+                    let (media, caption) = (s.media.as_deref(), s.caption.as_deref());
+                    let sent = if s.undecryptable {
+                        let always = s.stays_undecryptable;
+                        w.contact_send_undecryptable(
                             who,
                             &s.text,
-                            s.media.as_deref(),
-                            s.caption.as_deref(),
+                            (media, caption),
+                            always,
                             now_secs(),
                         )
-                        .await;
+                        .await
+                    } else {
+                        w.contact_send(who, &s.text, media, caption, now_secs())
+                            .await
+                    };
                     match sent {
                         Ok(id) => reply(StatusCode::OK, json!({ "id": id })),
                         Err(e) => bad(e),
@@ -197,10 +214,16 @@ pub async fn handle(
                     Err(e) => bad(e),
                 }
             }
-            Ok(f) => match world.lock().await.fault(&f.kind, f.code) {
-                Ok(()) => reply(StatusCode::OK, json!({})),
-                Err(e) => bad(e),
-            },
+            Ok(f) => {
+                match world
+                    .lock()
+                    .await
+                    .fault_with(&f.kind, f.code, f.count, f.contact.as_deref())
+                {
+                    Ok(()) => reply(StatusCode::OK, json!({})),
+                    Err(e) => bad(e),
+                }
+            }
             Err(e) => bad(e),
         },
         _ => reply(StatusCode::NOT_FOUND, json!({ "error": "no such route" })),

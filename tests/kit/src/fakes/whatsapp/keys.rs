@@ -38,6 +38,9 @@ impl World {
             return iq_result(id, vec![]);
         }
         if child(iq, "registration").is_some() {
+            if child(iq, "list").is_some() {
+                self.retry.prekeys_uploaded();
+            }
             let keys = &mut self.client_keys;
             if let Some(b) = child_bytes(iq, "registration") {
                 keys.registration_id = nodes::be_uint(b);
@@ -130,6 +133,9 @@ impl World {
         let Ok(jid) = jid_str.parse::<Jid>() else {
             return error(400, "bad-request");
         };
+        if self.refuse_bundle(&jid) {
+            return error(406, "not-acceptable");
+        }
         let own = jid.user == self.account.pn || jid.user == self.account.lid;
         let bundle = if own && jid.device == 0 {
             self.phone.bundle().map_err(|e| e.to_string())

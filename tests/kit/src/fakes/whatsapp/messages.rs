@@ -128,6 +128,9 @@ impl World {
 
     /// A message the client sent: decrypt each copy addressed to a mock peer, ack, deliver.
     pub(super) async fn on_message(&mut self, node: &Node, now: u64) {
+        if self.intercept_send(node, now) {
+            return;
+        }
         let id = attr(node, "id").unwrap_or_default();
         let to = attr(node, "to").unwrap_or_default();
         let mut copies: Vec<(String, String, Vec<u8>, u8)> = Vec::new();

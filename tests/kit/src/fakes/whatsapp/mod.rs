@@ -16,6 +16,7 @@ mod messages;
 pub mod nodes;
 mod noise;
 pub mod phone;
+mod retry;
 mod server;
 mod signal_store;
 mod usync;
@@ -35,6 +36,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 
 pub use contacts::InboxEntry;
+pub use retry::RetryStats;
 pub use server::Login;
 use server::{CONN_QUEUE_CAP, Cmd, World, now_secs};
 
@@ -205,6 +207,57 @@ impl FakeWhatsApp {
     /// the TCP link is cut), `oversized` (one WebSocket message over the client's 4 MiB limit).
     pub async fn fault(&self, kind: &str, code: Option<u16>) -> Result<(), String> {
         self.world.lock().await.fault(kind, code)
+    }
+
+    /// Contact `e164` sends a text whose first copy the linked device cannot decrypt; the
+    /// contact resends it (same id) when asked with a retry receipt. Returns the message id.
+    pub async fn contact_send_undecryptable(
+        &self,
+        e164: &str,
+        text: &str,
+    ) -> Result<String, String> {
+        self.world
+            .lock()
+            .await
+            .contact_send_undecryptable(e164, text, (None, None), false, now_secs())
+            .await
+    }
+
+    /// Contact `e164` sends a text that never decrypts: every resend is damaged too (the client
+    /// stops asking after its retry bound). Returns the message id.
+    pub async fn contact_send_never_decryptable(
+        &self,
+        e164: &str,
+        text: &str,
+    ) -> Result<String, String> {
+        self.world
+            .lock()
+            .await
+            .contact_send_undecryptable(e164, text, (None, None), true, now_secs())
+            .await
+    }
+
+    /// `POST /faults` with every argument: besides [`Self::fault`]'s kinds, `retry-receipt` (the
+    /// contact the device writes next asks for a resend), `nack` with `code` (the server refuses
+    /// the device's next `count` messages to contacts, 1 if not given), `prekeys-low` with `count` (the server's
+    /// `encrypt` notification), `identity-change` of `contact` (a reinstall), `no-bundle` for
+    /// `contact` (its key bundle refused `count` times, 1 if not given).
+    pub async fn fault_with(
+        &self,
+        kind: &str,
+        code: Option<u16>,
+        count: Option<u32>,
+        contact: Option<&str>,
+    ) -> Result<(), String> {
+        self.world
+            .lock()
+            .await
+            .fault_with(kind, code, count, contact)
+    }
+
+    /// Retry receipts, resends, nacks and prekey uploads counted so far (`GET /retries`).
+    pub async fn retry_stats(&self) -> RetryStats {
+        self.world.lock().await.retry_stats()
     }
 
     /// TCP connections accepted on the WebSocket listener so far (a reconnecting client adds one).

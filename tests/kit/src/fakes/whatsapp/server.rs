@@ -131,6 +131,8 @@ pub struct World {
     pub self_inbox: VecDeque<InboxEntry>,
     /// Login refusals waiting and the version check (`login.rs`).
     pub login: super::login::LoginGate,
+    /// Retry receipts, nacks, prekeys low, identity changes (`retry.rs`).
+    pub(super) retry: super::retry::Retries,
 }
 
 pub fn now_secs() -> u64 {
@@ -177,6 +179,7 @@ impl World {
             logins: VecDeque::new(),
             self_inbox: VecDeque::new(),
             login: Default::default(),
+            retry: Default::default(),
         }
     }
 
@@ -446,7 +449,9 @@ impl World {
             "iq" => self.on_iq(&node, now).await,
             "message" => self.on_message(&node, now).await,
             "receipt" | "notification" | "call" => {
-                if node.tag == "receipt" {
+                if node.tag == "receipt" && attr(&node, "type").as_deref() == Some("retry") {
+                    self.on_retry_receipt(&node).await;
+                } else if node.tag == "receipt" {
                     self.on_receipt(&node);
                 }
                 if let Some(ack) = nodes::ack_for(&node, now) {

@@ -100,6 +100,11 @@ impl PeerStore {
         )
     }
 
+    /// The registration id this peer announces (in its bundles and retry receipts).
+    pub fn registration_id(&self) -> u32 {
+        self.identity.registration_id
+    }
+
     pub fn has_session(&self, address: &ProtocolAddress) -> bool {
         self.sessions.0.contains_key(&address.to_string())
     }
