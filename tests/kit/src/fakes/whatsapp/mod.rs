@@ -9,6 +9,8 @@
 
 mod admin;
 pub mod contacts;
+pub mod deliveries;
+pub mod devices;
 mod faults;
 mod keys;
 mod messages;
@@ -34,6 +36,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 
 pub use contacts::InboxEntry;
+pub use deliveries::{Addressing, Delivery, Report};
 pub use server::Login;
 use server::{CONN_QUEUE_CAP, Cmd, World, now_secs};
 
@@ -165,6 +168,42 @@ impl FakeWhatsApp {
     /// What the linked device sent into the self chat, decrypted by the phone.
     pub async fn phone_self_messages(&self) -> Vec<InboxEntry> {
         self.world.lock().await.self_messages()
+    }
+
+    /// The owner writes `text` in "message yourself" from the account's device `device` (0 the
+    /// phone, another id a linked Desktop created on first use), addressing the chat by phone
+    /// number or by LID; returns the message id.
+    pub async fn self_send_from(
+        &self,
+        text: &str,
+        addressing: Addressing,
+        device: u16,
+    ) -> Result<String, String> {
+        self.world
+            .lock()
+            .await
+            .self_send_from(text, addressing, device, now_secs())
+            .await
+    }
+
+    /// Contact `e164` has `count` devices from now on (its phone included); returns their ids.
+    /// The linked client is told of each change as the real server tells it.
+    pub async fn set_contact_devices(&self, e164: &str, count: usize) -> Result<Vec<u16>, String> {
+        self.world
+            .lock()
+            .await
+            .set_contact_devices(e164, count, now_secs())
+            .await
+    }
+
+    /// What the linked account sent to contact `e164`, with the devices that decrypted each.
+    pub async fn contact_deliveries(&self, e164: &str) -> Vec<Delivery> {
+        self.world.lock().await.deliveries(e164)
+    }
+
+    /// Which devices (the addressee's and the account's own) decrypted message `id`.
+    pub async fn message_report(&self, id: &str) -> Option<Report> {
+        self.world.lock().await.message_report(id)
     }
 
     pub async fn state(&self) -> State {
