@@ -24,11 +24,11 @@ use whatsapp_rust::{Client, Jid, TokioRuntime};
 
 /// Upper bound for one protocol step. Pairing includes the client's own 10 s key-share grace and
 /// reconnect backoff; 60 s leaves room on a loaded 2-core machine.
-const WAIT: Duration = Duration::from_secs(60);
+pub(crate) const WAIT: Duration = Duration::from_secs(60);
 /// Bound for the client's keepalive to declare a silent socket dead (ping interval up to 30 s
 /// plus a 20 s answer timeout), with margin.
 const KEEPALIVE_WAIT: Duration = Duration::from_secs(120);
-const CONTACT: &str = "+15551234567";
+pub(crate) const CONTACT: &str = "+15551234567";
 
 /// Media is never downloaded in these tests; any HTTP call is a bug in the test setup.
 struct NoHttp;
@@ -74,8 +74,8 @@ fn init_logs() {
     }
 }
 
-struct TestClient {
-    handle: BotHandle,
+pub(crate) struct TestClient {
+    pub(crate) handle: BotHandle,
     events: mpsc::UnboundedReceiver<Arc<Event>>,
 }
 
@@ -106,12 +106,16 @@ impl TestClient {
         }
     }
 
-    fn client(&self) -> Arc<Client> {
+    pub(crate) fn client(&self) -> Arc<Client> {
         self.handle.client()
     }
 
     /// Waits for the first event `pick` accepts; panics with what was seen on timeout.
-    async fn wait_for<T>(&mut self, what: &str, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
+    pub(crate) async fn wait_for<T>(
+        &mut self,
+        what: &str,
+        mut pick: impl FnMut(&Event) -> Option<T>,
+    ) -> T {
         let mut seen = Vec::new();
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
@@ -143,7 +147,9 @@ impl TestClient {
 use whatsapp_rust::wacore::store as wacore_store;
 
 /// A fresh client linked by QR: QR → scan → pair-success → 515 → reconnect → Connected.
-async fn paired_client(fake: &FakeWhatsApp) -> (TestClient, Arc<wacore_store::InMemoryBackend>) {
+pub(crate) async fn paired_client(
+    fake: &FakeWhatsApp,
+) -> (TestClient, Arc<wacore_store::InMemoryBackend>) {
     let backend = Arc::new(wacore_store::InMemoryBackend::new());
     let mut client = TestClient::start(fake, backend.clone()).await;
     let qr = client
@@ -162,7 +168,7 @@ async fn paired_client(fake: &FakeWhatsApp) -> (TestClient, Arc<wacore_store::In
     (client, backend)
 }
 
-fn text_of(msg: &wa::Message) -> Option<String> {
+pub(crate) fn text_of(msg: &wa::Message) -> Option<String> {
     msg.conversation.clone().or_else(|| {
         msg.extended_text_message
             .as_option()
@@ -170,7 +176,7 @@ fn text_of(msg: &wa::Message) -> Option<String> {
     })
 }
 
-async fn wait_inbox(fake: &FakeWhatsApp, contact: &str, text: &str) {
+pub(crate) async fn wait_inbox(fake: &FakeWhatsApp, contact: &str, text: &str) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         if fake
@@ -514,16 +520,34 @@ async fn the_phone_writes_in_the_self_chat_and_reads_the_answer() {
         fake.contact_inbox(&own).await.is_empty(),
         "the account is not a contact of itself"
     );
+    // The same chat in LID form: from and recipient the account's own LID (devices.rs).
+    let (status, body) = http_post(
+        &fake.admin_url(),
+        "/phone/self",
+        r#"{"text":"lid note","addressing":"lid"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let info = client
+        .wait_for("the LID-form self-chat message", |e| match e {
+            Event::Messages(batch) => batch.messages.iter().find_map(|m| {
+                text_of(&m.message)
+                    .filter(|t| t == "lid note")
+                    .map(|_| m.info.clone())
+            }),
+            _ => None,
+        })
+        .await;
+    assert!(info.source.is_from_me, "{info:?}");
+    assert!(info.source.chat.is_lid(), "the own LID chat: {info:?}");
+    assert_eq!(info.source.sender.device, 0, "sent by the primary phone");
     let (status, _) = http_post(
         &fake.admin_url(),
         "/phone/self",
-        r#"{"text":"x","addressing":"lid"}"#,
+        r#"{"text":"x","addressing":"e164"}"#,
     )
     .await;
-    assert_eq!(
-        status, 400,
-        "LID addressing is not modelled yet: refused, not faked"
-    );
+    assert_eq!(status, 400, "an unknown addressing form is refused");
     client.handle.shutdown().await;
 }
 
@@ -592,12 +616,12 @@ async fn http_request(base: &str, method: &str, path: &str, body: &str) -> (u16,
     (status, String::from_utf8(bytes.to_vec()).unwrap())
 }
 
-async fn http_get(base: &str, path: &str) -> String {
+pub(crate) async fn http_get(base: &str, path: &str) -> String {
     let (status, body) = http_request(base, "GET", path, "").await;
     assert_eq!(status, 200, "GET {path}: {body}");
     body
 }
 
-async fn http_post(base: &str, path: &str, body: &str) -> (u16, String) {
+pub(crate) async fn http_post(base: &str, path: &str, body: &str) -> (u16, String) {
     http_request(base, "POST", path, body).await
 }
