@@ -27,9 +27,9 @@ async fn wait_read_by(fake: &FakeWhatsApp, word: &str, devices: &[u16]) -> Vec<D
             .filter(|d| d.entry.text.contains(word))
             .collect();
         if !got.is_empty()
-            && got
-                .iter()
-                .all(|d| d.devices == devices && d.own_devices.contains(&0))
+            && got.iter().all(|d| {
+                d.devices == devices && d.own_devices.contains(&0) && d.stale_devices.is_empty()
+            })
         {
             return got;
         }
@@ -43,7 +43,8 @@ async fn wait_read_by(fake: &FakeWhatsApp, word: &str, devices: &[u16]) -> Vec<D
 
 /// A contact with three devices (phone and two linked) writes twice: each reply is encrypted to
 /// all three and the owner's phone gets its copy; answered once each. Then the contact links a
-/// fourth device: the server tells the box, and the next reply reaches all four.
+/// fourth device: the server tells the box, and the next reply reaches all four; after two are
+/// unlinked, the next reaches the two left and no copy goes to a device that is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_contact_with_three_devices_gets_each_reply_on_all_and_a_new_device_gets_later_ones() {
     let fake = FakeWhatsApp::start().await;
@@ -73,16 +74,26 @@ async fn a_contact_with_three_devices_gets_each_reply_on_all_and_a_new_device_ge
         .unwrap();
     wait_read_by(&fake, "[d3]", &[0, 1, 2, 3]).await;
 
+    // Two devices unlinked: the next reply goes to the two left, none to a device gone.
+    assert_eq!(
+        fake.set_contact_devices(FRIEND, 2).await.unwrap(),
+        vec![0, 1]
+    );
+    fake.contact_send(FRIEND, "back to two [d4]", None, None)
+        .await
+        .unwrap();
+    wait_read_by(&fake, "[d4]", &[0, 1]).await;
+
     // Exactly one reply per message, also after a settle period.
     tokio::time::sleep(ECHO_WATCH).await;
-    for word in ["[d1]", "[d2]", "[d3]"] {
+    for word in ["[d1]", "[d2]", "[d3]", "[d4]"] {
         assert_eq!(replies(&fake, FRIEND, word).await, 1, "one reply to {word}");
     }
-    assert_eq!(fake.contact_inbox(FRIEND).await.len(), 3);
+    assert_eq!(fake.contact_inbox(FRIEND).await.len(), 4);
     let m = bx.metrics().await;
-    assert_eq!(turns(&m), 3, "one agent call per message: {m}");
+    assert_eq!(turns(&m), 4, "one agent call per message: {m}");
     println!(
-        "QA devices: 3-device contact → replies read on devices 0,1,2 (+ the owner's phone); a 4th device linked later reads the next reply; 3 messages → 3 replies, 3 turns"
+        "QA devices: 3-device contact → replies read on devices 0,1,2 (+ the owner's phone); a 4th device linked later reads the next reply; 2 unlinked → the next reply reaches the 2 left only; 4 messages → 4 replies, 4 turns"
     );
     stop(p).await;
 }

@@ -24,6 +24,8 @@ pub const REPORTS_CAP: usize = 4 * contacts::INBOX_CAP;
 pub struct Report {
     pub devices: BTreeMap<u16, String>,
     pub own_devices: BTreeMap<u16, String>,
+    /// Copies addressed to a device the addressee does not have (unlinked, or never was).
+    pub stale_devices: Vec<u16>,
 }
 
 /// Per-message reports, oldest dropped beyond `REPORTS_CAP`.
@@ -51,6 +53,11 @@ impl Reports {
     /// The account's own device `device` read its copy of message `id`.
     pub fn note_own(&mut self, id: &str, device: u16, text: String) {
         self.report_mut(id).own_devices.insert(device, text);
+    }
+
+    /// The client encrypted a copy of message `id` for `device`, which the addressee lacks.
+    pub fn note_stale(&mut self, id: &str, device: u16) {
+        self.report_mut(id).stale_devices.push(device);
     }
 
     pub fn report(&self, id: &str) -> Option<Report> {
@@ -211,6 +218,7 @@ impl World {
                     entry,
                     devices,
                     own_devices,
+                    stale_devices: report.stale_devices.clone(),
                 }
             })
             .collect()
@@ -218,7 +226,8 @@ impl World {
 }
 
 /// One message the contact received, with the devices that decrypted it: `GET
-/// /contacts/<e164>/messages` serves the entry's fields plus `devices` and `own_devices`.
+/// /contacts/<e164>/messages` serves the entry's fields plus `devices`, `own_devices` and
+/// `stale_devices`.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Delivery {
     #[serde(flatten)]
@@ -227,4 +236,6 @@ pub struct Delivery {
     pub devices: Vec<u16>,
     /// The account's own devices that got their copy (0 is the owner's phone).
     pub own_devices: Vec<u16>,
+    /// Devices the copies went to that the contact does not have (a device list not followed).
+    pub stale_devices: Vec<u16>,
 }

@@ -172,6 +172,7 @@ impl World {
             }
             if dest.device != 0 && !own {
                 tracing::warn!("fake-whatsapp: a copy for a device the contact does not have");
+                self.devices.reports.note_stale(&id, dest.device);
                 continue;
             }
             if own && dest.device == 0 {
