@@ -8,7 +8,8 @@
 use kit::{fakes, support};
 
 use super::whatsapp_flow::{
-    ECHO_WATCH, FRIEND, linked_and_running, replies, stop, turns, wait_self_messages,
+    ECHO_WATCH, FRIEND, linked_and_running, replies, stop, turns, wait_disconnected,
+    wait_self_messages,
 };
 use fakes::whatsapp::{Addressing, Delivery, FakeWhatsApp};
 use std::time::Duration;
@@ -163,5 +164,35 @@ async fn the_owner_writes_in_the_self_chat_as_lid_and_from_a_desktop_and_gets_on
         "QA self-chat forms: phone/LID, desktop/PN, desktop/LID → 3 prefixed answers in the self chat, {}s later still 3; turns 3",
         ECHO_WATCH.as_secs()
     );
+    stop(p).await;
+}
+
+/// The contact links a device while the box is down (after the box cached its list): the
+/// server's notification waits in the offline queue, and the first reply after the restart
+/// reaches the new device too; answered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_linked_while_the_box_is_down_gets_the_replies_after_the_restart() {
+    let fake = FakeWhatsApp::start().await;
+    fake.set_contact_devices(FRIEND, 2).await.unwrap();
+    let (bx, p) = linked_and_running(&fake).await;
+    fake.contact_send(FRIEND, "before [o1]", None, None)
+        .await
+        .unwrap();
+    wait_read_by(&fake, "[o1]", &[0, 1]).await;
+    stop(p).await;
+    wait_disconnected(&fake).await;
+
+    assert_eq!(
+        fake.set_contact_devices(FRIEND, 3).await.unwrap(),
+        vec![0, 1, 2]
+    );
+    fake.contact_send(FRIEND, "after [o2]", None, None)
+        .await
+        .unwrap();
+    let p = bx.run().await;
+    wait_read_by(&fake, "[o2]", &[0, 1, 2]).await;
+    tokio::time::sleep(ECHO_WATCH).await;
+    assert_eq!(replies(&fake, FRIEND, "[o1]").await, 1);
+    assert_eq!(replies(&fake, FRIEND, "[o2]").await, 1);
     stop(p).await;
 }

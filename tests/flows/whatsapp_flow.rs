@@ -45,7 +45,7 @@ impl Bx {
         v.extend_from_slice(&["--config", self.cfg.to_str().unwrap()]);
         v
     }
-    async fn run(&self) -> Proc {
+    pub(crate) async fn run(&self) -> Proc {
         let p = spawn(&self.args(&["run"]), &[], self.dir.path());
         p.wait_stderr("ready", |e| e.iter().any(|l| l.contains("ready")))
             .await;
@@ -84,7 +84,7 @@ async fn wait_connected(fake: &FakeWhatsApp, within: Duration) -> Duration {
     }
 }
 
-async fn wait_disconnected(fake: &FakeWhatsApp) {
+pub(crate) async fn wait_disconnected(fake: &FakeWhatsApp) {
     let t = Instant::now();
     while fake.state().await.connected {
         assert!(t.elapsed() < SOON, "still connected");
