@@ -6,11 +6,12 @@
 
 use std::collections::HashMap;
 
-use super::fake_whatsapp::{CONTACT, paired_client, text_of};
+use super::fake_whatsapp::{CONTACT, http_get, http_post, paired_client, text_of, wait_inbox};
 use kit::fakes::whatsapp::{Addressing, FakeWhatsApp};
 use whatsapp_rust::Jid;
 use whatsapp_rust::types::events::{DeviceListUpdateType, Event};
 use whatsapp_rust::wacore::iq::prekeys::PreKeyFetchSpec;
+use whatsapp_rust::waproto::whatsapp as wa;
 
 fn ids(devices: &[Jid]) -> Vec<u16> {
     let mut v: Vec<u16> = devices.iter().map(|j| j.device).collect();
@@ -24,9 +25,17 @@ async fn contact_devices_are_listed_signed_and_followed() {
     let (mut client, _backend) = paired_client(&fake).await;
     let user = CONTACT.trim_start_matches('+');
     let own = fake.phone_number().trim_start_matches('+');
+    // Through the admin API, as a test in another language would.
+    let (status, body) = http_post(
+        &fake.admin_url(),
+        &format!("/contacts/{CONTACT}/devices"),
+        r#"{"count":3}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
     assert_eq!(
-        fake.set_contact_devices(CONTACT, 3).await.unwrap(),
-        vec![0, 1, 2]
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["devices"],
+        serde_json::json!([0, 1, 2])
     );
 
     // usync: the client keeps every device (it drops a user whose companions come without a
@@ -123,6 +132,34 @@ async fn contact_devices_are_listed_signed_and_followed() {
         .await
         .unwrap();
     assert_eq!(ids(&listed), vec![0, 1, 2], "followed: {listed:?}");
+
+    // A message the client sends reaches every device and the owner's phone; the admin API says
+    // which devices read it, beside the fields it always had.
+    let msg = wa::Message {
+        conversation: Some("to all of you".into()),
+        ..Default::default()
+    };
+    signal.send_message(Jid::pn(user), msg).await.unwrap();
+    wait_inbox(&fake, CONTACT, "to all of you").await;
+    let deadline = tokio::time::Instant::now() + super::fake_whatsapp::WAIT;
+    loop {
+        let body = http_get(&fake.admin_url(), &format!("/contacts/{CONTACT}/messages")).await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let m = &v[0];
+        if m["devices"] == serde_json::json!([0, 1, 2])
+            && m["own_devices"] == serde_json::json!([0])
+        {
+            assert_eq!(m["text"], "to all of you", "{body}");
+            assert!(
+                m["seq"].is_u64() && m["id"].is_string() && m["ts"].is_u64(),
+                "{body}"
+            );
+            assert_eq!(m["stale_devices"], serde_json::json!([]), "{body}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     // Bad requests are refused, not faked.
     assert!(fake.set_contact_devices(CONTACT, 0).await.is_err());
