@@ -52,6 +52,8 @@ struct SelfSend {
 #[derive(Deserialize)]
 struct DeviceCount {
     count: usize,
+    /// False: the client is not told (a lost notification). Default true.
+    notify: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -178,7 +180,7 @@ pub async fn handle(
                 Ok(d) => match world
                     .lock()
                     .await
-                    .set_contact_devices(who, d.count, now_secs())
+                    .set_contact_devices(who, d.count, d.notify.unwrap_or(true), now_secs())
                     .await
                 {
                     Ok(ids) => reply(StatusCode::OK, json!({ "devices": ids })),

@@ -228,11 +228,14 @@ impl World {
 
     /// Contact `e164` now has `count` devices (the phone and `count - 1` linked ones, ids 1…),
     /// each with its own keys; the linked client is told of each device added or removed, as
-    /// the server tells every client that talks to the account. Returns the device ids.
+    /// the server tells every client that talks to the account — unless `notify` is false (the
+    /// notification lost: the client learns of the change only from the `phash` of its next
+    /// send's ack). Returns the device ids.
     pub async fn set_contact_devices(
         &mut self,
         e164: &str,
         count: usize,
+        notify: bool,
         now: u64,
     ) -> Result<Vec<u16>, String> {
         let user = digits(e164).ok_or("devices: not an E.164 number")?;
@@ -267,11 +270,13 @@ impl World {
             added.push((id, device.key_index));
             book.list.push(device);
         }
-        for (id, key_index) in added {
-            self.notify_devices(&user, "add", id, Some(key_index), now)?;
-        }
-        for id in removed {
-            self.notify_devices(&user, "remove", id, None, now)?;
+        if notify {
+            for (id, key_index) in added {
+                self.notify_devices(&user, "add", id, Some(key_index), now)?;
+            }
+            for id in removed {
+                self.notify_devices(&user, "remove", id, None, now)?;
+            }
         }
         Ok(self.device_ids(&user))
     }
@@ -404,6 +409,51 @@ impl World {
             ids.extend(b.list.iter().map(|d| d.id));
         }
         ids
+    }
+
+    /// The `phash` the server puts in its ack of a 1:1 message to `to`: the participant list hash
+    /// (`MessageUtils::participant_list_hash`, whatsmeow's `participantListHashV2`) of every
+    /// device the message should have reached — the addressee's and the account's own, less the
+    /// sending device — in `to`'s address form. The client compares it with the hash of what it
+    /// sent and refreshes both device lists on a mismatch (whatsapp-rust
+    /// `check_phash_against_ack` → `handle_phash_mismatch`). None for an addressee the fake
+    /// knows no device list of (a LID it cannot map: no claim rather than a wrong one).
+    pub(super) fn dm_phash(&self, to: &str) -> Option<String> {
+        let to: Jid = to.parse().ok()?;
+        let own = self.own_user(&to.user);
+        let own_user = if to.is_lid() {
+            self.account.lid.clone()
+        } else if to.is_pn() {
+            self.account.pn.clone()
+        } else {
+            return None;
+        };
+        if !own && (to.is_lid() || digits(&to.user).is_none()) {
+            return None;
+        }
+        let sender = self.companion.as_ref()?.device;
+        let form = |user: &str, d: u16| {
+            if to.is_lid() {
+                Jid::lid_device(user.to_string(), d)
+            } else {
+                Jid::pn_device(user.to_string(), d)
+            }
+        };
+        let mut set: Vec<Jid> = Vec::new();
+        if !own {
+            set.extend(
+                self.device_ids(&to.user)
+                    .into_iter()
+                    .map(|d| form(&to.user, d)),
+            );
+        }
+        set.extend(
+            self.device_ids(&own_user)
+                .into_iter()
+                .filter(|d| *d != sender)
+                .map(|d| form(&own_user, d)),
+        );
+        MessageUtils::participant_list_hash(set.iter()).ok()
     }
 
     /// The usync `<devices>` answer for `user`: every device with its key index (the phone has

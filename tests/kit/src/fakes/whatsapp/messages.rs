@@ -220,7 +220,11 @@ impl World {
                 Err(e) => tracing::warn!("fake-whatsapp: contact could not decrypt: {e}"),
             }
         }
-        if let Some(ack) = nodes::ack_for(node, now) {
+        if let Some(mut ack) = nodes::ack_for(node, now) {
+            // The true device set's hash: a stale list on the client's side shows (devices.rs).
+            if let Some(phash) = self.dm_phash(&to) {
+                ack.attrs.insert("phash", phash);
+            }
             self.send(ack);
         }
         if let Some(user) = delivered_to {

@@ -193,7 +193,21 @@ impl FakeWhatsApp {
         self.world
             .lock()
             .await
-            .set_contact_devices(e164, count, now_secs())
+            .set_contact_devices(e164, count, true, now_secs())
+            .await
+    }
+
+    /// As [`Self::set_contact_devices`], but the linked client's notification is lost: it learns
+    /// of the change only from the `phash` in the ack of its next message to the contact.
+    pub async fn set_contact_devices_unannounced(
+        &self,
+        e164: &str,
+        count: usize,
+    ) -> Result<Vec<u16>, String> {
+        self.world
+            .lock()
+            .await
+            .set_contact_devices(e164, count, false, now_secs())
             .await
     }
 
