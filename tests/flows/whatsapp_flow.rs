@@ -85,7 +85,7 @@ pub(crate) async fn wait_connected(fake: &FakeWhatsApp, within: Duration) -> Dur
     }
 }
 
-async fn wait_disconnected(fake: &FakeWhatsApp) {
+pub(crate) async fn wait_disconnected(fake: &FakeWhatsApp) {
     let t = Instant::now();
     while fake.state().await.connected {
         assert!(t.elapsed() < SOON, "still connected");
@@ -273,10 +273,13 @@ async fn messages_sent_while_down_are_answered_once_after_restart() {
 
 /// After the answer in the self chat: time for a second answer to show up, if the box were to
 /// answer its own answer (with the echo agent an echo loop would send one every turn).
-const ECHO_WATCH: Duration = Duration::from_secs(5);
+pub(crate) const ECHO_WATCH: Duration = Duration::from_secs(5);
 
 /// What the box sent into the self chat, as the phone read it, once `n` messages are there.
-async fn wait_self_messages(fake: &FakeWhatsApp, n: usize) -> Vec<fakes::whatsapp::InboxEntry> {
+pub(crate) async fn wait_self_messages(
+    fake: &FakeWhatsApp,
+    n: usize,
+) -> Vec<fakes::whatsapp::InboxEntry> {
     let t = Instant::now();
     loop {
         let got = fake.phone_self_messages().await;

@@ -24,7 +24,7 @@ use whatsapp_rust::{Client, Jid, TokioRuntime};
 
 /// Upper bound for one protocol step. Pairing includes the client's own 10 s key-share grace and
 /// reconnect backoff; 60 s leaves room on a loaded 2-core machine.
-const WAIT: Duration = Duration::from_secs(60);
+pub(crate) const WAIT: Duration = Duration::from_secs(60);
 /// Bound for the client's keepalive to declare a silent socket dead (ping interval up to 30 s
 /// plus a 20 s answer timeout), with margin.
 const KEEPALIVE_WAIT: Duration = Duration::from_secs(120);
@@ -520,16 +520,34 @@ async fn the_phone_writes_in_the_self_chat_and_reads_the_answer() {
         fake.contact_inbox(&own).await.is_empty(),
         "the account is not a contact of itself"
     );
+    // The same chat in LID form: from and recipient the account's own LID (devices.rs).
+    let (status, body) = http_post(
+        &fake.admin_url(),
+        "/phone/self",
+        r#"{"text":"lid note","addressing":"lid"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let info = client
+        .wait_for("the LID-form self-chat message", |e| match e {
+            Event::Messages(batch) => batch.messages.iter().find_map(|m| {
+                text_of(&m.message)
+                    .filter(|t| t == "lid note")
+                    .map(|_| m.info.clone())
+            }),
+            _ => None,
+        })
+        .await;
+    assert!(info.source.is_from_me, "{info:?}");
+    assert!(info.source.chat.is_lid(), "the own LID chat: {info:?}");
+    assert_eq!(info.source.sender.device, 0, "sent by the primary phone");
     let (status, _) = http_post(
         &fake.admin_url(),
         "/phone/self",
-        r#"{"text":"x","addressing":"lid"}"#,
+        r#"{"text":"x","addressing":"e164"}"#,
     )
     .await;
-    assert_eq!(
-        status, 400,
-        "LID addressing is not modelled yet: refused, not faked"
-    );
+    assert_eq!(status, 400, "an unknown addressing form is refused");
     client.handle.shutdown().await;
 }
 

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::Mutex;
 
+use super::deliveries::Addressing;
 use super::server::{World, now_secs};
 
 /// Largest admin request body: the biggest is a message text, a few KiB in tests.
@@ -46,8 +47,19 @@ struct Send {
 #[derive(Deserialize)]
 struct SelfSend {
     text: String,
-    /// How the phone addresses its own chat: `"pn"` (the default, the only form modelled yet).
+    /// How the phone addresses its own chat: `"pn"` (the default) or `"lid"` (the own LID).
     addressing: Option<String>,
+    /// The account's device that writes: 0 (the phone, the default) or another of the owner's
+    /// linked devices (a Desktop; created on first use, `devices.rs`).
+    device: Option<u16>,
+}
+
+/// `POST /contacts/<e164>/devices`: the contact has `count` devices, its phone included.
+#[derive(Deserialize)]
+struct DeviceCount {
+    count: usize,
+    /// False: the client is not told (a lost notification). Default true.
+    notify: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -127,16 +139,16 @@ pub async fn handle(
             reply(StatusCode::OK, json!(world.lock().await.retry_stats()))
         }
         (Method::POST, ["phone", "self"]) => match serde_json::from_slice::<SelfSend>(&body) {
-            Ok(SelfSend { addressing, .. }) if addressing.as_deref().is_some_and(|a| a != "pn") => {
-                bad("phone: only \"addressing\": \"pn\" is modelled yet")
-            }
-            Ok(m) => match world
-                .lock()
-                .await
-                .phone_self_send(&m.text, now_secs())
-                .await
-            {
-                Ok(id) => reply(StatusCode::OK, json!({ "id": id })),
+            Ok(m) => match Addressing::parse(m.addressing.as_deref()) {
+                Ok(addressing) => match world
+                    .lock()
+                    .await
+                    .self_send_from(&m.text, addressing, m.device.unwrap_or(0), now_secs())
+                    .await
+                {
+                    Ok(id) => reply(StatusCode::OK, json!({ "id": id })),
+                    Err(e) => bad(e),
+                },
                 Err(e) => bad(e),
             },
             Err(e) => bad(e),
@@ -187,7 +199,8 @@ pub async fn handle(
             }
         }
         (Method::GET, ["contacts", who, "messages"]) => {
-            let inbox = world.lock().await.inbox(who);
+            // Each entry as before, plus `devices` / `own_devices` (`devices.rs`).
+            let inbox = world.lock().await.deliveries(who);
             reply(StatusCode::OK, json!(inbox))
         }
         (Method::GET, ["sw.js"]) => super::login::sw_js_response(world.lock().await.sw_js()),
@@ -207,6 +220,20 @@ pub async fn handle(
             }
             Err(e) => bad(e),
         },
+        (Method::POST, ["contacts", who, "devices"]) => {
+            match serde_json::from_slice::<DeviceCount>(&body) {
+                Ok(d) => match world
+                    .lock()
+                    .await
+                    .set_contact_devices(who, d.count, d.notify.unwrap_or(true), now_secs())
+                    .await
+                {
+                    Ok(ids) => reply(StatusCode::OK, json!({ "devices": ids })),
+                    Err(e) => bad(e),
+                },
+                Err(e) => bad(e),
+            }
+        }
         (Method::POST, ["faults"]) => match serde_json::from_slice::<Fault>(&body) {
             Ok(f) if f.kind == "login-failure" => {
                 match world.lock().await.login_failure(f.code, f.expire, f.count) {

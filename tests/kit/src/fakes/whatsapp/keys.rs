@@ -152,6 +152,22 @@ impl World {
         {
             // Any PN user is a reachable mock contact: the client may start a chat.
             contact.peer.bundle().map_err(|e| e.to_string())
+        } else if let Some(linked) = self.linked_device_bundle(&jid) {
+            // A contact's linked device, or the owner's own other one (`devices.rs`).
+            return match linked.and_then(|(b, identity)| {
+                whatsapp_rust::wacore::iq::prekeys::PreKeyBundleUserNode::from_bundle(
+                    jid.clone(),
+                    &b,
+                    Some(identity),
+                )
+                .map_err(|e| e.to_string())
+            }) {
+                Ok(user) => user.into_node(),
+                Err(e) => {
+                    tracing::warn!("fake-whatsapp: bundle for a linked device failed: {e}");
+                    error(500, "internal-server-error")
+                }
+            };
         } else {
             return error(406, "not-acceptable");
         };

@@ -165,10 +165,24 @@ impl World {
                 continue;
             };
             let own = dest.user == self.account.pn || dest.user == self.account.lid;
+            if dest.device != 0
+                && self
+                    .linked_device_copy(&dest, &sender, &id, (&kind, &ct, v))
+                    .await
+            {
+                // A contact's linked device, or the owner's other one (`devices.rs`).
+                continue;
+            }
+            if dest.device != 0 && !own {
+                tracing::warn!("fake-whatsapp: a copy for a device the contact does not have");
+                self.devices.reports.note_stale(&id, dest.device);
+                continue;
+            }
             if own && dest.device == 0 {
                 match contacts::decrypt(&mut self.phone, &sender, &kind, &ct, v).await {
                     Ok(msg) if to_self => {
                         if let Some(text) = contacts::message_text(&msg) {
+                            self.devices.reports.note_own(&id, 0, text.clone());
                             if self.self_inbox.len() >= contacts::INBOX_CAP {
                                 self.self_inbox.pop_front();
                             }
@@ -181,7 +195,11 @@ impl World {
                             });
                         }
                     }
-                    Ok(_) => {}
+                    Ok(msg) => {
+                        // The phone's copy of a message to someone else (`deviceSentMessage`).
+                        let text = contacts::message_text(&msg).unwrap_or_default();
+                        self.devices.reports.note_own(&id, 0, text);
+                    }
                     Err(e) => tracing::debug!("fake-whatsapp: phone could not read its copy: {e}"),
                 }
                 continue;
@@ -192,6 +210,7 @@ impl World {
             match contacts::decrypt(&mut contact.peer, &sender, &kind, &ct, v).await {
                 Ok(msg) => {
                     if let Some(text) = contacts::message_text(&msg) {
+                        self.devices.reports.note(&id, 0, text.clone());
                         contact.record(InboxEntry {
                             seq: 0,
                             id: id.clone(),
@@ -204,7 +223,11 @@ impl World {
                 Err(e) => tracing::warn!("fake-whatsapp: contact could not decrypt: {e}"),
             }
         }
-        if let Some(ack) = nodes::ack_for(node, now) {
+        if let Some(mut ack) = nodes::ack_for(node, now) {
+            // The true device set's hash: a stale list on the client's side shows (devices.rs).
+            if let Some(phash) = self.dm_phash(&to) {
+                ack.attrs.insert("phash", phash);
+            }
             self.send(ack);
         }
         if let Some(user) = delivered_to {

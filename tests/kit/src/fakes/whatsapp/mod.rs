@@ -1,7 +1,8 @@
 //! A fake WhatsApp Web server for tests, speaking the real protocol on loopback: WebSocket on
 //! `/ws/chat`, Noise XX with a certificate chain, framed AES-GCM, binary nodes, QR and pair-code
-//! linking by a mock phone, the phone writing in its own "message yourself" chat, Signal-encrypted
-//! messages from mock contacts, an offline queue, a log of which connection logged in when, and
+//! linking by a mock phone, the phone (or the owner's Desktop) writing in its own "message
+//! yourself" chat, Signal-encrypted messages from mock contacts with one device or several, an
+//! offline queue, a log of which connection logged in when, and
 //! fault injection — driven by a JSON admin API on a second listener (or the Rust methods here).
 //! Built from the client's own crates (`whatsapp-rust` 0.7.0 re-exports), so the wire format is
 //! the one the real client speaks. Owns the sockets (this file) and nothing of clawbox; never
@@ -9,6 +10,8 @@
 
 mod admin;
 pub mod contacts;
+pub mod deliveries;
+pub mod devices;
 mod faults;
 mod keys;
 pub mod login;
@@ -36,6 +39,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 
 pub use contacts::InboxEntry;
+pub use deliveries::{Addressing, Delivery, Report};
 pub use retry::RetryStats;
 pub use server::Login;
 use server::{CONN_QUEUE_CAP, Cmd, World, now_secs};
@@ -168,6 +172,56 @@ impl FakeWhatsApp {
     /// What the linked device sent into the self chat, decrypted by the phone.
     pub async fn phone_self_messages(&self) -> Vec<InboxEntry> {
         self.world.lock().await.self_messages()
+    }
+
+    /// The owner writes `text` in "message yourself" from the account's device `device` (0 the
+    /// phone, another id a linked Desktop created on first use), addressing the chat by phone
+    /// number or by LID; returns the message id.
+    pub async fn self_send_from(
+        &self,
+        text: &str,
+        addressing: Addressing,
+        device: u16,
+    ) -> Result<String, String> {
+        self.world
+            .lock()
+            .await
+            .self_send_from(text, addressing, device, now_secs())
+            .await
+    }
+
+    /// Contact `e164` has `count` devices from now on (its phone included); returns their ids.
+    /// The linked client is told of each change as the real server tells it.
+    pub async fn set_contact_devices(&self, e164: &str, count: usize) -> Result<Vec<u16>, String> {
+        self.world
+            .lock()
+            .await
+            .set_contact_devices(e164, count, true, now_secs())
+            .await
+    }
+
+    /// As [`Self::set_contact_devices`], but the linked client's notification is lost: it learns
+    /// of the change only from the `phash` in the ack of its next message to the contact.
+    pub async fn set_contact_devices_unannounced(
+        &self,
+        e164: &str,
+        count: usize,
+    ) -> Result<Vec<u16>, String> {
+        self.world
+            .lock()
+            .await
+            .set_contact_devices(e164, count, false, now_secs())
+            .await
+    }
+
+    /// What the linked account sent to contact `e164`, with the devices that decrypted each.
+    pub async fn contact_deliveries(&self, e164: &str) -> Vec<Delivery> {
+        self.world.lock().await.deliveries(e164)
+    }
+
+    /// Which devices (the addressee's and the account's own) decrypted message `id`.
+    pub async fn message_report(&self, id: &str) -> Option<Report> {
+        self.world.lock().await.message_report(id)
     }
 
     pub async fn state(&self) -> State {

@@ -133,6 +133,8 @@ pub struct World {
     pub login: super::login::LoginGate,
     /// Retry receipts, nacks, prekeys low, identity changes (`retry.rs`).
     pub(super) retry: super::retry::Retries,
+    /// Linked devices of contacts and of the account itself, and who decrypted what.
+    pub devices: super::devices::DeviceBook,
 }
 
 pub fn now_secs() -> u64 {
@@ -180,6 +182,7 @@ impl World {
             self_inbox: VecDeque::new(),
             login: Default::default(),
             retry: Default::default(),
+            devices: Default::default(),
         }
     }
 

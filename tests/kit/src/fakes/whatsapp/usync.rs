@@ -43,19 +43,8 @@ impl World {
                 kids.push(c.build());
             }
             if wants_devices {
-                let mut devices = vec![NodeBuilder::new("device").attr("id", "0").build()];
-                if own && let Some(c) = &self.companion {
-                    devices.push(
-                        NodeBuilder::new("device")
-                            .attr("id", c.device.to_string())
-                            .build(),
-                    );
-                }
-                kids.push(
-                    NodeBuilder::new("devices")
-                        .children([NodeBuilder::new("device-list").children(devices).build()])
-                        .build(),
-                );
+                // Every device of the account, linked ones with their key index (`devices.rs`).
+                kids.push(self.devices_node(user_part, now_secs()));
             }
             if wants_lid && own {
                 kids.push(
