@@ -224,6 +224,7 @@ fn free_port() -> Result<u16, String> {
 impl Bx {
     fn new(
         wa_url: &str,
+        version_url: &str,
         tg: &FakeTelegram,
         ai: &FakeOpenAi,
         slow: &FakeOpenAi,
@@ -263,7 +264,7 @@ impl Bx {
             let cfg = format!(
                 "[gateway]\nstate_dir = \"{}\"\nhealth_listen = \"127.0.0.1:{port}\"\n\
                  [pacing]\nenabled = false\n{agent}\
-                 [channels.whatsapp]\nserver_url = \"{wa_url}\"\nallow_from = [\"{FRIEND}\"]\n{agent_line}\
+                 [channels.whatsapp]\nserver_url = \"{wa_url}\"\nversion_url = \"{version_url}\"\nallow_from = [\"{FRIEND}\"]\n{agent_line}\
                  [channels.telegram]\ntoken_file = \"tg.token\"\ndm_policy = \"open\"\napi_root = \"{}\"\n{agent_line}",
                 dir.path().join("state").display(),
                 tg.api_root()
@@ -578,7 +579,13 @@ async fn run(args: &Args, t: &mut Table) -> Result<(), String> {
     let wa = FakeWhatsApp::start().await;
     let proxy = FaultProxy::start(wa.ws_addr()).await;
     let tg = FakeTelegram::start(TOKEN).await;
-    let bx = Bx::new(&format!("ws://{}{WS_PATH}", proxy.addr()), &tg, &ai, &slow)?;
+    let bx = Bx::new(
+        &format!("ws://{}{WS_PATH}", proxy.addr()),
+        &wa.version_url(),
+        &tg,
+        &ai,
+        &slow,
+    )?;
     pair(bin, &bx, &wa).await?;
     eprintln!("bench: paired");
     if args.overhead_only {

@@ -424,8 +424,9 @@ async fn wa_wait_reply_within(fake: &FakeWhatsApp, p: &Proc, word: &str, within:
 fn wa_box(fake: &FakeWhatsApp) -> TestBox {
     TestBox::new(
         &format!(
-            "[channels.whatsapp]\nserver_url = \"{}\"\nallow_from = [\"{FRIEND}\"]\n",
-            fake.ws_url()
+            "[channels.whatsapp]\nserver_url = \"{}\"\nversion_url = \"{}\"\nallow_from = [\"{FRIEND}\"]\n",
+            fake.ws_url(),
+            fake.version_url()
         ),
         &[],
     )

@@ -39,8 +39,9 @@ fn telegram_section(tg: &FakeTelegram, agent: Option<&str>) -> String {
 
 fn whatsapp_section(fake: &FakeWhatsApp, agent: Option<&str>) -> String {
     format!(
-        "[channels.whatsapp]\nserver_url = \"{}\"\nallow_from = [\"{FRIEND}\"]\n{}",
+        "[channels.whatsapp]\nserver_url = \"{}\"\nversion_url = \"{}\"\nallow_from = [\"{FRIEND}\"]\n{}",
         fake.ws_url(),
+        fake.version_url(),
         agent
             .map(|a| format!("agent = \"{a}\"\n"))
             .unwrap_or_default()

@@ -23,7 +23,7 @@ struct Service {
 }
 
 impl Service {
-    fn new(whatsapp_url: &str) -> Service {
+    fn new(whatsapp_url: &str, version_url: &str) -> Service {
         let root = tempfile::tempdir().unwrap();
         for d in ["etc", "lib", "run", "home"] {
             std::fs::create_dir(root.path().join(d)).unwrap();
@@ -44,7 +44,8 @@ impl Service {
             &cfg,
             format!(
                 "[gateway]\nhealth_listen = \"127.0.0.1:{port}\"\n[pacing]\nenabled = false\n\
-                 [channels.whatsapp]\nserver_url = \"{whatsapp_url}\"\n"
+                 [channels.whatsapp]\nserver_url = \"{whatsapp_url}\"\n\
+                 version_url = \"{version_url}\"\n"
             ),
         )
         .unwrap();
@@ -127,7 +128,7 @@ fn readies(p: &Proc) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pair_by_qr_links_the_running_service_without_a_restart() {
     let fake = FakeWhatsApp::start().await;
-    let svc = Service::new(&fake.ws_url());
+    let svc = Service::new(&fake.ws_url(), &fake.version_url());
     let mut daemon = svc.start().await;
     // The socket lives in the runtime directory, private; the state directory links to it.
     let sock = svc.dir("run/control.sock");
@@ -176,7 +177,7 @@ async fn pair_by_qr_links_the_running_service_without_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pair_by_phone_number_links_the_running_service() {
     let fake = FakeWhatsApp::start().await;
-    let svc = Service::new(&fake.ws_url());
+    let svc = Service::new(&fake.ws_url(), &fake.version_url());
     let daemon = svc.start().await;
     let mut p = svc.cli(&["pair", "whatsapp", "--phone", fake.phone_number()]);
     p.wait_stdout("the pairing code", |o| {
@@ -195,7 +196,7 @@ async fn pair_by_phone_number_links_the_running_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_cancels_in_the_service_and_pair_starts_again() {
     let fake = FakeWhatsApp::start().await;
-    let svc = Service::new(&fake.ws_url());
+    let svc = Service::new(&fake.ws_url(), &fake.version_url());
     let _daemon = svc.start().await;
     let mut p = svc.cli(&["pair", "whatsapp"]);
     wait_qr(&p).await;
@@ -224,7 +225,7 @@ async fn ctrl_c_cancels_in_the_service_and_pair_starts_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unpair_logs_out_and_wipes_then_pair_links_again_without_a_restart() {
     let fake = FakeWhatsApp::start().await;
-    let svc = Service::new(&fake.ws_url());
+    let svc = Service::new(&fake.ws_url(), &fake.version_url());
     let daemon = svc.start().await;
     let mut p = svc.cli(&["pair", "whatsapp"]);
     fake.scan(&wait_qr(&p).await).await.unwrap();
@@ -258,7 +259,7 @@ async fn unpair_logs_out_and_wipes_then_pair_links_again_without_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unpair_without_a_service_works_on_its_state() {
     let fake = FakeWhatsApp::start().await;
-    let svc = Service::new(&fake.ws_url());
+    let svc = Service::new(&fake.ws_url(), &fake.version_url());
     // Linked directly (no service runs).
     let mut p = svc.cli(&["pair", "whatsapp"]);
     fake.scan(&wait_qr(&p).await).await.unwrap();
@@ -309,7 +310,7 @@ async fn another_user_is_refused_with_what_to_do() {
         return;
     }
     let fake = FakeWhatsApp::start().await;
-    let svc = Service::new(&fake.ws_url());
+    let svc = Service::new(&fake.ws_url(), &fake.version_url());
     // nobody may read the config and reach the directories (as on a box); lib/ and run/ stay 0700.
     std::fs::set_permissions(svc.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(svc.dir("etc"), std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -38,11 +38,12 @@ fn box_on(f: &Fakes, token: &str, extra: &str) -> TestBox {
     TestBox::new(
         &format!(
             "[agents.ai]\nkind = \"openai\"\nurl = \"{}\"\nmodel = \"fake-model\"\n\
-             [channels.whatsapp]\nserver_url = \"{}\"\nallow_from = [\"+15550100000\"]\n\
+             [channels.whatsapp]\nserver_url = \"{}\"\nversion_url = \"{}\"\nallow_from = [\"+15550100000\"]\n\
              [channels.telegram]\ntoken_file = \"tg.token\"\nallow_from = [900001]\n\
              api_root = \"{}\"\npoll_timeout_s = 2\n{extra}",
             f.ai.base_url(),
             f.wa.ws_url(),
+            f.wa.version_url(),
             f.tg.api_root(),
         ),
         &[("tg.token", token)],

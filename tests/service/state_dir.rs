@@ -21,7 +21,7 @@ struct Installed {
 }
 
 impl Installed {
-    fn new(whatsapp_url: &str) -> Installed {
+    fn new(whatsapp_url: &str, version_url: &str) -> Installed {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir(root.path().join("lib")).unwrap();
         std::fs::create_dir(root.path().join("cwd")).unwrap();
@@ -31,7 +31,8 @@ impl Installed {
             &cfg,
             format!(
                 "[gateway]\nhealth_listen = \"127.0.0.1:{port}\"\n[pacing]\nenabled = false\n\
-                 [channels.whatsapp]\nserver_url = \"{whatsapp_url}\"\n"
+                 [channels.whatsapp]\nserver_url = \"{whatsapp_url}\"\n\
+                 version_url = \"{version_url}\"\n"
             ),
         )
         .unwrap();
@@ -98,7 +99,7 @@ fn tree(dir: &Path) -> Vec<PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pair_writes_the_store_that_run_reads() {
     let fake = FakeWhatsApp::start().await;
-    let bx = Installed::new(&fake.ws_url());
+    let bx = Installed::new(&fake.ws_url(), &fake.version_url());
     let mut p = bx.spawn(&["pair", "whatsapp"]);
     let qr = wait_qr(&p).await;
     fake.scan(&qr).await.unwrap();
@@ -125,7 +126,10 @@ async fn pair_writes_the_store_that_run_reads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pair_while_the_service_runs_goes_through_it_and_touches_nothing() {
     // A WhatsApp server that refuses connections: the service keeps retrying.
-    let bx = Installed::new(&format!("ws://127.0.0.1:{}/ws/chat", free_port()));
+    let bx = Installed::new(
+        &format!("ws://127.0.0.1:{}/ws/chat", free_port()),
+        &format!("http://127.0.0.1:{}/sw.js", free_port()),
+    );
     let mut daemon = bx.run().await;
     let store = bx.lib().join("clawbox.redb");
     assert!(store.is_file(), "{:#?}", daemon.stderr());
@@ -163,7 +167,7 @@ async fn root_pairing_in_the_service_directory_leaves_the_store_to_the_service_u
         return;
     }
     let fake = FakeWhatsApp::start().await;
-    let bx = Installed::new(&fake.ws_url());
+    let bx = Installed::new(&fake.ws_url(), &fake.version_url());
     std::os::unix::fs::chown(bx.lib(), Some(65534), Some(65534)).unwrap();
     let mut p = bx.spawn(&["pair", "whatsapp"]);
     let qr = wait_qr(&p).await;
@@ -181,7 +185,7 @@ async fn another_user_is_refused_with_the_command_to_run() {
         eprintln!("skipped: needs root that can act as nobody (65534), and setpriv");
         return;
     }
-    let bx = Installed::new("ws://127.0.0.1:1/ws/chat");
+    let bx = Installed::new("ws://127.0.0.1:1/ws/chat", "http://127.0.0.1:1/sw.js");
     // Let `nobody` reach the directories, as /var/lib is reachable on a box; lib/ stays private.
     for d in [bx.root.path().to_path_buf(), bx.cwd()] {
         std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();

@@ -123,7 +123,8 @@ async fn start(net: Net<'_>, fault: Option<&str>) -> Notified {
         "[gateway]\nstate_dir = \"{}\"\nhealth_listen = \"127.0.0.1:{}\"\n\
          [channels.telegram]\ntoken_file = \"tg.token\"\nallow_from = [1]\n\
          api_root = \"{api_root}\"\n{poll}\
-         [channels.whatsapp]\nserver_url = \"ws://{refused}/ws/chat\"\n",
+         [channels.whatsapp]\nserver_url = \"ws://{refused}/ws/chat\"\n\
+         version_url = \"http://{refused}/sw.js\"\n",
         dir.path().join("state").display(),
         free_port(),
     );

@@ -125,8 +125,9 @@ async fn chromium_shows_the_services_qr_and_then_linked() {
     let web_port = free_port();
     let bx = TestBox::new(
         &format!(
-            "[channels.whatsapp]\nserver_url = \"{}\"\n[web]\nlisten = \"127.0.0.1:{web_port}\"\n",
-            fake.ws_url()
+            "[channels.whatsapp]\nserver_url = \"{}\"\nversion_url = \"{}\"\n[web]\nlisten = \"127.0.0.1:{web_port}\"\n",
+            fake.ws_url(),
+            fake.version_url()
         ),
         &[],
     );
@@ -201,7 +202,11 @@ const TOKEN: &str = "k3Zr8VqY2mLp0sWd7NcXhTu5";
 async fn off_loopback_the_page_needs_a_token_and_refuses_what_it_must() {
     let fake = FakeWhatsApp::start().await;
     let web_port = free_port();
-    let wa = format!("[channels.whatsapp]\nserver_url = \"{}\"\n", fake.ws_url());
+    let wa = format!(
+        "[channels.whatsapp]\nserver_url = \"{}\"\nversion_url = \"{}\"\n",
+        fake.ws_url(),
+        fake.version_url()
+    );
 
     // No token on an address other machines reach: refused at start, with where and what to do.
     let bx = TestBox::new(
