@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::Mutex;
 
+use super::lid::{Addressing, lid_jid_of};
 use super::server::{World, now_secs};
 
 /// Largest admin request body: the biggest is a message text, a few KiB in tests.
@@ -34,6 +35,8 @@ struct Send {
     text: String,
     media: Option<String>,
     caption: Option<String>,
+    /// `"pn"` (the default) | `"lid"` | `"lid-only"`: see `lid::Addressing`.
+    addressing: Option<String>,
 }
 
 /// `POST /phone/self`: the owner writes in "message yourself" from the primary phone.
@@ -64,8 +67,8 @@ fn bad(e: impl std::fmt::Display) -> Response<Full<Bytes>> {
     reply(StatusCode::BAD_REQUEST, json!({ "error": e.to_string() }))
 }
 
-/// `{"connected","paired","jid","conn"}` as served by `GET /state` (`conn`: the id of the
-/// connection logged in now, or null).
+/// `{"connected","paired","jid","conn","usync"}` as served by `GET /state` (`conn`: the id
+/// of the connection logged in now, or null; `usync`: the lookups the client made, by kind).
 pub async fn state_json(world: &Mutex<World>) -> serde_json::Value {
     let w = world.lock().await;
     json!({
@@ -74,6 +77,7 @@ pub async fn state_json(world: &Mutex<World>) -> serde_json::Value {
         "jid": w.own_jid(),
         "replaced": w.replaced,
         "conn": w.logged_in_conn(),
+        "usync": w.usync_counts,
     })
 }
 
@@ -137,16 +141,20 @@ pub async fn handle(
             Err(e) => bad(e),
         },
         (Method::POST, ["contacts", who, "messages"]) => {
-            match serde_json::from_slice::<Send>(&body) {
-                Ok(s) => {
+            let parsed = serde_json::from_slice::<Send>(&body)
+                .map_err(|e| e.to_string())
+                .and_then(|s| Addressing::parse(s.addressing.as_deref()).map(|a| (s, a)));
+            match parsed {
+                Ok((s, addressing)) => {
                     let sent = world
                         .lock()
                         .await
-                        .contact_send(
+                        .contact_send_with(
                             who,
                             &s.text,
                             s.media.as_deref(),
                             s.caption.as_deref(),
+                            addressing,
                             now_secs(),
                         )
                         .await;
@@ -158,6 +166,10 @@ pub async fn handle(
                 Err(e) => bad(e),
             }
         }
+        (Method::GET, ["contacts", who, "lid"]) => match lid_jid_of(who) {
+            Some(lid) => reply(StatusCode::OK, json!({ "lid": lid })),
+            None => bad("contact: not an E.164 number"),
+        },
         (Method::GET, ["contacts", who, "messages"]) => {
             let inbox = world.lock().await.inbox(who);
             reply(StatusCode::OK, json!(inbox))

@@ -11,6 +11,7 @@ mod admin;
 pub mod contacts;
 mod faults;
 mod keys;
+pub mod lid;
 mod messages;
 pub mod nodes;
 mod noise;
@@ -34,6 +35,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 
 pub use contacts::InboxEntry;
+pub use lid::{Addressing, UsyncCounts};
 pub use server::Login;
 use server::{CONN_QUEUE_CAP, Cmd, World, now_secs};
 
@@ -146,6 +148,32 @@ impl FakeWhatsApp {
             .await
             .contact_send(e164, text, media, caption, now_secs())
             .await
+    }
+
+    /// Contact `e164` sends a text addressed as `addressing` (from its number, from its LID
+    /// with the number as `sender_pn`, or from its LID alone); returns the message id.
+    pub async fn contact_send_as(
+        &self,
+        e164: &str,
+        text: &str,
+        addressing: Addressing,
+    ) -> Result<String, String> {
+        self.world
+            .lock()
+            .await
+            .contact_send_with(e164, text, None, None, addressing, now_secs())
+            .await
+    }
+
+    /// Contact `e164`'s stable LID as a JID (`<15 digits>@lid`); also served by the admin API
+    /// as `GET /contacts/<e164>/lid`. Deterministic: the same number always has the same LID.
+    pub fn contact_lid(&self, e164: &str) -> Option<String> {
+        lid::lid_jid_of(e164)
+    }
+
+    /// The usync lookups the client made so far, by kind (also in `GET /state` as `usync`).
+    pub async fn usync_counts(&self) -> UsyncCounts {
+        self.world.lock().await.usync_counts.clone()
     }
 
     /// What the linked account sent to contact `e164`, decrypted.

@@ -129,6 +129,8 @@ pub struct World {
     /// What the linked device sent into the account's own "message yourself" chat, as the phone
     /// (device 0) decrypted it (up to `contacts::INBOX_CAP`).
     pub self_inbox: VecDeque<InboxEntry>,
+    /// The usync lookups the client made so far, by kind (see `lid`).
+    pub usync_counts: super::lid::UsyncCounts,
 }
 
 pub fn now_secs() -> u64 {
@@ -174,6 +176,7 @@ impl World {
             delivered: VecDeque::new(),
             logins: VecDeque::new(),
             self_inbox: VecDeque::new(),
+            usync_counts: Default::default(),
         }
     }
 
