@@ -11,8 +11,8 @@ use super::outbound::{fail_pending, handle_command};
 use super::probe::deaf_link_probe;
 use super::storage::KvBackend;
 use super::{
-    DEFAULT_SERVER_URL, Options, Outcome, Shared, TEST_SERVER_VERSION, http, inbound, link,
-    number_of, request_code, shutdown_client, transport,
+    DEFAULT_SERVER_URL, Options, Outcome, Shared, TEST_SERVER_VERSION, http, identity, inbound,
+    link, number_of, request_code, shutdown_client, transport,
 };
 use crate::channel::{ChannelCommand, ChannelContext, ChannelError};
 use crate::config::WhatsAppConfig;
@@ -252,6 +252,8 @@ impl Run {
                 self.sh.pairing.publish(Pairing::Linked { number });
                 tracing::info!("WhatsApp connected");
                 crate::fault::panic_point("whatsapp-connected");
+                // allow_from in both address forms (a number's LID, a LID's number), if due.
+                identity::spawn_resolve(&self.sh, &self.client, &self.backend);
                 // The outage is over: the next failure (ours or the library's) is news.
                 crate::repeat::settled(REPEAT_SITE);
                 crate::repeat::settled(crate::repeat::LIBRARY);
