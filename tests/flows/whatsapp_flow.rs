@@ -11,16 +11,16 @@ use std::time::Duration;
 use support::*;
 use tokio::time::Instant;
 
-const FRIEND: &str = "+15550002222";
+pub(crate) const FRIEND: &str = "+15550002222";
 const STRANGER: &str = "+15550003333";
 
-struct Bx {
-    dir: tempfile::TempDir,
-    cfg: std::path::PathBuf,
-    port: u16,
+pub(crate) struct Bx {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) cfg: std::path::PathBuf,
+    pub(crate) port: u16,
 }
 
-fn new_box(fake: &FakeWhatsApp) -> Bx {
+pub(crate) fn new_box(fake: &FakeWhatsApp) -> Bx {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let cfg = format!(
@@ -45,7 +45,7 @@ impl Bx {
         v.extend_from_slice(&["--config", self.cfg.to_str().unwrap()]);
         v
     }
-    async fn run(&self) -> Proc {
+    pub(crate) async fn run(&self) -> Proc {
         let p = spawn(&self.args(&["run"]), &[], self.dir.path());
         p.wait_stderr("ready", |e| e.iter().any(|l| l.contains("ready")))
             .await;
@@ -54,7 +54,7 @@ impl Bx {
     async fn health(&self) -> String {
         http_get(&format!("http://127.0.0.1:{}/healthz", self.port)).await
     }
-    async fn metrics(&self) -> String {
+    pub(crate) async fn metrics(&self) -> String {
         http_get(&format!("http://127.0.0.1:{}/metrics", self.port)).await
     }
     async fn wait_health(&self, needle: &str) -> String {
@@ -73,7 +73,7 @@ impl Bx {
     }
 }
 
-async fn wait_connected(fake: &FakeWhatsApp, within: Duration) -> Duration {
+pub(crate) async fn wait_connected(fake: &FakeWhatsApp, within: Duration) -> Duration {
     let t = Instant::now();
     loop {
         if fake.state().await.connected {
@@ -93,7 +93,7 @@ async fn wait_disconnected(fake: &FakeWhatsApp) {
 }
 
 /// `clawbox pair whatsapp`: the phone scans the printed QR data; the command exits 0 once linked.
-async fn pair_by_qr(fake: &FakeWhatsApp, bx: &Bx) {
+pub(crate) async fn pair_by_qr(fake: &FakeWhatsApp, bx: &Bx) {
     let mut p = spawn(&bx.args(&["pair", "whatsapp"]), &[], bx.dir.path());
     let payload = wait_qr(&p).await;
     let out = p.stdout();
@@ -119,7 +119,7 @@ async fn pair_by_qr(fake: &FakeWhatsApp, bx: &Bx) {
 }
 
 /// A box linked by QR, with `clawbox run` started and connected.
-async fn linked_and_running(fake: &FakeWhatsApp) -> (Bx, Proc) {
+pub(crate) async fn linked_and_running(fake: &FakeWhatsApp) -> (Bx, Proc) {
     let bx = new_box(fake);
     pair_by_qr(fake, &bx).await;
     let p = bx.run().await;
@@ -128,12 +128,12 @@ async fn linked_and_running(fake: &FakeWhatsApp) -> (Bx, Proc) {
 }
 
 /// SIGTERM, and a clean exit.
-async fn stop(mut p: Proc) {
+pub(crate) async fn stop(mut p: Proc) {
     p.sigterm();
     assert_eq!(p.exit_code().await, Some(0), "{:#?}", p.stderr());
 }
 
-async fn replies(fake: &FakeWhatsApp, who: &str, word: &str) -> usize {
+pub(crate) async fn replies(fake: &FakeWhatsApp, who: &str, word: &str) -> usize {
     fake.contact_inbox(who)
         .await
         .iter()
@@ -141,7 +141,7 @@ async fn replies(fake: &FakeWhatsApp, who: &str, word: &str) -> usize {
         .count()
 }
 
-async fn wait_reply(fake: &FakeWhatsApp, who: &str, word: &str) {
+pub(crate) async fn wait_reply(fake: &FakeWhatsApp, who: &str, word: &str) {
     let t = Instant::now();
     while replies(fake, who, word).await == 0 {
         assert!(
@@ -291,7 +291,7 @@ async fn wait_self_messages(fake: &FakeWhatsApp, n: usize) -> Vec<fakes::whatsap
 }
 
 /// Agent turns so far, whatever their outcome.
-fn turns(metrics: &str) -> u64 {
+pub(crate) fn turns(metrics: &str) -> u64 {
     metrics
         .lines()
         .filter(|l| l.starts_with("clawbox_turns_total{"))

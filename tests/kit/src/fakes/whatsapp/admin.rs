@@ -166,10 +166,14 @@ pub async fn handle(
                 Err(e) => bad(e),
             }
         }
-        (Method::GET, ["contacts", who, "lid"]) => match lid_jid_of(who) {
-            Some(lid) => reply(StatusCode::OK, json!({ "lid": lid })),
-            None => bad("contact: not an E.164 number"),
-        },
+        (Method::GET, ["contacts", who, "lid"]) => {
+            // The contact exists from then on: the server maps its LID back to its number.
+            let known = world.lock().await.contact_mut(who).is_some();
+            match lid_jid_of(who) {
+                Some(lid) if known => reply(StatusCode::OK, json!({ "lid": lid })),
+                _ => bad("contact: not an E.164 number (or too many contacts)"),
+            }
+        }
         (Method::GET, ["contacts", who, "messages"]) => {
             let inbox = world.lock().await.inbox(who);
             reply(StatusCode::OK, json!(inbox))

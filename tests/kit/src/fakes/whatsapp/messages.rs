@@ -112,7 +112,7 @@ impl World {
     }
 
     /// The contact for `user` (digits), created on first use within `CONTACTS_CAP`.
-    pub(super) fn contact_mut(&mut self, user: &str) -> Option<&mut Contact> {
+    pub fn contact_mut(&mut self, user: &str) -> Option<&mut Contact> {
         let user = digits(user)?;
         if !self.contacts.contains_key(&user) && self.contacts.len() >= CONTACTS_CAP {
             return None;

@@ -167,7 +167,11 @@ impl FakeWhatsApp {
 
     /// Contact `e164`'s stable LID as a JID (`<15 digits>@lid`); also served by the admin API
     /// as `GET /contacts/<e164>/lid`. Deterministic: the same number always has the same LID.
-    pub fn contact_lid(&self, e164: &str) -> Option<String> {
+    /// The contact exists from then on, so the server can map the LID back to its number (a
+    /// LID the fake never handed out has no number).
+    pub async fn contact_lid(&self, e164: &str) -> Option<String> {
+        let mut w = self.world.lock().await;
+        w.contact_mut(e164)?;
         lid::lid_jid_of(e164)
     }
 
