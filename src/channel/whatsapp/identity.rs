@@ -67,9 +67,10 @@ pub(super) async fn known_of(sh: &Shared, client: &Client, m: &InboundMessage) -
     let contacts = client.contacts();
     let lookup = contacts.is_on_whatsapp(std::slice::from_ref(&sender));
     match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::debug!(error = %e, "WhatsApp: LID lookup failed"),
-        Err(_) => tracing::debug!("WhatsApp: LID lookup timed out"),
+        Ok(Ok(_)) => sh.lookups().answered(&sender.user),
+        // Judged without the number; the LID may be looked up again for its next message.
+        Ok(Err(e)) => tracing::info!(error = %e, "WhatsApp: a LID lookup failed"),
+        Err(_) => tracing::info!("WhatsApp: a LID lookup timed out"),
     }
     Known {
         pn: mapped(client, &sender).await.map(|(pn, _)| pn),

@@ -2,7 +2,7 @@
 //! message may name them by either. This file owns what to look up and when: the `allow_from`
 //! entries to resolve after a login (all of them at most once a day, the unresolved ones at most
 //! every [`RETRY_UNRESOLVED_AFTER`]), the budget of lookups for unknown LIDs (a small token
-//! bucket, each LID once), and the two address forms of a sender handed to the policy.
+//! bucket, each LID once the server answered), and the two address forms of a sender handed to the policy.
 //!
 //! No sockets, no clock (`now` is passed in), no client: [`super::identity`] is the shell that
 //! asks the server (usync) and reads the library's LID↔PN mapping, which the library persists in
@@ -140,8 +140,8 @@ impl Lookups {
         }
     }
 
-    /// May `lid` (user part) be looked up now? True at most once per LID, and only while the
-    /// bucket has a token (taken).
+    /// May `lid` (user part) be looked up now? Not once the server answered about it
+    /// ([`Lookups::answered`]), and only while the bucket has a token (taken).
     pub fn admit(&mut self, lid: &str, now: Instant) -> bool {
         let gained =
             now.saturating_duration_since(self.refilled).as_secs() / LOOKUP_REFILL.as_secs();
@@ -157,6 +157,16 @@ impl Lookups {
             return false;
         }
         self.tokens -= 1;
+        true
+    }
+
+    /// The server answered the lookup of `lid` (with or without a number): it is not asked
+    /// again. A lookup that failed (no answer) leaves the LID to a later message, token
+    /// permitting.
+    pub fn answered(&mut self, lid: &str) {
+        if self.asked.contains(lid) {
+            return;
+        }
         if self.order.len() >= MAX_LOOKED_UP
             && let Some(old) = self.order.pop_front()
         {
@@ -164,7 +174,6 @@ impl Lookups {
         }
         self.asked.insert(lid.to_string());
         self.order.push_back(lid.to_string());
-        true
     }
 }
 
@@ -258,27 +267,41 @@ mod tests {
     /// already asked about is never asked again.
     #[test]
     fn unknown_lid_lookups_are_bounded_and_once_each() {
+        // A lookup the server answers, as the shell does it.
+        fn ask(l: &mut Lookups, lid: &str, now: Instant) -> bool {
+            let ok = l.admit(lid, now);
+            if ok {
+                l.answered(lid);
+            }
+            ok
+        }
         let t0 = Instant::now();
         let mut l = Lookups::new(t0);
-        let admitted = (0..50).filter(|i| l.admit(&format!("2000{i}"), t0)).count();
+        let admitted = (0..50)
+            .filter(|i| ask(&mut l, &format!("2000{i}"), t0))
+            .count();
         assert_eq!(admitted, LOOKUP_BURST as usize);
         assert!(
-            !l.admit("20000", t0 + LOOKUP_REFILL * 10),
+            !ask(&mut l, "20000", t0 + LOOKUP_REFILL * 10),
             "asked once already"
         );
         // The bucket refilled meanwhile (to the burst, not beyond).
         let t1 = t0 + LOOKUP_REFILL * 10;
         let admitted = (100..150)
-            .filter(|i| l.admit(&format!("2000{i}"), t1))
+            .filter(|i| ask(&mut l, &format!("2000{i}"), t1))
             .count();
         assert_eq!(admitted, LOOKUP_BURST as usize);
-        assert!(!l.admit("3000", t1 + LOOKUP_REFILL / 2));
-        assert!(l.admit("3000", t1 + LOOKUP_REFILL));
+        assert!(!ask(&mut l, "3000", t1 + LOOKUP_REFILL / 2));
+        assert!(ask(&mut l, "3000", t1 + LOOKUP_REFILL));
+        // A lookup that got no answer may be made again for a later message (token permitting).
+        let t2 = t1 + LOOKUP_REFILL * 10;
+        assert!(l.admit("4000", t2));
+        assert!(l.admit("4000", t2), "not answered: asked again");
         // Over an hour of a steady flood: the burst plus one a minute.
         let mut l = Lookups::new(t0);
         let mut n = 0;
         for s in 0..3600u64 {
-            if l.admit(&format!("9{s}"), t0 + Duration::from_secs(s)) {
+            if ask(&mut l, &format!("9{s}"), t0 + Duration::from_secs(s)) {
                 n += 1;
             }
         }
@@ -293,6 +316,7 @@ mod tests {
         for i in 0..(MAX_LOOKED_UP + 1) {
             t += LOOKUP_REFILL;
             assert!(l.admit(&format!("{i}"), t));
+            l.answered(&format!("{i}"));
         }
         assert_eq!(l.asked.len(), MAX_LOOKED_UP);
         assert!(l.admit("0", t + LOOKUP_REFILL), "the oldest was forgotten");
