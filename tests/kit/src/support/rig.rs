@@ -10,7 +10,7 @@ use super::faultproxy::FaultProxy;
 use super::{Proc, SOON, free_port, http_get, spawn};
 use crate::fakes::openai::{FakeConfig, FakeOpenAi};
 use crate::fakes::telegram::FakeTelegram;
-use crate::fakes::whatsapp::FakeWhatsApp;
+use crate::fakes::whatsapp::{Addressing, FakeWhatsApp};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -345,12 +345,17 @@ impl Rig {
         format!("{prefix}{}", self.next_token)
     }
 
-    /// Contact `i` sends a WhatsApp text carrying a fresh token; recorded as inbound.
+    /// Contact `i` sends a WhatsApp text carrying a fresh token, in the next address form;
+    /// recorded as inbound.
     pub async fn send_wa(&mut self, i: usize) -> Result<String, String> {
         let who = self.wa_contacts[i % self.wa_contacts.len()].clone();
         let token = self.token("w");
+        // Every address form WhatsApp uses in turn: from the number, from the LID with the number
+        // as `sender_pn`, from the LID alone (the box must know it is the same allowed person).
+        let form =
+            [Addressing::Pn, Addressing::Lid, Addressing::LidOnly][(self.next_token % 3) as usize];
         self.wa()
-            .contact_send(&who, &format!("hello [{token}]"), None, None)
+            .contact_send_as(&who, &format!("hello [{token}]"), form)
             .await?;
         self.inbound.push(Inbound {
             chan: Chan::WhatsApp,
