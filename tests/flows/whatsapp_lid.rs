@@ -225,7 +225,7 @@ async fn a_flood_of_unknown_lids_does_not_flood_usync() {
     let c = fake.usync_counts().await;
     let lookups = c.lid_to_pn - before.lid_to_pn;
     assert!(
-        lookups >= 1 && lookups <= LOOKUP_BOUND,
+        (1..=LOOKUP_BOUND).contains(&lookups),
         "{lookups} LID lookups for 50 unknown LIDs in {:?}: {c:?}",
         t0.elapsed()
     );

@@ -1,7 +1,7 @@
 //! A fake WhatsApp Web server for tests, speaking the real protocol on loopback: WebSocket on
 //! `/ws/chat`, Noise XX with a certificate chain, framed AES-GCM, binary nodes, QR and pair-code
 //! linking by a mock phone, the phone writing in its own "message yourself" chat, Signal-encrypted
-//! messages from mock contacts, an offline queue, a log of which connection logged in when, and
+//! messages from mock contacts (from their number or their LID: `lid`), an offline queue, a log of which connection logged in when, and
 //! fault injection — driven by a JSON admin API on a second listener (or the Rust methods here).
 //! Built from the client's own crates (`whatsapp-rust` 0.7.0 re-exports), so the wire format is
 //! the one the real client speaks. Owns the sockets (this file) and nothing of clawbox; never
