@@ -5,10 +5,11 @@
 //! the client makes, by kind. No sockets, no clock.
 //!
 //! What the real server does, as the clients read it:
-//! - A 1:1 message from a LID carries `from="<lid>@lid"` and, when the server adds it, the phone
-//!   number as `sender_pn` (whatsmeow `parseMessageSource`: `SenderAlt = sender_pn` for a LID
-//!   `from`, `sender_lid` for a PN one; whatsapp-rust 0.7.0 `wacore::messages::parse_message_info`
-//!   reads the same attributes into `MessageSource::sender_alt`).
+//! - A 1:1 message from a LID carries `from="<lid>@lid"`, `addressing_mode="lid"` and, when the
+//!   server adds it, the phone number as `sender_pn` (whatsmeow `parseMessageSource`: `SenderAlt
+//!   = sender_pn` for a LID `from` — older versions: for `addressing_mode="lid"` — and
+//!   `sender_lid` for a PN one; whatsapp-rust 0.7.0 `wacore::messages::parse_message_info` reads
+//!   the same attributes into `MessageSource::sender_alt`).
 //! - The receiver picks the Signal address from the sender: whatsapp-rust's
 //!   `Client::resolve_encryption_jid` upgrades a PN to its LID when the mapping is known and keeps
 //!   a LID as it is. A contact's device does the same with our companion: LID-addressed messages

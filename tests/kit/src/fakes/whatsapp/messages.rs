@@ -67,6 +67,10 @@ impl World {
         if let Some(pn) = sender_pn {
             stanza = stanza.attr("sender_pn", pn);
         }
+        if addressing != Addressing::Pn {
+            // whatsmeow's `parseMessageSource` has read `sender_pn` when this says "lid".
+            stanza = stanza.attr("addressing_mode", "lid");
+        }
         let stanza = stanza.children([enc.bytes(ct).build()]).build();
         self.queue_or_send(stanza);
         Ok(id)
