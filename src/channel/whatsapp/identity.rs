@@ -2,8 +2,9 @@
 //! which persists each LID↔PN pair it learns in our store) and reads the library's mapping. Two
 //! moments: after each login, `allow_from` is resolved to the other address form
 //! ([`spawn_resolve`]; what and when is [`super::lid::Resolver`]'s call); for each message, the
-//! sender's other form is read from the mapping, and a LID nobody knows is looked up once within
-//! [`super::lid::Lookups`]' budget before the policy judges it ([`known_of`]).
+//! sender's other form is read from the mapping (and a pair the message carries is made durable),
+//! and a LID nobody knows is looked up once within [`super::lid::Lookups`]' budget before the
+//! policy judges it ([`known_of`]).
 //!
 //! Never decides who may talk to the assistant; never logs a number or a LID above debug.
 
@@ -41,7 +42,11 @@ async fn mapped(client: &Client, jid: &Jid) -> Option<(String, String)> {
 /// (bounded by [`LOOKUP_TIMEOUT`]).
 pub(super) async fn known_of(sh: &Shared, client: &Client, m: &InboundMessage) -> Known {
     let src = &m.info.source;
-    if src.is_from_me || src.is_group || src.sender_alt.is_some() {
+    if src.is_from_me || src.is_group {
+        return Known::default();
+    }
+    if let Some(alt) = &src.sender_alt {
+        remember(client, &src.sender, alt).await;
         return Known::default();
     }
     let sender = src.sender.to_non_ad();
@@ -75,6 +80,25 @@ pub(super) async fn known_of(sh: &Shared, client: &Client, m: &InboundMessage) -
     Known {
         pn: mapped(client, &sender).await.map(|(pn, _)| pn),
         lid: None,
+    }
+}
+
+/// Makes the pair a message carries (`sender_pn`/`sender_lid`) durable. The library learns it
+/// on its own, but keeps what it learns from offline deliveries in memory only: after a restart
+/// the mapping would be unknown again, and a message from the LID alone then finds the Signal
+/// session under the number (the library keys sessions by LID only when it knows the mapping).
+/// A pair already stored costs nothing.
+async fn remember(client: &Client, sender: &Jid, alt: &Jid) {
+    use whatsapp_rust::lid_pn_cache::LearningSource;
+    let (lid, pn, source) = if sender.is_lid() && alt.is_pn() {
+        (sender, alt, LearningSource::PeerLidMessage)
+    } else if sender.is_pn() && alt.is_lid() {
+        (alt, sender, LearningSource::PeerPnMessage)
+    } else {
+        return;
+    };
+    if let Err(e) = client.add_lid_pn_mapping(&lid.user, &pn.user, source).await {
+        tracing::debug!(error = %e, "WhatsApp: a LID mapping was not saved");
     }
 }
 

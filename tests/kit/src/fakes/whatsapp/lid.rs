@@ -10,13 +10,12 @@
 //!   = sender_pn` for a LID `from` — older versions: for `addressing_mode="lid"` — and
 //!   `sender_lid` for a PN one; whatsapp-rust 0.7.0 `wacore::messages::parse_message_info` reads
 //!   the same attributes into `MessageSource::sender_alt`).
-//! - The receiver picks the Signal address from the sender: whatsapp-rust's
-//!   `Client::resolve_encryption_jid` upgrades a PN to its LID when the mapping is known and keeps
-//!   a LID as it is. A contact's device does the same with our companion: LID-addressed messages
-//!   are encrypted under the companion's LID address, PN-addressed ones under its PN address
-//!   (two sessions in the contact's store, as a device mid-migration has). A copy the client
-//!   sends back is decrypted with the session of the address form it was sent to, then with the
-//!   other (whatsapp-rust's own `try_pn_to_lid_migration_decrypt` makes the same fallback).
+//! - The Signal address follows the mapping: whatsapp-rust's `Client::resolve_encryption_jid`
+//!   (after WA Web's `SignalAddress`) upgrades a PN to its LID whenever the mapping is known and
+//!   keeps a LID as it is. A contact's device always knows our LID (the server gives it), so it
+//!   keeps one session with our companion, under the companion's LID address, whichever form a
+//!   message is addressed in. A copy the client sends back is decrypted with that session (the PN
+//!   address is tried after it, for a session another path started under it).
 //! - usync (`wacore/src/iq/usync.rs`): a PN query with the `<lid/>` protocol is answered
 //!   `<user jid="<pn>@s.whatsapp.net"><lid val="<lid>@lid"/></user>`; a LID query (`<user
 //!   jid="<lid>@lid"/>`, what `is_on_whatsapp` sends for LID JIDs as `IsOnWhatsAppQueryType::Lid`,
@@ -176,20 +175,17 @@ impl World {
         }
     }
 
-    /// Contact `user` (digits) encrypts `msg` to the linked device the way its device would for
-    /// `addressing`: under our companion's LID address for LID-addressed messages, its PN address
-    /// otherwise. Returns (`pkmsg`|`msg`, ciphertext).
+    /// Contact `user` (digits) encrypts `msg` to the linked device the way its device would: in
+    /// its one session with our companion, under the companion's LID address (whatever the
+    /// message's addressing). Returns (`pkmsg`|`msg`, ciphertext).
     pub(super) async fn contact_encrypt(
         &mut self,
         user: &str,
-        addressing: Addressing,
         msg: &wa::Message,
     ) -> Result<(&'static str, Vec<u8>), String> {
-        let remote = match addressing {
-            Addressing::Pn => self.companion_address(),
-            Addressing::Lid | Addressing::LidOnly => self.companion_lid_address(),
-        }
-        .ok_or("contact: no linked device")?;
+        let remote = self
+            .companion_lid_address()
+            .ok_or("contact: no linked device")?;
         let device = self.companion.as_ref().map(|c| c.device).unwrap_or(0);
         if !self.contacts.contains_key(user) && self.contacts.len() >= CONTACTS_CAP {
             return Err("contact: too many contacts".into());
@@ -203,7 +199,7 @@ impl World {
     }
 
     /// A copy the client sent to `dest` (a contact's device, PN or LID form), decrypted by that
-    /// contact: with the session of `dest`'s address form first, then the other. Returns the
+    /// contact: with its session under our LID address, then under our PN address. Returns the
     /// contact's number (digits) and the message.
     pub(super) async fn contact_decrypt(
         &mut self,
@@ -221,7 +217,7 @@ impl World {
         };
         let pn = self.companion_address()?;
         let lid = self.companion_lid_address()?;
-        let order = if dest.is_lid() { [lid, pn] } else { [pn, lid] };
+        let order = [lid, pn];
         let contact = self.contacts.get_mut(&user)?;
         let mut last = String::new();
         for (i, remote) in order.iter().enumerate() {

@@ -46,7 +46,7 @@ impl World {
             return Err("contact: the linked device has not published keys".into());
         }
         let msg = contacts::build_message(text, media, caption);
-        let (kind, ct) = self.contact_encrypt(&user, addressing, &msg).await?;
+        let (kind, ct) = self.contact_encrypt(&user, &msg).await?;
         let id = phone::random_hex(10);
         let mut enc = NodeBuilder::new("enc")
             .attr("v", PADDING_VERSION.to_string())
