@@ -1,4 +1,7 @@
 //! The DM allowlist: who may talk to the assistant, per channel. Pure: a message in, a verdict out.
+//! A sender is matched by identity: the channel hands both address forms it knows (`sender`,
+//! `sender_alt`), and an entry naming either lets the message in; the policy never resolves one
+//! form into the other itself (the channel does, see `channel::whatsapp::lid`).
 //!
 //! Runs first, before anything is stored, any agent is called, any receipt or typing is sent. A
 //! replay after a reconnect goes through the same check, so it cannot slip past.
@@ -47,6 +50,16 @@ impl Policy {
         self
     }
 
+    /// On the allowlist by identity, not by address form: either of the sender's addresses the
+    /// channel knows (WhatsApp: the number and the LID of one person) may be the listed one.
+    fn allows(&self, msg: &Inbound) -> bool {
+        self.allow.contains(&msg.sender)
+            || msg
+                .sender_alt
+                .as_ref()
+                .is_some_and(|alt| self.allow.contains(alt))
+    }
+
     pub fn check(&self, msg: &Inbound) -> Verdict {
         if msg.is_group {
             return Verdict::Drop(DropReason::Group);
@@ -57,7 +70,7 @@ impl Policy {
         match self.dm {
             DmPolicy::Disabled => Verdict::Drop(DropReason::Disabled),
             DmPolicy::Open => Verdict::Allow,
-            DmPolicy::Allowlist if self.allow.contains(&msg.sender) => Verdict::Allow,
+            DmPolicy::Allowlist if self.allows(msg) => Verdict::Allow,
             DmPolicy::Allowlist => Verdict::Drop(DropReason::NotAllowed),
         }
     }
@@ -122,12 +135,66 @@ mod tests {
             id: "1".into(),
             chat: "c".into(),
             sender: sender.into(),
+            sender_alt: None,
             author: sender.into(),
             wire_seq: 0,
             is_group: group,
             content: Content::Text("hi".into()),
             ts_ms: 0,
         }
+    }
+
+    fn from(sender: &str, alt: Option<&str>) -> Inbound {
+        Inbound {
+            channel: ChannelKind::WhatsApp,
+            sender_alt: alt.map(str::to_string),
+            ..msg(sender, false)
+        }
+    }
+
+    /// One person, two address forms: a number or a LID on the list lets the person in whichever
+    /// form the message names them by, as long as the channel knows the other form.
+    #[test]
+    fn the_allowlist_matches_either_address_form() {
+        let p = Policy::new(
+            DmPolicy::Allowlist,
+            [
+                "+491701111111".to_string(),
+                "200000000000042@lid".to_string(),
+            ],
+        );
+        let allow = Verdict::Allow;
+        let stranger = Verdict::Drop(DropReason::NotAllowed);
+        // Listed by number: the number itself, or a LID whose number the channel knows.
+        assert_eq!(p.check(&from("+491701111111", None)), allow);
+        assert_eq!(
+            p.check(&from("+491701111111", Some("200000000000001@lid"))),
+            allow
+        );
+        // Listed by LID: the LID alone, or a number whose LID the channel knows.
+        assert_eq!(p.check(&from("200000000000042@lid", None)), allow);
+        assert_eq!(
+            p.check(&from("+491702222222", Some("200000000000042@lid"))),
+            allow
+        );
+        // A LID whose number is not known is not the listed number; strangers in either form.
+        assert_eq!(p.check(&from("200000000000001@lid", None)), stranger);
+        assert_eq!(
+            p.check(&from("+491703333333", Some("200000000000003@lid"))),
+            stranger
+        );
+        assert_eq!(p.check(&from("200000000000003@lid", None)), stranger);
+        // The alternate form never bypasses the other rules.
+        let group = Inbound {
+            is_group: true,
+            ..from("+491701111111", Some("200000000000042@lid"))
+        };
+        assert_eq!(p.check(&group), Verdict::Drop(DropReason::Group));
+        let off = Policy::new(DmPolicy::Disabled, ["200000000000042@lid".to_string()]);
+        assert_eq!(
+            off.check(&from("+491702222222", Some("200000000000042@lid"))),
+            Verdict::Drop(DropReason::Disabled)
+        );
     }
 
     #[test]

@@ -68,6 +68,7 @@ mod tests {
             id: "x".into(),
             chat: chat.into(),
             sender: sender.into(),
+            sender_alt: None,
             author: sender.into(),
             wire_seq: 0,
             is_group: false,

@@ -105,8 +105,13 @@ pub struct Inbound {
     pub id: String,
     /// Where replies go (Telegram chat id, WhatsApp chat JID, "console").
     pub chat: String,
-    /// Who sent it, in the form the allowlist uses: E.164 (`+4915…`) or a Telegram user id.
+    /// Who sent it, in the form the allowlist uses: E.164 (`+4915…`) or a Telegram user id; a
+    /// WhatsApp sender known only by its LID is `<digits>@lid`.
     pub sender: String,
+    /// The same sender under its other address, when the channel knows it (WhatsApp: the LID,
+    /// `<digits>@lid`, of a sender given as a number). The policy matches either: one person,
+    /// two address forms.
+    pub sender_alt: Option<String>,
     /// Who sent it as the wire names them (WhatsApp: the sender JID with its device; Telegram:
     /// the user id): the same on every redelivery, so part of the dedupe key with `chat` and `id`.
     pub author: String,

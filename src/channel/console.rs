@@ -83,6 +83,7 @@ pub async fn run(ctx: ChannelContext, eof: watch::Sender<bool>) -> Result<(), Ch
                             id: format!("{run_id}-{n}"),
                             chat: CHAT.into(),
                             sender: CHAT.into(),
+                            sender_alt: None,
                             author: "console".into(),
                             wire_seq: 0,
                             is_group: false,

@@ -224,6 +224,16 @@ fn check_web(c: &mut Checker<'_>, cfg: &mut Config) {
 }
 
 /// `+` then 7 to 15 digits, not starting with 0 (ITU-T E.164).
+/// A WhatsApp LID as `allow_from` takes it: its user part (digits, no device) then `@lid`.
+pub fn is_lid(s: &str) -> bool {
+    let Some(digits) = s.strip_suffix("@lid") else {
+        return false;
+    };
+    (1..=20).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0')
+}
+
 pub fn is_e164(s: &str) -> bool {
     let Some(digits) = s.strip_prefix('+') else {
         return false;
@@ -365,10 +375,18 @@ pub(super) fn check(cfg: &mut Config, text: &str) -> Result<(), Vec<ConfigError>
     }
     if let Some(w) = cfg.channels.whatsapp.as_ref() {
         for n in &w.allow_from {
-            if !is_e164(n.get_ref()) {
+            let v = n.get_ref();
+            if v.ends_with("@lid") {
+                if !is_lid(v) {
+                    c.err_at(
+                        n,
+                        format!("`{v}` is not a WhatsApp LID: write its digits then @lid, e.g. \"123456789012345@lid\""),
+                    );
+                }
+            } else if !is_e164(v) {
                 c.err_at(
                     n,
-                    format!("`{}` is not an E.164 number: write + then country code and number, digits only, e.g. \"+491701234567\"", n.get_ref()),
+                    format!("`{v}` is not an E.164 number or a LID: write + then country code and number, digits only, e.g. \"+491701234567\", or a LID such as \"123456789012345@lid\""),
                 );
             }
         }
@@ -515,6 +533,18 @@ mod tests {
         assert!(!is_e164("+0491701234567"));
         assert!(!is_e164("+49 170 1234567"));
         assert!(!is_e164("+123"));
+    }
+
+    #[test]
+    fn lid() {
+        assert!(is_lid("123456789012345@lid"));
+        assert!(!is_lid("123456789012345"));
+        assert!(!is_lid("+123456789012345@lid"));
+        assert!(!is_lid("123456789012345:3@lid"));
+        assert!(!is_lid("@lid"));
+        assert!(!is_lid("0123@lid"));
+        assert!(!is_lid("12345678901234567890123@lid"));
+        assert!(!is_lid("1234 5678@lid"));
     }
 
     /// A secret path naming a device must be refused, not read: `/dev/zero` has length 0 and

@@ -366,7 +366,8 @@ pub struct WhatsAppConfig {
     pub agent: Option<Spanned<String>>,
     #[serde(default)]
     pub dm_policy: DmPolicy,
-    /// E.164 numbers, `+` and digits.
+    /// E.164 numbers (`+` and digits) or LIDs (`<digits>@lid`): each names a person, whichever
+    /// address form their messages arrive in.
     #[serde(default)]
     pub allow_from: Vec<Spanned<String>>,
     /// The owner's own "message yourself" chat talks to the assistant.

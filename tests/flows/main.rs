@@ -1,7 +1,8 @@
 //! Messages end to end through the real `clawbox run` binary against the fakes: turns, history and
 //! the allowlist (`flow`), each channel inside the daemon (`telegram_flow`, `whatsapp_flow`;
 //! WhatsApp's login failures and version check in `whatsapp_login`, its retries, refusals and
-//! key events in `whatsapp_retry`, multi-device contacts and the self chat's forms in
+//! key events in `whatsapp_retry`, LID addressing and the allowlist by identity in
+//! `whatsapp_lid`, multi-device contacts and the self chat's forms in
 //! `whatsapp_devices`), the OpenClaw agent in the daemon (`openclaw_flow`), crash safety
 //! (`restart`), the security matrix (`security`) and malformed frames from every server
 //! (`malformed`). Every test has its own temp state dir and free ports, so they run side by side.
@@ -16,5 +17,6 @@ mod security;
 mod telegram_flow;
 mod whatsapp_devices;
 mod whatsapp_flow;
+mod whatsapp_lid;
 mod whatsapp_login;
 mod whatsapp_retry;

@@ -94,7 +94,7 @@ pub(crate) async fn wait_disconnected(fake: &FakeWhatsApp) {
 }
 
 /// `clawbox pair whatsapp`: the phone scans the printed QR data; the command exits 0 once linked.
-async fn pair_by_qr(fake: &FakeWhatsApp, bx: &Bx) {
+pub(crate) async fn pair_by_qr(fake: &FakeWhatsApp, bx: &Bx) {
     let mut p = spawn(&bx.args(&["pair", "whatsapp"]), &[], bx.dir.path());
     let payload = wait_qr(&p).await;
     let out = p.stdout();

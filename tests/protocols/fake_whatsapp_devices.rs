@@ -202,7 +202,9 @@ async fn the_owners_desktop_writes_in_the_self_chat() {
                 info.source.chat.to_string(),
                 format!("{own}@s.whatsapp.net")
             ),
-            Addressing::Lid => assert_eq!(info.source.chat.server.to_string(), "lid", "{info:?}"),
+            Addressing::Lid | Addressing::LidOnly => {
+                assert_eq!(info.source.chat.server.to_string(), "lid", "{info:?}")
+            }
         }
     }
     let mine = client

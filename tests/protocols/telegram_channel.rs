@@ -203,6 +203,7 @@ async fn private_text_is_submitted_confirmed_and_answered_with_typing() {
             id: id.to_string(),
             chat: USER.to_string(),
             sender: USER.to_string(),
+            sender_alt: None,
             author: USER.to_string(),
             wire_seq: s.msg.wire_seq,
             is_group: false,

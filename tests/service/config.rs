@@ -79,6 +79,27 @@ async fn bad_e164_number_is_located_and_rejected() {
     );
 }
 
+/// A LID is a valid `allow_from` entry; a malformed one (here with a device part) is located and
+/// named, with the form that is valid.
+#[tokio::test]
+async fn bad_lid_is_located_and_rejected() {
+    let (code, err) = check(&data("bad_lid.toml")).await;
+    assert_eq!(code, Some(78));
+    assert!(
+        err.contains(&format!("{}:2:55:", data("bad_lid.toml"))),
+        "{err}"
+    );
+    assert!(err.contains("`12345:2@lid` is not a WhatsApp LID"), "{err}");
+    assert!(
+        err.contains("\"123456789012345@lid\""),
+        "says what is valid: {err}"
+    );
+    assert!(
+        !err.contains("`123456789012345@lid`") && !err.contains("+441234567890"),
+        "names the bad entry only: {err}"
+    );
+}
+
 #[tokio::test]
 async fn missing_secret_file_is_located_and_rejected() {
     let (code, err) = check(&data("missing_secret.toml")).await;

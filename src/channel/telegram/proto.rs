@@ -268,6 +268,7 @@ fn message_to_inbound(update_id: i64, m: Message) -> Inbound {
         id: update_id.to_string(),
         chat: m.chat.id.to_string(),
         sender: sender.to_string(),
+        sender_alt: None,
         author: sender.to_string(),
         wire_seq: if m.chat.kind == "private" {
             u64::try_from(m.message_id).unwrap_or(0)

@@ -132,23 +132,30 @@ pub fn e164(user: &str) -> Option<String> {
     (!user.is_empty() && user.bytes().all(|b| b.is_ascii_digit())).then(|| format!("+{user}"))
 }
 
-/// The allowlist form of a sender: `+<digits>` for a phone JID, the phone number behind a LID when
-/// known (`lid_pn`: from the message's alternate address or the library's mapping), else the LID.
-pub fn sender_id(sender: &Jid, alt: Option<&Jid>, lid_pn: Option<&str>) -> String {
-    if sender.is_pn() {
-        if let Some(n) = e164(&sender.user) {
-            return n;
-        }
-    }
-    if let Some(a) = alt.filter(|a| a.is_pn()) {
-        if let Some(n) = e164(&a.user) {
-            return n;
-        }
-    }
-    if let Some(n) = lid_pn.and_then(e164) {
-        return n;
-    }
-    sender.to_non_ad().to_string()
+/// The sender's other address as the library's LID↔PN mapping knows it (the shell reads it:
+/// [`super::identity`]); digits, no server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Known {
+    pub pn: Option<String>,
+    pub lid: Option<String>,
+}
+
+/// A sender's two address forms for the policy (`sender`, `sender_alt`): the number (`+<digits>`)
+/// from the sender, the message's alternate address (`sender_pn`/`sender_lid`) or the mapping
+/// (`known`), with the LID (`<digits>@lid`) beside it when known; the LID alone when no number is
+/// known; the bare JID for anything else.
+pub fn sender_forms(sender: &Jid, alt: Option<&Jid>, known: &Known) -> (String, Option<String>) {
+    let of = |pick: fn(&Jid) -> bool| {
+        [Some(sender), alt]
+            .into_iter()
+            .flatten()
+            .find(|j| pick(j))
+            .map(|j| j.user.to_string())
+    };
+    let pn = of(|j| j.is_pn()).or_else(|| known.pn.clone());
+    let lid = of(|j| j.is_lid()).or_else(|| known.lid.clone());
+    super::lid::forms(pn.as_deref(), lid.as_deref())
+        .unwrap_or_else(|| (sender.to_non_ad().to_string(), None))
 }
 
 /// The content an agent can use, or None.
@@ -194,7 +201,7 @@ pub fn classify(
     own: &Own,
     rules: &Rules,
     sent: &mut SentIds,
-    lid_pn: Option<&str>,
+    known: &Known,
     now: Instant,
 ) -> Classified {
     let src = &info.source;
@@ -221,16 +228,17 @@ pub fn classify(
             }
         }
     }
-    let sender = if self_chat {
-        SELF_SENDER.to_string()
+    let (sender, sender_alt) = if self_chat {
+        (SELF_SENDER.to_string(), None)
     } else {
-        sender_id(&src.sender, src.sender_alt.as_ref(), lid_pn)
+        sender_forms(&src.sender, src.sender_alt.as_ref(), known)
     };
     Classified::Submit(Inbound {
         channel: ChannelKind::WhatsApp,
         id: info.id.clone(),
         chat: src.chat.to_non_ad().to_string(),
         sender,
+        sender_alt,
         author: src.sender.to_string(),
         wire_seq: 0,
         is_group: src.is_group || src.chat.is_group(),
@@ -287,7 +295,15 @@ mod tests {
     }
 
     fn go(msg: &wa::Message, i: &MessageInfo, sent: &mut SentIds) -> Classified {
-        classify(msg, i, &own(), &rules(), sent, None, Instant::now())
+        classify(
+            msg,
+            i,
+            &own(),
+            &rules(),
+            sent,
+            &Known::default(),
+            Instant::now(),
+        )
     }
 
     #[test]
@@ -387,14 +403,39 @@ mod tests {
     #[test]
     fn lid_senders_map_to_their_number_when_known() {
         let lid = jid("100000000000777@lid");
-        assert_eq!(sender_id(&lid, None, Some("491702222222")), "+491702222222");
+        let none = Known::default();
+        let known = |pn: Option<&str>, lid: Option<&str>| Known {
+            pn: pn.map(str::to_string),
+            lid: lid.map(str::to_string),
+        };
+        let both = |n: &str, l: &str| (n.to_string(), Some(l.to_string()));
+        // LID-only: the number from the mapping, or the LID alone.
         assert_eq!(
-            sender_id(&lid, Some(&jid("491703333333@s.whatsapp.net")), None),
-            "+491703333333"
+            sender_forms(&lid, None, &known(Some("491702222222"), None)),
+            both("+491702222222", "100000000000777@lid")
         );
         assert_eq!(
-            sender_id(&jid("100000000000777:2@lid"), None, None),
-            "100000000000777@lid"
+            sender_forms(&jid("100000000000777:2@lid"), None, &none),
+            ("100000000000777@lid".to_string(), None)
+        );
+        // LID with the number as the message's alternate address.
+        assert_eq!(
+            sender_forms(&lid, Some(&jid("491703333333@s.whatsapp.net")), &none),
+            both("+491703333333", "100000000000777@lid")
+        );
+        // A number, with its LID from the message or the mapping, or alone.
+        let pn = jid("491704444444:3@s.whatsapp.net");
+        assert_eq!(
+            sender_forms(&pn, Some(&jid("100000000000888@lid")), &none),
+            both("+491704444444", "100000000000888@lid")
+        );
+        assert_eq!(
+            sender_forms(&pn, None, &known(None, Some("100000000000999"))),
+            both("+491704444444", "100000000000999@lid")
+        );
+        assert_eq!(
+            sender_forms(&pn, None, &none),
+            ("+491704444444".to_string(), None)
         );
     }
 
@@ -423,7 +464,7 @@ mod tests {
                 &own(),
                 &rules(),
                 &mut sent,
-                None,
+                &Known::default(),
                 now,
             ) else {
                 panic!("self chat submitted")
@@ -446,7 +487,7 @@ mod tests {
                 &own(),
                 &rules(),
                 &mut sent,
-                None,
+                &Known::default(),
                 now
             ),
             Classified::Skip(Skip::SelfEcho)
@@ -460,7 +501,7 @@ mod tests {
                 &own(),
                 &rules(),
                 &mut fresh,
-                None,
+                &Known::default(),
                 now
             ),
             Classified::Skip(Skip::SelfEcho)
@@ -488,7 +529,15 @@ mod tests {
             "S",
         );
         assert_eq!(
-            classify(&text("x"), &i, &own(), &off, &mut sent, None, now),
+            classify(
+                &text("x"),
+                &i,
+                &own(),
+                &off,
+                &mut sent,
+                &Known::default(),
+                now
+            ),
             Classified::Skip(Skip::SelfChatOff)
         );
     }

@@ -18,8 +18,8 @@ use super::probe::deaf_link_probe;
 use super::storage::KvBackend;
 use super::version::{self, WebVersion};
 use super::{
-    Options, Outcome, Shared, http, inbound, link, number_of, request_code, shutdown_client,
-    transport,
+    Options, Outcome, Shared, http, identity, inbound, link, number_of, request_code,
+    shutdown_client, transport,
 };
 use crate::channel::{ChannelCommand, ChannelContext, ChannelError};
 use crate::config::WhatsAppConfig;
@@ -293,6 +293,8 @@ impl Run {
                 self.sh.pairing.publish(Pairing::Linked { number });
                 tracing::info!("WhatsApp connected");
                 crate::fault::panic_point("whatsapp-connected");
+                // allow_from in both address forms (a number's LID, a LID's number), if due.
+                identity::spawn_resolve(&self.sh, &self.client, &self.backend);
                 // The outage is over: the next failure (ours or the library's) is news.
                 crate::repeat::settled(REPEAT_SITE);
                 crate::repeat::settled(crate::repeat::LIBRARY);

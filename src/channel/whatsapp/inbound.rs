@@ -3,14 +3,15 @@
 //! for this message"), and what happens when the inbox cannot take a message right now.
 //!
 //! Every message takes the one submit path, [`submit_one`], with the client's own identity (so the
-//! self chat and LID senders are recognised): live ones from the hook, recovered ones from a
+//! self chat is recognised) and the sender's other address form ([`identity::known_of`], so a
+//! person is recognised by number or LID): live ones from the hook, recovered ones from a
 //! bounded queue drained by [`drain_recovered`]. A message the inbox refused (busy, a store error)
 //! is never left for the next reconnect, which on a stable link may be days away: the hook retries
 //! for [`HOOK_PATIENCE`], then withholds the acknowledgement and forces a reconnect after
 //! [`REDRIVE_AFTER`], so the server redelivers it within seconds.
 
-use super::adapter::{self, Classified, Own};
-use super::{Shared, own_of};
+use super::adapter::{self, Classified, Known, Own};
+use super::{Shared, identity, own_of};
 use crate::intake::{IntakeError, Submitted};
 use crate::retry::{self, Backoff};
 use crate::vocab::ChannelKind;
@@ -106,24 +107,18 @@ pub(super) async fn submit_one(
     m: &InboundMessage,
 ) -> Result<bool, IntakeError> {
     let own = client.map(|c| own_of(c)).unwrap_or_default();
-    let sender = &m.info.source.sender;
-    let lid_pn = match (client, sender.is_lid(), &m.info.source.sender_alt) {
-        (Some(c), true, None) => c
-            .get_lid_pn_entry(sender)
-            .await
-            .ok()
-            .flatten()
-            .map(|e| e.phone_number.to_string()),
-        _ => None,
+    let known = match client {
+        Some(c) => identity::known_of(sh, c, m).await,
+        None => Known::default(),
     };
-    submit_as(sh, &own, lid_pn.as_deref(), m).await
+    submit_as(sh, &own, &known, m).await
 }
 
 /// [`submit_one`] with the identity already known.
 pub(super) async fn submit_as(
     sh: &Arc<Shared>,
     own: &Own,
-    lid_pn: Option<&str>,
+    known: &Known,
     m: &InboundMessage,
 ) -> Result<bool, IntakeError> {
     let verdict = {
@@ -134,7 +129,7 @@ pub(super) async fn submit_as(
             own,
             &sh.rules(),
             &mut sent,
-            lid_pn,
+            known,
             Instant::now(),
         )
     };

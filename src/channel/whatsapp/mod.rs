@@ -2,7 +2,8 @@
 //! multi-device), through the `whatsapp-rust` client, kept entirely behind this module.
 //!
 //! [`adapter`] is the sans-io core of messages (conversion, self chat, outgoing ids);
-//! [`lifecycle`] the sans-io core of connections (explicit phases, the reconnect policy, the
+//! [`lid`] the sans-io core of identities (a person's number and LID: what to resolve, when,
+//! the lookup budget), [`identity`] its shell; [`lifecycle`] the sans-io core of connections (explicit phases, the reconnect policy, the
 //! status words); [`storage`] puts the client's keys and sessions in clawbox's store;
 //! [`transport`] and [`http`] give it a WebSocket and HTTP on our rustls config; [`link`] carries
 //! out the owner's requests (link, cancel, unlink); [`runs`] keeps the channel ready for them in
@@ -26,7 +27,9 @@
 pub mod adapter;
 mod driver;
 pub mod http;
+mod identity;
 mod inbound;
+pub mod lid;
 pub mod lifecycle;
 pub mod link;
 pub mod nack;
@@ -117,6 +120,10 @@ struct Shared {
     sent: Mutex<SentIds>,
     wake: Notify,
     inflow: inbound::Inflow,
+    /// When `allow_from` is resolved to LIDs ([`lid`]).
+    resolver: Mutex<lid::Resolver>,
+    /// The budget of lookups for LIDs nobody knows ([`lid`]).
+    lookups: Mutex<lid::Lookups>,
 }
 
 impl Shared {
@@ -136,7 +143,15 @@ impl Shared {
             sent: Mutex::new(SentIds::default()),
             wake: Notify::new(),
             inflow: inbound::Inflow::new(),
+            resolver: Mutex::new(lid::Resolver::default()),
+            lookups: Mutex::new(lid::Lookups::new(tokio::time::Instant::now())),
         }
+    }
+    fn resolver(&self) -> MutexGuard<'_, lid::Resolver> {
+        self.resolver.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn lookups(&self) -> MutexGuard<'_, lid::Lookups> {
+        self.lookups.lock().unwrap_or_else(|p| p.into_inner())
     }
     fn life(&self) -> MutexGuard<'_, Lifecycle> {
         self.life.lock().unwrap_or_else(|p| p.into_inner())

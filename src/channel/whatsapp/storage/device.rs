@@ -3,7 +3,7 @@
 //! every later write.
 
 use super::KvBackend;
-use super::keys::{K_DEVICE, K_LINKED_AT};
+use super::keys::{K_DEVICE, K_LID_REFRESHED_AT, K_LINKED_AT};
 use super::to_json;
 use whatsapp_rust::async_trait;
 use whatsapp_rust::wacore::store::Device;
@@ -37,6 +37,25 @@ impl KvBackend {
             _ => None,
         };
         Some((number, since))
+    }
+}
+
+impl KvBackend {
+    /// When `allow_from` was last resolved to LIDs in full (ms since the epoch), if ever since
+    /// the link (wiped with it).
+    pub async fn lid_refreshed_at(&self) -> Option<u64> {
+        match self.get(K_LID_REFRESHED_AT).await {
+            Ok(Some(v)) => <[u8; 8]>::try_from(v.as_slice())
+                .ok()
+                .map(u64::from_be_bytes),
+            _ => None,
+        }
+    }
+
+    /// Records a full resolution of `allow_from` at `at_ms`.
+    pub async fn set_lid_refreshed_at(&self, at_ms: u64) -> Result<()> {
+        self.put(K_LID_REFRESHED_AT.to_string(), at_ms.to_be_bytes().to_vec())
+            .await
     }
 }
 

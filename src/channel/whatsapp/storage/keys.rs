@@ -7,7 +7,7 @@
 //! `pk/<10-digit id>` prekeys (first byte: uploaded) · `spk/` signed prekeys · `sk/` sender keys ·
 //! `sync/<hex>` app-state keys · `synclatest` · `ver/` app-state versions · `mac/<name>\x1f<hex>`
 //! mutation MACs · `skd/<group>\x1f<device>` sender-key status · `lid/` LID→PN · `pn/` PN→LID ·
-//! `bk/` base keys · `dl/` device lists · `gm/` group metadata · `tc/` trusted-contact tokens ·
+//! `lid_refreshed_at` when `allow_from` was last resolved to LIDs in full · `bk/` base keys · `dl/` device lists · `gm/` group metadata · `tc/` trusted-contact tokens ·
 //! `sent/` sent messages (first 8 bytes: time) · `pin/` pending inbound (first 8 bytes: time) ·
 //! `sec/` message secrets.
 
@@ -85,3 +85,5 @@ pub(super) fn k_sec(chat: &str, sender: &str, id: &str) -> String {
 pub(super) const K_DEVICE: &str = "dev";
 /// When the account was linked: 8 bytes, big-endian milliseconds since the epoch.
 pub(super) const K_LINKED_AT: &str = "linked_at";
+/// When every `allow_from` entry was last resolved (ms since the epoch, 8 bytes big-endian).
+pub(super) const K_LID_REFRESHED_AT: &str = "lid_refreshed_at";

@@ -10,7 +10,7 @@ use super::faultproxy::FaultProxy;
 use super::{Proc, SOON, free_port, http_get, spawn};
 use crate::fakes::openai::{FakeConfig, FakeOpenAi};
 use crate::fakes::telegram::FakeTelegram;
-use crate::fakes::whatsapp::FakeWhatsApp;
+use crate::fakes::whatsapp::{Addressing, FakeWhatsApp};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -345,12 +345,20 @@ impl Rig {
         format!("{prefix}{}", self.next_token)
     }
 
-    /// Contact `i` sends a WhatsApp text carrying a fresh token; recorded as inbound.
+    /// Contact `i` sends a WhatsApp text carrying a fresh token, in the next address form;
+    /// recorded as inbound.
     pub async fn send_wa(&mut self, i: usize) -> Result<String, String> {
         let who = self.wa_contacts[i % self.wa_contacts.len()].clone();
         let token = self.token("w");
+        // From the number and from the LID with the number as `sender_pn`, in turn (the box must
+        // know both are the same allowed person). Not from the LID alone: before the box knows a
+        // contact's LID (its first seconds, the allow_from lookup not yet done), a LID-only
+        // message in a session it holds under the number fails to decrypt, and only the
+        // contact's resend after the client's retry receipt recovers it — which the fake does
+        // not model yet (tests/flows/whatsapp_lid.rs covers LID-only once the LID is known).
+        let form = [Addressing::Pn, Addressing::Lid][(self.next_token % 2) as usize];
         self.wa()
-            .contact_send(&who, &format!("hello [{token}]"), None, None)
+            .contact_send_as(&who, &format!("hello [{token}]"), form)
             .await?;
         self.inbound.push(Inbound {
             chan: Chan::WhatsApp,

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use super::deliveries::Addressing;
+use super::lid::{Addressing, lid_jid_of};
 use super::server::{World, now_secs};
 
 /// Largest admin request body: the biggest is a message text, a few KiB in tests.
@@ -41,6 +41,8 @@ struct Send {
     /// With `undecryptable`: every resend fails too.
     #[serde(default)]
     stays_undecryptable: bool,
+    /// `"pn"` (the default) | `"lid"` | `"lid-only"`: see `lid::Addressing`.
+    addressing: Option<String>,
 }
 
 /// `POST /phone/self`: the owner writes in "message yourself" from the primary phone.
@@ -96,8 +98,8 @@ fn bad(e: impl std::fmt::Display) -> Response<Full<Bytes>> {
     reply(StatusCode::BAD_REQUEST, json!({ "error": e.to_string() }))
 }
 
-/// `{"connected","paired","jid","conn"}` as served by `GET /state` (`conn`: the id of the
-/// connection logged in now, or null).
+/// `{"connected","paired","jid","conn","usync"}` as served by `GET /state` (`conn`: the id
+/// of the connection logged in now, or null; `usync`: the lookups the client made, by kind).
 pub async fn state_json(world: &Mutex<World>) -> serde_json::Value {
     let w = world.lock().await;
     json!({
@@ -106,6 +108,7 @@ pub async fn state_json(world: &Mutex<World>) -> serde_json::Value {
         "jid": w.own_jid(),
         "replaced": w.replaced,
         "conn": w.logged_in_conn(),
+        "usync": w.usync_counts,
     })
 }
 
@@ -172,11 +175,19 @@ pub async fn handle(
             Err(e) => bad(e),
         },
         (Method::POST, ["contacts", who, "messages"]) => {
-            match serde_json::from_slice::<Send>(&body) {
-                Ok(s) => {
+            let parsed = serde_json::from_slice::<Send>(&body)
+                .map_err(|e| e.to_string())
+                .and_then(|s| Addressing::parse(s.addressing.as_deref()).map(|a| (s, a)));
+            match parsed {
+                Ok((s, addressing)) => {
                     let mut w = world.lock().await;
                     let (media, caption) = (s.media.as_deref(), s.caption.as_deref());
-                    let sent = if s.undecryptable {
+                    let sent = if s.undecryptable && addressing != Addressing::Pn {
+                        Err(
+                            "contact: \"undecryptable\" is modelled for \"pn\" addressing only"
+                                .into(),
+                        )
+                    } else if s.undecryptable {
                         let always = s.stays_undecryptable;
                         w.contact_send_undecryptable(
                             who,
@@ -187,7 +198,7 @@ pub async fn handle(
                         )
                         .await
                     } else {
-                        w.contact_send(who, &s.text, media, caption, now_secs())
+                        w.contact_send_with(who, &s.text, media, caption, addressing, now_secs())
                             .await
                     };
                     match sent {
@@ -196,6 +207,14 @@ pub async fn handle(
                     }
                 }
                 Err(e) => bad(e),
+            }
+        }
+        (Method::GET, ["contacts", who, "lid"]) => {
+            // The contact exists from then on: the server maps its LID back to its number.
+            let known = world.lock().await.contact_mut(who).is_some();
+            match lid_jid_of(who) {
+                Some(lid) if known => reply(StatusCode::OK, json!({ "lid": lid })),
+                _ => bad("contact: not an E.164 number (or too many contacts)"),
             }
         }
         (Method::GET, ["contacts", who, "messages"]) => {

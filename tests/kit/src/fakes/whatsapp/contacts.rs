@@ -34,6 +34,9 @@ pub struct InboxEntry {
     pub id: String,
     pub text: String,
     pub ts: u64,
+    /// The address the linked device sent it to (the stanza's `to`): the contact's chat in PN
+    /// (`<pn>@s.whatsapp.net`) or LID (`<lid>@lid`) form.
+    pub to: String,
 }
 
 pub struct Contact {

@@ -11,6 +11,7 @@ use whatsapp_rust::wacore_binary::Jid;
 use whatsapp_rust::wacore_binary::builder::NodeBuilder;
 
 use super::contacts::{self, InboxEntry, PADDING_VERSION};
+use super::lid::Addressing;
 use super::nodes::SERVER;
 use super::phone;
 use super::server::*;
@@ -66,25 +67,6 @@ impl Reports {
             .rev()
             .find(|(m, _)| m == id)
             .map(|(_, r)| r.clone())
-    }
-}
-
-/// How the owner's phone (or other device) addresses "message yourself".
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Addressing {
-    Pn,
-    Lid,
-}
-
-impl Addressing {
-    pub fn parse(s: Option<&str>) -> Result<Self, String> {
-        match s {
-            None | Some("pn") => Ok(Self::Pn),
-            Some("lid") => Ok(Self::Lid),
-            Some(other) => Err(format!(
-                "addressing must be \"pn\" or \"lid\", not {other:?}"
-            )),
-        }
     }
 }
 
@@ -145,7 +127,8 @@ impl World {
         }
         let (user, server) = match addressing {
             Addressing::Pn => (self.account.pn.clone(), SERVER),
-            Addressing::Lid => (self.account.lid.clone(), "lid"),
+            // The owner's own chat has no "LID alone" form distinct from its LID form.
+            Addressing::Lid | Addressing::LidOnly => (self.account.lid.clone(), "lid"),
         };
         let own_chat = format!("{user}@{server}");
         let from = if device == 0 {

@@ -148,9 +148,10 @@ impl World {
             self.client_keys.take_bundle(jid.device)
         } else if jid.device == 0
             && !own
-            && let Some(contact) = self.contact_mut(jid.user.as_str())
+            && let Some(contact) = self.contact_mut_by_jid(&jid)
         {
-            // Any PN user is a reachable mock contact: the client may start a chat.
+            // Any PN user is a reachable mock contact: the client may start a chat; a LID user
+            // is one if it is a contact's LID.
             contact.peer.bundle().map_err(|e| e.to_string())
         } else if let Some(linked) = self.linked_device_bundle(&jid) {
             // A contact's linked device, or the owner's own other one (`devices.rs`).

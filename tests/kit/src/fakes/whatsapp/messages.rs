@@ -3,6 +3,7 @@
 //! decrypted by each addressee, acknowledged and receipted.
 
 use super::contacts::{self, Contact, InboxEntry, PADDING_VERSION};
+use super::lid::Addressing;
 use super::nodes::{self, SERVER, attr, child};
 use super::phone;
 use super::server::*;
@@ -19,6 +20,21 @@ impl World {
         caption: Option<&str>,
         now: u64,
     ) -> Result<String, String> {
+        self.contact_send_with(e164, text, media, caption, Addressing::Pn, now)
+            .await
+    }
+
+    /// Contact `e164` sends a message addressed as `addressing` (see [`super::lid`]); returns
+    /// its id.
+    pub async fn contact_send_with(
+        &mut self,
+        e164: &str,
+        text: &str,
+        media: Option<&str>,
+        caption: Option<&str>,
+        addressing: Addressing,
+        now: u64,
+    ) -> Result<String, String> {
         let user = digits(e164).ok_or("contact: not an E.164 number")?;
         if !matches!(
             media,
@@ -26,29 +42,11 @@ impl World {
         ) {
             return Err("contact: media must be image, video, audio, document or sticker".into());
         }
-        let remote = self
-            .companion_address()
-            .ok_or("contact: no linked device")?;
-        let device = self.companion.as_ref().map(|c| c.device).unwrap_or(0);
         if !self.client_keys.is_known() {
             return Err("contact: the linked device has not published keys".into());
         }
-        if !self.contacts.contains_key(&user) && self.contacts.len() >= CONTACTS_CAP {
-            return Err("contact: too many contacts".into());
-        }
-        let contact = self
-            .contacts
-            .entry(user.clone())
-            .or_insert_with(Contact::new);
         let msg = contacts::build_message(text, media, caption);
-        let keys = &mut self.client_keys;
-        let (kind, ct) = contacts::encrypt(
-            &mut contact.peer,
-            &remote,
-            || keys.take_bundle(device),
-            &msg,
-        )
-        .await?;
+        let (kind, ct) = self.contact_encrypt(&user, &msg).await?;
         let id = phone::random_hex(10);
         let mut enc = NodeBuilder::new("enc")
             .attr("v", PADDING_VERSION.to_string())
@@ -56,17 +54,24 @@ impl World {
         if let Some(m) = media {
             enc = enc.attr("mediatype", m);
         }
-        let stanza = NodeBuilder::new("message")
-            .attr("from", format!("{user}@s.whatsapp.net"))
+        let (from, sender_pn) = World::contact_from(&user, addressing);
+        let mut stanza = NodeBuilder::new("message")
+            .attr("from", from)
             .attr("id", id.clone())
             .attr("t", now.to_string())
             .attr("type", if media.is_some() { "media" } else { "text" })
             .attr(
                 "notify",
                 format!("Contact {}", &user[user.len().saturating_sub(4)..]),
-            )
-            .children([enc.bytes(ct).build()])
-            .build();
+            );
+        if let Some(pn) = sender_pn {
+            stanza = stanza.attr("sender_pn", pn);
+        }
+        if addressing != Addressing::Pn {
+            // whatsmeow's `parseMessageSource` has read `sender_pn` when this says "lid".
+            stanza = stanza.attr("addressing_mode", "lid");
+        }
+        let stanza = stanza.children([enc.bytes(ct).build()]).build();
         self.queue_or_send(stanza);
         Ok(id)
     }
@@ -111,7 +116,7 @@ impl World {
     }
 
     /// The contact for `user` (digits), created on first use within `CONTACTS_CAP`.
-    pub(super) fn contact_mut(&mut self, user: &str) -> Option<&mut Contact> {
+    pub fn contact_mut(&mut self, user: &str) -> Option<&mut Contact> {
         let user = digits(user)?;
         if !self.contacts.contains_key(&user) && self.contacts.len() >= CONTACTS_CAP {
             return None;
@@ -192,6 +197,7 @@ impl World {
                                 id: id.clone(),
                                 text,
                                 ts: now,
+                                to: to.clone(),
                             });
                         }
                     }
@@ -204,23 +210,25 @@ impl World {
                 }
                 continue;
             }
-            let Some(contact) = self.contacts.get_mut(dest.user.as_str()) else {
-                continue;
-            };
-            match contacts::decrypt(&mut contact.peer, &sender, &kind, &ct, v).await {
-                Ok(msg) => {
-                    if let Some(text) = contacts::message_text(&msg) {
+            // A contact's device, addressed by its number or its LID (see `lid`).
+            match self.contact_decrypt(&dest, &kind, &ct, v).await {
+                Some(Ok((user, msg))) => {
+                    if let (Some(text), Some(contact)) =
+                        (contacts::message_text(&msg), self.contacts.get_mut(&user))
+                    {
                         self.devices.reports.note(&id, 0, text.clone());
                         contact.record(InboxEntry {
                             seq: 0,
                             id: id.clone(),
                             text,
                             ts: now,
+                            to: to.clone(),
                         });
                     }
-                    delivered_to = Some(dest.user.to_string());
+                    delivered_to = Some(to.clone());
                 }
-                Err(e) => tracing::warn!("fake-whatsapp: contact could not decrypt: {e}"),
+                Some(Err(e)) => tracing::warn!("fake-whatsapp: contact could not decrypt: {e}"),
+                None => {}
             }
         }
         if let Some(mut ack) = nodes::ack_for(node, now) {
@@ -230,10 +238,11 @@ impl World {
             }
             self.send(ack);
         }
-        if let Some(user) = delivered_to {
+        // The delivery receipt comes from the chat the message was sent to (PN or LID form).
+        if let Some(chat) = delivered_to {
             self.send(
                 NodeBuilder::new("receipt")
-                    .attr("from", format!("{user}@s.whatsapp.net"))
+                    .attr("from", chat)
                     .attr("id", id)
                     .attr("t", now.to_string())
                     .build(),

@@ -1,8 +1,9 @@
 //! A fake WhatsApp Web server for tests, speaking the real protocol on loopback: WebSocket on
 //! `/ws/chat`, Noise XX with a certificate chain, framed AES-GCM, binary nodes, QR and pair-code
 //! linking by a mock phone, the phone (or the owner's Desktop) writing in its own "message
-//! yourself" chat, Signal-encrypted messages from mock contacts with one device or several, an
-//! offline queue, a log of which connection logged in when, and
+//! yourself" chat, Signal-encrypted messages from mock contacts with one device or several
+//! (from their number or their LID: `lid`), an offline queue, a log of which connection logged
+//! in when, and
 //! fault injection — driven by a JSON admin API on a second listener (or the Rust methods here).
 //! Built from the client's own crates (`whatsapp-rust` 0.7.0 re-exports), so the wire format is
 //! the one the real client speaks. Owns the sockets (this file) and nothing of clawbox; never
@@ -14,6 +15,7 @@ pub mod deliveries;
 pub mod devices;
 mod faults;
 mod keys;
+pub mod lid;
 pub mod login;
 mod messages;
 pub mod nodes;
@@ -39,7 +41,8 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 
 pub use contacts::InboxEntry;
-pub use deliveries::{Addressing, Delivery, Report};
+pub use deliveries::{Delivery, Report};
+pub use lid::{Addressing, UsyncCounts};
 pub use retry::RetryStats;
 pub use server::Login;
 use server::{CONN_QUEUE_CAP, Cmd, World, now_secs};
@@ -153,6 +156,36 @@ impl FakeWhatsApp {
             .await
             .contact_send(e164, text, media, caption, now_secs())
             .await
+    }
+
+    /// Contact `e164` sends a text addressed as `addressing` (from its number, from its LID
+    /// with the number as `sender_pn`, or from its LID alone); returns the message id.
+    pub async fn contact_send_as(
+        &self,
+        e164: &str,
+        text: &str,
+        addressing: Addressing,
+    ) -> Result<String, String> {
+        self.world
+            .lock()
+            .await
+            .contact_send_with(e164, text, None, None, addressing, now_secs())
+            .await
+    }
+
+    /// Contact `e164`'s stable LID as a JID (`<15 digits>@lid`); also served by the admin API
+    /// as `GET /contacts/<e164>/lid`. Deterministic: the same number always has the same LID.
+    /// The contact exists from then on, so the server can map the LID back to its number (a
+    /// LID the fake never handed out has no number).
+    pub async fn contact_lid(&self, e164: &str) -> Option<String> {
+        let mut w = self.world.lock().await;
+        w.contact_mut(e164)?;
+        lid::lid_jid_of(e164)
+    }
+
+    /// The usync lookups the client made so far, by kind (also in `GET /state` as `usync`).
+    pub async fn usync_counts(&self) -> UsyncCounts {
+        self.world.lock().await.usync_counts.clone()
     }
 
     /// What the linked account sent to contact `e164`, decrypted.

@@ -135,6 +135,8 @@ pub struct World {
     pub(super) retry: super::retry::Retries,
     /// Linked devices of contacts and of the account itself, and who decrypted what.
     pub devices: super::devices::DeviceBook,
+    /// The usync lookups the client made so far, by kind (see `lid`).
+    pub usync_counts: super::lid::UsyncCounts,
 }
 
 pub fn now_secs() -> u64 {
@@ -183,6 +185,7 @@ impl World {
             login: Default::default(),
             retry: Default::default(),
             devices: Default::default(),
+            usync_counts: Default::default(),
         }
     }
 
