@@ -334,7 +334,13 @@ impl World {
         let Some((user, left)) = self.retry.refuse_bundles.take() else {
             return false;
         };
-        if jid.user.as_str() != user {
+        // The client may fetch the contact's keys by number or, once it knows it, by LID.
+        let named = if jid.is_lid() {
+            self.contact_by_lid(&jid.user)
+        } else {
+            Some(jid.user.to_string())
+        };
+        if named.as_deref() != Some(user.as_str()) {
             self.retry.refuse_bundles = Some((user, left));
             return false;
         }
