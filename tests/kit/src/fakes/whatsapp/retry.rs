@@ -1,8 +1,10 @@
-//! Retries, refusals and key events, as the real server and peers stage them: a contact's message
-//! that the linked device cannot decrypt (and the contact's resend when the device asks with a
-//! retry receipt), a contact asking the device to resend (a retry receipt from the contact), the
-//! server refusing the device's next message with an error ack (a nack), the server saying the
-//! device's one-time prekeys run low, and a contact reinstalling WhatsApp (a new identity).
+//! Retries, refusals and key events, as the real server and peers stage them: a contact's resend
+//! of any message it sent when the linked device asks with a retry receipt (in the message's
+//! addressing form, under the Signal address its session is kept under), a contact's message
+//! that the linked device cannot decrypt, a contact asking the device to resend (a retry receipt
+//! from the contact), the server refusing the device's next message with an error ack (a nack),
+//! the server saying the device's one-time prekeys run low, and a contact reinstalling WhatsApp
+//! (a new identity).
 //!
 //! Stanzas as the open clients send and parse them:
 //! - retry receipt: whatsmeow `retry.go` (`sendRetryReceipt`, `handleRetryReceipt`),
@@ -102,7 +104,7 @@ pub struct Retries {
     ask_resend: bool,
     /// The server refuses this contact's key bundle this many more times.
     refuse_bundles: Option<(String, u32)>,
-    /// Messages sent to the client whose first copy was made undecryptable.
+    /// Every contact message sent to the client, kept for a resend (oldest first).
     held: VecDeque<Held>,
     /// Ids the fake asked the client to resend (the `retry-receipt` fault), bounded like `held`.
     asked: VecDeque<String>,
