@@ -2,8 +2,10 @@
 //! from their number, from their LID with the number as `sender_pn`, or from their LID alone,
 //! and the allowlist recognises them in every form (each `allow_from` entry resolved by usync
 //! after login); the reply goes back to their chat; a stranger in each form gets nothing and costs
-//! no agent call; a LID in `allow_from` names the same person by number; and a flood of unknown
-//! LIDs costs WhatsApp a bounded number of lookups.
+//! no agent call; a LID in `allow_from` names the same person by number; a flood of unknown
+//! LIDs costs WhatsApp a bounded number of lookups; and a friend writing from the LID alone before
+//! the box knows it (undecryptable in the session held under the number) is answered once, after
+//! the retry receipt and the friend's resend.
 
 use super::whatsapp_flow::{
     Bx, FRIEND, linked_and_running, new_box, pair_by_qr, replies, stop, turns, wait_connected,
@@ -244,5 +246,42 @@ async fn a_flood_of_unknown_lids_does_not_flood_usync() {
             "nothing to {who}"
         );
     }
+    stop(p).await;
+}
+
+/// The box holds a session with a friend by number and does not know the friend's LID (usync
+/// leaves it out: the state before the box learned it); the friend then writes from the LID
+/// alone. The box cannot decrypt that in a session it holds under the number, asks with a retry
+/// receipt, and the friend's resend (in a new session from the receipt's keys) is answered once,
+/// in the friend's chat, after one LID → number lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lid_only_message_before_the_box_knows_the_lid_is_answered_once_after_a_resend() {
+    let fake = FakeWhatsApp::start().await;
+    fake.fault_with("lid-unknown", None, None, Some(FRIEND))
+        .await
+        .unwrap();
+    let lid = fake.contact_lid(FRIEND).await.unwrap();
+    let (bx, p) = linked_and_running(&fake).await;
+    resolved(&p).await;
+    // The session by number: the friend writes from it and is answered.
+    one_reply_in_their_chat(&fake, FRIEND, &lid, "by number [u1]", Addressing::Pn).await;
+    let before = fake.retry_stats().await;
+    assert_eq!(fake.usync_counts().await.lid_to_pn, 0, "no LID seen yet");
+
+    one_reply_in_their_chat(&fake, FRIEND, &lid, "lid alone [u2]", Addressing::LidOnly).await;
+    let after = fake.retry_stats().await;
+    assert!(
+        after.retry_receipts > before.retry_receipts
+            && after.contact_resends > before.contact_resends,
+        "the LID-only message came through the contact's resend: {before:?} → {after:?}"
+    );
+    let c = fake.usync_counts().await;
+    assert_eq!(c.lid_to_pn, 1, "the unknown LID was looked up once: {c:?}");
+    tokio::time::sleep(QUIET_WATCH).await;
+    for text in ["by number [u1]", "lid alone [u2]"] {
+        assert_eq!(replies(&fake, FRIEND, text).await, 1, "still one: {text}");
+    }
+    let m = bx.metrics().await;
+    assert_eq!(turns(&m), 2, "one agent call per message: {m}");
     stop(p).await;
 }

@@ -2,14 +2,16 @@
 //! client, driven through the admin API as a test would: the client parses each one as the real
 //! server's (an undecryptable copy → its retry receipt → the resend decrypts; a nack → a
 //! `ServerAck` carrying the code while `send_message` said Ok; prekeys low → an upload; an
-//! identity notification → `IdentityChange`; a contact's retry receipt → a resend, same id).
+//! identity notification → `IdentityChange`; a contact's retry receipt → a resend, same id; a
+//! LID-only message in no session the client has → its retry receipt to the LID → the resend,
+//! same id and form, decrypts).
 
 use super::fake_whatsapp::{CONTACT, http_get, http_post, paired_client, text_of, wait_inbox};
 use kit::fakes;
 
 use std::time::Duration;
 
-use fakes::whatsapp::FakeWhatsApp;
+use fakes::whatsapp::{Addressing, FakeWhatsApp};
 use whatsapp_rust::Jid;
 use whatsapp_rust::types::events::Event;
 use whatsapp_rust::waproto::whatsapp as wa;
@@ -171,5 +173,72 @@ async fn the_real_client_reads_each_retry_and_key_stanza() {
         let (status, _) = http_post(&admin, "/faults", bad).await;
         assert_eq!(status, 400, "{bad}");
     }
+    client.handle.shutdown().await;
+}
+
+/// A contact the client holds a session with by number (both ways: the contact's device has read
+/// the client's answer, so it writes plain `msg`s) writes from its LID alone, which the client
+/// does not know (usync leaves it out): 0.7.0 finds no session under the LID, sends a retry
+/// receipt to the LID (with its keys from the second one on), and the contact's resend — same
+/// id, still from the LID alone, in a new session from those keys — decrypts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lid_only_message_the_client_cannot_decrypt_is_resent_in_the_same_form() {
+    let fake = FakeWhatsApp::start().await;
+    let (mut client, _backend) = paired_client(&fake).await;
+    let (status, body) = http_post(
+        &fake.admin_url(),
+        "/faults",
+        &format!(r#"{{"kind":"lid-unknown","contact":"{CONTACT}"}}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let lid = fake.contact_lid(CONTACT).await.unwrap();
+    fake.contact_send_as(CONTACT, "by number", Addressing::Pn)
+        .await
+        .unwrap();
+    let got = client
+        .wait_for("the message by number", |e| match e {
+            Event::Messages(batch) => batch.messages.iter().find_map(|m| text_of(&m.message)),
+            _ => None,
+        })
+        .await;
+    assert_eq!(got, "by number");
+    client
+        .client()
+        .send_message(Jid::pn(CONTACT.trim_start_matches('+')), text("answer"))
+        .await
+        .unwrap();
+    wait_inbox(&fake, CONTACT, "answer").await;
+    assert_eq!(stat(&fake, "retry_receipts").await, 0);
+
+    let id = fake
+        .contact_send_as(CONTACT, "from the lid alone", Addressing::LidOnly)
+        .await
+        .unwrap();
+    let (got, got_id, sender, alt) = client
+        .wait_for("the resend, decrypted", |e| match e {
+            Event::Messages(batch) => batch.messages.iter().find_map(|m| {
+                text_of(&m.message).map(|t| {
+                    (
+                        t,
+                        m.info.id.clone(),
+                        m.info.source.sender.to_string(),
+                        m.info.source.sender_alt.as_ref().map(|j| j.to_string()),
+                    )
+                })
+            }),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        (got.as_str(), got_id.as_str()),
+        ("from the lid alone", id.as_str())
+    );
+    assert_eq!(sender, lid, "still from the LID");
+    assert_eq!(alt, None, "still without the number");
+    let receipts = stat(&fake, "retry_receipts").await;
+    let resends = stat(&fake, "contact_resends").await;
+    assert!(receipts >= 1, "retry receipts: {receipts}");
+    assert_eq!(resends, receipts, "one resend per retry receipt");
     client.handle.shutdown().await;
 }

@@ -177,10 +177,13 @@ async fn sigkill_loop_never_repairs_loses_or_duplicates() {
         .count();
 
     let tally = Tally::of(&mut rig, &counts).await;
+    let retries = rig.wa().retry_stats().await;
     println!(
-        "QA crash_loop: {kills} SIGKILLs during traffic in {:.0}s + 2 during pairing (QR up, right after the scan; pairings repeated because the kill beat the save: {pairings_after_kill}); {} starts, store opened every time; re-pairings once paired={repairs}; {}",
+        "QA crash_loop: {kills} SIGKILLs during traffic in {:.0}s + 2 during pairing (QR up, right after the scan; pairings repeated because the kill beat the save: {pairings_after_kill}); {} starts, store opened every time; re-pairings once paired={repairs}; WhatsApp retry receipts {} and contact resends {}; {}",
         loop_time.as_secs_f64(),
         rig.starts,
+        retries.retry_receipts,
+        retries.contact_resends,
         tally.line(),
     );
 
@@ -292,9 +295,12 @@ async fn sigkill_loop_with_shipped_pacing_chunked_replies_and_telegram_trouble()
         after
     };
     let tally = Tally::of(&mut rig, &counts).await;
+    let retries = rig.wa().retry_stats().await;
     println!(
-        "QA crash_loop paced: {kills} SIGKILLs in {:.0}s with shipped pacing, replies of {PACED_PARTS} chunks, Telegram trouble in the kill window {trouble:?}; re-pairings={repairs}; {}",
+        "QA crash_loop paced: {kills} SIGKILLs in {:.0}s with shipped pacing, replies of {PACED_PARTS} chunks, Telegram trouble in the kill window {trouble:?}; re-pairings={repairs}; WhatsApp retry receipts {} and contact resends {}; {}",
         loop_time.as_secs_f64(),
+        retries.retry_receipts,
+        retries.contact_resends,
         tally.line(),
     );
     assert_eq!(repairs, 0, "the box had to pair again");

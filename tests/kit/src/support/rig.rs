@@ -350,13 +350,13 @@ impl Rig {
     pub async fn send_wa(&mut self, i: usize) -> Result<String, String> {
         let who = self.wa_contacts[i % self.wa_contacts.len()].clone();
         let token = self.token("w");
-        // From the number and from the LID with the number as `sender_pn`, in turn (the box must
-        // know both are the same allowed person). Not from the LID alone: before the box knows a
+        // From the number, from the LID with the number as `sender_pn`, and from the LID alone,
+        // in turn (the box must know all are the same allowed person). Before the box knows a
         // contact's LID (its first seconds, the allow_from lookup not yet done), a LID-only
-        // message in a session it holds under the number fails to decrypt, and only the
-        // contact's resend after the client's retry receipt recovers it — which the fake does
-        // not model yet (tests/flows/whatsapp_lid.rs covers LID-only once the LID is known).
-        let form = [Addressing::Pn, Addressing::Lid][(self.next_token % 2) as usize];
+        // message in a session it holds under the number fails to decrypt; the contact's resend
+        // after the client's retry receipt (the fake's `retry.rs`) delivers it.
+        let form =
+            [Addressing::Pn, Addressing::Lid, Addressing::LidOnly][(self.next_token % 3) as usize];
         self.wa()
             .contact_send_as(&who, &format!("hello [{token}]"), form)
             .await?;

@@ -147,6 +147,20 @@ impl World {
         }
     }
 
+    /// The `lid-unknown` fault: from now on usync answers a lookup of contact `e164`'s number
+    /// without its LID (no `<lid>` child, as whatsapp-rust's `project_lid_mapping` and whatsmeow's
+    /// `GetUserInfo` read a user with no LID), so the linked device does not learn it from the
+    /// allow_from resolution nor from a device list; a lookup by the LID still finds the number.
+    /// This holds the device in the state before it learned the LID.
+    pub(super) fn withhold_lid(&mut self, e164: &str) -> Result<(), String> {
+        let user = digits(e164).ok_or("lid-unknown: not an E.164 number")?;
+        if !self.lid_withheld.contains(&user) && self.lid_withheld.len() >= CONTACTS_CAP {
+            return Err("lid-unknown: too many contacts".into());
+        }
+        self.lid_withheld.insert(user);
+        Ok(())
+    }
+
     /// The answer of usync's `<lid/>` protocol about `jid` (a user of the query), if any: a PN
     /// user's LID as a `<lid val>` child, or a LID user's number as the `pn_jid` attribute.
     pub(super) fn usync_lid_of(&self, jid: &str) -> LidAnswer {
@@ -167,6 +181,9 @@ impl World {
                 Some(pn) => LidAnswer::PnJid(format!("{pn}@s.whatsapp.net")),
                 None => LidAnswer::None,
             }
+        } else if self.lid_withheld.contains(j.user.as_str()) {
+            // The `lid-unknown` fault: the number is answered without its LID.
+            LidAnswer::None
         } else if digits(&j.user).is_some() {
             // Every number is on the fake WhatsApp, with its stable LID.
             LidAnswer::Lid(format!("{}@lid", contact_lid(&j.user)))

@@ -6,6 +6,7 @@ use super::contacts::{self, Contact, InboxEntry, PADDING_VERSION};
 use super::lid::Addressing;
 use super::nodes::{self, SERVER, attr, child};
 use super::phone;
+use super::retry::{Held, contact_stanza};
 use super::server::*;
 use whatsapp_rust::wacore_binary::builder::NodeBuilder;
 use whatsapp_rust::wacore_binary::{Jid, Node};
@@ -48,30 +49,19 @@ impl World {
         let msg = contacts::build_message(text, media, caption);
         let (kind, ct) = self.contact_encrypt(&user, &msg).await?;
         let id = phone::random_hex(10);
-        let mut enc = NodeBuilder::new("enc")
-            .attr("v", PADDING_VERSION.to_string())
-            .attr("type", kind);
-        if let Some(m) = media {
-            enc = enc.attr("mediatype", m);
-        }
-        let (from, sender_pn) = World::contact_from(&user, addressing);
-        let mut stanza = NodeBuilder::new("message")
-            .attr("from", from)
-            .attr("id", id.clone())
-            .attr("t", now.to_string())
-            .attr("type", if media.is_some() { "media" } else { "text" })
-            .attr(
-                "notify",
-                format!("Contact {}", &user[user.len().saturating_sub(4)..]),
-            );
-        if let Some(pn) = sender_pn {
-            stanza = stanza.attr("sender_pn", pn);
-        }
-        if addressing != Addressing::Pn {
-            // whatsmeow's `parseMessageSource` has read `sender_pn` when this says "lid".
-            stanza = stanza.attr("addressing_mode", "lid");
-        }
-        let stanza = stanza.children([enc.bytes(ct).build()]).build();
+        // Kept to answer the client's retry receipt with a resend (`retry.rs`).
+        self.retry.hold(Held {
+            id: id.clone(),
+            user: user.clone(),
+            msg,
+            t: now,
+            media: media.map(str::to_string),
+            addressing,
+            lid_session: true,
+            resends: 0,
+            always: false,
+        });
+        let stanza = contact_stanza(&user, addressing, &id, now, media, (kind, ct), None);
         self.queue_or_send(stanza);
         Ok(id)
     }

@@ -328,7 +328,8 @@ impl FakeWhatsApp {
     /// contact the device writes next asks for a resend), `nack` with `code` (the server refuses
     /// the device's next `count` messages to contacts, 1 if not given), `prekeys-low` with `count` (the server's
     /// `encrypt` notification), `identity-change` of `contact` (a reinstall), `no-bundle` for
-    /// `contact` (its key bundle refused `count` times, 1 if not given).
+    /// `contact` (its key bundle refused `count` times, 1 if not given), `lid-unknown` for
+    /// `contact` (usync answers its number without its LID from now on).
     pub async fn fault_with(
         &self,
         kind: &str,

@@ -1,8 +1,10 @@
-//! Retries, refusals and key events, as the real server and peers stage them: a contact's message
-//! that the linked device cannot decrypt (and the contact's resend when the device asks with a
-//! retry receipt), a contact asking the device to resend (a retry receipt from the contact), the
-//! server refusing the device's next message with an error ack (a nack), the server saying the
-//! device's one-time prekeys run low, and a contact reinstalling WhatsApp (a new identity).
+//! Retries, refusals and key events, as the real server and peers stage them: a contact's resend
+//! of any message it sent when the linked device asks with a retry receipt (in the message's
+//! addressing form, under the Signal address its session is kept under), a contact's message
+//! that the linked device cannot decrypt, a contact asking the device to resend (a retry receipt
+//! from the contact), the server refusing the device's next message with an error ack (a nack),
+//! the server saying the device's one-time prekeys run low, and a contact reinstalling WhatsApp
+//! (a new identity).
 //!
 //! Stanzas as the open clients send and parse them:
 //! - retry receipt: whatsmeow `retry.go` (`sendRetryReceipt`, `handleRetryReceipt`),
@@ -35,13 +37,17 @@ use whatsapp_rust::wacore_binary::{Jid, Node};
 use whatsapp_rust::waproto::whatsapp as wa;
 
 use super::contacts::{self, Contact, PADDING_VERSION};
+use super::lid::{self, Addressing};
 use super::nodes::{self, SERVER, attr, child, child_bytes};
 use super::phone;
 use super::server::*;
 
-/// Contact messages held for a resend (an undecryptable copy, or a message a contact asked the
-/// linked device to resend); the oldest is forgotten beyond this. A test holds a few.
-pub const HELD_CAP: usize = 64;
+/// Contact messages held for a resend (every message a contact sent, as a real peer keeps what it
+/// sent to answer a retry receipt), and ids the fake asked the linked device to resend; the oldest
+/// is forgotten beyond this. whatsmeow's `recentMessagesSize` ring (and whatsapp-rust's
+/// `RECENT_MESSAGES_SIZE`) keeps 256 sent messages for the same purpose; a soak run stays well
+/// inside it between a message and its retry receipt.
+pub const HELD_CAP: usize = 256;
 /// The resend counts the client may ask for per message (whatsapp-rust and WA Web stop at 5).
 const MAX_RESENDS: u8 = 5;
 
@@ -70,15 +76,22 @@ pub struct RetryStats {
 }
 
 /// A contact message kept to be encrypted again on request.
-struct Held {
-    id: String,
-    user: String,
-    msg: wa::Message,
-    t: u64,
-    media: Option<String>,
-    resends: u8,
+pub(super) struct Held {
+    pub id: String,
+    /// The contact's number (digits).
+    pub user: String,
+    pub msg: wa::Message,
+    pub t: u64,
+    pub media: Option<String>,
+    /// The form it was addressed in; a resend keeps it (same `from`, same `sender_pn` and
+    /// `addressing_mode`).
+    pub addressing: Addressing,
+    /// The contact's session with the companion is under the companion's LID address (what
+    /// `lid::contact_encrypt` uses), not its PN one (what the undecryptable copies use).
+    pub lid_session: bool,
+    pub resends: u8,
     /// Every resend is damaged too: the message never decrypts.
-    always: bool,
+    pub always: bool,
 }
 
 /// The retry faults' state inside [`World`].
@@ -91,7 +104,7 @@ pub struct Retries {
     ask_resend: bool,
     /// The server refuses this contact's key bundle this many more times.
     refuse_bundles: Option<(String, u32)>,
-    /// Messages sent to the client whose first copy was made undecryptable.
+    /// Every contact message sent to the client, kept for a resend (oldest first).
     held: VecDeque<Held>,
     /// Ids the fake asked the client to resend (the `retry-receipt` fault), bounded like `held`.
     asked: VecDeque<String>,
@@ -99,6 +112,14 @@ pub struct Retries {
 }
 
 impl Retries {
+    /// Keeps a contact's message for a resend, forgetting the oldest beyond [`HELD_CAP`].
+    pub(super) fn hold(&mut self, held: Held) {
+        if self.held.len() >= HELD_CAP {
+            self.held.pop_front();
+        }
+        self.held.push_back(held);
+    }
+
     /// One more prekey upload seen (called by the key service).
     pub fn prekeys_uploaded(&mut self) {
         self.stats.prekey_uploads += 1;
@@ -168,10 +189,11 @@ fn bundle_from_keys(receipt: &Node, device: u16) -> Result<PreKeyBundle, String>
     .map_err(|e| format!("retry bundle: {e}"))
 }
 
-/// A contact's `<message>` to the linked device, as `contact_send` builds it; `count` marks a
-/// resend (whatsmeow sets `enc count` on retries).
-fn contact_stanza(
+/// A contact's `<message>` to the linked device, addressed as `addressing` (see [`super::lid`]);
+/// `count` marks a resend (whatsmeow sets `enc count` on retries).
+pub(super) fn contact_stanza(
     user: &str,
+    addressing: Addressing,
     id: &str,
     t: u64,
     media: Option<&str>,
@@ -187,17 +209,24 @@ fn contact_stanza(
     if let Some(c) = count {
         enc = enc.attr("count", c.to_string());
     }
-    NodeBuilder::new("message")
-        .attr("from", format!("{user}@{SERVER}"))
+    let (from, sender_pn) = World::contact_from(user, addressing);
+    let mut stanza = NodeBuilder::new("message")
+        .attr("from", from)
         .attr("id", id.to_string())
         .attr("t", t.to_string())
         .attr("type", if media.is_some() { "media" } else { "text" })
         .attr(
             "notify",
             format!("Contact {}", &user[user.len().saturating_sub(4)..]),
-        )
-        .children([enc.bytes(ct).build()])
-        .build()
+        );
+    if let Some(pn) = sender_pn {
+        stanza = stanza.attr("sender_pn", pn);
+    }
+    if addressing != Addressing::Pn {
+        // whatsmeow's `parseMessageSource` has read `sender_pn` when this says "lid".
+        stanza = stanza.attr("addressing_mode", "lid");
+    }
+    stanza.children([enc.bytes(ct).build()]).build()
 }
 
 impl World {
@@ -238,26 +267,24 @@ impl World {
         .await?;
         let broken = corrupt(kind, &ct)?;
         let id = phone::random_hex(10);
-        let r = &mut self.retry;
-        if r.held.len() >= HELD_CAP {
-            r.held.pop_front();
-        }
-        r.held.push_back(Held {
+        self.retry.hold(Held {
             id: id.clone(),
             user: user.clone(),
             msg,
             t: now,
             media: media.map(str::to_string),
+            addressing: Addressing::Pn,
+            lid_session: false,
             resends: 0,
             always,
         });
-        let stanza = contact_stanza(&user, &id, now, media, (kind, broken), None);
+        let stanza = contact_stanza(&user, Addressing::Pn, &id, now, media, (kind, broken), None);
         self.queue_or_send(stanza);
         Ok(id)
     }
 
     /// The admin API's `POST /faults` with this module's kinds (`retry-receipt`, `nack`,
-    /// `prekeys-low`, `identity-change`, `no-bundle`); any other kind goes to [`World::fault`]. `nack` refuses
+    /// `prekeys-low`, `identity-change`, `no-bundle`) and `lid-unknown` (`lid.rs`); any other kind goes to [`World::fault`]. `nack` refuses
     /// the next `count` messages (1 if not given) to contacts with `code`.
     pub fn fault_with(
         &mut self,
@@ -305,6 +332,9 @@ impl World {
                     Some((user, count.unwrap_or(1))).filter(|(_, n)| *n > 0);
                 Ok(())
             }
+            "lid-unknown" => {
+                self.withhold_lid(contact.ok_or("lid-unknown: a contact is required")?)
+            }
             "identity-change" => {
                 let who = contact.ok_or("identity-change: a contact is required")?;
                 let user = digits(who).ok_or("identity-change: not an E.164 number")?;
@@ -334,13 +364,14 @@ impl World {
         let Some((user, left)) = self.retry.refuse_bundles.take() else {
             return false;
         };
-        // The client may fetch the contact's keys by number or, once it knows it, by LID.
-        let named = if jid.is_lid() {
-            self.contact_by_lid(&jid.user)
+        // The contact's bundle, fetched by number or by LID (the client fetches by LID once it
+        // knows the mapping: whatsapp-rust's `resolve_encryption_jid`).
+        let same = if jid.is_lid() {
+            jid.user == lid::contact_lid(&user)
         } else {
-            Some(jid.user.to_string())
+            jid.user == user
         };
-        if named.as_deref() != Some(user.as_str()) {
+        if !same {
             self.retry.refuse_bundles = Some((user, left));
             return false;
         }
@@ -431,8 +462,12 @@ impl World {
     }
 
     /// The client's retry receipt for a contact's message: the contact encrypts it again (from
-    /// the keys in the receipt when it carries them, as whatsmeow does) and resends it with the
-    /// same id.
+    /// the keys in the receipt when it carries them, as whatsmeow's `handleRetryReceipt` does)
+    /// under the Signal address its session with the companion is kept under, and resends it
+    /// with the same id in the same addressing form, at most [`MAX_RESENDS`] times. The receipt
+    /// goes `to` the sender as the client saw it (whatsapp-rust `send_retry_receipt`:
+    /// `info.source.sender`, the LID for a LID-addressed message), so it must name the contact
+    /// that sent the message, by number or by LID.
     pub(super) async fn on_retry_receipt(&mut self, node: &Node) {
         let id = attr(node, "id").unwrap_or_default();
         self.retry.stats.retry_receipts += 1;
@@ -444,14 +479,32 @@ impl World {
             tracing::debug!("fake-whatsapp: retry receipt for a message the fake does not hold");
             return;
         };
-        if self.retry.held[pos].resends >= MAX_RESENDS {
+        let user = self.retry.held[pos].user.clone();
+        let to = attr(node, "to").and_then(|t| t.parse::<Jid>().ok());
+        let names_sender = to.is_some_and(|j| {
+            if j.is_lid() {
+                j.user == lid::contact_lid(&user)
+            } else {
+                j.user == user
+            }
+        });
+        if !names_sender {
+            tracing::debug!("fake-whatsapp: retry receipt not addressed to the message's sender");
             return;
         }
-        let Some(remote) = self.companion_address() else {
+        if self.retry.held[pos].resends >= MAX_RESENDS {
+            tracing::debug!("fake-whatsapp: retry receipt beyond the contact's resends");
+            return;
+        }
+        let remote = if self.retry.held[pos].lid_session {
+            self.companion_lid_address()
+        } else {
+            self.companion_address()
+        };
+        let Some(remote) = remote else {
             return;
         };
         let device = self.companion.as_ref().map(|c| c.device).unwrap_or(0);
-        let user = self.retry.held[pos].user.clone();
         let bundle = child(node, "keys").map(|_| bundle_from_keys(node, device));
         let Some(contact) = self.contacts.get_mut(&user) else {
             return;
@@ -491,8 +544,15 @@ impl World {
             sealed.and_then(|(kind, ct)| Ok((kind, if always { corrupt(kind, &ct)? } else { ct })));
         match sealed {
             Ok(enc) => {
-                let stanza =
-                    contact_stanza(&user, &id, held.t, held.media.as_deref(), enc, Some(count));
+                let stanza = contact_stanza(
+                    &user,
+                    held.addressing,
+                    &id,
+                    held.t,
+                    held.media.as_deref(),
+                    enc,
+                    Some(count),
+                );
                 self.retry.stats.contact_resends += 1;
                 self.queue_or_send(stanza);
             }

@@ -137,6 +137,8 @@ pub struct World {
     pub devices: super::devices::DeviceBook,
     /// The usync lookups the client made so far, by kind (see `lid`).
     pub usync_counts: super::lid::UsyncCounts,
+    /// Numbers whose LID usync leaves out (the `lid-unknown` fault, `lid.rs`).
+    pub(super) lid_withheld: std::collections::BTreeSet<String>,
 }
 
 pub fn now_secs() -> u64 {
@@ -186,6 +188,7 @@ impl World {
             retry: Default::default(),
             devices: Default::default(),
             usync_counts: Default::default(),
+            lid_withheld: Default::default(),
         }
     }
 
