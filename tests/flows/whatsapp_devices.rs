@@ -16,6 +16,18 @@ use std::time::Duration;
 use support::*;
 use tokio::time::Instant;
 
+/// Until the box has acknowledged every device notification (it acks each after handling it).
+async fn wait_devices_taken_in(fake: &FakeWhatsApp) {
+    let t = Instant::now();
+    while fake.device_notifications_unacked().await > 0 {
+        assert!(
+            t.elapsed() < SOON,
+            "the box acknowledges the device notifications"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The replies mentioning `word` that reached FRIEND, once every one of them has been read by
 /// all of `devices` (the contact's) and by the owner's phone; fails after `SOON` with what did.
 async fn wait_read_by(fake: &FakeWhatsApp, word: &str, devices: &[u16]) -> Vec<Delivery> {
@@ -54,6 +66,18 @@ async fn a_contact_with_three_devices_gets_each_reply_on_all_and_a_new_device_ge
         vec![0, 1, 2]
     );
     let (bx, p) = linked_and_running(&fake).await;
+    // The box resolves allow_from to LIDs after login; once it knows the friend's LID, the
+    // library keeps the friend's sessions under the LID. Waiting for that lookup makes the test
+    // take that path every time (before, it depended on which came first: the lookup or the
+    // first reply), and the usync answer is read before the message the fake sends after it.
+    let t = Instant::now();
+    while fake.usync_counts().await.pn_to_lid == 0 {
+        assert!(
+            t.elapsed() < SOON,
+            "the box resolves allow_from after login"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     fake.contact_send(FRIEND, "hello [d1]", None, None)
         .await
@@ -70,6 +94,7 @@ async fn a_contact_with_three_devices_gets_each_reply_on_all_and_a_new_device_ge
         fake.set_contact_devices(FRIEND, 4).await.unwrap(),
         vec![0, 1, 2, 3]
     );
+    wait_devices_taken_in(&fake).await;
     fake.contact_send(FRIEND, "from my tablet too [d3]", None, None)
         .await
         .unwrap();
@@ -89,6 +114,7 @@ async fn a_contact_with_three_devices_gets_each_reply_on_all_and_a_new_device_ge
         fake.set_contact_devices(FRIEND, 2).await.unwrap(),
         vec![0, 1]
     );
+    wait_devices_taken_in(&fake).await;
     fake.contact_send(FRIEND, "back to two [d4]", None, None)
         .await
         .unwrap();
@@ -173,6 +199,40 @@ async fn the_owner_writes_in_the_self_chat_as_lid_and_from_a_desktop_and_gets_on
         "QA self-chat forms: phone/LID, desktop/PN, desktop/LID → 3 prefixed answers in the self chat, {}s later still 3; turns 3",
         ECHO_WATCH.as_secs()
     );
+    stop(p).await;
+}
+
+/// The box learns a contact's LID only after their sessions exist under the number (the
+/// allow_from lookup did not give it; the contact then writes in LID form, with the number as
+/// `sender_pn`), so the library moves the sessions to the LID. The contact then unlinks two
+/// devices: the next reply reaches the phone alone, with no copy for a device gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_unlinked_after_the_box_learned_the_lid_get_no_copy() {
+    let fake = FakeWhatsApp::start().await;
+    fake.set_contact_devices(FRIEND, 3).await.unwrap();
+    fake.fault_with("lid-unknown", None, None, Some(FRIEND))
+        .await
+        .unwrap();
+    let (_bx, p) = linked_and_running(&fake).await;
+    fake.contact_send(FRIEND, "by number [n1]", None, None)
+        .await
+        .unwrap();
+    wait_read_by(&fake, "[n1]", &[0, 1, 2]).await;
+    fake.contact_send_as(FRIEND, "by lid [n2]", Addressing::Lid)
+        .await
+        .unwrap();
+    wait_read_by(&fake, "[n2]", &[0, 1, 2]).await;
+    assert_eq!(fake.set_contact_devices(FRIEND, 1).await.unwrap(), vec![0]);
+    wait_devices_taken_in(&fake).await;
+    fake.contact_send(FRIEND, "just the phone [n3]", None, None)
+        .await
+        .unwrap();
+    let got = wait_read_by(&fake, "[n3]", &[0]).await;
+    assert!(got.iter().all(|d| d.stale_devices.is_empty()), "{got:#?}");
+    tokio::time::sleep(ECHO_WATCH).await;
+    for word in ["[n1]", "[n2]", "[n3]"] {
+        assert_eq!(replies(&fake, FRIEND, word).await, 1, "one reply to {word}");
+    }
     stop(p).await;
 }
 

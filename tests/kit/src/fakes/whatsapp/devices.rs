@@ -82,7 +82,16 @@ pub struct DeviceBook {
     own_raw_id: u32,
     /// Which device decrypted what (`deliveries.rs`).
     pub reports: Reports,
+    /// Ids of device notifications sent that the client has not acknowledged yet. whatsapp-rust
+    /// acks a notification after its handler ran (`handlers/notification`), so an empty set
+    /// means the client has taken in every device change; a test waits for it before the next
+    /// message, as a person does not write the instant they unlinked a device. At most
+    /// `UNACKED_CAP` (the oldest forgotten: a client that never acks is a bug the test sees).
+    pub unacked: std::collections::VecDeque<String>,
 }
+
+/// Device notifications remembered while unacknowledged (a test changes devices a few times).
+pub const UNACKED_CAP: usize = 64;
 
 impl Default for DeviceBook {
     fn default() -> Self {
@@ -90,6 +99,7 @@ impl Default for DeviceBook {
             accounts: HashMap::new(),
             own_raw_id: fastrand::u32(1..u32::MAX),
             reports: Reports::default(),
+            unacked: Default::default(),
         }
     }
 }
@@ -351,10 +361,15 @@ impl World {
                 kil = kil.bytes(list?);
             }
         }
+        let id = phone::random_hex(8);
+        if self.devices.unacked.len() >= UNACKED_CAP {
+            self.devices.unacked.pop_front();
+        }
+        self.devices.unacked.push_back(id.clone());
         let node = NodeBuilder::new("notification")
             .attr("from", format!("{user}@{SERVER}"))
             .attr("type", "devices")
-            .attr("id", phone::random_hex(8))
+            .attr("id", id)
             .attr("t", now.to_string())
             .children([NodeBuilder::new(op)
                 .attr("device_hash", hash)

@@ -233,6 +233,12 @@ impl FakeWhatsApp {
             .await
     }
 
+    /// Device notifications the linked client has not acknowledged yet (it acks each after
+    /// handling it).
+    pub async fn device_notifications_unacked(&self) -> usize {
+        self.world.lock().await.devices.unacked.len()
+    }
+
     /// As [`Self::set_contact_devices`], but the linked client's notification is lost: it learns
     /// of the change only from the `phash` in the ack of its next message to the contact.
     pub async fn set_contact_devices_unannounced(

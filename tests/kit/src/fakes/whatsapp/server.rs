@@ -467,7 +467,14 @@ impl World {
                     self.send(ack);
                 }
             }
-            // Acks for our stanzas, presence, chatstate, `ib` (unified_session…): nothing to answer.
+            // The client's ack of a device notification: it has taken the change in.
+            "ack" if attr(&node, "class").as_deref() == Some("notification") => {
+                if let Some(id) = attr(&node, "id") {
+                    self.devices.unacked.retain(|u| *u != id);
+                }
+            }
+            // Acks for our other stanzas, presence, chatstate, `ib` (unified_session…): nothing
+            // to answer.
             _ => {}
         }
     }
