@@ -8,7 +8,7 @@
 use kit::{fakes, support};
 
 use super::whatsapp_flow::{
-    ECHO_WATCH, FRIEND, linked_and_running, replies, stop, turns, wait_disconnected,
+    Bx, ECHO_WATCH, FRIEND, linked_and_running, replies, stop, turns, wait_disconnected,
     wait_self_messages,
 };
 use fakes::whatsapp::{Addressing, Delivery, FakeWhatsApp};
@@ -26,6 +26,26 @@ async fn wait_devices_taken_in(fake: &FakeWhatsApp) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A linked, running box that has also looked up its allow_from's LIDs. The box does that right
+/// after login; once it knows the friend's LID the library keys the friend's sessions and device
+/// list under it, and asks the server for the list again under that key. Waiting for the lookup
+/// makes every test take one path: otherwise a reply before the lookup and one after it read
+/// two different device lists (the CI run at 23b30fb saw a reply reach a device the box was
+/// never told of, through that second fetch). The usync answer is read before any message the
+/// fake sends after it.
+async fn linked_and_resolved(fake: &FakeWhatsApp) -> (Bx, Proc) {
+    let up = linked_and_running(fake).await;
+    let t = Instant::now();
+    while fake.usync_counts().await.pn_to_lid == 0 {
+        assert!(
+            t.elapsed() < SOON,
+            "the box resolves allow_from after login"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    up
 }
 
 /// The replies mentioning `word` that reached FRIEND, once every one of them has been read by
@@ -65,19 +85,7 @@ async fn a_contact_with_three_devices_gets_each_reply_on_all_and_a_new_device_ge
         fake.set_contact_devices(FRIEND, 3).await.unwrap(),
         vec![0, 1, 2]
     );
-    let (bx, p) = linked_and_running(&fake).await;
-    // The box resolves allow_from to LIDs after login; once it knows the friend's LID, the
-    // library keeps the friend's sessions under the LID. Waiting for that lookup makes the test
-    // take that path every time (before, it depended on which came first: the lookup or the
-    // first reply), and the usync answer is read before the message the fake sends after it.
-    let t = Instant::now();
-    while fake.usync_counts().await.pn_to_lid == 0 {
-        assert!(
-            t.elapsed() < SOON,
-            "the box resolves allow_from after login"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (bx, p) = linked_and_resolved(&fake).await;
 
     fake.contact_send(FRIEND, "hello [d1]", None, None)
         .await
@@ -141,7 +149,7 @@ async fn a_contact_with_three_devices_gets_each_reply_on_all_and_a_new_device_ge
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_owner_writes_in_the_self_chat_as_lid_and_from_a_desktop_and_gets_one_answer_each() {
     let fake = FakeWhatsApp::start().await;
-    let (bx, p) = linked_and_running(&fake).await;
+    let (bx, p) = linked_and_resolved(&fake).await;
     let cfg = std::fs::read_to_string(&bx.cfg).unwrap();
     assert!(!cfg.contains("self_chat"), "the default mode: {cfg}");
 
@@ -213,7 +221,7 @@ async fn devices_unlinked_after_the_box_learned_the_lid_get_no_copy() {
     fake.fault_with("lid-unknown", None, None, Some(FRIEND))
         .await
         .unwrap();
-    let (_bx, p) = linked_and_running(&fake).await;
+    let (_bx, p) = linked_and_resolved(&fake).await;
     fake.contact_send(FRIEND, "by number [n1]", None, None)
         .await
         .unwrap();
@@ -243,7 +251,7 @@ async fn devices_unlinked_after_the_box_learned_the_lid_get_no_copy() {
 async fn a_device_linked_while_the_box_is_down_gets_the_replies_after_the_restart() {
     let fake = FakeWhatsApp::start().await;
     fake.set_contact_devices(FRIEND, 2).await.unwrap();
-    let (bx, p) = linked_and_running(&fake).await;
+    let (bx, p) = linked_and_resolved(&fake).await;
     fake.contact_send(FRIEND, "before [o1]", None, None)
         .await
         .unwrap();
@@ -282,7 +290,7 @@ async fn a_device_linked_while_the_box_is_down_gets_the_replies_after_the_restar
 async fn a_lost_device_notification_is_repaired_by_the_ack_hash() {
     let fake = FakeWhatsApp::start().await;
     fake.set_contact_devices(FRIEND, 2).await.unwrap();
-    let (_bx, p) = linked_and_running(&fake).await;
+    let (_bx, p) = linked_and_resolved(&fake).await;
     fake.contact_send(FRIEND, "first [h1]", None, None)
         .await
         .unwrap();
