@@ -98,8 +98,12 @@ fuzz_target!(|data: &[u8]| {
     if echo {
         sent.remember(id, now);
     }
-    let lid_pn = (!lid_pn.is_empty()).then_some(lid_pn);
-    let got = adapter::classify(&msg, &info, &own, &rules, &mut sent, lid_pn, now);
+    // The sender's other address form as the identity lookup would give it (a number).
+    let known = adapter::Known {
+        pn: (!lid_pn.is_empty()).then(|| lid_pn.to_string()),
+        lid: None,
+    };
+    let got = adapter::classify(&msg, &info, &own, &rules, &mut sent, &known, now);
 
     let c = &info.source.chat;
     let self_chat = from_me
