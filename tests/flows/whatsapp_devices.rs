@@ -33,18 +33,18 @@ async fn wait_devices_taken_in(fake: &FakeWhatsApp) {
 /// list under it, and asks the server for the list again under that key. Waiting for the lookup
 /// makes every test take one path: otherwise a reply before the lookup and one after it read
 /// two different device lists (the CI run at 23b30fb saw a reply reach a device the box was
-/// never told of, through that second fetch). The usync answer is read before any message the
-/// fake sends after it.
+/// never told of, through that second fetch). The fake having answered the lookup is not enough:
+/// the library stores the mapping after reading the answer (the CI run at 52e2d9c saw a reply
+/// sent in between), so this waits for the box's own line saying the lookup is done and stored
+/// (`known=1`, or `known=0` under the `lid-unknown` fault).
 async fn linked_and_resolved(fake: &FakeWhatsApp) -> (Bx, Proc) {
     let up = linked_and_running(fake).await;
-    let t = Instant::now();
-    while fake.usync_counts().await.pn_to_lid == 0 {
-        assert!(
-            t.elapsed() < SOON,
-            "the box resolves allow_from after login"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    up.1.wait_stderr("the box resolves allow_from after login", |e| {
+        e.iter()
+            .any(|l| l.contains("allow_from resolved to both address forms"))
+    })
+    .await;
+    assert!(fake.usync_counts().await.pn_to_lid > 0);
     up
 }
 
