@@ -141,6 +141,7 @@ mod tests {
             is_group: group,
             content: Content::Text("hi".into()),
             ts_ms: 0,
+            cues: Default::default(),
         }
     }
 

@@ -74,6 +74,7 @@ mod tests {
             is_group: false,
             content: Content::Text(String::new()),
             ts_ms: 0,
+            cues: Default::default(),
         }
     }
 

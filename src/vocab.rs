@@ -119,11 +119,44 @@ pub struct Inbound {
     /// message box, for private chats), this message's number; else 0. A reply to it comes after
     /// it: the lower bound a send in doubt is settled from.
     pub wire_seq: u64,
-    /// Group chats are not handled yet: the policy drops them.
+    /// A group chat (WhatsApp `@g.us`, Telegram group or supergroup): the group rule applies.
     pub is_group: bool,
     pub content: Content,
     /// Sent time, milliseconds since the Unix epoch, as the channel reports it.
     pub ts_ms: u64,
+    /// What the message says beyond its content: the sender's name, whether it addresses the
+    /// assistant, what it quotes. Empty for a plain DM.
+    pub cues: Cues,
+}
+
+/// The conversational cues of one message, read by its channel from the wire (never guessed from
+/// the text: the mention patterns of the group rule are the policy's business).
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct Cues {
+    /// The sender's display name as the channel gives it (WhatsApp push name, Telegram first and
+    /// last name), given to the agent with group messages (`[Alice] …`).
+    pub sender_name: Option<String>,
+    /// The message's own mention list names the assistant's account (WhatsApp: the linked
+    /// number or LID in `mentionedJid`; Telegram: an `@botusername` or text mention entity).
+    pub mentions_me: bool,
+    /// The message this one replies to, when it quotes one.
+    pub quote: Option<Quote>,
+    /// How a reply quotes this message on its channel, when that differs from `id` (Telegram:
+    /// the `message_id`, as `id` is the update id). `None`: quote by `id`.
+    pub reply_ref: Option<String>,
+}
+
+/// A quoted (replied-to) message, as far as the channel tells.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct Quote {
+    /// The quoted message's id on the channel.
+    pub id: String,
+    /// Who wrote it, as the channel names them (may be empty when unknown).
+    pub author: String,
+    /// Its text or placeholder, cut to a bound by the channel.
+    pub text: String,
+    /// It is one of the assistant's own messages: a reply to it addresses the assistant.
+    pub to_me: bool,
 }
 
 /// Static facts about a channel that the core needs.

@@ -89,6 +89,7 @@ pub async fn run(ctx: ChannelContext, eof: watch::Sender<bool>) -> Result<(), Ch
                             is_group: false,
                             content: Content::Text(line),
                             ts_ms: crate::store::now_ms(),
+                            cues: Default::default(),
                         };
                         match ctx.intake.submit(msg).await {
                             Ok(Submitted::Accepted | Submitted::Duplicate | Submitted::Dropped(_)) => {}

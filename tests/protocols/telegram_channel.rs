@@ -209,6 +209,7 @@ async fn private_text_is_submitted_confirmed_and_answered_with_typing() {
             is_group: false,
             content: Content::Text("hello there".into()),
             ts_ms: s.msg.ts_ms,
+            cues: s.msg.cues.clone(),
         }
     );
     assert!(s.msg.ts_ms > 1_600_000_000_000, "date × 1000");

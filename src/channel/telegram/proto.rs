@@ -278,6 +278,7 @@ fn message_to_inbound(update_id: i64, m: Message) -> Inbound {
         is_group: m.chat.kind != "private",
         content,
         ts_ms: u64::try_from(m.date).unwrap_or(0).saturating_mul(1000),
+        cues: Default::default(),
     }
 }
 

@@ -244,6 +244,7 @@ pub fn classify(
         is_group: src.is_group || src.chat.is_group(),
         content,
         ts_ms: u64::try_from(info.timestamp.timestamp_millis()).unwrap_or(0),
+        cues: Default::default(),
     })
 }
 
