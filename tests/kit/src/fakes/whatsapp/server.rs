@@ -139,6 +139,8 @@ pub struct World {
     pub usync_counts: super::lid::UsyncCounts,
     /// Numbers whose LID usync leaves out (the `lid-unknown` fault, `lid.rs`).
     pub(super) lid_withheld: std::collections::BTreeSet<String>,
+    /// Groups the account is in (`groups.rs`).
+    pub groups: super::groups::Groups,
 }
 
 pub fn now_secs() -> u64 {
@@ -189,6 +191,7 @@ impl World {
             devices: Default::default(),
             usync_counts: Default::default(),
             lid_withheld: Default::default(),
+            groups: Default::default(),
         }
     }
 
@@ -491,6 +494,7 @@ impl World {
             "w:p" | "passive" | "presence" | "w:profile:picture" => iq_result(&id, vec![]),
             "encrypt" => self.on_encrypt_iq(iq, &id),
             "usync" => self.on_usync(iq, &id),
+            "w:g2" => self.on_groups_iq(iq, &id),
             "md" => match self.on_md_iq(iq, &id) {
                 // companion_finish queued its own answer ahead of pair-success.
                 Ok(None) => return,
