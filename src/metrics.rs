@@ -20,16 +20,25 @@ pub enum DropReason {
     Duplicate,
     SelfEcho,
     TooLarge,
+    /// WhatsApp status updates (`status@broadcast`).
+    Status,
+    /// WhatsApp broadcast lists' copies.
+    BroadcastList,
+    /// WhatsApp channel posts (newsletters).
+    Newsletter,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::NotAllowed,
         DropReason::Disabled,
         DropReason::Group,
         DropReason::Duplicate,
         DropReason::SelfEcho,
         DropReason::TooLarge,
+        DropReason::Status,
+        DropReason::BroadcastList,
+        DropReason::Newsletter,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -39,6 +48,9 @@ impl DropReason {
             DropReason::Duplicate => "duplicate",
             DropReason::SelfEcho => "self_echo",
             DropReason::TooLarge => "too_large",
+            DropReason::Status => "status",
+            DropReason::BroadcastList => "broadcast_list",
+            DropReason::Newsletter => "newsletter",
         }
     }
 }

@@ -25,6 +25,7 @@
 //! message bodies, keys or the pairing payload.
 
 pub mod adapter;
+pub mod context_info;
 mod driver;
 pub mod http;
 mod identity;
