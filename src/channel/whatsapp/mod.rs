@@ -27,6 +27,7 @@
 pub mod adapter;
 pub mod context_info;
 mod driver;
+pub mod groups;
 pub mod http;
 mod identity;
 mod inbound;
