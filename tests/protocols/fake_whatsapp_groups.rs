@@ -247,3 +247,60 @@ async fn group_messages_both_ways_with_sender_keys() {
     assert_eq!(listed[0]["jid"], gid);
     client.handle.shutdown().await;
 }
+
+/// A LID-addressed group (WhatsApp's default today): participants are LIDs with their number
+/// beside (`participant_pn`), a mention of the account names its LID, and the client's send is
+/// addressed to the members' LIDs — each still decrypts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lid_group_names_everyone_by_lid() {
+    let fake = FakeWhatsApp::start().await;
+    let (mut client, _backend) = paired_client(&fake).await;
+    let created = post_ok(
+        &fake,
+        "/groups",
+        serde_json::json!({"subject": "Team", "members": [ALICE, BOB], "addressing": "lid"}),
+    )
+    .await;
+    let gid = created["jid"].as_str().unwrap().to_string();
+    let group: Jid = gid.parse().unwrap();
+    let alice_lid =
+        json(&http_get(&fake.admin_url(), &format!("/contacts/{ALICE}/lid")).await)["lid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    let own_lid = client
+        .client()
+        .lid()
+        .map(|j| format!("{}@lid", j.user))
+        .expect("the client knows its LID after login");
+    post_ok(
+        &fake,
+        &format!("/groups/{gid}/messages"),
+        serde_json::json!({"from": ALICE, "text": "lid hello", "mentions": ["self"]}),
+    )
+    .await;
+    let (msg, info) = next_group_message(&mut client, "lid hello").await;
+    assert_eq!(info.source.chat, group);
+    assert_eq!(info.source.sender.to_string(), alice_lid, "{info:?}");
+    assert_eq!(
+        info.source.sender_alt.as_ref().map(|j| j.user.to_string()),
+        Some(ALICE.trim_start_matches('+').to_string()),
+        "participant_pn: {info:?}"
+    );
+    let mentioned = msg
+        .extended_text_message
+        .as_option()
+        .and_then(|e| e.context_info.as_option())
+        .map(|c| c.mentioned_jid.clone())
+        .unwrap_or_default();
+    assert_eq!(mentioned, vec![own_lid], "our LID");
+
+    let signal = client.client();
+    let text = wa::Message {
+        conversation: Some("hi team".into()),
+        ..Default::default()
+    };
+    signal.send_message(group, text).await.unwrap();
+    wait_read(&fake, &gid, "hi team", &[ALICE, BOB]).await;
+    client.handle.shutdown().await;
+}
