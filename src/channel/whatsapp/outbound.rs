@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use whatsapp_rust::Jid;
 use whatsapp_rust::prelude::*;
+use whatsapp_rust::wacore_binary::JidExt;
 use whatsapp_rust::waproto::whatsapp as wa;
 
 /// A sent message counts as delivered to the server when its `<ack>` arrives within this; past it
@@ -126,7 +127,11 @@ async fn send(
         return Err(classify_send_error(&e));
     }
     match tokio::time::timeout(SEND_ACK_TIMEOUT, rx).await {
-        Ok(Ok(None)) if !is_self && !reached_a_device(client, &jid, &own).await => {
+        // A group is reached through its members' devices, not a device of the group JID: the
+        // #1298 check is a 1:1 one.
+        Ok(Ok(None))
+            if !is_self && !jid.is_group() && !reached_a_device(client, &jid, &own).await =>
+        {
             refused(sh, client, &jid, &id, nack::UNREACHED).await
         }
         Ok(Ok(None)) => {
