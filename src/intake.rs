@@ -4,10 +4,15 @@
 //! its fsync runs, so the agent call does not wait for the disk; [`Intake::submit`] returns `Ok`
 //! only after the fsync, and a channel acknowledges upstream only then, so every acknowledged
 //! message is on disk. (No reply can leave before that fsync either: see `store::writer`.)
+//!
+//! A group message that does not address the assistant is neither written nor handed on: it is
+//! kept in memory as its group's recent context ([`crate::recent`]), which the next addressed
+//! message of that group carries in its text ([`crate::turn_text`]).
 
 use crate::config::SessionScope;
 use crate::metrics::{DropReason, Metrics};
 use crate::policy::{Policies, Verdict};
+use crate::recent::{Recent, Snapshot};
 use crate::session;
 use crate::store::{Accepted, InboxRecord, Store, StoredMessage, records::INBOX_PENDING};
 use crate::vocab::{Inbound, PerChannel};
@@ -76,6 +81,8 @@ pub(crate) struct Core {
     pub scope: SessionScope,
     /// Agent name per channel.
     pub agent_for: PerChannel<String>,
+    /// Groups' recent context (memory only; bounded in [`crate::recent`]).
+    pub recent: std::sync::Mutex<Recent>,
 }
 
 #[derive(Clone)]
@@ -151,11 +158,22 @@ impl Core {
             .inbox_pending
             .load(std::sync::atomic::Ordering::Relaxed);
         for msg in msgs {
-            if let Verdict::Drop(why) = self.policies.check(&msg) {
-                self.metrics.dropped(msg.channel, why);
-                tracing::debug!(channel = %msg.channel, reason = why.as_str(), "dropped by policy");
-                out.push(Some(Ok(Submitted::Dropped(why))));
-                continue;
+            match self.policies.check(&msg) {
+                Verdict::Allow => {}
+                Verdict::Drop(why) => {
+                    self.metrics.dropped(msg.channel, why);
+                    tracing::debug!(channel = %msg.channel, reason = why.as_str(), "dropped by policy");
+                    out.push(Some(Ok(Submitted::Dropped(why))));
+                    continue;
+                }
+                Verdict::Context => {
+                    let why = DropReason::GroupUnaddressed;
+                    self.remember(&msg);
+                    self.metrics.dropped(msg.channel, why);
+                    tracing::debug!(channel = %msg.channel, "group message kept as context");
+                    out.push(Some(Ok(Submitted::Dropped(why))));
+                    continue;
+                }
             }
             if pending >= MAX_UNANSWERED {
                 tracing::warn!(channel = %msg.channel, "{MAX_UNANSWERED} messages already wait for an answer; leaving this one with the server for now");
@@ -163,15 +181,26 @@ impl Core {
                 continue;
             }
             pending += 1;
-            writes.push((out.len(), msg.channel, self.record(&msg)));
+            let snap = if msg.is_group {
+                self.recent().snapshot(msg.channel, &msg.chat)
+            } else {
+                Snapshot::default()
+            };
+            let rec = self.record(&msg, &snap.lines);
+            writes.push((out.len(), msg.channel, rec, snap.upto));
             out.push(None);
         }
         if !writes.is_empty() {
-            let recs = writes.iter().map(|(_, _, r)| r.clone()).collect();
+            let recs = writes.iter().map(|(_, _, r, _)| r.clone()).collect();
             match self.store.accept_visible(recs).await {
                 Ok((outcomes, durable)) => {
-                    let written: Vec<usize> = writes.iter().map(|(at, _, _)| *at).collect();
-                    for ((at, channel, rec), outcome) in writes.into_iter().zip(outcomes) {
+                    let written: Vec<usize> = writes.iter().map(|(at, _, _, _)| *at).collect();
+                    for ((at, channel, rec, upto), outcome) in writes.into_iter().zip(outcomes) {
+                        if upto > 0 && matches!(outcome, Accepted::New(_)) {
+                            // The agent gets these lines with this message: they are not context
+                            // for the next one.
+                            self.recent().consume(channel, &rec.chat, upto);
+                        }
                         out[at] = Some(Ok(self.accepted(channel, rec, outcome).await));
                     }
                     // Not acknowledged upstream unless durable. (The router may already run a turn
@@ -187,7 +216,7 @@ impl Core {
                     }
                 }
                 Err(e) => {
-                    for (at, _, _) in writes {
+                    for (at, _, _, _) in writes {
                         out[at] = Some(Err(IntakeError::Store(e.to_string())));
                     }
                 }
@@ -198,12 +227,33 @@ impl Core {
             .collect()
     }
 
-    fn record(&self, msg: &Inbound) -> InboxRecord {
-        let mut text = msg.content.render();
-        if text.chars().count() > MAX_INBOUND_CHARS {
-            text = text.chars().take(MAX_INBOUND_CHARS).collect::<String>()
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps an unaddressed group message as its group's recent context. Reactions are not
+    /// conversation: they are not kept.
+    fn remember(&self, msg: &Inbound) {
+        if matches!(msg.content, crate::vocab::Content::Reaction { .. }) {
+            return;
+        }
+        let line = crate::turn_text::context_line(msg, &msg.content.render());
+        self.recent()
+            .remember(msg.channel, &msg.chat, &msg.id, &line);
+    }
+
+    /// The record of an accepted message; `context`: its group's recent lines.
+    fn record(&self, msg: &Inbound, context: &[String]) -> InboxRecord {
+        let mut body = msg.content.render();
+        if body.chars().count() > MAX_INBOUND_CHARS {
+            body = body.chars().take(MAX_INBOUND_CHARS).collect::<String>()
                 + "\n[…message cut: too long]";
         }
+        let text = crate::turn_text::compose(msg, &body, context);
+        let group = self.policies.group_settings(msg);
+        let agent = group
+            .and_then(|g| g.agent.clone())
+            .unwrap_or_else(|| self.agent_for[msg.channel].clone());
         InboxRecord {
             channel: msg.channel.as_str().to_string(),
             msg_id: msg.id.clone(),
@@ -216,7 +266,15 @@ impl Core {
             session: session::identity(self.scope, msg),
             state: INBOX_PENDING,
             accepted_ms: crate::store::now_ms(),
-            agent: self.agent_for[msg.channel].clone(),
+            agent,
+            reply_ref: if msg.is_group {
+                msg.cues.reply_ref.clone().unwrap_or_else(|| msg.id.clone())
+            } else {
+                String::new()
+            },
+            system_prompt: group
+                .and_then(|g| g.system_prompt.clone())
+                .unwrap_or_default(),
         }
     }
 

@@ -16,14 +16,14 @@ pub const MIN_WEB_TOKEN_CHARS: usize = 16;
 /// Turns running at once: more would only queue inside the agent; fewer than one does nothing.
 const MAX_CONCURRENT_TURNS: usize = 256;
 
-struct Checker<'a> {
+pub(super) struct Checker<'a> {
     text: &'a str,
     path: Option<PathBuf>,
     errors: Vec<ConfigError>,
 }
 
 impl Checker<'_> {
-    fn err_at<T>(&mut self, v: &Spanned<T>, message: impl Into<String>) {
+    pub(super) fn err_at<T>(&mut self, v: &Spanned<T>, message: impl Into<String>) {
         let span = v.span();
         // Spans of 0..0 mark built-in defaults, which have no place in the file.
         let line_col = if span == (0..0) {
@@ -37,7 +37,7 @@ impl Checker<'_> {
             message: message.into(),
         });
     }
-    fn err(&mut self, message: impl Into<String>) {
+    pub(super) fn err(&mut self, message: impl Into<String>) {
         self.errors.push(ConfigError {
             path: self.path.clone(),
             line_col: None,
@@ -336,6 +336,26 @@ pub(super) fn check(cfg: &mut Config, text: &str) -> Result<(), Vec<ConfigError>
                 ),
             );
         }
+    }
+    // [channels.*.groups]
+    let declared = names_list();
+    if let Some(t) = cfg.channels.telegram.as_ref() {
+        super::groups::check(
+            &mut c,
+            &t.groups,
+            super::groups::IdForms::Telegram,
+            &known,
+            &declared,
+        );
+    }
+    if let Some(w) = cfg.channels.whatsapp.as_ref() {
+        super::groups::check(
+            &mut c,
+            &w.groups,
+            super::groups::IdForms::WhatsApp,
+            &known,
+            &declared,
+        );
     }
     if let Some(t) = cfg.channels.telegram.as_mut() {
         if t.enabled {

@@ -57,6 +57,7 @@ impl Router {
             metrics: shared.metrics.clone(),
             scope,
             agent_for,
+            recent: Default::default(),
         };
         let turns = turns::Turns::new(shared.cfg.max_concurrent_turns);
         (
