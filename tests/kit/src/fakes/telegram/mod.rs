@@ -72,7 +72,10 @@ pub const NOT_JSON_BODY: &str = "OK\n";
 /// What a `ProxyHtml502` fault sends back: nginx's stock page, byte for byte.
 pub const PROXY_HTML_502: &str = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx/1.18.0 (Ubuntu)</center>\r\n</body>\r\n</html>\r\n";
 
+mod groups;
 mod server;
+
+pub use groups::{GroupChat, GroupPost};
 
 use server::dated;
 
@@ -83,6 +86,10 @@ pub struct SentMessage {
     pub text: String,
     pub message_id: i64,
     pub at: Instant,
+    /// `reply_parameters.message_id`: the message this one quotes.
+    pub reply_to_message_id: Option<i64>,
+    /// `message_thread_id`: the forum topic it was sent in.
+    pub message_thread_id: Option<i64>,
 }
 
 /// A sendChatAction the client made.
@@ -109,11 +116,14 @@ struct State {
     confirmed_offset: i64,
     /// Chats the bot has seen (from pushed updates), by id: sendMessage to others is "chat not found".
     chats: HashMap<i64, Value>,
-    /// The bot's message counter: private chats (and, in this fake, groups) share it, as a real
-    /// bot account's message box does.
+    /// The bot's message counter: private chats and basic groups share it, as a real bot
+    /// account's message box does.
     next_message_id: i64,
-    /// Every message in the bot's box by id: (chat, sent by the bot), for editMessageReplyMarkup.
-    messages: HashMap<i64, (i64, bool)>,
+    /// Supergroups number their messages themselves, per chat (as Telegram's channels do).
+    supergroup_ids: HashMap<i64, i64>,
+    /// Every message by (chat, id): sent by the bot, and the Message JSON (for
+    /// editMessageReplyMarkup and for `reply_to_message`).
+    messages: HashMap<(i64, i64), (bool, Value)>,
     sent: Vec<SentMessage>,
     actions: Vec<ChatAction>,
     faults: HashMap<String, VecDeque<FakeError>>,
@@ -130,6 +140,22 @@ struct State {
 }
 
 impl State {
+    /// The id the next message in `chat` gets: a supergroup's own counter, else the bot's box.
+    fn next_message_id_in(&mut self, chat: &Value) -> i64 {
+        if chat["type"] == "supergroup" {
+            let n = self
+                .supergroup_ids
+                .entry(chat["id"].as_i64().unwrap_or(0))
+                .or_insert(0);
+            *n += 1;
+            *n
+        } else {
+            let id = self.next_message_id;
+            self.next_message_id += 1;
+            id
+        }
+    }
+
     fn remember(&mut self, update: &Value) {
         if self.history.len() < MAX_HISTORY {
             self.history.push(update.clone());
@@ -203,6 +229,7 @@ impl FakeTelegram {
                 confirmed_offset: 0,
                 chats: HashMap::new(),
                 next_message_id: 1,
+                supergroup_ids: HashMap::new(),
                 messages: HashMap::new(),
                 sent: Vec::new(),
                 actions: Vec::new(),
@@ -261,11 +288,10 @@ impl FakeTelegram {
         let mut st = self.inner.lock();
         let id = st.next_update_id;
         st.next_update_id += 1;
-        let message_id = st.next_message_id;
-        st.next_message_id += 1;
-        if let Some(cid) = chat["id"].as_i64() {
+        let message_id = st.next_message_id_in(&chat);
+        let cid = chat["id"].as_i64();
+        if let Some(cid) = cid {
             st.chats.insert(cid, chat.clone());
-            st.messages.insert(message_id, (cid, false));
         }
         let mut msg = json!({
             "message_id": message_id,
@@ -277,6 +303,9 @@ impl FakeTelegram {
             for (k, v) in f {
                 m.insert(k.clone(), v.clone());
             }
+        }
+        if let Some(cid) = cid {
+            st.messages.insert((cid, message_id), (false, msg.clone()));
         }
         let update = json!({"update_id": id, key: msg});
         st.remember(&update);

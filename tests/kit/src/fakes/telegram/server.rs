@@ -122,6 +122,17 @@ fn int_param(params: &Value, key: &str) -> Option<i64> {
     }
 }
 
+/// An object parameter: a JSON object, or (form/query) a JSON-serialized one.
+fn object_param(params: &Value, key: &str) -> Option<Value> {
+    match params.get(key)? {
+        Value::String(s) => serde_json::from_str::<Value>(s)
+            .ok()
+            .filter(Value::is_object),
+        v @ Value::Object(_) => Some(v.clone()),
+        _ => None,
+    }
+}
+
 fn str_param(params: &Value, key: &str) -> Option<String> {
     match params.get(key)? {
         Value::String(s) => Some(s.clone()),
@@ -268,17 +279,17 @@ fn edit_reply_markup(inner: &Inner, params: &Value) -> Response<Full<Bytes>> {
             "Bad Request: reply markup is not supported by this fake",
         );
     }
-    match st.messages.get(&id) {
-        Some(&(c, true)) if c == chat_id => error(
+    match st.messages.get(&(chat_id, id)).map(|(by_bot, _)| *by_bot) {
+        Some(true) => error(
             400,
             "Bad Request: message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message",
         ),
-        Some(&(c, false)) if c == chat_id => error(400, "Bad Request: message can't be edited"),
+        Some(false) => error(400, "Bad Request: message can't be edited"),
         _ => error(400, "Bad Request: message to edit not found"),
     }
 }
 
-fn bot_user(st: &State) -> Value {
+pub(super) fn bot_user(st: &State) -> Value {
     json!({"id": st.bot_id, "is_bot": true, "first_name": "Clawbox Test",
            "username": "clawbox_test_bot"})
 }
@@ -385,22 +396,53 @@ fn send_message(inner: &Inner, params: &Value) -> Response<Full<Bytes>> {
     if text.chars().count() > MAX_TEXT_CHARS {
         return error(400, "Bad Request: message is too long");
     }
-    let message_id = st.next_message_id;
-    st.next_message_id += 1;
-    st.messages.insert(message_id, (chat_id, true));
+    // Telegram: a thread id outside a forum, or a quoted message that is not in the chat (unless
+    // allow_sending_without_reply), is refused with these words.
+    let thread = int_param(params, "message_thread_id");
+    if thread.is_some() && chat["is_forum"] != json!(true) {
+        return error(400, "Bad Request: message thread not found");
+    }
+    let reply = object_param(params, "reply_parameters");
+    let reply_to = reply.as_ref().and_then(|r| int_param(r, "message_id"));
+    let quoted = reply_to.and_then(|id| st.messages.get(&(chat_id, id)).map(|(_, m)| m.clone()));
+    if reply_to.is_some() && quoted.is_none() {
+        let allow = reply
+            .as_ref()
+            .and_then(|r| r.get("allow_sending_without_reply"))
+            .is_some_and(|v| v == &json!(true) || v == &json!("true"));
+        if !allow {
+            return error(400, "Bad Request: message to be replied not found");
+        }
+    }
+    let message_id = st.next_message_id_in(&chat);
     st.sent.push(SentMessage {
         chat_id,
         text: text.clone(),
         message_id,
         at: Instant::now(),
+        reply_to_message_id: reply_to,
+        message_thread_id: thread,
     });
-    let message = json!({
+    let mut message = json!({
         "message_id": message_id,
         "from": bot_user(&st),
         "chat": chat,
         "date": now_unix(),
         "text": text,
     });
+    if let Some(t) = thread {
+        message["message_thread_id"] = json!(t);
+        message["is_topic_message"] = json!(true);
+    }
+    st.messages
+        .insert((chat_id, message_id), (true, message.clone()));
+    if let Some(mut q) = quoted {
+        // A replied-to message is given without its own reply_to_message.
+        if let Some(m) = q.as_object_mut() {
+            m.remove("reply_to_message");
+        }
+        message["reply_to_message"] = q;
+    }
     drop(st);
     inner.bump();
     ok(message)
