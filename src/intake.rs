@@ -26,6 +26,9 @@ pub const MAX_INBOUND_CHARS: usize = 16 * 1024;
 /// leave new messages with the server, which redelivers them later. Half an hour of backlog at one
 /// turn a second, and a bound on the scheduler's memory whatever the senders do.
 pub const MAX_UNANSWERED: u64 = 2_000;
+/// Groups whose dropped messages were logged with their id (so the owner can copy it into the
+/// config), once each; beyond this many, no more are named until a restart.
+pub const MAX_GROUPS_NAMED: usize = 64;
 
 /// One message offered through a test intake, with the slot for its answer.
 pub struct Submission {
@@ -83,6 +86,9 @@ pub(crate) struct Core {
     pub agent_for: PerChannel<String>,
     /// Groups' recent context (memory only; bounded in [`crate::recent`]).
     pub recent: std::sync::Mutex<Recent>,
+    /// Groups already named in the log as not taken part in ([`MAX_GROUPS_NAMED`]).
+    pub named_groups:
+        std::sync::Mutex<std::collections::HashSet<(crate::vocab::ChannelKind, String)>>,
 }
 
 #[derive(Clone)]
@@ -161,6 +167,9 @@ impl Core {
             match self.policies.check(&msg) {
                 Verdict::Allow => {}
                 Verdict::Drop(why) => {
+                    if matches!(why, DropReason::Group | DropReason::GroupNotAllowed) {
+                        self.name_group(&msg, why);
+                    }
                     self.metrics.dropped(msg.channel, why);
                     tracing::debug!(channel = %msg.channel, reason = why.as_str(), "dropped by policy");
                     out.push(Some(Ok(Submitted::Dropped(why))));
@@ -225,6 +234,22 @@ impl Core {
         out.into_iter()
             .map(|r| r.unwrap_or(Err(IntakeError::ShuttingDown)))
             .collect()
+    }
+
+    /// Says once per group, at info, that a group's messages are dropped and under which id, so
+    /// the owner can allow it (`[channels.<channel>.groups] allow`). Ids only, never a body.
+    fn name_group(&self, msg: &Inbound, why: DropReason) {
+        let mut named = self.named_groups.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (msg.channel, msg.chat.clone());
+        if named.len() >= MAX_GROUPS_NAMED || !named.insert(key) {
+            return;
+        }
+        let what = if why == DropReason::Group {
+            "groups are off (policy = \"off\")"
+        } else {
+            "it is not in allow"
+        };
+        tracing::info!(channel = %msg.channel, group = %msg.chat, "ignoring group {}: {what}; to let the assistant take part, see [channels.{}.groups]", msg.chat, msg.channel);
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {

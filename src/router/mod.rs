@@ -58,6 +58,7 @@ impl Router {
             scope,
             agent_for,
             recent: Default::default(),
+            named_groups: Default::default(),
         };
         let turns = turns::Turns::new(shared.cfg.max_concurrent_turns);
         (

@@ -279,6 +279,12 @@ async fn groups_and_senders_not_allowed_get_nothing_patterns_overrides_and_topic
     assert_eq!(dropped(&m, "group_sender_not_allowed"), 1, "{m}");
     assert_eq!(dropped(&m, "group_unaddressed"), 1, "{m}");
     assert!(tg.sent_to(other.id).is_empty());
+    let named = format!("ignoring group {}: it is not in allow", other.id);
+    assert!(
+        p.stderr().iter().any(|l| l.contains(&named)),
+        "{:#?}",
+        p.stderr()
+    );
     assert!(!asked(&ai).iter().any(|t| t.contains("let me in")));
     p.sigterm();
 }
@@ -301,5 +307,10 @@ async fn groups_are_off_by_default() {
     )
     .await;
     assert!(tg.sent_to(TEAM).is_empty(), "{m}");
+    // The owner learns the group's id from the log (once), never what was said in it.
+    let named = format!("ignoring group {TEAM}: groups are off");
+    p.wait_stderr("the group named", |e| e.iter().any(|l| l.contains(&named)))
+        .await;
+    assert!(!p.stderr().iter().any(|l| l.contains("hello?")));
     p.sigterm();
 }
