@@ -290,7 +290,7 @@ async fn groups_and_senders_not_allowed_get_nothing_patterns_overrides_and_topic
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn groups_are_off_by_default() {
+async fn groups_are_off_by_default_and_a_quote_in_a_dm_reaches_the_agent() {
     let tg = FakeTelegram::start(TOKEN).await;
     let bx = TestBox::new(&telegram(&tg, ""), &[("tg.token", TOKEN)]);
     let p = bx.run().await;
@@ -312,5 +312,25 @@ async fn groups_are_off_by_default() {
     p.wait_stderr("the group named", |e| e.iter().any(|l| l.contains(&named)))
         .await;
     assert!(!p.stderr().iter().any(|l| l.contains("hello?")));
+    // A DM that replies to the bot's message: the agent (echo) gets the quote first.
+    let settled = tg.sent_to(ALICE);
+    let bot = serde_json::json!({"id": tg.bot_id(), "is_bot": true, "first_name": "Clawbox Test",
+                                 "username": "clawbox_test_bot"});
+    let chat = serde_json::json!({"id": ALICE, "type": "private", "first_name": "Alice"});
+    tg.push_raw(serde_json::json!({"message": {
+        "message_id": tg.last_message_id() + 1, "date": 1_700_000_000, "chat": chat,
+        "from": {"id": ALICE, "is_bot": false, "first_name": "Alice"},
+        "text": "and on Sundays?",
+        "reply_to_message": {"message_id": settled[0].message_id, "date": 1_700_000_000,
+                             "chat": chat, "from": bot, "text": settled[0].text}}}));
+    let sent = replies_in(&tg, ALICE, 2).await;
+    assert_eq!(
+        sent[1].text,
+        "[in reply to your message: settle]\nand on Sundays?"
+    );
+    assert_eq!(
+        sent[1].reply_to_message_id, None,
+        "a DM reply quotes nothing"
+    );
     p.sigterm();
 }
