@@ -339,22 +339,35 @@ pub(super) fn check(cfg: &mut Config, text: &str) -> Result<(), Vec<ConfigError>
     }
     // [channels.*.groups]
     let declared = names_list();
+    // Whether the named agent takes a system prompt (only openai agents have one).
+    let takes_prompt = |n: &str| {
+        cfg.agents
+            .get(n)
+            .is_some_and(|a| *a.kind.get_ref() == AgentKind::Openai)
+    };
+    let agents = super::groups::Agents {
+        known: &known,
+        declared: &declared,
+        takes_prompt: &takes_prompt,
+    };
     if let Some(t) = cfg.channels.telegram.as_ref() {
+        let channel_agent = cfg.agent_of(crate::vocab::ChannelKind::Telegram);
         super::groups::check(
             &mut c,
             &t.groups,
             super::groups::IdForms::Telegram,
-            &known,
-            &declared,
+            &agents,
+            &channel_agent,
         );
     }
     if let Some(w) = cfg.channels.whatsapp.as_ref() {
+        let channel_agent = cfg.agent_of(crate::vocab::ChannelKind::WhatsApp);
         super::groups::check(
             &mut c,
             &w.groups,
             super::groups::IdForms::WhatsApp,
-            &known,
-            &declared,
+            &agents,
+            &channel_agent,
         );
     }
     if let Some(t) = cfg.channels.telegram.as_mut() {

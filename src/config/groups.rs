@@ -157,15 +157,26 @@ impl IdForms {
     }
 }
 
-/// Checks one groups table: id forms, patterns, override keys and agents (`known` says whether an
-/// agent name is declared; `declared` lists them for the message).
+/// What the checks need to know about the declared agents.
+pub(super) struct Agents<'a> {
+    /// The name is a declared agent (or the built-in echo).
+    pub known: &'a dyn Fn(&str) -> bool,
+    /// The declared names, for the message.
+    pub declared: &'a str,
+    /// The named agent takes a system prompt (openai).
+    pub takes_prompt: &'a dyn Fn(&str) -> bool,
+}
+
+/// Checks one groups table: id forms, patterns, override keys and agents; `channel_agent` is the
+/// agent the channel's messages go to unless an override names another.
 pub(super) fn check(
     c: &mut Checker<'_>,
     g: &GroupsConfig,
     forms: IdForms,
-    known: &dyn Fn(&str) -> bool,
-    declared: &str,
+    agents: &Agents<'_>,
+    channel_agent: &str,
 ) {
+    let (known, declared) = (agents.known, agents.declared);
     let table = forms.table();
     for id in &g.allow {
         let v = id.get_ref().as_string();
@@ -213,13 +224,28 @@ pub(super) fn check(
                 format!("no agent named `{}`; declared: {declared}", a.get_ref()),
             );
         }
-        if let Some(s) = &o.system_prompt
-            && s.get_ref().trim().is_empty()
-        {
-            c.err_at(
-                s,
-                format!("[{table}.chats.\"{key}\"] system_prompt is empty; leave it out instead"),
-            );
+        if let Some(s) = &o.system_prompt {
+            let agent = o
+                .agent
+                .as_ref()
+                .map_or(channel_agent, |a| a.get_ref().as_str());
+            if s.get_ref().trim().is_empty() {
+                c.err_at(
+                    s,
+                    format!(
+                        "[{table}.chats.\"{key}\"] system_prompt is empty; leave it out instead"
+                    ),
+                );
+            } else if known(agent) && !(agents.takes_prompt)(agent) {
+                c.err_at(
+                    s,
+                    format!(
+                        "[{table}.chats.\"{key}\"] system_prompt: this group's agent `{agent}` is \
+                         not an openai agent, which is the kind that takes a system prompt; set \
+                         agent = \"<an openai agent>\" here or leave system_prompt out"
+                    ),
+                );
+            }
         }
     }
 }

@@ -329,7 +329,7 @@ const TG: &str = "[channels.telegram]\ntoken_file = \"tg.token\"\nallow_from = [
 #[tokio::test]
 async fn a_valid_groups_table_passes_on_both_channels() {
     let (code, err, _) = check_text(&format!(
-        "[agents.fam]\nkind = \"echo\"\n{TG}[channels.telegram.groups]\npolicy = \"allowlist\"\n\
+        "[agents.fam]\nkind = \"openai\"\nurl = \"http://127.0.0.1:1/v1\"\nmodel = \"m\"\n{TG}[channels.telegram.groups]\npolicy = \"allowlist\"\n\
          allow = [-1001234567890, \"-4012345678\"]\nallow_from = [\"*\"]\nmention_patterns = [\"claw\"]\n\
          [channels.telegram.groups.chats.\"-1001234567890\"]\nrequire_mention = false\nagent = \"fam\"\n\
          system_prompt = \"Be brief.\"\n\
@@ -380,6 +380,16 @@ async fn bad_group_settings_are_located_and_rejected_with_78() {
     assert_eq!(code, Some(78));
     assert!(
         err.contains(&format!("{p}:5:9: no agent named `famly`; declared: echo")),
+        "{err}"
+    );
+    // A system prompt for a group whose agent takes none (the channel's: the built-in echo).
+    let (code, err, p) = check_text(&format!(
+        "{TG}[channels.telegram.groups.chats.\"-100\"]\nsystem_prompt = \"Be brief.\"\n"
+    ))
+    .await;
+    assert_eq!(code, Some(78));
+    assert!(
+        err.contains(&format!("{p}:5:17: [channels.telegram.groups.chats.\"-100\"] system_prompt: this group's agent `echo` is not an openai agent")),
         "{err}"
     );
     // An allowlist with nothing on it lets no group in: said, not silently accepted.
