@@ -163,6 +163,9 @@ impl Core {
             .metrics
             .inbox_pending
             .load(std::sync::atomic::Ordering::Relaxed);
+        // Per group, how far the context was already taken by an earlier message of this batch.
+        let mut taken: std::collections::HashMap<(crate::vocab::ChannelKind, String), u64> =
+            Default::default();
         for msg in msgs {
             match self.policies.check(&msg) {
                 Verdict::Allow => {}
@@ -191,7 +194,13 @@ impl Core {
             }
             pending += 1;
             let snap = if msg.is_group {
-                self.recent().snapshot(msg.channel, &msg.chat)
+                let key = (msg.channel, msg.chat.clone());
+                let after = taken.get(&key).copied().unwrap_or(0);
+                let snap = self.recent().snapshot(msg.channel, &msg.chat, after);
+                if snap.upto > 0 {
+                    taken.insert(key, snap.upto);
+                }
+                snap
             } else {
                 Snapshot::default()
             };
@@ -326,5 +335,98 @@ impl Core {
                 Submitted::Accepted
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vocab::{ChannelKind, Content, Cues};
+
+    fn core(events: mpsc::Sender<Event>) -> Core {
+        let cfg = crate::config::Config::parse(
+            "[channels.telegram]\nenabled = false\nallow_from = [1]\n\
+             [channels.telegram.groups]\npolicy = \"open\"\nallow_from = [\"*\"]\n",
+            None,
+        )
+        .unwrap();
+        let metrics = Arc::new(Metrics::default());
+        Core {
+            policies: Policies::from_config(&cfg),
+            store: Store::open_in_memory(metrics.clone()).unwrap(),
+            events,
+            metrics,
+            scope: SessionScope::PerChat,
+            agent_for: PerChannel::from_fn(|_| "echo".to_string()),
+            recent: Default::default(),
+            named_groups: Default::default(),
+        }
+    }
+
+    fn said(id: u32, name: &str, text: &str, to_me: bool) -> Inbound {
+        Inbound {
+            channel: ChannelKind::Telegram,
+            id: id.to_string(),
+            chat: "-100".into(),
+            sender: id.to_string(),
+            sender_alt: None,
+            author: id.to_string(),
+            wire_seq: 0,
+            is_group: true,
+            content: Content::Text(text.into()),
+            ts_ms: 0,
+            cues: Cues {
+                sender_name: Some(name.into()),
+                mentions_me: to_me,
+                reply_ref: Some(format!("m{id}")),
+                ..Cues::default()
+            },
+        }
+    }
+
+    /// One batch: context lines go with the first addressed message only, the next addressed
+    /// message of the same batch gets what came after it, and nothing unaddressed is written.
+    #[tokio::test]
+    async fn context_goes_once_with_the_addressed_message_that_follows_it() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let core = core(tx);
+        let out = core
+            .submit(vec![
+                said(1, "Bob", "one", false),
+                said(2, "Carol", "two", false),
+                said(3, "Alice", "@bot hi", true),
+                said(4, "Bob", "three", false),
+                said(5, "Alice", "@bot and?", true),
+                said(6, "Bob", "later", false),
+            ])
+            .await;
+        let outcomes: Vec<_> = out.into_iter().map(Result::unwrap).collect();
+        let unaddressed = Submitted::Dropped(DropReason::GroupUnaddressed);
+        assert_eq!(
+            outcomes,
+            vec![
+                unaddressed,
+                unaddressed,
+                Submitted::Accepted,
+                unaddressed,
+                Submitted::Accepted,
+                unaddressed
+            ]
+        );
+        let mut texts = Vec::new();
+        while let Ok(Event::Inbound(m)) = rx.try_recv() {
+            assert_eq!(m.rec.reply_ref, format!("m{}", m.rec.msg_id));
+            texts.push(m.rec.text);
+        }
+        assert_eq!(
+            texts,
+            vec![
+                "[recent messages]\n[Bob] one\n[Carol] two\n[/recent messages]\n[Alice] @bot hi",
+                "[recent messages]\n[Bob] three\n[/recent messages]\n[Alice] @bot and?",
+            ]
+        );
+        // What came after stays for the next one; what was given is forgotten.
+        let snap = core.recent().snapshot(ChannelKind::Telegram, "-100", 0);
+        assert_eq!(snap.lines, vec!["[Bob] later"]);
     }
 }

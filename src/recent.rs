@@ -102,14 +102,18 @@ impl Recent {
         }
     }
 
-    /// The context an addressed message in `chat` carries.
-    pub fn snapshot(&self, channel: ChannelKind, chat: &str) -> Snapshot {
+    /// The context an addressed message in `chat` carries: the lines after `after` (the `upto`
+    /// of a snapshot an earlier message of the same batch took, not yet consumed; else 0).
+    pub fn snapshot(&self, channel: ChannelKind, chat: &str, after: u64) -> Snapshot {
         match self.groups.get(&(channel, chat.to_string())) {
             None => Snapshot::default(),
-            Some(g) => Snapshot {
-                lines: g.lines.iter().map(|l| l.text.clone()).collect(),
-                upto: g.lines.back().map_or(0, |l| l.serial),
-            },
+            Some(g) => {
+                let lines: Vec<&Line> = g.lines.iter().filter(|l| l.serial > after).collect();
+                Snapshot {
+                    upto: lines.last().map_or(0, |l| l.serial),
+                    lines: lines.into_iter().map(|l| l.text.clone()).collect(),
+                }
+            }
         }
     }
 
@@ -147,7 +151,7 @@ mod tests {
             r.remember(T, "-1", &i.to_string(), &format!("[A] {i}"));
         }
         r.remember(T, "-1", "29", "[A] 29");
-        let s = r.snapshot(T, "-1");
+        let s = r.snapshot(T, "-1", 0);
         assert_eq!(s.lines.len(), MAX_LINES);
         assert_eq!(s.lines.first().unwrap(), "[A] 10");
         assert_eq!(s.lines.last().unwrap(), "[A] 29");
@@ -155,7 +159,7 @@ mod tests {
         for i in 0..20 {
             r.remember(T, "-2", &i.to_string(), &big);
         }
-        let s = r.snapshot(T, "-2");
+        let s = r.snapshot(T, "-2", 0);
         let bytes: usize = s.lines.iter().map(String::len).sum();
         assert!(bytes <= MAX_BYTES, "{bytes}");
         assert!(s.lines.iter().all(|l| l.len() <= MAX_LINE_BYTES));
@@ -167,14 +171,17 @@ mod tests {
         let mut r = Recent::default();
         r.remember(T, "-1", "1", "[A] one");
         r.remember(T, "-1", "2", "[B] two");
-        let s = r.snapshot(T, "-1");
+        let s = r.snapshot(T, "-1", 0);
         assert_eq!(s.lines, vec!["[A] one", "[B] two"]);
         r.remember(T, "-1", "3", "[C] three");
+        // A second addressed message of the same batch gets only what came after the first's.
+        assert_eq!(r.snapshot(T, "-1", s.upto).lines, vec!["[C] three"]);
+        assert_eq!(r.snapshot(T, "-1", u64::MAX), Snapshot::default());
         r.consume(T, "-1", s.upto);
-        assert_eq!(r.snapshot(T, "-1").lines, vec!["[C] three"]);
+        assert_eq!(r.snapshot(T, "-1", 0).lines, vec!["[C] three"]);
         r.consume(T, "-1", u64::MAX);
         assert_eq!(r.groups(), 0);
-        assert_eq!(r.snapshot(T, "-1"), Snapshot::default());
+        assert_eq!(r.snapshot(T, "-1", 0), Snapshot::default());
     }
 
     #[test]
@@ -187,11 +194,11 @@ mod tests {
         r.remember(T, "-new", "1", "z");
         assert_eq!(r.groups(), MAX_GROUPS);
         assert!(
-            r.snapshot(T, "-1").lines.is_empty(),
+            r.snapshot(T, "-1", 0).lines.is_empty(),
             "-1 was the least recent"
         );
-        assert_eq!(r.snapshot(T, "-0").lines.len(), 2);
-        assert_eq!(r.snapshot(ChannelKind::WhatsApp, "-0").lines.len(), 0);
+        assert_eq!(r.snapshot(T, "-0", 0).lines.len(), 2);
+        assert_eq!(r.snapshot(ChannelKind::WhatsApp, "-0", 0).lines.len(), 0);
     }
 
     #[test]
