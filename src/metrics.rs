@@ -20,16 +20,26 @@ pub enum DropReason {
     Duplicate,
     SelfEcho,
     TooLarge,
+    /// A group not in `[channels.*.groups]` `allow` (or groups are on but this one is not listed).
+    GroupNotAllowed,
+    /// A sender the group's `allow_from` does not name.
+    GroupSenderNotAllowed,
+    /// A group message that does not address the assistant: no turn, no write; kept in memory as
+    /// recent context for the next message that does (see `recent`).
+    GroupUnaddressed,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::NotAllowed,
         DropReason::Disabled,
         DropReason::Group,
         DropReason::Duplicate,
         DropReason::SelfEcho,
         DropReason::TooLarge,
+        DropReason::GroupNotAllowed,
+        DropReason::GroupSenderNotAllowed,
+        DropReason::GroupUnaddressed,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -39,6 +49,9 @@ impl DropReason {
             DropReason::Duplicate => "duplicate",
             DropReason::SelfEcho => "self_echo",
             DropReason::TooLarge => "too_large",
+            DropReason::GroupNotAllowed => "group_not_allowed",
+            DropReason::GroupSenderNotAllowed => "group_sender_not_allowed",
+            DropReason::GroupUnaddressed => "group_unaddressed",
         }
     }
 }

@@ -142,7 +142,8 @@ pub struct Cues {
     /// The message this one replies to, when it quotes one.
     pub quote: Option<Quote>,
     /// How a reply quotes this message on its channel, when that differs from `id` (Telegram:
-    /// the `message_id`, as `id` is the update id). `None`: quote by `id`.
+    /// the `message_id`, as `id` is the update id, with `:<thread id>` in a forum topic). `None`:
+    /// quote by `id`. Opaque to the core: it reaches the channel again as `ReplyTo::reference`.
     pub reply_ref: Option<String>,
 }
 

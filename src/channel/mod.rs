@@ -140,6 +140,8 @@ pub enum ChannelCommand {
         key: String,
         /// The highest `wire_seq` of the messages this reply answers (0: none known).
         after: u64,
+        /// The message this reply answers, when it should be quoted (replies in groups).
+        reply_to: Option<ReplyTo>,
         arm: Arm,
         done: oneshot::Sender<Result<(), SendError>>,
     },
@@ -152,6 +154,16 @@ pub enum ChannelCommand {
         since_ms: u64,
         done: oneshot::Sender<Doubt>,
     },
+}
+
+/// The message a reply chunk answers: the channel's own reference of it
+/// (`OutboxRecord::reply_ref`: Telegram `<message_id>` or `<message_id>:<topic thread id>`;
+/// WhatsApp the message id), and whether this chunk quotes it (the first chunk of the reply
+/// does; every chunk stays in the same topic or thread).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyTo {
+    pub reference: String,
+    pub quote: bool,
 }
 
 /// Everything a channel task gets from the core. The command receiver lives behind a mutex outside

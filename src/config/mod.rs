@@ -6,6 +6,7 @@
 //! (EX_CONFIG), which the systemd unit does not restart on.
 
 pub mod check;
+pub mod groups;
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -354,6 +355,9 @@ pub struct TelegramConfig {
     /// Answer edits of earlier messages as new messages.
     #[serde(default)]
     pub handle_edits: bool,
+    /// Group chats: see [`groups`].
+    #[serde(default)]
+    pub groups: groups::GroupsConfig,
     #[serde(skip)]
     pub token: Option<Secret>,
 }
@@ -385,6 +389,9 @@ pub struct WhatsAppConfig {
     /// answers a login with 405 (client outdated). Tests point it at the fake server.
     #[serde(default = "default_whatsapp_version_url")]
     pub version_url: Spanned<String>,
+    /// Group chats: see [`groups`].
+    #[serde(default)]
+    pub groups: groups::GroupsConfig,
 }
 
 /// On, allowlist policy with nobody listed: only the owner's self chat reaches the assistant.
@@ -400,6 +407,7 @@ impl Default for WhatsAppConfig {
             read_receipts: true,
             server_url: default_whatsapp_url(),
             version_url: default_whatsapp_version_url(),
+            groups: groups::GroupsConfig::default(),
         }
     }
 }

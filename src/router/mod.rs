@@ -57,6 +57,8 @@ impl Router {
             metrics: shared.metrics.clone(),
             scope,
             agent_for,
+            recent: Default::default(),
+            named_groups: Default::default(),
         };
         let turns = turns::Turns::new(shared.cfg.max_concurrent_turns);
         (

@@ -188,6 +188,7 @@ pub async fn run_turn(shared: Arc<Shared>, turn: Turn) -> Finished {
             text: text.clone(),
             history,
             idempotency_key: key.clone(),
+            system_prompt: Some(route.system_prompt.clone()).filter(|s| !s.is_empty()),
         };
         Metrics::inc(&shared.metrics.turns_in_flight);
         let result = call_agent(entry.clone(), req).await;
@@ -230,6 +231,14 @@ pub async fn run_turn(shared: Arc<Shared>, turn: Turn) -> Finished {
         key,
         created_ms: crate::store::now_ms(),
         after_wire_seq: messages.iter().map(|m| m.rec.wire_seq).max().unwrap_or(0),
+        // The newest message of the turn that asks to be quoted (a group's addressed message).
+        reply_ref: messages
+            .iter()
+            .rev()
+            .map(|m| m.rec.reply_ref.as_str())
+            .find(|r| !r.is_empty())
+            .unwrap_or_default()
+            .to_string(),
         ..OutboxRecord::default()
     };
     let done = TurnDone {

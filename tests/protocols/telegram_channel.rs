@@ -126,6 +126,7 @@ impl Harness {
                 text: text.into(),
                 key: format!("k-{text}"),
                 after: 0,
+                reply_to: None,
                 arm: clawbox::channel::Arm::unrecorded(),
                 done,
             })
@@ -144,6 +145,7 @@ impl Harness {
                 text: text.into(),
                 key: format!("k-{text}"),
                 after: 0,
+                reply_to: None,
                 arm: Arm::observed(armed.clone()),
                 done,
             })

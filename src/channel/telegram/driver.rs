@@ -9,7 +9,9 @@ use super::proto::{
     self, Fetched, MAX_ACTION_BODY, MAX_GETME_BODY, MAX_SEND_BODY, MAX_UPDATES_BODY, PollStep,
     Poller, RateLimiter, StartStep, Status, TypingSchedule,
 };
-use crate::channel::{Arm, ChannelCommand, ChannelContext, ChannelError, Doubt, SendError};
+use crate::channel::{
+    Arm, ChannelCommand, ChannelContext, ChannelError, Doubt, ReplyTo, SendError,
+};
 use crate::config::{Secret, TelegramConfig};
 use crate::http::{HttpClient, HttpError};
 use crate::metrics::Metrics;
@@ -339,8 +341,14 @@ async fn poll_loop(
                     tracing::warn!(count = malformed, "telegram: skipped unreadable updates");
                 }
                 api.box_max.fetch_max(poller.box_max(), Ordering::Relaxed);
-                let failed = deliver(ctx, &mut poller).await;
-                save_offset(ctx, &mut poller).await;
+                let (failed, accepted) = deliver(ctx, &mut poller).await;
+                // Only a batch that put something in the inbox moves the saved offset: a batch
+                // of dropped messages (strangers, groups the bot is not addressed in) writes
+                // nothing at all. Telegram forgets them once the next poll confirms them; after
+                // a restart before that they come again and are dropped again.
+                if accepted {
+                    save_offset(ctx, &mut poller).await;
+                }
                 if let Some(wait) = failed {
                     ctx.reporter.beat_within(wait + STEP_SLACK);
                     sleep(wait).await;
@@ -375,8 +383,9 @@ async fn poll_loop(
 }
 
 /// Submits the batch in order. `Some(wait)` when the intake failed: the rest waits for the next
-/// poll from the same offset.
-async fn deliver(ctx: &ChannelContext, poller: &mut Poller) -> Option<Duration> {
+/// poll from the same offset; `true` when a message was accepted into the inbox.
+async fn deliver(ctx: &ChannelContext, poller: &mut Poller) -> (Option<Duration>, bool) {
+    let mut accepted = false;
     // The whole answer in one durable write (one fsync), then confirmed in order up to the first
     // message the intake could not take.
     let batch = poller.submissions();
@@ -389,19 +398,20 @@ async fn deliver(ctx: &ChannelContext, poller: &mut Poller) -> Option<Duration> 
         match outcome {
             Ok(outcome) => {
                 tracing::debug!(update_id = %id, ?outcome, "telegram: update handed on");
+                accepted |= outcome == crate::intake::Submitted::Accepted;
                 // Skips (unsupported updates) before it are confirmed on the way.
                 let _ = poller.next_submission();
                 poller.confirm();
             }
             Err(e) => {
                 tracing::warn!(update_id = %id, error = %e, "telegram: intake failed; will retry");
-                return Some(poller.submit_failed());
+                return (Some(poller.submit_failed()), accepted);
             }
         }
     }
     // Trailing skips.
     let _ = poller.next_submission();
-    None
+    (None, accepted)
 }
 
 /// Carries out the core's commands until its sender is dropped.
@@ -430,11 +440,24 @@ async fn command_loop(api: &Api, ctx: &ChannelContext, rx: &mut mpsc::Receiver<C
                 chat,
                 text,
                 after,
+                reply_to,
                 arm,
                 done,
                 ..
             } => {
-                let outcome = send_message(api, ctx, &mut limiter, &chat, &text, after, arm).await;
+                let outcome = send_message(
+                    api,
+                    ctx,
+                    &mut limiter,
+                    Outgoing {
+                        chat: &chat,
+                        text: &text,
+                        after,
+                        reply_to: reply_to.as_ref(),
+                    },
+                    arm,
+                )
+                .await;
                 // Sent/failed counts are kept by the delivery loop, once for every channel.
                 if let Err(e) = &outcome {
                     if !matches!(e, SendError::NotYet(_)) {
@@ -460,15 +483,28 @@ async fn command_loop(api: &Api, ctx: &ChannelContext, rx: &mut mpsc::Receiver<C
 /// One chunk: the per-chat limit and a suspect link are checked first (nothing armed, nothing
 /// sent); then the chunk is armed with the highest message id the bot knows — its own sends, the
 /// updates it saw, and `after`, the id of the message the reply answers — and sent.
+/// One chunk to send: where, what, the highest `wire_seq` it answers, and the message it
+/// answers when it should quote it (see [`ReplyTo`]).
+struct Outgoing<'a> {
+    chat: &'a str,
+    text: &'a str,
+    after: u64,
+    reply_to: Option<&'a ReplyTo>,
+}
+
 async fn send_message(
     api: &Api,
     ctx: &ChannelContext,
     limiter: &mut RateLimiter,
-    chat: &str,
-    text: &str,
-    after: u64,
+    out: Outgoing<'_>,
     arm: Arm,
 ) -> Result<(), SendError> {
+    let Outgoing {
+        chat,
+        text,
+        after,
+        reply_to,
+    } = out;
     let now = Instant::now().into_std();
     let ready = limiter.ready_at(chat, now);
     if ready > now {
@@ -489,9 +525,19 @@ async fn send_message(
         .unwrap_or(0)
         .max(after);
     arm.arm(hint).await?;
+    // A reply in a group quotes the message it answers (the first chunk) and stays in its forum
+    // topic (every chunk).
+    let reference = reply_to.and_then(|r| proto::cues::parse_reply_ref(&r.reference));
     let body = proto::SendMessage {
         chat_id: proto::chat_id_json(chat),
         text,
+        message_thread_id: reference.and_then(|(_, thread)| thread),
+        reply_parameters: reference.filter(|_| reply_to.is_some_and(|r| r.quote)).map(
+            |(message_id, _)| proto::ReplyParameters {
+                message_id,
+                allow_sending_without_reply: true,
+            },
+        ),
     };
     let reply = api
         .call("sendMessage", &body, CALL_TIMEOUT, MAX_SEND_BODY)
