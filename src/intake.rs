@@ -37,6 +37,9 @@ pub enum Submitted {
     Duplicate,
     /// Not allowed by policy: acknowledge upstream (so it is not redelivered), nothing else happens.
     Dropped(DropReason),
+    /// A reaction from an allowed sender, noted (in memory, nothing written) as feedback for the
+    /// session's next turn: acknowledge upstream; it starts no turn and gets no read receipt.
+    Noted,
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +69,20 @@ impl std::fmt::Display for IntakeError {
 pub enum Event {
     /// A message is durable in the inbox.
     Inbound(StoredMessage),
+    /// A reaction to be given to `session`'s next turn as feedback (see [`feedback_note`]).
+    Feedback { session: String, note: String },
+}
+
+/// The note a reaction becomes in the next turn's text: `[feedback: 👍 on an earlier message]`.
+/// A removed reaction (empty emoji) is `None`: nothing to say.
+pub fn feedback_note(content: &crate::vocab::Content) -> Option<String> {
+    match content {
+        crate::vocab::Content::Reaction { emoji, .. } if !emoji.trim().is_empty() => {
+            let emoji: String = emoji.chars().filter(|c| !c.is_control()).take(16).collect();
+            Some(format!("[feedback: {emoji} on an earlier message]"))
+        }
+        _ => None,
+    }
 }
 
 pub(crate) struct Core {
@@ -157,6 +174,17 @@ impl Core {
                 out.push(Some(Ok(Submitted::Dropped(why))));
                 continue;
             }
+            if let crate::vocab::Content::Reaction { .. } = &msg.content {
+                // Feedback, not a turn: no write, no fsync; the router keeps it for the next turn.
+                if let Some(note) = feedback_note(&msg.content) {
+                    let session = session::identity(self.scope, &msg);
+                    Metrics::inc(&self.metrics.feedback);
+                    tracing::debug!(channel = %msg.channel, "reaction noted as feedback");
+                    let _ = self.events.send(Event::Feedback { session, note }).await;
+                }
+                out.push(Some(Ok(Submitted::Noted)));
+                continue;
+            }
             if pending >= MAX_UNANSWERED {
                 tracing::warn!(channel = %msg.channel, "{MAX_UNANSWERED} messages already wait for an answer; leaving this one with the server for now");
                 out.push(Some(Err(IntakeError::Busy)));
@@ -217,6 +245,11 @@ impl Core {
             state: INBOX_PENDING,
             accepted_ms: crate::store::now_ms(),
             agent: self.agent_for[msg.channel].clone(),
+            command: match &msg.content {
+                crate::vocab::Content::Command(c) => c.code(),
+                _ => 0,
+            },
+            quiet: msg.is_group && !msg.cues.mentions_me,
         }
     }
 

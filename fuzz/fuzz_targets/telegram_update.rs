@@ -50,7 +50,7 @@ fn check_poll(fetched: Fetched<'_>, saved: Option<i64>, edits: bool) {
     let mut max_id: Option<i64> = None;
     if let Ok(raw) = proto::classify::<Vec<Value>>(fetched) {
         for update in raw {
-            if let Ok(item) = proto::convert(update, edits) {
+            if let Ok(item) = proto::convert(update, edits, None) {
                 if item.update_id >= saved.unwrap_or(i64::MIN) {
                     max_id = max_id.max(Some(item.update_id));
                     if item.inbound.is_some() {

@@ -45,6 +45,13 @@ pub struct InboxRecord {
     /// The channel's ordinal for the message (see `channel::Inbound::wire_seq`); 0 if none.
     #[prost(uint64, tag = "12")]
     pub wire_seq: u64,
+    /// The command the channel recognised (`vocab::Command::code`); 0: none.
+    #[prost(uint32, tag = "13")]
+    pub command: u32,
+    /// No acknowledgement reaction on this message (a group message that does not address the
+    /// assistant). False for every row written before the field existed: all of them DMs.
+    #[prost(bool, tag = "14")]
+    pub quiet: bool,
 }
 
 /// An inbox row as the store hands it out: its sequence number, its channel (parsed once, where

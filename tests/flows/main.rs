@@ -9,6 +9,7 @@
 //! One test binary (one link of the WhatsApp stack); select a module with
 //! `cargo test --test flows restart::`.
 
+mod cues_telegram;
 mod flow;
 mod malformed;
 mod openclaw_flow;

@@ -6,11 +6,13 @@
 //! Bytes and `now` in, decisions out. Never opens a socket, reads a clock, sleeps or logs a body:
 //! [`super::driver`] does the I/O and the waiting.
 
+mod cues;
 mod pacing;
 #[cfg(test)]
 mod tests;
 mod wire;
 
+pub use cues::{MENU, command_of, my_commands, set_reaction};
 pub use pacing::{
     GLOBAL_PER_SECOND, MAX_TRACKED_CHATS, MAX_TYPING_CHATS, MAX_TYPING_DURATION, PER_CHAT_INTERVAL,
     RateLimiter, TYPING_REPEAT, TypingSchedule,
@@ -212,9 +214,21 @@ pub struct Item {
 }
 
 /// Converts one update; `Err` when it is unreadable (its id, if readable, is still returned).
-pub fn convert(raw: Value, handle_edits: bool) -> Result<Item, Option<i64>> {
+/// `bot_username` (from getMe) tells `/cmd@<bot>` commands for this bot from others'.
+pub fn convert(
+    raw: Value,
+    handle_edits: bool,
+    bot_username: Option<&str>,
+) -> Result<Item, Option<i64>> {
     let id_hint = raw.get("update_id").and_then(Value::as_i64);
     let update: Update = serde_json::from_value(raw).map_err(|_| id_hint)?;
+    if let Some(r) = update.message_reaction {
+        return Ok(Item {
+            update_id: update.update_id,
+            inbound: Some(cues::reaction_to_inbound(update.update_id, r)),
+            box_msg_id: None,
+        });
+    }
     let message = match (update.message, update.edited_message) {
         (Some(m), _) => Some(m),
         (None, Some(m)) if handle_edits => Some(m),
@@ -224,7 +238,15 @@ pub fn convert(raw: Value, handle_edits: bool) -> Result<Item, Option<i64>> {
         .as_ref()
         .filter(|m| m.chat.kind == "private")
         .map(|m| m.message_id);
-    let inbound = message.map(|m| message_to_inbound(update.update_id, m));
+    let inbound = message.map(|m| {
+        let mut inbound = message_to_inbound(update.update_id, m);
+        if let Content::Text(t) = &inbound.content {
+            if let Some(c) = command_of(t, bot_username) {
+                inbound.content = Content::Command(c);
+            }
+        }
+        inbound
+    });
     Ok(Item {
         update_id: update.update_id,
         inbound,
@@ -335,6 +357,8 @@ pub struct Poller {
     failing: bool,
     /// `@username`, once getMe answered.
     up_detail: String,
+    /// The bot's username, once getMe answered (for `/cmd@<bot>`).
+    username: Option<String>,
     /// Set after a TooLarge answer: ask for one update at a time until one poll succeeds.
     small_batches: bool,
     /// The highest private-chat message id seen in any update (see [`super::doubt`]).
@@ -352,6 +376,7 @@ impl Poller {
             backoff: Backoff::new(retry::LINK, seed),
             failing: false,
             up_detail: String::new(),
+            username: None,
             small_batches: false,
             box_max: 0,
         }
@@ -372,6 +397,7 @@ impl Poller {
         match classify::<User>(fetched) {
             Ok(me) => {
                 self.backoff.reset();
+                self.username = me.username.clone();
                 self.up_detail = match me.username {
                     Some(u) => format!("@{u}"),
                     None => me.first_name,
@@ -402,7 +428,8 @@ impl Poller {
 
     /// The next getUpdates request.
     pub fn request(&self) -> GetUpdates {
-        let mut allowed_updates = vec!["message"];
+        // `message_reaction` is only sent to bots that ask for it: the user's 👍/👎 feedback.
+        let mut allowed_updates = vec!["message", "message_reaction"];
         if self.handle_edits {
             allowed_updates.push("edited_message");
         }
@@ -433,7 +460,7 @@ impl Poller {
         let mut malformed = 0;
         let mut items = Vec::with_capacity(raw.len());
         for update in raw {
-            match convert(update, self.handle_edits) {
+            match convert(update, self.handle_edits, self.username.as_deref()) {
                 Ok(item) => items.push(item),
                 Err(Some(update_id)) => {
                     malformed += 1;

@@ -151,7 +151,7 @@ fn send_outcomes_map_to_what_delivery_does() {
 
 #[test]
 fn updates_convert_to_inbound() {
-    let item = convert(text_update(7, 99, "hello"), false).unwrap();
+    let item = convert(text_update(7, 99, "hello"), false, None).unwrap();
     let ib = item.inbound.unwrap();
     assert_eq!(ib.id, "7");
     assert_eq!(ib.chat, "99");
@@ -165,7 +165,7 @@ fn updates_convert_to_inbound() {
         "chat": {"id": -100, "type": "supergroup", "title": "G"},
         "photo": [{"file_id": "a", "file_unique_id": "b", "width": 1, "height": 1}],
         "caption": "look"}});
-    let ib = convert(photo, false).unwrap().inbound.unwrap();
+    let ib = convert(photo, false, None).unwrap().inbound.unwrap();
     assert!(ib.is_group);
     assert_eq!(
         ib.content,
@@ -185,7 +185,7 @@ fn updates_convert_to_inbound() {
         let u = json!({"update_id": 9, "message": {"message_id": 1, "date": 2,
             "chat": {"id": 5, "type": "private"}, "from": {"id": 5, "first_name": "x"},
             field: {"file_id": "a"}}});
-        let ib = convert(u, false).unwrap().inbound.unwrap();
+        let ib = convert(u, false, None).unwrap().inbound.unwrap();
         assert_eq!(
             ib.content,
             Content::Media {
@@ -199,7 +199,7 @@ fn updates_convert_to_inbound() {
     let loc = json!({"update_id": 10, "message": {"message_id": 1, "date": 2,
         "chat": {"id": 5, "type": "private"}, "from": {"id": 5, "first_name": "x"},
         "location": {"latitude": 1.0, "longitude": 2.0}}});
-    let ib = convert(loc, false).unwrap().inbound.unwrap();
+    let ib = convert(loc, false, None).unwrap().inbound.unwrap();
     assert_eq!(
         ib.content,
         Content::Text("[unsupported message: location]".into())
@@ -210,8 +210,8 @@ fn updates_convert_to_inbound() {
 fn edits_are_ignored_unless_asked_for() {
     let u = json!({"update_id": 11, "edited_message": {"message_id": 1, "date": 2, "edit_date": 3,
         "chat": {"id": 5, "type": "private"}, "from": {"id": 5, "first_name": "x"}, "text": "fixed"}});
-    assert_eq!(convert(u.clone(), false).unwrap().inbound, None);
-    let ib = convert(u, true).unwrap().inbound.unwrap();
+    assert_eq!(convert(u.clone(), false, None).unwrap().inbound, None);
+    let ib = convert(u, true, None).unwrap().inbound.unwrap();
     assert_eq!(ib.content, Content::Text("fixed".into()));
     assert_eq!(ib.id, "11");
 }
@@ -358,7 +358,10 @@ fn get_me_rejected_token_stops() {
     );
     let r = p.request();
     assert_eq!(r.offset, Some(10));
-    assert_eq!(r.allowed_updates, vec!["message", "edited_message"]);
+    assert_eq!(
+        r.allowed_updates,
+        vec!["message", "message_reaction", "edited_message"]
+    );
     let json = serde_json::to_value(&r).unwrap();
     assert_eq!(json["timeout"], 50);
 }

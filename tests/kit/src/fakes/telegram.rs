@@ -7,6 +7,9 @@
 //! updates, inject faults per method and read back what the client sent. Never a mock of our own
 //! client: anything that talks the Bot API can be pointed at it, the clawbox binary included.
 
+mod cues;
+pub use cues::ReactionCall;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -759,6 +762,8 @@ async fn handle(
         "sendchataction" => send_chat_action(&inner, &params),
         "editmessagereplymarkup" => edit_reply_markup(&inner, &params),
         "deletewebhook" => ok(json!(true)),
+        "setmycommands" => cues::set_my_commands(&params),
+        "setmessagereaction" => cues::set_message_reaction(&inner, &params),
         _ => error(404, "Not Found"),
     };
     if let Some(d) = held {
