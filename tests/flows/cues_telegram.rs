@@ -250,3 +250,30 @@ async fn a_slow_reply_gets_the_ack_reaction_and_loses_it_a_fast_one_never_gets_i
     p.sigterm();
     assert_eq!(p.exit_code().await, Some(0));
 }
+
+/// Edits are ignored unless `handle_edits = true` (README, "Conversation cues"): the box does not
+/// ask for them, so the edit starts no turn; deletions reach no bot at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_of_an_answered_message_is_ignored_by_default() {
+    let tg = FakeTelegram::start(TOKEN).await;
+    let ai = FakeOpenAi::start(FakeConfig::default()).await;
+    let gw = gateway(&tg, &ai, "");
+    let mut p = gw.start().await;
+    assert_eq!(ask(&tg, "original words").await, "echo: original words");
+    tg.push_edit(ALICE, ALICE, "edited words");
+    assert_eq!(ask(&tg, "after the edit").await, "echo: after the edit");
+    assert_eq!(ai.requests().len(), 2, "no turn for the edit");
+    assert!(
+        tg.sent().iter().all(|m| !m.text.contains("edited")),
+        "{:#?}",
+        tg.sent()
+    );
+    let m = http_get(&format!("http://127.0.0.1:{}/metrics", gw.port)).await;
+    assert_eq!(
+        metric(&m, "clawbox_messages_in_total{channel=\"telegram\"}"),
+        2,
+        "{m}"
+    );
+    p.sigterm();
+    assert_eq!(p.exit_code().await, Some(0));
+}

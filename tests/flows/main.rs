@@ -10,6 +10,7 @@
 //! `cargo test --test flows restart::`.
 
 mod cues_telegram;
+mod cues_whatsapp;
 mod flow;
 mod malformed;
 mod openclaw_flow;
