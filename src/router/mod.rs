@@ -2,7 +2,8 @@
 //!
 //! [`crate::intake`] makes each allowed message durable and sends it here; [`turns`] decides which turn
 //! runs next (one per session, batched, bounded); [`runner`] runs a turn against its agent with the
-//! ack and accumulation timeouts and queues the reply for [`crate::delivery`]. After a restart,
+//! ack and accumulation timeouts and queues the reply for [`crate::delivery`]; [`feedback`] keeps
+//! the user's reactions for the session's next turn. After a restart,
 //! [`Router::resume`] re-queues every unanswered message, so each is answered exactly once.
 //!
 //! The loop beats the router's row on the board each time it turns, and turns at least every
