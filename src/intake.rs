@@ -278,3 +278,25 @@ impl Core {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vocab::Content;
+
+    #[test]
+    fn a_reaction_becomes_a_feedback_note_a_removed_one_nothing() {
+        let r = |e: &str| Content::Reaction {
+            emoji: e.into(),
+            target_id: "7".into(),
+        };
+        assert_eq!(
+            feedback_note(&r("👍")).as_deref(),
+            Some("[feedback: 👍 on an earlier message]")
+        );
+        assert_eq!(feedback_note(&r(" ")), None);
+        assert_eq!(feedback_note(&Content::Text("hi".into())), None);
+        let long = feedback_note(&r(&"👍".repeat(100))).unwrap();
+        assert_eq!(long.chars().filter(|c| *c == '👍').count(), 16, "bounded");
+    }
+}

@@ -452,6 +452,54 @@ mod tests {
         }
     }
 
+    fn shared(ack_reaction: &str, with_outlet: bool) -> Shared {
+        let metrics = Arc::new(Metrics::default());
+        let mut outlets: PerChannel<Option<Outlet>> = Default::default();
+        if with_outlet {
+            outlets[ChannelKind::Telegram] = Some(ack(1).0.outlet);
+        }
+        Shared {
+            store: Store::open_in_memory(metrics.clone()).unwrap(),
+            metrics,
+            cfg: RouterConfig {
+                ack_reaction: ack_reaction.into(),
+                ..RouterConfig::default()
+            },
+            agents: HashMap::new(),
+            default_agent: "echo".into(),
+            outlets,
+        }
+    }
+
+    fn queued(quiet: bool) -> Queued {
+        Queued {
+            seq: 1,
+            channel: ChannelKind::Telegram,
+            rec: crate::store::InboxRecord {
+                chat: "42".into(),
+                msg_id: "9".into(),
+                wire_seq: 7,
+                quiet,
+                ..Default::default()
+            },
+            is_reset: false,
+            command: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_ack_reaction_is_off_when_empty_for_a_quiet_group_message_and_without_an_outlet() {
+        let on = AckReaction::for_turn(&shared("👀", true), &queued(false)).unwrap();
+        assert_eq!(
+            (on.emoji.as_str(), on.after),
+            ("👀", Duration::from_secs(4))
+        );
+        assert_eq!(on.target.wire_seq, 7);
+        assert!(AckReaction::for_turn(&shared("", true), &queued(false)).is_none());
+        assert!(AckReaction::for_turn(&shared("👀", true), &queued(true)).is_none());
+        assert!(AckReaction::for_turn(&shared("👀", false), &queued(false)).is_none());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_slow_turn_gets_the_reaction_and_loses_it_a_fast_one_never_has_it() {
         let (a, mut rx) = ack(4000);

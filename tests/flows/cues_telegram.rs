@@ -7,7 +7,7 @@
 use kit::{fakes, support};
 
 use fakes::openai::{FakeConfig, FakeOpenAi, last_user_message};
-use fakes::telegram::{FakeTelegram, ReactionCall};
+use fakes::telegram::{FakeError, FakeTelegram, ReactionCall};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -274,6 +274,26 @@ async fn an_edit_of_an_answered_message_is_ignored_by_default() {
         2,
         "{m}"
     );
+    p.sigterm();
+    assert_eq!(p.exit_code().await, Some(0));
+}
+
+/// setMyCommands refused at every try: logged, and the bot answers (commands included) anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_set_my_commands_is_logged_and_not_fatal() {
+    let tg = FakeTelegram::start(TOKEN).await;
+    tg.fail_next("setMyCommands", 3, FakeError::ServerError);
+    let ai = FakeOpenAi::start(FakeConfig::default()).await;
+    let gw = gateway(&tg, &ai, "");
+    let mut p = gw.start().await;
+    tg.wait_calls("setMyCommands", 3, SOON).await;
+    p.wait_stderr("the setMyCommands warning", |e| {
+        e.iter().any(|l| l.contains("setMyCommands failed"))
+    })
+    .await;
+    assert_eq!(ask(&tg, "still there?").await, "echo: still there?");
+    assert!(ask(&tg, "/help").await.contains("/reset"));
+    assert_eq!(tg.calls("setMyCommands"), 3, "bounded: no fourth try");
     p.sigterm();
     assert_eq!(p.exit_code().await, Some(0));
 }
