@@ -72,6 +72,16 @@ impl Outlet {
         });
     }
 
+    /// Puts `emoji` on the message `target` in `chat` (empty: takes it off). Best effort:
+    /// dropped when the queue is full.
+    pub fn react(&self, chat: &str, target: crate::channel::ReactTarget, emoji: &str) {
+        let _ = self.commands.try_send(ChannelCommand::React {
+            chat: chat.to_string(),
+            target,
+            emoji: emoji.to_string(),
+        });
+    }
+
     /// Queues a stored reply for delivery (waits while [`QUEUE_DEPTH`] replies wait); `false` when
     /// the delivery loop has ended (shutdown: the reply is sent from the store after a restart).
     pub async fn queue(&self, job: Job) -> bool {

@@ -45,6 +45,9 @@ pub enum Submitted {
     Duplicate,
     /// Not allowed by policy: acknowledge upstream (so it is not redelivered), nothing else happens.
     Dropped(DropReason),
+    /// A reaction from an allowed sender, noted (in memory, nothing written) as feedback for the
+    /// session's next turn: acknowledge upstream; it starts no turn and gets no read receipt.
+    Noted,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +77,20 @@ impl std::fmt::Display for IntakeError {
 pub enum Event {
     /// A message is durable in the inbox.
     Inbound(StoredMessage),
+    /// A reaction to be given to `session`'s next turn as feedback (see [`feedback_note`]).
+    Feedback { session: String, note: String },
+}
+
+/// The note a reaction becomes in the next turn's text: `[feedback: 👍 on an earlier message]`.
+/// A removed reaction (empty emoji) is `None`: nothing to say.
+pub fn feedback_note(content: &crate::vocab::Content) -> Option<String> {
+    match content {
+        crate::vocab::Content::Reaction { emoji, .. } if !emoji.trim().is_empty() => {
+            let emoji: String = emoji.chars().filter(|c| !c.is_control()).take(16).collect();
+            Some(format!("[feedback: {emoji} on an earlier message]"))
+        }
+        _ => None,
+    }
 }
 
 pub(crate) struct Core {
@@ -186,6 +203,17 @@ impl Core {
                     out.push(Some(Ok(Submitted::Dropped(why))));
                     continue;
                 }
+            }
+            if let crate::vocab::Content::Reaction { .. } = &msg.content {
+                // Feedback, not a turn: no write, no fsync; the router keeps it for the next turn.
+                if let Some(note) = feedback_note(&msg.content) {
+                    let session = session::identity(self.scope, &msg);
+                    Metrics::inc(&self.metrics.feedback);
+                    tracing::debug!(channel = %msg.channel, "reaction noted as feedback");
+                    let _ = self.events.send(Event::Feedback { session, note }).await;
+                }
+                out.push(Some(Ok(Submitted::Noted)));
+                continue;
             }
             if pending >= MAX_UNANSWERED {
                 tracing::warn!(channel = %msg.channel, "{MAX_UNANSWERED} messages already wait for an answer; leaving this one with the server for now");
@@ -309,6 +337,14 @@ impl Core {
             system_prompt: group
                 .and_then(|g| g.system_prompt.clone())
                 .unwrap_or_default(),
+            command: match &msg.content {
+                crate::vocab::Content::Command(c) => c.code(),
+                _ => 0,
+            },
+            // In a group, the ack reaction only on a message that named the assistant (a
+            // mention or a reply to it), not on every message of a group without require_mention.
+            quiet: msg.is_group
+                && !(msg.cues.mentions_me || msg.cues.quote.as_ref().is_some_and(|q| q.to_me)),
         }
     }
 
@@ -428,5 +464,21 @@ mod tests {
         // What came after stays for the next one; what was given is forgotten.
         let snap = core.recent().snapshot(ChannelKind::Telegram, "-100", 0);
         assert_eq!(snap.lines, vec!["[Bob] later"]);
+    }
+
+    #[test]
+    fn a_reaction_becomes_a_feedback_note_a_removed_one_nothing() {
+        let r = |e: &str| Content::Reaction {
+            emoji: e.into(),
+            target_id: "7".into(),
+        };
+        assert_eq!(
+            feedback_note(&r("👍")).as_deref(),
+            Some("[feedback: 👍 on an earlier message]")
+        );
+        assert_eq!(feedback_note(&r(" ")), None);
+        assert_eq!(feedback_note(&Content::Text("hi".into())), None);
+        let long = feedback_note(&r(&"👍".repeat(100))).unwrap();
+        assert_eq!(long.chars().filter(|c| *c == '👍').count(), 16, "bounded");
     }
 }

@@ -95,6 +95,10 @@ pub struct Metrics {
     turn_latency_count: AtomicU64,
     turn_latency_sum_ms: AtomicU64,
     pub resets: AtomicU64,
+    /// Reactions to replies noted as feedback for the session's next turn.
+    pub feedback: AtomicU64,
+    /// Acknowledgement reactions put on a message whose reply took longer than the threshold.
+    pub ack_reactions: AtomicU64,
     pub turns_in_flight: AtomicU64,
     pub queued_messages: AtomicU64,
     pub inbox_pending: AtomicU64,
@@ -243,6 +247,20 @@ impl Metrics {
             "counter",
             "Sessions reset by a 🗑️ message.",
             &self.resets,
+        );
+        scalar(
+            &mut out,
+            "feedback_total",
+            "counter",
+            "Reactions to replies noted as feedback for the next turn (no turn of their own).",
+            &self.feedback,
+        );
+        scalar(
+            &mut out,
+            "ack_reactions_total",
+            "counter",
+            "Acknowledgement reactions put on a message whose reply was slow.",
+            &self.ack_reactions,
         );
         scalar(
             &mut out,

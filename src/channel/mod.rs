@@ -126,11 +126,27 @@ impl fmt::Display for SendError {
     }
 }
 
+/// The message a reaction goes on, as the inbox stored it: each channel picks what its wire
+/// needs (WhatsApp: the id, and the author in a group; Telegram: the message id, `wire_seq`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReactTarget {
+    pub msg_id: String,
+    pub author: String,
+    pub wire_seq: u64,
+}
+
 /// What the core asks a channel to do. Sent by [`crate::delivery`] in pacing order.
 #[derive(Debug)]
 pub enum ChannelCommand {
     /// Show (or stop showing) "typing…" in a chat. Best effort: no outcome reported.
     Typing { chat: String, on: bool },
+    /// Put `emoji` on a received message, or take the bot's reaction off (`emoji` empty): the
+    /// acknowledgement of a slow turn. Best effort: no outcome reported.
+    React {
+        chat: String,
+        target: ReactTarget,
+        emoji: String,
+    },
     /// Send one chunk of a reply. `key` is stable for this chunk across restarts: channels whose
     /// protocol lets the client choose message ids derive the id from it, so a resend is deduped.
     /// The connector calls `arm` right before the request leaves (never before a wait).

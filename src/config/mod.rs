@@ -184,6 +184,15 @@ pub struct RouterConfig {
     pub reset_reply: String,
     pub timeout_reply: String,
     pub error_reply: String,
+    /// The answer to Telegram's `/start` (no agent call).
+    pub start_reply: String,
+    /// The answer to Telegram's `/help` (no agent call).
+    pub help_reply: String,
+    /// The reaction put on the message that started a turn once the reply takes longer than
+    /// `ack_reaction_after_ms`, and taken off when the reply is ready. `""` turns it off. In a
+    /// group only on a message that mentions the assistant.
+    pub ack_reaction: String,
+    pub ack_reaction_after_ms: u64,
 }
 
 impl Default for RouterConfig {
@@ -200,6 +209,10 @@ impl Default for RouterConfig {
             error_reply:
                 "Sorry, I couldn't reach the assistant just now. Please try again in a moment."
                     .into(),
+            start_reply: "Hi! I'm an AI assistant, connected here by clawbox. Write to me and I'll answer. /reset (or /new) starts a fresh conversation; /help shows what I understand.".into(),
+            help_reply: "Write to me in plain words and I'll answer. /reset or /new starts a fresh conversation (so does a message that is only 🗑️). React to one of my replies (👍, 👎, …) and I'll take it into account next time.".into(),
+            ack_reaction: "👀".into(),
+            ack_reaction_after_ms: 4000,
         }
     }
 }

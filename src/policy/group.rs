@@ -136,6 +136,9 @@ impl GroupRule {
             Content::Text(t) => t.as_str(),
             Content::Media { caption, .. } => caption.as_deref().unwrap_or(""),
             Content::Reaction { .. } => "",
+            // A bot command (`/reset`, `/reset@thisbot`; the channel recognises only ours) is
+            // addressed to the assistant by its nature.
+            Content::Command(_) => return true,
         };
         let lower = text.to_lowercase();
         self.patterns.iter().any(|p| contains_word(&lower, p))

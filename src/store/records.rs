@@ -53,6 +53,13 @@ pub struct InboxRecord {
     /// The group's `system_prompt` override for this turn; empty: the agent's own.
     #[prost(string, tag = "14")]
     pub system_prompt: String,
+    /// The command the channel recognised (`vocab::Command::code`); 0: none.
+    #[prost(uint32, tag = "15")]
+    pub command: u32,
+    /// No acknowledgement reaction on this message (a group message that does not address the
+    /// assistant). False for every row written before the field existed: all of them DMs.
+    #[prost(bool, tag = "16")]
+    pub quiet: bool,
 }
 
 /// An inbox row as the store hands it out: its sequence number, its channel (parsed once, where

@@ -10,6 +10,8 @@
 //! One test binary (one link of the WhatsApp stack); select a module with
 //! `cargo test --test flows restart::`.
 
+mod cues_telegram;
+mod cues_whatsapp;
 mod flow;
 mod malformed;
 mod openclaw_flow;

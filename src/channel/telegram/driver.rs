@@ -38,6 +38,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Deadline of the getMe that checks a suspect link before a send: short, since nothing is lost by
 /// holding the send back and trying again.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// setMyCommands is tried this often at each start of the channel, [`COMMANDS_RETRY`] apart.
+const COMMANDS_ATTEMPTS: u32 = 3;
+const COMMANDS_RETRY: Duration = Duration::from_secs(2);
 /// The cursor name of the next getUpdates offset in the store.
 const OFFSET_CURSOR: &str = "telegram.offset";
 
@@ -295,6 +298,7 @@ async fn poll_loop(
             StartStep::Ready { status } => {
                 crate::repeat::settled(REPEAT_SITE);
                 report(ctx, Some(status));
+                register_commands(ctx, api).await;
                 break;
             }
             StartStep::Wait { delay, status } => {
@@ -414,6 +418,32 @@ async fn deliver(ctx: &ChannelContext, poller: &mut Poller) -> (Option<Duration>
     (None, accepted)
 }
 
+/// Registers the bot's commands ([`proto::MENU`]) so Telegram shows them in the menu: a few tries
+/// [`COMMANDS_RETRY`] apart, then given up with a log line (the commands work unregistered too).
+async fn register_commands(ctx: &ChannelContext, api: &Api) {
+    let body = proto::my_commands();
+    for attempt in 1..=COMMANDS_ATTEMPTS {
+        ctx.reporter.beat_within(CALL_TIMEOUT + STEP_SLACK);
+        let reply = api
+            .call("setMyCommands", &body, CALL_TIMEOUT, MAX_ACTION_BODY)
+            .await;
+        match proto::classify::<serde::de::IgnoredAny>(reply.fetched()) {
+            Ok(_) => {
+                tracing::debug!("telegram: commands registered");
+                return;
+            }
+            Err(e) if attempt == COMMANDS_ATTEMPTS => {
+                tracing::warn!(error = ?e, "telegram: setMyCommands failed; the commands work, but the menu does not list them");
+            }
+            Err(e) => {
+                tracing::debug!(error = ?e, attempt, "telegram: setMyCommands failed; trying again");
+                ctx.reporter.beat_within(COMMANDS_RETRY + STEP_SLACK);
+                sleep(COMMANDS_RETRY).await;
+            }
+        }
+    }
+}
+
 /// Carries out the core's commands until its sender is dropped.
 async fn command_loop(api: &Api, ctx: &ChannelContext, rx: &mut mpsc::Receiver<ChannelCommand>) {
     let mut limiter = RateLimiter::default();
@@ -436,6 +466,11 @@ async fn command_loop(api: &Api, ctx: &ChannelContext, rx: &mut mpsc::Receiver<C
             ChannelCommand::Typing { chat, on } => {
                 typing.set(&chat, on, Instant::now().into_std());
             }
+            ChannelCommand::React {
+                chat,
+                target,
+                emoji,
+            } => send_reaction(api, &chat, target.wire_seq, &emoji).await,
             ChannelCommand::Send {
                 chat,
                 text,
@@ -612,6 +647,21 @@ async fn reconcile(api: &Api, ctx: &ChannelContext, chat: &str, hint: u64, since
         sleep(doubt::PROBE_GAP).await;
     }
     Doubt::NotSent
+}
+
+/// The acknowledgement reaction (or its removal, `emoji` empty) on message `message_id`. Best
+/// effort: a message without a known id (0: outside a private chat) is skipped, a failure logged.
+async fn send_reaction(api: &Api, chat: &str, message_id: u64, emoji: &str) {
+    if message_id == 0 {
+        return;
+    }
+    let body = proto::set_reaction(chat, message_id, emoji);
+    let reply = api
+        .call("setMessageReaction", &body, CALL_TIMEOUT, MAX_ACTION_BODY)
+        .await;
+    if let Err(e) = proto::classify::<serde::de::IgnoredAny>(reply.fetched()) {
+        tracing::debug!(error = ?e, "telegram: setMessageReaction failed");
+    }
 }
 
 /// Best effort: a failed typing indicator is only logged.

@@ -6,12 +6,14 @@
 //! Bytes and `now` in, decisions out. Never opens a socket, reads a clock, sleeps or logs a body:
 //! [`super::driver`] does the I/O and the waiting.
 
+mod commands;
 pub mod cues;
 mod pacing;
 #[cfg(test)]
 mod tests;
 mod wire;
 
+pub use commands::{MENU, command_of, my_commands, set_reaction};
 pub use cues::Me;
 pub use pacing::{
     GLOBAL_PER_SECOND, MAX_TRACKED_CHATS, MAX_TYPING_CHATS, MAX_TYPING_DURATION, PER_CHAT_INTERVAL,
@@ -223,6 +225,13 @@ pub fn convert(raw: Value, handle_edits: bool) -> Result<Item, Option<i64>> {
 pub fn convert_for(raw: Value, handle_edits: bool, me: &Me) -> Result<Item, Option<i64>> {
     let id_hint = raw.get("update_id").and_then(Value::as_i64);
     let update: Update = serde_json::from_value(raw).map_err(|_| id_hint)?;
+    if let Some(r) = update.message_reaction {
+        return Ok(Item {
+            update_id: update.update_id,
+            inbound: Some(commands::reaction_to_inbound(update.update_id, r)),
+            box_msg_id: None,
+        });
+    }
     let message = match (update.message, update.edited_message) {
         (Some(m), _) => Some(m),
         (None, Some(m)) if handle_edits => Some(m),
@@ -232,7 +241,15 @@ pub fn convert_for(raw: Value, handle_edits: bool, me: &Me) -> Result<Item, Opti
         .as_ref()
         .filter(|m| m.chat.kind == "private")
         .map(|m| m.message_id);
-    let inbound = message.map(|m| message_to_inbound(update.update_id, m, me));
+    let inbound = message.map(|m| {
+        let mut inbound = message_to_inbound(update.update_id, m, me);
+        if let Content::Text(t) = &inbound.content {
+            if let Some(c) = command_of(t, me.username.as_deref()) {
+                inbound.content = Content::Command(c);
+            }
+        }
+        inbound
+    });
     Ok(Item {
         update_id: update.update_id,
         inbound,
@@ -354,7 +371,7 @@ pub struct Poller {
     small_batches: bool,
     /// The highest private-chat message id seen in any update (see [`super::doubt`]).
     box_max: i64,
-    /// The bot, once getMe answered: its mentions are recognised.
+    /// The bot, once getMe answered: its mentions and `/cmd@<bot>` commands are recognised.
     me: Me,
 }
 
@@ -424,7 +441,8 @@ impl Poller {
 
     /// The next getUpdates request.
     pub fn request(&self) -> GetUpdates {
-        let mut allowed_updates = vec!["message"];
+        // `message_reaction` is only sent to bots that ask for it: the user's 👍/👎 feedback.
+        let mut allowed_updates = vec!["message", "message_reaction"];
         if self.handle_edits {
             allowed_updates.push("edited_message");
         }

@@ -46,6 +46,14 @@ pub(super) fn handle_command(sh: &Arc<Shared>, client: &Arc<Client>, cmd: Channe
                 }
             });
         }
+        ChannelCommand::React {
+            chat,
+            target,
+            emoji,
+        } => {
+            let c = client.clone();
+            tokio::spawn(async move { react(&c, &chat, target, &emoji).await });
+        }
         // A resend carries the same message id: a recipient's devices keep one message per id.
         ChannelCommand::Reconcile { done, .. } => {
             let _ = done.send(crate::channel::Doubt::NotSent);
@@ -68,6 +76,26 @@ pub(super) fn handle_command(sh: &Arc<Shared>, client: &Arc<Client>, cmd: Channe
                 let _ = done.send(r);
             });
         }
+    }
+}
+
+/// The acknowledgement reaction (or its removal: `emoji` empty, WhatsApp Web's empty-text
+/// reaction) on a received message, as whatsapp-rust 0.7.0 `Client::send_reaction` and
+/// `MessageContext::message_key` build it: the key names the chat, the message id, and in a
+/// group the author. Best effort: a failure is logged at debug.
+async fn react(client: &Arc<Client>, chat: &str, target: crate::channel::ReactTarget, emoji: &str) {
+    let Ok(jid) = chat.parse::<Jid>() else { return };
+    let own = own_of(client);
+    let from_me = own.pn.as_deref() == Some(jid.user.as_str())
+        || own.lid.as_deref() == Some(jid.user.as_str());
+    let key = wa::MessageKey {
+        remote_jid: Some(chat.to_string()),
+        from_me: Some(from_me),
+        id: Some(target.msg_id),
+        participant: whatsapp_rust::wacore_binary::JidExt::is_group(&jid).then_some(target.author),
+    };
+    if let Err(e) = client.send_reaction(jid, key, emoji).await {
+        tracing::debug!(error = %e, "reaction not sent");
     }
 }
 

@@ -56,6 +56,8 @@ pub struct Update {
     pub update_id: i64,
     pub message: Option<Message>,
     pub edited_message: Option<Message>,
+    /// A user's reactions on a message changed (asked for in `allowed_updates`).
+    pub message_reaction: Option<super::commands::MessageReaction>,
 }
 
 /// The fields of a Message this bridge reads; the media fields are only checked for presence.

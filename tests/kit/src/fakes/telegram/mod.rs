@@ -72,9 +72,11 @@ pub const NOT_JSON_BODY: &str = "OK\n";
 /// What a `ProxyHtml502` fault sends back: nginx's stock page, byte for byte.
 pub const PROXY_HTML_502: &str = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx/1.18.0 (Ubuntu)</center>\r\n</body>\r\n</html>\r\n";
 
+mod cues;
 mod groups;
 mod server;
 
+pub use cues::ReactionCall;
 pub use groups::{GroupChat, GroupPost};
 
 use server::dated;

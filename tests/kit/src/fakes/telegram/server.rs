@@ -35,11 +35,11 @@ fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
     r
 }
 
-fn ok(result: Value) -> Response<Full<Bytes>> {
+pub(super) fn ok(result: Value) -> Response<Full<Bytes>> {
     reply(StatusCode::OK, json!({"ok": true, "result": result}))
 }
 
-fn error(code: u16, description: &str) -> Response<Full<Bytes>> {
+pub(super) fn error(code: u16, description: &str) -> Response<Full<Bytes>> {
     reply(
         StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
         json!({"ok": false, "error_code": code, "description": description}),
@@ -114,7 +114,7 @@ fn form_params(s: &str) -> Value {
 }
 
 /// A parameter as an integer, whether it came as a JSON number or a form string.
-fn int_param(params: &Value, key: &str) -> Option<i64> {
+pub(super) fn int_param(params: &Value, key: &str) -> Option<i64> {
     match params.get(key)? {
         Value::Number(n) => n.as_i64(),
         Value::String(s) => s.trim().parse().ok(),
@@ -252,6 +252,8 @@ async fn handle(
         "sendchataction" => send_chat_action(&inner, &params),
         "editmessagereplymarkup" => edit_reply_markup(&inner, &params),
         "deletewebhook" => ok(json!(true)),
+        "setmycommands" => super::cues::set_my_commands(&params),
+        "setmessagereaction" => super::cues::set_message_reaction(&inner, &params),
         _ => error(404, "Not Found"),
     };
     if let Some(d) = held {
@@ -372,7 +374,7 @@ async fn get_updates(inner: &Inner, params: &Value) -> Response<Full<Bytes>> {
 }
 
 /// The chat named by `chat_id`, or the real server's description of why not.
-fn chat_param(st: &State, params: &Value) -> Result<(i64, Value), &'static str> {
+pub(super) fn chat_param(st: &State, params: &Value) -> Result<(i64, Value), &'static str> {
     let Some(raw) = str_param(params, "chat_id") else {
         return Err("Bad Request: chat_id is empty");
     };

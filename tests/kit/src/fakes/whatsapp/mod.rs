@@ -11,6 +11,7 @@
 
 mod admin;
 pub mod contacts;
+pub mod cues;
 pub mod deliveries;
 pub mod devices;
 mod faults;
@@ -41,6 +42,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 
 pub use contacts::InboxEntry;
+pub use cues::{Reaction, ReadReceipt};
 pub use deliveries::{Delivery, Report};
 pub use lid::{Addressing, UsyncCounts};
 pub use retry::RetryStats;
