@@ -10,7 +10,7 @@
 //! unknowable on that channel (not resent, logged). Nothing is skipped while the channel cannot
 //! tell yet (a Telegram outage): the question is asked again until it can.
 
-use crate::channel::{Arm, ChannelCommand, Doubt, SendError};
+use crate::channel::{Arm, ChannelCommand, Doubt, ReplyTo, SendError};
 use crate::config::PacingConfig;
 use crate::metrics::Metrics;
 use crate::pacing::Pacer;
@@ -69,6 +69,16 @@ impl Outlet {
         let _ = self.commands.try_send(ChannelCommand::Typing {
             chat: chat.to_string(),
             on: true,
+        });
+    }
+
+    /// Puts `emoji` on the message `target` in `chat` (empty: takes it off). Best effort:
+    /// dropped when the queue is full.
+    pub fn react(&self, chat: &str, target: crate::channel::ReactTarget, emoji: &str) {
+        let _ = self.commands.try_send(ChannelCommand::React {
+            chat: chat.to_string(),
+            target,
+            emoji: emoji.to_string(),
         });
     }
 
@@ -183,12 +193,18 @@ impl Delivery {
             sleep_until(plan.send_at).await;
             let armed = Arc::new(std::sync::Mutex::new(None));
             let arm = Arm::new(self.store.clone(), seq, armed.clone());
+            // Every chunk of a reply to a group message stays with it; the first quotes it.
+            let reply_to = (!rec.reply_ref.is_empty()).then(|| ReplyTo {
+                reference: rec.reply_ref.clone(),
+                quote: idx == 0,
+            });
             let outcome = self
                 .send(
                     &rec.chat,
                     text,
                     format!("{}.{idx}", rec.key),
                     rec.after_wire_seq,
+                    reply_to,
                     arm,
                 )
                 .await;
@@ -347,13 +363,22 @@ impl Delivery {
         }
     }
 
-    async fn send(&self, chat: &str, text: String, key: String, after: u64, arm: Arm) -> Sent {
+    async fn send(
+        &self,
+        chat: &str,
+        text: String,
+        key: String,
+        after: u64,
+        reply_to: Option<ReplyTo>,
+        arm: Arm,
+    ) -> Sent {
         let (done, rx) = oneshot::channel();
         let cmd = ChannelCommand::Send {
             chat: chat.to_string(),
             text,
             key,
             after,
+            reply_to,
             arm,
             done,
         };

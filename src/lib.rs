@@ -24,7 +24,9 @@
 //!   WhatsApp connection's lifecycle (phases, reconnect policy) is the sans-io
 //!   [`channel::whatsapp::lifecycle`], its driver a thin shell.
 //! - [`intake`]: the channels' way in: policy, dedupe and the durable write before an ack.
-//! - [`policy`]: the DM allowlist. Pure: a message in, allow or drop out.
+//! - [`policy`]: the DM allowlist and the group rule. Pure: a message in, allow, context or drop out.
+//! - [`recent`]: the recent context of groups (messages not addressed to the assistant), in memory.
+//! - [`turn_text`]: the text an agent gets for a message: context, quote, sender name. Pure.
 //! - [`session`]: session keys and 🗑️ resets. Pure.
 //! - [`router`]: [`router::turns`] (one turn in flight per session, batching; pure) and the turn
 //!   runner with the ack and accumulation timeouts; it reaches channels only through
@@ -82,6 +84,7 @@ pub mod pacing;
 pub mod pairing;
 pub mod policy;
 pub mod providers;
+pub mod recent;
 pub mod repeat;
 pub mod retry;
 pub mod router;
@@ -92,6 +95,7 @@ pub mod status;
 pub mod store;
 pub mod supervisor;
 pub mod systemd;
+pub mod turn_text;
 pub mod vocab;
 pub mod web;
 pub mod ws;

@@ -20,6 +20,13 @@ pub enum DropReason {
     Duplicate,
     SelfEcho,
     TooLarge,
+    /// A group not in `[channels.*.groups]` `allow` (or groups are on but this one is not listed).
+    GroupNotAllowed,
+    /// A sender the group's `allow_from` does not name.
+    GroupSenderNotAllowed,
+    /// A group message that does not address the assistant: no turn, no write; kept in memory as
+    /// recent context for the next message that does (see `recent`).
+    GroupUnaddressed,
     /// WhatsApp status updates (`status@broadcast`).
     Status,
     /// WhatsApp broadcast lists' copies.
@@ -29,13 +36,16 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::NotAllowed,
         DropReason::Disabled,
         DropReason::Group,
         DropReason::Duplicate,
         DropReason::SelfEcho,
         DropReason::TooLarge,
+        DropReason::GroupNotAllowed,
+        DropReason::GroupSenderNotAllowed,
+        DropReason::GroupUnaddressed,
         DropReason::Status,
         DropReason::BroadcastList,
         DropReason::Newsletter,
@@ -48,6 +58,9 @@ impl DropReason {
             DropReason::Duplicate => "duplicate",
             DropReason::SelfEcho => "self_echo",
             DropReason::TooLarge => "too_large",
+            DropReason::GroupNotAllowed => "group_not_allowed",
+            DropReason::GroupSenderNotAllowed => "group_sender_not_allowed",
+            DropReason::GroupUnaddressed => "group_unaddressed",
             DropReason::Status => "status",
             DropReason::BroadcastList => "broadcast_list",
             DropReason::Newsletter => "newsletter",
@@ -94,6 +107,10 @@ pub struct Metrics {
     turn_latency_count: AtomicU64,
     turn_latency_sum_ms: AtomicU64,
     pub resets: AtomicU64,
+    /// Reactions to replies noted as feedback for the session's next turn.
+    pub feedback: AtomicU64,
+    /// Acknowledgement reactions put on a message whose reply took longer than the threshold.
+    pub ack_reactions: AtomicU64,
     pub turns_in_flight: AtomicU64,
     pub queued_messages: AtomicU64,
     pub inbox_pending: AtomicU64,
@@ -242,6 +259,20 @@ impl Metrics {
             "counter",
             "Sessions reset by a 🗑️ message.",
             &self.resets,
+        );
+        scalar(
+            &mut out,
+            "feedback_total",
+            "counter",
+            "Reactions to replies noted as feedback for the next turn (no turn of their own).",
+            &self.feedback,
+        );
+        scalar(
+            &mut out,
+            "ack_reactions_total",
+            "counter",
+            "Acknowledgement reactions put on a message whose reply was slow.",
+            &self.ack_reactions,
         );
         scalar(
             &mut out,

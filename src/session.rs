@@ -26,11 +26,16 @@ pub fn clean(id: &str) -> String {
         .collect()
 }
 
-/// The session identity of a message under `scope`.
+/// The session identity of a message under `scope`. A group is one conversation: under
+/// `per_user` its messages form the group's session (keyed by the group, as under `per_chat`),
+/// never the sender's DM session, so what is said in a group does not leak into a person's
+/// private conversation or the other way round. `per_user_per_chat` keeps one session per person
+/// per group.
 pub fn identity(scope: SessionScope, msg: &Inbound) -> String {
     let ch = msg.channel.as_str();
     let raw = match scope {
         SessionScope::PerChat => format!("{ch}-{}", msg.chat),
+        SessionScope::PerUser if msg.is_group => format!("{ch}-{}", msg.chat),
         SessionScope::PerUser => format!("{ch}-{}", msg.sender),
         SessionScope::PerUserPerChat => format!("{ch}-{}-{}", msg.sender, msg.chat),
     };
@@ -89,6 +94,20 @@ mod tests {
         assert_eq!(
             identity(SessionScope::PerUserPerChat, &m),
             "whatsapp-+4917-4917@s.whatsapp.net"
+        );
+        let g = Inbound {
+            is_group: true,
+            ..msg("120363@g.us", "+4917")
+        };
+        assert_eq!(
+            identity(SessionScope::PerUser, &g),
+            "whatsapp-120363@g.us",
+            "a group never joins the sender's DM session"
+        );
+        assert_eq!(identity(SessionScope::PerChat, &g), "whatsapp-120363@g.us");
+        assert_eq!(
+            identity(SessionScope::PerUserPerChat, &g),
+            "whatsapp-+4917-120363@g.us"
         );
         assert_eq!(clean("a:b/c\\d\u{7}e"), "a-b-c-de");
         assert_eq!(clean(&"x".repeat(1000)).chars().count(), MAX_ID_CHARS);

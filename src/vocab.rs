@@ -78,6 +78,38 @@ pub enum Content {
         emoji: String,
         target_id: String,
     },
+    /// A command the channel recognised (Telegram `/start`, `/reset`, …): answered by the router,
+    /// never sent to an agent as text (a reset ends the conversation; `/start` and `/help` get
+    /// the configured texts).
+    Command(Command),
+}
+
+/// A command a channel recognised. The number is stored with the message (`InboxRecord::command`):
+/// never renumber one.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Command {
+    /// The 🗑️ reset (Telegram `/reset`, `/new`).
+    Reset = 1,
+    /// Telegram `/start`: a greeting that says what the bot is.
+    Start = 2,
+    /// Telegram `/help`.
+    Help = 3,
+}
+
+impl Command {
+    /// The stored number (0 is "no command").
+    pub fn code(self) -> u32 {
+        self as u32
+    }
+
+    pub fn from_code(code: u32) -> Option<Command> {
+        match code {
+            1 => Some(Command::Reset),
+            2 => Some(Command::Start),
+            3 => Some(Command::Help),
+            _ => None,
+        }
+    }
 }
 
 impl Content {
@@ -93,6 +125,10 @@ impl Content {
             Content::Reaction { emoji, target_id } => {
                 format!("[reacted {emoji} to message {target_id}]")
             }
+            // The reset keeps its 🗑️ form, so a stored `/reset` resets like a 🗑️ does.
+            Content::Command(Command::Reset) => "\u{1F5D1}\u{FE0F}".into(),
+            Content::Command(Command::Start) => "/start".into(),
+            Content::Command(Command::Help) => "/help".into(),
         }
     }
 }
@@ -142,7 +178,8 @@ pub struct Cues {
     /// The message this one replies to, when it quotes one.
     pub quote: Option<Quote>,
     /// How a reply quotes this message on its channel, when that differs from `id` (Telegram:
-    /// the `message_id`, as `id` is the update id). `None`: quote by `id`.
+    /// the `message_id`, as `id` is the update id, with `:<thread id>` in a forum topic). `None`:
+    /// quote by `id`. Opaque to the core: it reaches the channel again as `ReplyTo::reference`.
     pub reply_ref: Option<String>,
 }
 
@@ -195,6 +232,17 @@ impl<T> std::ops::IndexMut<ChannelKind> for PerChannel<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commands_round_trip_and_a_reset_renders_as_the_wastebasket() {
+        for c in [Command::Reset, Command::Start, Command::Help] {
+            assert_eq!(Command::from_code(c.code()), Some(c));
+        }
+        assert_eq!(Command::from_code(0), None);
+        assert!(crate::session::is_reset(
+            &Content::Command(Command::Reset).render()
+        ));
+    }
 
     #[test]
     fn per_channel_is_indexed_by_kind() {

@@ -49,8 +49,28 @@ fn check_poll(fetched: Fetched<'_>, saved: Option<i64>, edits: bool) {
     let mut want: Vec<i64> = Vec::new();
     let mut max_id: Option<i64> = None;
     if let Ok(raw) = proto::classify::<Vec<Value>>(fetched) {
+        // A bot with a username: mention entities are sliced out of the text (UTF-16 offsets
+        // and lengths as the update says) and replies checked against its id.
+        let me = proto::Me {
+            id: 42,
+            username: Some("b_bot".into()),
+        };
         for update in raw {
+            let named = proto::convert_for(update.clone(), edits, &me);
+            if let Ok(item) = &named {
+                if let Some(m) = &item.inbound {
+                    let _ = clawbox::turn_text::compose(m, &m.content.render(), &[]);
+                }
+            }
             if let Ok(item) = proto::convert(update, edits) {
+                assert_eq!(
+                    named
+                        .as_ref()
+                        .map(|i| (i.update_id, i.inbound.is_some()))
+                        .ok(),
+                    Some((item.update_id, item.inbound.is_some())),
+                    "the bot's identity changes what a message says, not which updates count"
+                );
                 if item.update_id >= saved.unwrap_or(i64::MIN) {
                     max_id = max_id.max(Some(item.update_id));
                     if item.inbound.is_some() {

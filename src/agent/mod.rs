@@ -40,6 +40,9 @@ pub struct TurnRequest {
     pub history: Vec<HistoryEntry>,
     /// Stable for this turn across retries and restarts (derived from the inbound message ids).
     pub idempotency_key: String,
+    /// Replaces the agent's configured system prompt for this turn (a group's override, see
+    /// `config::groups`). Agents without a system prompt of their own (echo, openclaw) ignore it.
+    pub system_prompt: Option<String>,
 }
 
 /// How a turn is getting on, as the router sees it: 0 = not yet accepted by the agent; each later

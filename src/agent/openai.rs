@@ -101,7 +101,7 @@ impl Inner {
     /// The JSON body of one streamed chat completion request.
     fn request_body(&self, req: &TurnRequest) -> Value {
         let mut messages = Vec::with_capacity(self.history_messages.min(req.history.len()) + 2);
-        if let Some(s) = &self.system_prompt {
+        if let Some(s) = req.system_prompt.as_ref().or(self.system_prompt.as_ref()) {
             messages.push(json!({"role": "system", "content": s}));
         }
         let skip = req.history.len().saturating_sub(self.history_messages);

@@ -92,7 +92,7 @@ pub async fn run(ctx: ChannelContext, eof: watch::Sender<bool>) -> Result<(), Ch
                             cues: Default::default(),
                         };
                         match ctx.intake.submit(msg).await {
-                            Ok(Submitted::Accepted | Submitted::Duplicate | Submitted::Dropped(_)) => {}
+                            Ok(Submitted::Accepted | Submitted::Duplicate | Submitted::Dropped(_) | Submitted::Noted) => {}
                             Err(e) => eprintln!("clawbox: {e}"),
                         }
                     }
@@ -115,7 +115,7 @@ pub async fn run(ctx: ChannelContext, eof: watch::Sender<bool>) -> Result<(), Ch
                 Some(ChannelCommand::Reconcile { done, .. }) => {
                     let _ = done.send(super::Doubt::Unknowable);
                 }
-                Some(ChannelCommand::Typing { .. }) => {}
+                Some(ChannelCommand::Typing { .. } | ChannelCommand::React { .. }) => {}
                 None => return Ok(()),
             },
             _ = shutdown.wait() => return Ok(()),

@@ -126,11 +126,27 @@ impl fmt::Display for SendError {
     }
 }
 
+/// The message a reaction goes on, as the inbox stored it: each channel picks what its wire
+/// needs (WhatsApp: the id, and the author in a group; Telegram: the message id, `wire_seq`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReactTarget {
+    pub msg_id: String,
+    pub author: String,
+    pub wire_seq: u64,
+}
+
 /// What the core asks a channel to do. Sent by [`crate::delivery`] in pacing order.
 #[derive(Debug)]
 pub enum ChannelCommand {
     /// Show (or stop showing) "typing…" in a chat. Best effort: no outcome reported.
     Typing { chat: String, on: bool },
+    /// Put `emoji` on a received message, or take the bot's reaction off (`emoji` empty): the
+    /// acknowledgement of a slow turn. Best effort: no outcome reported.
+    React {
+        chat: String,
+        target: ReactTarget,
+        emoji: String,
+    },
     /// Send one chunk of a reply. `key` is stable for this chunk across restarts: channels whose
     /// protocol lets the client choose message ids derive the id from it, so a resend is deduped.
     /// The connector calls `arm` right before the request leaves (never before a wait).
@@ -140,6 +156,8 @@ pub enum ChannelCommand {
         key: String,
         /// The highest `wire_seq` of the messages this reply answers (0: none known).
         after: u64,
+        /// The message this reply answers, when it should be quoted (replies in groups).
+        reply_to: Option<ReplyTo>,
         arm: Arm,
         done: oneshot::Sender<Result<(), SendError>>,
     },
@@ -152,6 +170,16 @@ pub enum ChannelCommand {
         since_ms: u64,
         done: oneshot::Sender<Doubt>,
     },
+}
+
+/// The message a reply chunk answers: the channel's own reference of it
+/// (`OutboxRecord::reply_ref`: Telegram `<message_id>` or `<message_id>:<topic thread id>`;
+/// WhatsApp the message id), and whether this chunk quotes it (the first chunk of the reply
+/// does; every chunk stays in the same topic or thread).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyTo {
+    pub reference: String,
+    pub quote: bool,
 }
 
 /// Everything a channel task gets from the core. The command receiver lives behind a mutex outside

@@ -16,14 +16,14 @@ pub const MIN_WEB_TOKEN_CHARS: usize = 16;
 /// Turns running at once: more would only queue inside the agent; fewer than one does nothing.
 const MAX_CONCURRENT_TURNS: usize = 256;
 
-struct Checker<'a> {
+pub(super) struct Checker<'a> {
     text: &'a str,
     path: Option<PathBuf>,
     errors: Vec<ConfigError>,
 }
 
 impl Checker<'_> {
-    fn err_at<T>(&mut self, v: &Spanned<T>, message: impl Into<String>) {
+    pub(super) fn err_at<T>(&mut self, v: &Spanned<T>, message: impl Into<String>) {
         let span = v.span();
         // Spans of 0..0 mark built-in defaults, which have no place in the file.
         let line_col = if span == (0..0) {
@@ -37,7 +37,7 @@ impl Checker<'_> {
             message: message.into(),
         });
     }
-    fn err(&mut self, message: impl Into<String>) {
+    pub(super) fn err(&mut self, message: impl Into<String>) {
         self.errors.push(ConfigError {
             path: self.path.clone(),
             line_col: None,
@@ -336,6 +336,39 @@ pub(super) fn check(cfg: &mut Config, text: &str) -> Result<(), Vec<ConfigError>
                 ),
             );
         }
+    }
+    // [channels.*.groups]
+    let declared = names_list();
+    // Whether the named agent takes a system prompt (only openai agents have one).
+    let takes_prompt = |n: &str| {
+        cfg.agents
+            .get(n)
+            .is_some_and(|a| *a.kind.get_ref() == AgentKind::Openai)
+    };
+    let agents = super::groups::Agents {
+        known: &known,
+        declared: &declared,
+        takes_prompt: &takes_prompt,
+    };
+    if let Some(t) = cfg.channels.telegram.as_ref() {
+        let channel_agent = cfg.agent_of(crate::vocab::ChannelKind::Telegram);
+        super::groups::check(
+            &mut c,
+            &t.groups,
+            super::groups::IdForms::Telegram,
+            &agents,
+            &channel_agent,
+        );
+    }
+    if let Some(w) = cfg.channels.whatsapp.as_ref() {
+        let channel_agent = cfg.agent_of(crate::vocab::ChannelKind::WhatsApp);
+        super::groups::check(
+            &mut c,
+            &w.groups,
+            super::groups::IdForms::WhatsApp,
+            &agents,
+            &channel_agent,
+        );
     }
     if let Some(t) = cfg.channels.telegram.as_mut() {
         if t.enabled {

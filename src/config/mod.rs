@@ -6,6 +6,7 @@
 //! (EX_CONFIG), which the systemd unit does not restart on.
 
 pub mod check;
+pub mod groups;
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -183,6 +184,15 @@ pub struct RouterConfig {
     pub reset_reply: String,
     pub timeout_reply: String,
     pub error_reply: String,
+    /// The answer to Telegram's `/start` (no agent call).
+    pub start_reply: String,
+    /// The answer to Telegram's `/help` (no agent call).
+    pub help_reply: String,
+    /// The reaction put on the message that started a turn once the reply takes longer than
+    /// `ack_reaction_after_ms`, and taken off when the reply is ready. `""` turns it off. In a
+    /// group only on a message that mentions the assistant.
+    pub ack_reaction: String,
+    pub ack_reaction_after_ms: u64,
 }
 
 impl Default for RouterConfig {
@@ -199,6 +209,10 @@ impl Default for RouterConfig {
             error_reply:
                 "Sorry, I couldn't reach the assistant just now. Please try again in a moment."
                     .into(),
+            start_reply: "Hi! I'm an AI assistant, connected here by clawbox. Write to me and I'll answer. /reset (or /new) starts a fresh conversation; /help shows what I understand.".into(),
+            help_reply: "Write to me in plain words and I'll answer. /reset or /new starts a fresh conversation (so does a message that is only 🗑️). React to one of my replies (👍, 👎, …) and I'll take it into account next time.".into(),
+            ack_reaction: "👀".into(),
+            ack_reaction_after_ms: 4000,
         }
     }
 }
@@ -354,6 +368,9 @@ pub struct TelegramConfig {
     /// Answer edits of earlier messages as new messages.
     #[serde(default)]
     pub handle_edits: bool,
+    /// Group chats: see [`groups`].
+    #[serde(default)]
+    pub groups: groups::GroupsConfig,
     #[serde(skip)]
     pub token: Option<Secret>,
 }
@@ -385,6 +402,9 @@ pub struct WhatsAppConfig {
     /// answers a login with 405 (client outdated). Tests point it at the fake server.
     #[serde(default = "default_whatsapp_version_url")]
     pub version_url: Spanned<String>,
+    /// Group chats: see [`groups`].
+    #[serde(default)]
+    pub groups: groups::GroupsConfig,
 }
 
 /// On, allowlist policy with nobody listed: only the owner's self chat reaches the assistant.
@@ -400,6 +420,7 @@ impl Default for WhatsAppConfig {
             read_receipts: true,
             server_url: default_whatsapp_url(),
             version_url: default_whatsapp_version_url(),
+            groups: groups::GroupsConfig::default(),
         }
     }
 }

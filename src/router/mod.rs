@@ -2,12 +2,14 @@
 //!
 //! [`crate::intake`] makes each allowed message durable and sends it here; [`turns`] decides which turn
 //! runs next (one per session, batched, bounded); [`runner`] runs a turn against its agent with the
-//! ack and accumulation timeouts and queues the reply for [`crate::delivery`]. After a restart,
+//! ack and accumulation timeouts and queues the reply for [`crate::delivery`]; [`feedback`] keeps
+//! the user's reactions for the session's next turn. After a restart,
 //! [`Router::resume`] re-queues every unanswered message, so each is answered exactly once.
 //!
 //! The loop beats the router's row on the board each time it turns, and turns at least every
 //! [`TICK`] even when nothing arrives: a loop blocked in its body stops beating.
 
+pub mod feedback;
 pub mod runner;
 pub mod turns;
 
@@ -39,6 +41,8 @@ pub struct Router {
     tasks: JoinSet<runner::Finished>,
     /// Which session each running task serves, to recover if one dies.
     running: HashMap<tokio::task::Id, String>,
+    /// Reactions waiting for their session's next turn.
+    feedback: feedback::Feedback,
 }
 
 impl Router {
@@ -57,6 +61,8 @@ impl Router {
             metrics: shared.metrics.clone(),
             scope,
             agent_for,
+            recent: Default::default(),
+            named_groups: Default::default(),
         };
         let turns = turns::Turns::new(shared.cfg.max_concurrent_turns);
         (
@@ -66,6 +72,7 @@ impl Router {
                 shared,
                 tasks: JoinSet::new(),
                 running: HashMap::new(),
+                feedback: feedback::Feedback::default(),
             },
             Intake::new(Arc::new(core)),
         )
@@ -84,8 +91,15 @@ impl Router {
     }
 
     fn start_turns(&mut self) {
-        while let Some(turn) = self.turns.next_turn() {
+        while let Some(mut turn) = self.turns.next_turn() {
             let session = turn.session.clone();
+            match turn.messages.first() {
+                // A reset ends the conversation the feedback was about.
+                Some(m) if m.is_reset => self.feedback.forget(&session),
+                // `/start`, `/help`: no agent call; the feedback waits for one.
+                Some(m) if m.command.is_some() => {}
+                _ => turn.feedback = self.feedback.take(&session),
+            }
             let handle = self
                 .tasks
                 .spawn(runner::run_turn(self.shared.clone(), turn));
@@ -111,6 +125,11 @@ impl Router {
                 _ = tick.tick() => {}
                 ev = self.events.recv() => match ev {
                     Some(Event::Inbound(msg)) => self.push(msg),
+                    Some(Event::Feedback { session, note }) => {
+                        if !self.feedback.note(&session, note) {
+                            tracing::debug!("feedback dropped: too many sessions with notes waiting");
+                        }
+                    }
                     None => break,
                 },
                 Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => match joined {

@@ -84,6 +84,7 @@ pub fn idempotency_key(channel: &str, msg_ids: &[&str]) -> String {
 
 pub async fn run_turn(shared: Arc<Shared>, turn: Turn) -> Finished {
     let session = turn.session.clone();
+    let feedback = turn.feedback;
     let (messages, more_in_store) = if turn.spilled {
         match shared.store.pending_for(&session).await {
             Ok(rows) => batch_from(
@@ -158,15 +159,25 @@ pub async fn run_turn(shared: Arc<Shared>, turn: Turn) -> Finished {
         }
         Metrics::inc(&shared.metrics.resets);
         (text, None, true, outcome != ResetOutcome::Cleared)
+    } else if let Some(command) = first.command {
+        // `/start`, `/help`: the configured text, no agent call, nothing in the history.
+        let text = match command {
+            crate::vocab::Command::Help => shared.cfg.help_reply.clone(),
+            _ => shared.cfg.start_reply.clone(),
+        };
+        (text, None, false, false)
     } else {
         if let Some(outlet) = &shared.outlets[channel] {
             outlet.typing(&route.chat);
         }
-        let text = messages
-            .iter()
-            .map(|m| m.rec.text.as_str())
-            .collect::<Vec<_>>()
-            .join("\n");
+        let text = super::feedback::prepend(
+            &feedback,
+            &messages
+                .iter()
+                .map(|m| m.rec.text.as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
         let history = if entry.agent.wants_history() {
             record
                 .history
@@ -188,9 +199,14 @@ pub async fn run_turn(shared: Arc<Shared>, turn: Turn) -> Finished {
             text: text.clone(),
             history,
             idempotency_key: key.clone(),
+            system_prompt: Some(route.system_prompt.clone()).filter(|s| !s.is_empty()),
         };
         Metrics::inc(&shared.metrics.turns_in_flight);
-        let result = call_agent(entry.clone(), req).await;
+        let ack = AckReaction::for_turn(&shared, first);
+        let result = match &ack {
+            Some(ack) => ack.around(call_agent(entry.clone(), req)).await,
+            None => call_agent(entry.clone(), req).await,
+        };
         shared
             .metrics
             .turns_in_flight
@@ -230,6 +246,14 @@ pub async fn run_turn(shared: Arc<Shared>, turn: Turn) -> Finished {
         key,
         created_ms: crate::store::now_ms(),
         after_wire_seq: messages.iter().map(|m| m.rec.wire_seq).max().unwrap_or(0),
+        // The newest message of the turn that asks to be quoted (a group's addressed message).
+        reply_ref: messages
+            .iter()
+            .rev()
+            .map(|m| m.rec.reply_ref.as_str())
+            .find(|r| !r.is_empty())
+            .unwrap_or_default()
+            .to_string(),
         ..OutboxRecord::default()
     };
     let done = TurnDone {
@@ -271,6 +295,56 @@ pub async fn run_turn(shared: Arc<Shared>, turn: Turn) -> Finished {
                 more_in_store: true,
             }
         }
+    }
+}
+
+/// The acknowledgement reaction of one turn: put on the message that started it once the agent
+/// has taken longer than the threshold, taken off as soon as the reply is ready (before its
+/// pacing and typing), whatever the outcome. Never in a group unless the message addressed the
+/// assistant (`quiet`), never for a channel without a message id to react to.
+struct AckReaction {
+    outlet: Outlet,
+    chat: String,
+    target: crate::channel::ReactTarget,
+    emoji: String,
+    after: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl AckReaction {
+    fn for_turn(shared: &Shared, first: &Queued) -> Option<AckReaction> {
+        let emoji = shared.cfg.ack_reaction.trim();
+        if emoji.is_empty() || first.rec.quiet {
+            return None;
+        }
+        let outlet = shared.outlets[first.channel].clone()?;
+        Some(AckReaction {
+            outlet,
+            chat: first.rec.chat.clone(),
+            target: crate::channel::ReactTarget {
+                msg_id: first.rec.msg_id.clone(),
+                author: first.rec.author.clone(),
+                wire_seq: first.rec.wire_seq,
+            },
+            emoji: emoji.to_string(),
+            after: Duration::from_millis(shared.cfg.ack_reaction_after_ms),
+            metrics: shared.metrics.clone(),
+        })
+    }
+
+    /// Runs `turn`, reacting if it outlasts the threshold and taking the reaction off after.
+    async fn around<T>(&self, turn: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(turn);
+        tokio::select! {
+            r = &mut turn => return r,
+            _ = tokio::time::sleep(self.after) => {}
+        }
+        self.outlet
+            .react(&self.chat, self.target.clone(), &self.emoji);
+        Metrics::inc(&self.metrics.ack_reactions);
+        let r = turn.await;
+        self.outlet.react(&self.chat, self.target.clone(), "");
+        r
     }
 }
 
@@ -348,6 +422,118 @@ async fn call_agent(entry: Arc<AgentEntry>, req: TurnRequest) -> Result<String, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::channel::ChannelCommand;
+    use crate::vocab::{ChannelKind, ChannelSpec};
+
+    fn ack(after_ms: u64) -> (AckReaction, tokio::sync::mpsc::Receiver<ChannelCommand>) {
+        let (jobs, _) = tokio::sync::mpsc::channel(1);
+        let (commands, rx) = tokio::sync::mpsc::channel(8);
+        let spec = ChannelSpec {
+            kind: ChannelKind::Telegram,
+            max_chars: 4096,
+        };
+        let a = AckReaction {
+            outlet: Outlet::new(spec, jobs, commands),
+            chat: "42".into(),
+            target: crate::channel::ReactTarget {
+                msg_id: "7".into(),
+                author: "42".into(),
+                wire_seq: 7,
+            },
+            emoji: "👀".into(),
+            after: Duration::from_millis(after_ms),
+            metrics: Arc::new(Metrics::default()),
+        };
+        (a, rx)
+    }
+
+    fn reaction(c: ChannelCommand) -> String {
+        match c {
+            ChannelCommand::React {
+                emoji,
+                target,
+                chat,
+            } => {
+                assert_eq!((chat.as_str(), target.wire_seq), ("42", 7));
+                emoji
+            }
+            other => panic!("not a reaction: {other:?}"),
+        }
+    }
+
+    fn shared(ack_reaction: &str, with_outlet: bool) -> Shared {
+        let metrics = Arc::new(Metrics::default());
+        let mut outlets: PerChannel<Option<Outlet>> = Default::default();
+        if with_outlet {
+            outlets[ChannelKind::Telegram] = Some(ack(1).0.outlet);
+        }
+        Shared {
+            store: Store::open_in_memory(metrics.clone()).unwrap(),
+            metrics,
+            cfg: RouterConfig {
+                ack_reaction: ack_reaction.into(),
+                ..RouterConfig::default()
+            },
+            agents: HashMap::new(),
+            default_agent: "echo".into(),
+            outlets,
+        }
+    }
+
+    fn queued(quiet: bool) -> Queued {
+        Queued {
+            seq: 1,
+            channel: ChannelKind::Telegram,
+            rec: crate::store::InboxRecord {
+                chat: "42".into(),
+                msg_id: "9".into(),
+                wire_seq: 7,
+                quiet,
+                ..Default::default()
+            },
+            is_reset: false,
+            command: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_ack_reaction_is_off_when_empty_for_a_quiet_group_message_and_without_an_outlet() {
+        let on = AckReaction::for_turn(&shared("👀", true), &queued(false)).unwrap();
+        assert_eq!(
+            (on.emoji.as_str(), on.after),
+            ("👀", Duration::from_secs(4))
+        );
+        assert_eq!(on.target.wire_seq, 7);
+        assert!(AckReaction::for_turn(&shared("", true), &queued(false)).is_none());
+        assert!(AckReaction::for_turn(&shared("👀", true), &queued(true)).is_none());
+        assert!(AckReaction::for_turn(&shared("👀", false), &queued(false)).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_turn_gets_the_reaction_and_loses_it_a_fast_one_never_has_it() {
+        let (a, mut rx) = ack(4000);
+        let r = a
+            .around(tokio::time::sleep(Duration::from_millis(3999)))
+            .await;
+        assert_eq!(r, ());
+        assert!(rx.try_recv().is_err(), "a fast reply: no reaction");
+
+        let started = Instant::now();
+        a.around(async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        })
+        .await;
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        assert_eq!(reaction(rx.try_recv().unwrap()), "👀");
+        assert_eq!(reaction(rx.try_recv().unwrap()), "", "taken off after");
+        assert!(rx.try_recv().is_err());
+        assert_eq!(
+            a.metrics
+                .ack_reactions
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
 
     #[test]
     fn idempotency_keys_are_stable_and_distinct() {

@@ -7,7 +7,7 @@
 //! A 🗑️ reset is a batch boundary: it runs as its own turn, between the messages around it.
 
 use crate::store::{InboxRecord, StoredMessage};
-use crate::vocab::ChannelKind;
+use crate::vocab::{ChannelKind, Command};
 use heapless::Deque;
 use std::collections::{HashMap, VecDeque};
 
@@ -24,12 +24,23 @@ pub struct Queued {
     pub channel: ChannelKind,
     pub rec: InboxRecord,
     pub is_reset: bool,
+    /// `/start` or `/help` (a reset is `is_reset`): answered by the router, no agent call.
+    pub command: Option<Command>,
+}
+
+impl Queued {
+    /// Runs as a turn of its own: a reset or a command.
+    pub fn alone(&self) -> bool {
+        self.is_reset || self.command.is_some()
+    }
 }
 
 impl From<StoredMessage> for Queued {
     fn from(m: StoredMessage) -> Queued {
+        let is_reset = crate::session::is_reset(&m.rec.text);
         Queued {
-            is_reset: crate::session::is_reset(&m.rec.text),
+            command: Command::from_code(m.rec.command).filter(|c| *c != Command::Reset),
+            is_reset,
             seq: m.seq,
             channel: m.channel,
             rec: m.rec,
@@ -45,6 +56,8 @@ pub struct Turn {
     pub messages: Vec<Queued>,
     /// The in-memory queue overflowed: the turn must load the session's pending rows from the store.
     pub spilled: bool,
+    /// Feedback notes (reactions) for this turn's agent request; filled by the router.
+    pub feedback: Vec<String>,
 }
 
 #[derive(Default)]
@@ -103,6 +116,7 @@ impl Turns {
                     session: session.clone(),
                     messages: Vec::new(),
                     spilled: true,
+                    feedback: Vec::new(),
                 }
             } else {
                 let messages = take_batch(&mut q.queued);
@@ -113,6 +127,7 @@ impl Turns {
                     session: session.clone(),
                     messages,
                     spilled: false,
+                    feedback: Vec::new(),
                 }
             };
             q.in_flight = true;
@@ -155,18 +170,18 @@ impl Turns {
     }
 }
 
-/// Splits the next batch off a queue: a leading reset alone, else messages up to the next reset,
-/// at most [`MAX_BATCH`].
+/// Splits the next batch off a queue: a leading reset or command alone, else messages up to the
+/// next reset or command, at most [`MAX_BATCH`].
 fn take_batch(q: &mut Deque<Queued, MAX_QUEUED_PER_SESSION>) -> Vec<Queued> {
     let mut out = Vec::new();
     if let Some(first) = q.front() {
-        if first.is_reset {
+        if first.alone() {
             return q.pop_front().into_iter().collect();
         }
     }
     while out.len() < MAX_BATCH {
         match q.front() {
-            Some(m) if !m.is_reset => {
+            Some(m) if !m.alone() => {
                 if let Some(m) = q.pop_front() {
                     out.push(m);
                 }
@@ -180,7 +195,7 @@ fn take_batch(q: &mut Deque<Queued, MAX_QUEUED_PER_SESSION>) -> Vec<Queued> {
 /// The same batching rule over messages loaded from the store (after a spill): returns the batch
 /// and whether more remain.
 pub fn batch_from(mut pending: Vec<Queued>) -> (Vec<Queued>, bool) {
-    if pending.first().is_some_and(|m| m.is_reset) {
+    if pending.first().is_some_and(Queued::alone) {
         let more = pending.len() > 1;
         pending.truncate(1);
         return (pending, more);
@@ -188,7 +203,7 @@ pub fn batch_from(mut pending: Vec<Queued>) -> (Vec<Queued>, bool) {
     let end = pending
         .iter()
         .take(MAX_BATCH)
-        .position(|m| m.is_reset)
+        .position(Queued::alone)
         .unwrap_or(pending.len().min(MAX_BATCH));
     let more = pending.len() > end;
     pending.truncate(end);
@@ -208,6 +223,7 @@ mod tests {
                 ..Default::default()
             },
             is_reset: text == "🗑️",
+            command: (text == "/help").then_some(Command::Help),
         }
     }
 
@@ -261,6 +277,21 @@ mod tests {
         assert_eq!(t.next_turn().unwrap().messages, vec![q(3, "🗑️")]);
         t.done("a", false);
         assert_eq!(t.next_turn().unwrap().messages, vec![q(4, "after")]);
+    }
+
+    #[test]
+    fn a_command_is_its_own_turn() {
+        let (b, more) = batch_from(vec![q(1, "a"), q(2, "/help"), q(3, "c")]);
+        assert_eq!(b, vec![q(1, "a")]);
+        assert!(more);
+        let (b, _) = batch_from(vec![q(2, "/help"), q(3, "c")]);
+        assert_eq!(b, vec![q(2, "/help")]);
+        let mut t = Turns::new(1);
+        t.push("a", q(1, "/help"));
+        t.push("a", q(2, "x"));
+        assert_eq!(t.next_turn().unwrap().messages, vec![q(1, "/help")]);
+        t.done("a", false);
+        assert_eq!(t.next_turn().unwrap().messages, vec![q(2, "x")]);
     }
 
     #[test]

@@ -45,6 +45,21 @@ pub struct InboxRecord {
     /// The channel's ordinal for the message (see `channel::Inbound::wire_seq`); 0 if none.
     #[prost(uint64, tag = "12")]
     pub wire_seq: u64,
+    /// How the reply quotes this message on its channel (`Inbound::cues.reply_ref`, else its
+    /// id); empty: the reply quotes nothing. Set for group messages: a reply in a group quotes
+    /// the message that addressed the assistant.
+    #[prost(string, tag = "13")]
+    pub reply_ref: String,
+    /// The group's `system_prompt` override for this turn; empty: the agent's own.
+    #[prost(string, tag = "14")]
+    pub system_prompt: String,
+    /// The command the channel recognised (`vocab::Command::code`); 0: none.
+    #[prost(uint32, tag = "15")]
+    pub command: u32,
+    /// No acknowledgement reaction on this message (a group message that does not address the
+    /// assistant). False for every row written before the field existed: all of them DMs.
+    #[prost(bool, tag = "16")]
+    pub quiet: bool,
 }
 
 /// An inbox row as the store hands it out: its sequence number, its channel (parsed once, where
@@ -94,6 +109,12 @@ pub struct OutboxRecord {
     /// The highest `wire_seq` of the inbound messages this reply answers (0: none known).
     #[prost(uint64, tag = "10")]
     pub after_wire_seq: u64,
+    /// The channel's reference of the message this reply answers and quotes (the answered
+    /// message's `InboxRecord::reply_ref`); empty: no quote. Channel-neutral: each channel reads
+    /// its own form (Telegram: `<message_id>` or `<message_id>:<topic thread id>`; WhatsApp: the
+    /// message id). The first chunk quotes it; every chunk stays in its thread.
+    #[prost(string, tag = "11")]
+    pub reply_ref: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

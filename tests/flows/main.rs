@@ -1,5 +1,6 @@
 //! Messages end to end through the real `clawbox run` binary against the fakes: turns, history and
 //! the allowlist (`flow`), each channel inside the daemon (`telegram_flow`, `whatsapp_flow`;
+//! Telegram groups in `telegram_groups`;
 //! WhatsApp's login failures and version check in `whatsapp_login`, its retries, refusals and
 //! key events in `whatsapp_retry`, LID addressing and the allowlist by identity in
 //! `whatsapp_lid`, multi-device contacts and the self chat's forms in
@@ -9,12 +10,15 @@
 //! One test binary (one link of the WhatsApp stack); select a module with
 //! `cargo test --test flows restart::`.
 
+mod cues_telegram;
+mod cues_whatsapp;
 mod flow;
 mod malformed;
 mod openclaw_flow;
 mod restart;
 mod security;
 mod telegram_flow;
+mod telegram_groups;
 mod whatsapp_devices;
 mod whatsapp_flow;
 mod whatsapp_groups;

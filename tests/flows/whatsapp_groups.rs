@@ -158,7 +158,7 @@ async fn box_messages(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 // Measured here: 61 fsyncs against 6 before the 20 messages (the library's pending-message row
 // and Signal/sender-key flush per message); every other assertion holds.
-#[ignore = "needs the writes work (and the groups core on main)"]
+#[ignore = "needs the writes work"]
 async fn twenty_unaddressed_group_messages_cost_no_agent_call_no_reply_no_fsync() {
     let fake = FakeWhatsApp::start().await;
     let ai = FakeOpenAi::start(Default::default()).await;
@@ -203,9 +203,6 @@ async fn twenty_unaddressed_group_messages_cost_no_agent_call_no_reply_no_fsync(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-// Passes on wt/wagroups-on-groups (this branch merged with the groups core, plus the ReplyTo
-// wiring in outbound.rs); `[channels.whatsapp.groups]` is unknown to the config before it.
-#[ignore = "needs the groups core on main"]
 async fn a_mention_gets_one_quoted_reply_read_by_every_member_and_strangers_get_nothing() {
     let fake = FakeWhatsApp::start().await;
     let ai = FakeOpenAi::start(Default::default()).await;

@@ -34,6 +34,7 @@ fn turn(text: &str) -> TurnRequest {
         text: text.into(),
         history: vec![],
         idempotency_key: "k1".into(),
+        system_prompt: None,
     }
 }
 

@@ -75,6 +75,7 @@ fn req(session: &str, text: &str, key: &str) -> TurnRequest {
         text: text.into(),
         history: vec![],
         idempotency_key: key.into(),
+        system_prompt: None,
     }
 }
 

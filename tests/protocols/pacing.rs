@@ -80,6 +80,7 @@ async fn typing_gaps_and_chunks_are_exactly_as_configured() {
                     sends += 1;
                 }
                 ChannelCommand::Reconcile { .. } => panic!("nothing was in doubt"),
+                ChannelCommand::React { .. } => panic!("delivery never reacts"),
             }
             if sends == 4 && offs == 2 {
                 if let Some(tx) = all_sent.take() {

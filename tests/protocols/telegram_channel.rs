@@ -126,6 +126,7 @@ impl Harness {
                 text: text.into(),
                 key: format!("k-{text}"),
                 after: 0,
+                reply_to: None,
                 arm: clawbox::channel::Arm::unrecorded(),
                 done,
             })
@@ -144,6 +145,7 @@ impl Harness {
                 text: text.into(),
                 key: format!("k-{text}"),
                 after: 0,
+                reply_to: None,
                 arm: Arm::observed(armed.clone()),
                 done,
             })
@@ -223,7 +225,7 @@ async fn private_text_is_submitted_confirmed_and_answered_with_typing() {
     assert_eq!(first.params["timeout"], 50);
     assert_eq!(
         first.params["allowed_updates"],
-        serde_json::json!(["message"])
+        serde_json::json!(["message", "message_reaction"])
     );
 
     // A reply goes out in the same chat and is confirmed.
@@ -317,7 +319,7 @@ async fn edits_are_submitted_when_handle_edits_is_on() {
     let first = &h.fake.calls_of("getUpdates")[0];
     assert_eq!(
         first.params["allowed_updates"],
-        serde_json::json!(["message", "edited_message"])
+        serde_json::json!(["message", "message_reaction", "edited_message"])
     );
     h.stop().await.unwrap();
 }

@@ -312,3 +312,94 @@ async fn a_warning_while_loading_the_config_reaches_stderr() {
     assert!(said(&p.stderr().join("\n")), "{:#?}", p.stderr());
     p.sigterm();
 }
+
+// ---- [channels.*.groups] ---------------------------------------------------------------------
+
+/// `clawbox config check` on config text written to a scratch file: (exit code, stderr, path).
+async fn check_text(text: &str) -> (Option<i32>, String, String) {
+    let (dir, path) = scratch(text);
+    write_secret(dir.path().join("tg.token"), "123456:TEST-token_abc");
+    let p = path.display().to_string();
+    let (code, err) = check(&p).await;
+    (code, err, p)
+}
+
+const TG: &str = "[channels.telegram]\ntoken_file = \"tg.token\"\nallow_from = [111]\n";
+
+#[tokio::test]
+async fn a_valid_groups_table_passes_on_both_channels() {
+    let (code, err, _) = check_text(&format!(
+        "[agents.fam]\nkind = \"openai\"\nurl = \"http://127.0.0.1:1/v1\"\nmodel = \"m\"\n{TG}[channels.telegram.groups]\npolicy = \"allowlist\"\n\
+         allow = [-1001234567890, \"-4012345678\"]\nallow_from = [\"*\"]\nmention_patterns = [\"claw\"]\n\
+         [channels.telegram.groups.chats.\"-1001234567890\"]\nrequire_mention = false\nagent = \"fam\"\n\
+         system_prompt = \"Be brief.\"\n\
+         [channels.whatsapp.groups]\npolicy = \"open\"\nallow = [\"120363012345678901@g.us\"]\n\
+         allow_from = [\"+491701234567\", \"123456789012345@lid\"]\n"
+    ))
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[tokio::test]
+async fn bad_group_settings_are_located_and_rejected_with_78() {
+    // A policy that is no policy: serde's words, at the value.
+    let (code, err, p) = check_text(&format!(
+        "{TG}[channels.telegram.groups]\npolicy = \"some\"\n"
+    ))
+    .await;
+    assert_eq!(code, Some(78));
+    assert!(err.contains(&format!("{p}:5:10:")), "{err}");
+    assert!(err.contains("`off`, `allowlist`, `open`"), "{err}");
+    // A key the table does not have.
+    let (code, err, p) = check_text(&format!(
+        "{TG}[channels.telegram.groups]\nrequire_mentions = false\n"
+    ))
+    .await;
+    assert_eq!(code, Some(78));
+    assert!(err.contains(&format!("{p}:5:1:")), "{err}");
+    // A positive number is a user, not a group; a DM JID is not a group.
+    let (code, err, p) = check_text(&format!(
+        "{TG}[channels.telegram.groups]\npolicy = \"allowlist\"\nallow = [-100, 42]\n\
+         [channels.whatsapp.groups]\nallow = [\"491701234567@s.whatsapp.net\"]\n"
+    ))
+    .await;
+    assert_eq!(code, Some(78));
+    assert!(
+        err.contains(&format!("{p}:6:16: [channels.telegram.groups] allow: `42`: Telegram group ids are negative numbers")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{p}:8:10: [channels.whatsapp.groups] allow: `491701234567@s.whatsapp.net`: WhatsApp group ids are JIDs ending in @g.us")),
+        "{err}"
+    );
+    // An override naming an agent that does not exist.
+    let (code, err, p) = check_text(&format!(
+        "{TG}[channels.telegram.groups.chats.\"-100\"]\nagent = \"famly\"\n"
+    ))
+    .await;
+    assert_eq!(code, Some(78));
+    assert!(
+        err.contains(&format!("{p}:5:9: no agent named `famly`; declared: echo")),
+        "{err}"
+    );
+    // A system prompt for a group whose agent takes none (the channel's: the built-in echo).
+    let (code, err, p) = check_text(&format!(
+        "{TG}[channels.telegram.groups.chats.\"-100\"]\nsystem_prompt = \"Be brief.\"\n"
+    ))
+    .await;
+    assert_eq!(code, Some(78));
+    assert!(
+        err.contains(&format!("{p}:5:17: [channels.telegram.groups.chats.\"-100\"] system_prompt: this group's agent `echo` is not an openai agent")),
+        "{err}"
+    );
+    // An allowlist with nothing on it lets no group in: said, not silently accepted.
+    let (code, err, _) = check_text(&format!(
+        "{TG}[channels.telegram.groups]\npolicy = \"allowlist\"\n"
+    ))
+    .await;
+    assert_eq!(code, Some(78));
+    assert!(
+        err.contains("with an empty allow lets no group in"),
+        "{err}"
+    );
+}

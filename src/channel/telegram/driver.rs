@@ -9,7 +9,9 @@ use super::proto::{
     self, Fetched, MAX_ACTION_BODY, MAX_GETME_BODY, MAX_SEND_BODY, MAX_UPDATES_BODY, PollStep,
     Poller, RateLimiter, StartStep, Status, TypingSchedule,
 };
-use crate::channel::{Arm, ChannelCommand, ChannelContext, ChannelError, Doubt, SendError};
+use crate::channel::{
+    Arm, ChannelCommand, ChannelContext, ChannelError, Doubt, ReplyTo, SendError,
+};
 use crate::config::{Secret, TelegramConfig};
 use crate::http::{HttpClient, HttpError};
 use crate::metrics::Metrics;
@@ -36,6 +38,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Deadline of the getMe that checks a suspect link before a send: short, since nothing is lost by
 /// holding the send back and trying again.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// setMyCommands is tried this often at each start of the channel, [`COMMANDS_RETRY`] apart.
+const COMMANDS_ATTEMPTS: u32 = 3;
+const COMMANDS_RETRY: Duration = Duration::from_secs(2);
 /// The cursor name of the next getUpdates offset in the store.
 const OFFSET_CURSOR: &str = "telegram.offset";
 
@@ -293,6 +298,7 @@ async fn poll_loop(
             StartStep::Ready { status } => {
                 crate::repeat::settled(REPEAT_SITE);
                 report(ctx, Some(status));
+                register_commands(ctx, api).await;
                 break;
             }
             StartStep::Wait { delay, status } => {
@@ -339,8 +345,14 @@ async fn poll_loop(
                     tracing::warn!(count = malformed, "telegram: skipped unreadable updates");
                 }
                 api.box_max.fetch_max(poller.box_max(), Ordering::Relaxed);
-                let failed = deliver(ctx, &mut poller).await;
-                save_offset(ctx, &mut poller).await;
+                let (failed, accepted) = deliver(ctx, &mut poller).await;
+                // Only a batch that put something in the inbox moves the saved offset: a batch
+                // of dropped messages (strangers, groups the bot is not addressed in) writes
+                // nothing at all. Telegram forgets them once the next poll confirms them; after
+                // a restart before that they come again and are dropped again.
+                if accepted {
+                    save_offset(ctx, &mut poller).await;
+                }
                 if let Some(wait) = failed {
                     ctx.reporter.beat_within(wait + STEP_SLACK);
                     sleep(wait).await;
@@ -375,8 +387,9 @@ async fn poll_loop(
 }
 
 /// Submits the batch in order. `Some(wait)` when the intake failed: the rest waits for the next
-/// poll from the same offset.
-async fn deliver(ctx: &ChannelContext, poller: &mut Poller) -> Option<Duration> {
+/// poll from the same offset; `true` when a message was accepted into the inbox.
+async fn deliver(ctx: &ChannelContext, poller: &mut Poller) -> (Option<Duration>, bool) {
+    let mut accepted = false;
     // The whole answer in one durable write (one fsync), then confirmed in order up to the first
     // message the intake could not take.
     let batch = poller.submissions();
@@ -389,19 +402,46 @@ async fn deliver(ctx: &ChannelContext, poller: &mut Poller) -> Option<Duration> 
         match outcome {
             Ok(outcome) => {
                 tracing::debug!(update_id = %id, ?outcome, "telegram: update handed on");
+                accepted |= outcome == crate::intake::Submitted::Accepted;
                 // Skips (unsupported updates) before it are confirmed on the way.
                 let _ = poller.next_submission();
                 poller.confirm();
             }
             Err(e) => {
                 tracing::warn!(update_id = %id, error = %e, "telegram: intake failed; will retry");
-                return Some(poller.submit_failed());
+                return (Some(poller.submit_failed()), accepted);
             }
         }
     }
     // Trailing skips.
     let _ = poller.next_submission();
-    None
+    (None, accepted)
+}
+
+/// Registers the bot's commands ([`proto::MENU`]) so Telegram shows them in the menu: a few tries
+/// [`COMMANDS_RETRY`] apart, then given up with a log line (the commands work unregistered too).
+async fn register_commands(ctx: &ChannelContext, api: &Api) {
+    let body = proto::my_commands();
+    for attempt in 1..=COMMANDS_ATTEMPTS {
+        ctx.reporter.beat_within(CALL_TIMEOUT + STEP_SLACK);
+        let reply = api
+            .call("setMyCommands", &body, CALL_TIMEOUT, MAX_ACTION_BODY)
+            .await;
+        match proto::classify::<serde::de::IgnoredAny>(reply.fetched()) {
+            Ok(_) => {
+                tracing::debug!("telegram: commands registered");
+                return;
+            }
+            Err(e) if attempt == COMMANDS_ATTEMPTS => {
+                tracing::warn!(error = ?e, "telegram: setMyCommands failed; the commands work, but the menu does not list them");
+            }
+            Err(e) => {
+                tracing::debug!(error = ?e, attempt, "telegram: setMyCommands failed; trying again");
+                ctx.reporter.beat_within(COMMANDS_RETRY + STEP_SLACK);
+                sleep(COMMANDS_RETRY).await;
+            }
+        }
+    }
 }
 
 /// Carries out the core's commands until its sender is dropped.
@@ -426,15 +466,33 @@ async fn command_loop(api: &Api, ctx: &ChannelContext, rx: &mut mpsc::Receiver<C
             ChannelCommand::Typing { chat, on } => {
                 typing.set(&chat, on, Instant::now().into_std());
             }
+            ChannelCommand::React {
+                chat,
+                target,
+                emoji,
+            } => send_reaction(api, &chat, target.wire_seq, &emoji).await,
             ChannelCommand::Send {
                 chat,
                 text,
                 after,
+                reply_to,
                 arm,
                 done,
                 ..
             } => {
-                let outcome = send_message(api, ctx, &mut limiter, &chat, &text, after, arm).await;
+                let outcome = send_message(
+                    api,
+                    ctx,
+                    &mut limiter,
+                    Outgoing {
+                        chat: &chat,
+                        text: &text,
+                        after,
+                        reply_to: reply_to.as_ref(),
+                    },
+                    arm,
+                )
+                .await;
                 // Sent/failed counts are kept by the delivery loop, once for every channel.
                 if let Err(e) = &outcome {
                     if !matches!(e, SendError::NotYet(_)) {
@@ -460,15 +518,28 @@ async fn command_loop(api: &Api, ctx: &ChannelContext, rx: &mut mpsc::Receiver<C
 /// One chunk: the per-chat limit and a suspect link are checked first (nothing armed, nothing
 /// sent); then the chunk is armed with the highest message id the bot knows — its own sends, the
 /// updates it saw, and `after`, the id of the message the reply answers — and sent.
+/// One chunk to send: where, what, the highest `wire_seq` it answers, and the message it
+/// answers when it should quote it (see [`ReplyTo`]).
+struct Outgoing<'a> {
+    chat: &'a str,
+    text: &'a str,
+    after: u64,
+    reply_to: Option<&'a ReplyTo>,
+}
+
 async fn send_message(
     api: &Api,
     ctx: &ChannelContext,
     limiter: &mut RateLimiter,
-    chat: &str,
-    text: &str,
-    after: u64,
+    out: Outgoing<'_>,
     arm: Arm,
 ) -> Result<(), SendError> {
+    let Outgoing {
+        chat,
+        text,
+        after,
+        reply_to,
+    } = out;
     let now = Instant::now().into_std();
     let ready = limiter.ready_at(chat, now);
     if ready > now {
@@ -489,9 +560,19 @@ async fn send_message(
         .unwrap_or(0)
         .max(after);
     arm.arm(hint).await?;
+    // A reply in a group quotes the message it answers (the first chunk) and stays in its forum
+    // topic (every chunk).
+    let reference = reply_to.and_then(|r| proto::cues::parse_reply_ref(&r.reference));
     let body = proto::SendMessage {
         chat_id: proto::chat_id_json(chat),
         text,
+        message_thread_id: reference.and_then(|(_, thread)| thread),
+        reply_parameters: reference.filter(|_| reply_to.is_some_and(|r| r.quote)).map(
+            |(message_id, _)| proto::ReplyParameters {
+                message_id,
+                allow_sending_without_reply: true,
+            },
+        ),
     };
     let reply = api
         .call("sendMessage", &body, CALL_TIMEOUT, MAX_SEND_BODY)
@@ -566,6 +647,21 @@ async fn reconcile(api: &Api, ctx: &ChannelContext, chat: &str, hint: u64, since
         sleep(doubt::PROBE_GAP).await;
     }
     Doubt::NotSent
+}
+
+/// The acknowledgement reaction (or its removal, `emoji` empty) on message `message_id`. Best
+/// effort: a message without a known id (0: outside a private chat) is skipped, a failure logged.
+async fn send_reaction(api: &Api, chat: &str, message_id: u64, emoji: &str) {
+    if message_id == 0 {
+        return;
+    }
+    let body = proto::set_reaction(chat, message_id, emoji);
+    let reply = api
+        .call("setMessageReaction", &body, CALL_TIMEOUT, MAX_ACTION_BODY)
+        .await;
+    if let Err(e) = proto::classify::<serde::de::IgnoredAny>(reply.fetched()) {
+        tracing::debug!(error = ?e, "telegram: setMessageReaction failed");
+    }
 }
 
 /// Best effort: a failed typing indicator is only logged.

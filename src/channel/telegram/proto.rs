@@ -6,18 +6,22 @@
 //! Bytes and `now` in, decisions out. Never opens a socket, reads a clock, sleeps or logs a body:
 //! [`super::driver`] does the I/O and the waiting.
 
+mod commands;
+pub mod cues;
 mod pacing;
 #[cfg(test)]
 mod tests;
 mod wire;
 
+pub use commands::{MENU, command_of, my_commands, set_reaction};
+pub use cues::Me;
 pub use pacing::{
     GLOBAL_PER_SECOND, MAX_TRACKED_CHATS, MAX_TYPING_CHATS, MAX_TYPING_DURATION, PER_CHAT_INTERVAL,
     RateLimiter, TYPING_REPEAT, TypingSchedule,
 };
 pub use wire::{
-    Chat, Envelope, GetUpdates, Message, ResponseParameters, SendChatAction, SendMessage, Update,
-    User, chat_id_json,
+    Chat, Envelope, GetUpdates, Message, MessageEntity, ReplyParameters, ResponseParameters,
+    SendChatAction, SendMessage, Update, User, chat_id_json,
 };
 
 use crate::channel::SendError;
@@ -212,9 +216,22 @@ pub struct Item {
 }
 
 /// Converts one update; `Err` when it is unreadable (its id, if readable, is still returned).
+/// Mentions of the bot are not recognised (no getMe answer known): see [`convert_for`].
 pub fn convert(raw: Value, handle_edits: bool) -> Result<Item, Option<i64>> {
+    convert_for(raw, handle_edits, &Me::default())
+}
+
+/// [`convert`] for the bot `me` (from getMe): its mentions and replies to it are recognised.
+pub fn convert_for(raw: Value, handle_edits: bool, me: &Me) -> Result<Item, Option<i64>> {
     let id_hint = raw.get("update_id").and_then(Value::as_i64);
     let update: Update = serde_json::from_value(raw).map_err(|_| id_hint)?;
+    if let Some(r) = update.message_reaction {
+        return Ok(Item {
+            update_id: update.update_id,
+            inbound: Some(commands::reaction_to_inbound(update.update_id, r)),
+            box_msg_id: None,
+        });
+    }
     let message = match (update.message, update.edited_message) {
         (Some(m), _) => Some(m),
         (None, Some(m)) if handle_edits => Some(m),
@@ -224,7 +241,15 @@ pub fn convert(raw: Value, handle_edits: bool) -> Result<Item, Option<i64>> {
         .as_ref()
         .filter(|m| m.chat.kind == "private")
         .map(|m| m.message_id);
-    let inbound = message.map(|m| message_to_inbound(update.update_id, m));
+    let inbound = message.map(|m| {
+        let mut inbound = message_to_inbound(update.update_id, m, me);
+        if let Content::Text(t) = &inbound.content {
+            if let Some(c) = command_of(t, me.username.as_deref()) {
+                inbound.content = Content::Command(c);
+            }
+        }
+        inbound
+    });
     Ok(Item {
         update_id: update.update_id,
         inbound,
@@ -232,18 +257,42 @@ pub fn convert(raw: Value, handle_edits: bool) -> Result<Item, Option<i64>> {
     })
 }
 
-fn message_to_inbound(update_id: i64, m: Message) -> Inbound {
+fn message_to_inbound(update_id: i64, m: Message, me: &Me) -> Inbound {
+    let cues = cues::read(&m, me, |r| content_of(r).render());
     let sender = m
         .from
         .as_ref()
         .map(|u| u.id)
         .or(m.sender_chat.as_ref().map(|c| c.id))
         .unwrap_or(m.chat.id);
+    let content = content_of(&m);
+    Inbound {
+        channel: ChannelKind::Telegram,
+        id: update_id.to_string(),
+        chat: m.chat.id.to_string(),
+        sender: sender.to_string(),
+        sender_alt: None,
+        author: sender.to_string(),
+        wire_seq: if m.chat.kind == "private" {
+            u64::try_from(m.message_id).unwrap_or(0)
+        } else {
+            0
+        },
+        is_group: m.chat.kind != "private",
+        content,
+        ts_ms: u64::try_from(m.date).unwrap_or(0).saturating_mul(1000),
+        cues,
+    }
+}
+
+/// What a message carries: its text, a media placeholder with the caption, or the name of an
+/// unsupported kind.
+fn content_of(m: &Message) -> Content {
     let media = |kind| Content::Media {
         kind,
         caption: m.caption.clone(),
     };
-    let content = if let Some(t) = &m.text {
+    if let Some(t) = &m.text {
         Content::Text(t.clone())
     } else if m.photo.is_some() {
         media(MediaKind::Image)
@@ -262,23 +311,6 @@ fn message_to_inbound(update_id: i64, m: Message) -> Inbound {
             .copied()
             .unwrap_or("unknown");
         Content::Text(format!("[unsupported message: {kind}]"))
-    };
-    Inbound {
-        channel: ChannelKind::Telegram,
-        id: update_id.to_string(),
-        chat: m.chat.id.to_string(),
-        sender: sender.to_string(),
-        sender_alt: None,
-        author: sender.to_string(),
-        wire_seq: if m.chat.kind == "private" {
-            u64::try_from(m.message_id).unwrap_or(0)
-        } else {
-            0
-        },
-        is_group: m.chat.kind != "private",
-        content,
-        ts_ms: u64::try_from(m.date).unwrap_or(0).saturating_mul(1000),
-        cues: Default::default(),
     }
 }
 
@@ -339,6 +371,8 @@ pub struct Poller {
     small_batches: bool,
     /// The highest private-chat message id seen in any update (see [`super::doubt`]).
     box_max: i64,
+    /// The bot, once getMe answered: its mentions and `/cmd@<bot>` commands are recognised.
+    me: Me,
 }
 
 impl Poller {
@@ -354,6 +388,7 @@ impl Poller {
             up_detail: String::new(),
             small_batches: false,
             box_max: 0,
+            me: Me::default(),
         }
     }
 
@@ -372,6 +407,10 @@ impl Poller {
         match classify::<User>(fetched) {
             Ok(me) => {
                 self.backoff.reset();
+                self.me = Me {
+                    id: me.id,
+                    username: me.username.clone(),
+                };
                 self.up_detail = match me.username {
                     Some(u) => format!("@{u}"),
                     None => me.first_name,
@@ -402,7 +441,8 @@ impl Poller {
 
     /// The next getUpdates request.
     pub fn request(&self) -> GetUpdates {
-        let mut allowed_updates = vec!["message"];
+        // `message_reaction` is only sent to bots that ask for it: the user's 👍/👎 feedback.
+        let mut allowed_updates = vec!["message", "message_reaction"];
         if self.handle_edits {
             allowed_updates.push("edited_message");
         }
@@ -433,7 +473,7 @@ impl Poller {
         let mut malformed = 0;
         let mut items = Vec::with_capacity(raw.len());
         for update in raw {
-            match convert(update, self.handle_edits) {
+            match convert_for(update, self.handle_edits, &self.me) {
                 Ok(item) => items.push(item),
                 Err(Some(update_id)) => {
                     malformed += 1;

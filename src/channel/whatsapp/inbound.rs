@@ -202,6 +202,8 @@ impl InboundDurabilityHook for Hook {
         let mut receipts: Vec<(Jid, Option<Jid>, String)> = Vec::new();
         for m in batch {
             match submit_patiently(&self.0, &client, m).await {
+                // No read receipt in the self chat: the owner's own messages (as OpenClaw).
+                Ok(true) if m.info.source.is_from_me => {}
                 Ok(true) => {
                     let src = &m.info.source;
                     let sender = src.is_group.then(|| src.sender.clone());

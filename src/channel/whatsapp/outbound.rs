@@ -47,6 +47,14 @@ pub(super) fn handle_command(sh: &Arc<Shared>, client: &Arc<Client>, cmd: Channe
                 }
             });
         }
+        ChannelCommand::React {
+            chat,
+            target,
+            emoji,
+        } => {
+            let c = client.clone();
+            tokio::spawn(async move { react(&c, &chat, target, &emoji).await });
+        }
         // A resend carries the same message id: a recipient's devices keep one message per id.
         ChannelCommand::Reconcile { done, .. } => {
             let _ = done.send(crate::channel::Doubt::NotSent);
@@ -55,20 +63,43 @@ pub(super) fn handle_command(sh: &Arc<Shared>, client: &Arc<Client>, cmd: Channe
             chat,
             text,
             key,
+            reply_to,
             arm,
             done,
             ..
         } => {
             let sh = sh.clone();
             let c = client.clone();
+            // The first chunk of a reply quotes the message it answers.
+            let quote = reply_to.filter(|r| r.quote).map(|r| r.reference);
             tokio::spawn(async move {
-                let r = send(&sh, &c, &chat, text, &key, arm).await;
+                let r = send(&sh, &c, &chat, text, &key, quote.as_deref(), arm).await;
                 if let Err(e) = &r {
                     tracing::info!(error = %e, "WhatsApp send failed");
                 }
                 let _ = done.send(r);
             });
         }
+    }
+}
+
+/// The acknowledgement reaction (or its removal: `emoji` empty, WhatsApp Web's empty-text
+/// reaction) on a received message, as whatsapp-rust 0.7.0 `Client::send_reaction` and
+/// `MessageContext::message_key` build it: the key names the chat, the message id, and in a
+/// group the author. Best effort: a failure is logged at debug.
+async fn react(client: &Arc<Client>, chat: &str, target: crate::channel::ReactTarget, emoji: &str) {
+    let Ok(jid) = chat.parse::<Jid>() else { return };
+    let own = own_of(client);
+    let from_me = own.pn.as_deref() == Some(jid.user.as_str())
+        || own.lid.as_deref() == Some(jid.user.as_str());
+    let key = wa::MessageKey {
+        remote_jid: Some(chat.to_string()),
+        from_me: Some(from_me),
+        id: Some(target.msg_id),
+        participant: whatsapp_rust::wacore_binary::JidExt::is_group(&jid).then_some(target.author),
+    };
+    if let Err(e) = client.send_reaction(jid, key, emoji).await {
+        tracing::debug!(error = %e, "reaction not sent");
     }
 }
 
@@ -79,6 +110,7 @@ async fn send(
     chat: &str,
     text: String,
     key: &str,
+    quote: Option<&str>,
     arm: crate::channel::Arm,
 ) -> Result<(), SendError> {
     if !client.is_logged_in() {
@@ -110,6 +142,10 @@ async fn send(
     let msg = wa::Message {
         conversation: Some(text),
         ..Default::default()
+    };
+    let msg = match quote {
+        Some(reference) => super::context_info::quoting(msg, reference),
+        None => msg,
     };
     if let Err(e) = arm.arm(0).await {
         sh.acks().remove(&id);

@@ -358,7 +358,10 @@ fn get_me_rejected_token_stops() {
     );
     let r = p.request();
     assert_eq!(r.offset, Some(10));
-    assert_eq!(r.allowed_updates, vec!["message", "edited_message"]);
+    assert_eq!(
+        r.allowed_updates,
+        vec!["message", "message_reaction", "edited_message"]
+    );
     let json = serde_json::to_value(&r).unwrap();
     assert_eq!(json["timeout"], 50);
 }

@@ -29,7 +29,19 @@ pub struct User {
     pub is_bot: bool,
     #[serde(default)]
     pub first_name: String,
+    pub last_name: Option<String>,
     pub username: Option<String>,
+}
+
+/// A MessageEntity: a span of the text (offset and length in UTF-16 code units) and its kind.
+#[derive(Deserialize, Debug, Clone)]
+pub struct MessageEntity {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub offset: i64,
+    pub length: i64,
+    /// For `text_mention`: the user mentioned.
+    pub user: Option<User>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -44,6 +56,8 @@ pub struct Update {
     pub update_id: i64,
     pub message: Option<Message>,
     pub edited_message: Option<Message>,
+    /// A user's reactions on a message changed (asked for in `allowed_updates`).
+    pub message_reaction: Option<super::commands::MessageReaction>,
 }
 
 /// The fields of a Message this bridge reads; the media fields are only checked for presence.
@@ -56,6 +70,14 @@ pub struct Message {
     pub sender_chat: Option<Chat>,
     pub text: Option<String>,
     pub caption: Option<String>,
+    pub entities: Option<Vec<MessageEntity>>,
+    pub caption_entities: Option<Vec<MessageEntity>>,
+    /// The message this one replies to (without its own `reply_to_message`).
+    pub reply_to_message: Option<Box<Message>>,
+    /// The forum topic (or, outside forums, the reply thread) the message belongs to.
+    pub message_thread_id: Option<i64>,
+    /// True when the message was sent in a forum topic.
+    pub is_topic_message: Option<bool>,
     pub photo: Option<IgnoredAny>,
     pub video: Option<IgnoredAny>,
     pub video_note: Option<IgnoredAny>,
@@ -84,6 +106,21 @@ pub struct GetUpdates {
 pub struct SendMessage<'a> {
     pub chat_id: Value,
     pub text: &'a str,
+    /// The forum topic to send in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_thread_id: Option<i64>,
+    /// The message this one replies to (quotes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_parameters: Option<ReplyParameters>,
+}
+
+/// ReplyParameters: which message a send replies to.
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub struct ReplyParameters {
+    pub message_id: i64,
+    /// Send anyway when the message is gone (deleted meanwhile): the answer matters more than
+    /// the quote.
+    pub allow_sending_without_reply: bool,
 }
 
 /// The body of a sendChatAction request.

@@ -207,6 +207,7 @@ impl World {
             // A contact's device, addressed by its number or its LID (see `lid`).
             match self.contact_decrypt(&dest, &kind, &ct, v).await {
                 Some(Ok((user, msg))) => {
+                    self.cues.note_message(&user, &msg);
                     if let (Some(text), Some(contact)) =
                         (contacts::message_text(&msg), self.contacts.get_mut(&user))
                     {

@@ -11,6 +11,7 @@
 
 mod admin;
 pub mod contacts;
+pub mod cues;
 pub mod deliveries;
 pub mod devices;
 mod faults;
@@ -44,6 +45,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 
 pub use contacts::InboxEntry;
+pub use cues::{Reaction, ReadReceipt};
 pub use deliveries::{Delivery, Report};
 pub use group_iq::MemberChange;
 pub use groups::{GroupAddressing, GroupDelivery, MemberSend};

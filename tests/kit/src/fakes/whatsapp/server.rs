@@ -133,6 +133,8 @@ pub struct World {
     pub login: super::login::LoginGate,
     /// Retry receipts, nacks, prekeys low, identity changes (`retry.rs`).
     pub(super) retry: super::retry::Retries,
+    /// Read receipts and reactions the linked device sent (`cues.rs`).
+    pub(super) cues: super::cues::Cues,
     /// Linked devices of contacts and of the account itself, and who decrypted what.
     pub devices: super::devices::DeviceBook,
     /// The usync lookups the client made so far, by kind (see `lid`).
@@ -188,6 +190,7 @@ impl World {
             self_inbox: VecDeque::new(),
             login: Default::default(),
             retry: Default::default(),
+            cues: Default::default(),
             devices: Default::default(),
             usync_counts: Default::default(),
             lid_withheld: Default::default(),
@@ -464,6 +467,7 @@ impl World {
                 if node.tag == "receipt" && attr(&node, "type").as_deref() == Some("retry") {
                     self.on_retry_receipt(&node).await;
                 } else if node.tag == "receipt" {
+                    self.cues.note_receipt(&node);
                     self.on_receipt(&node);
                 }
                 if let Some(ack) = nodes::ack_for(&node, now) {

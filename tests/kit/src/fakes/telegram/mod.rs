@@ -72,23 +72,14 @@ pub const NOT_JSON_BODY: &str = "OK\n";
 /// What a `ProxyHtml502` fault sends back: nginx's stock page, byte for byte.
 pub const PROXY_HTML_502: &str = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx/1.18.0 (Ubuntu)</center>\r\n</body>\r\n</html>\r\n";
 
-fn raw_response(
-    status: StatusCode,
-    content_type: &'static str,
-    body: &'static str,
-) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(content_type),
-    );
-    r.headers_mut().insert(
-        hyper::header::SERVER,
-        hyper::header::HeaderValue::from_static("nginx/1.18.0 (Ubuntu)"),
-    );
-    r
-}
+mod cues;
+mod groups;
+mod server;
+
+pub use cues::ReactionCall;
+pub use groups::{GroupChat, GroupPost};
+
+use server::dated;
 
 /// A message the client sent with sendMessage.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,6 +88,10 @@ pub struct SentMessage {
     pub text: String,
     pub message_id: i64,
     pub at: Instant,
+    /// `reply_parameters.message_id`: the message this one quotes.
+    pub reply_to_message_id: Option<i64>,
+    /// `message_thread_id`: the forum topic it was sent in.
+    pub message_thread_id: Option<i64>,
 }
 
 /// A sendChatAction the client made.
@@ -123,11 +118,14 @@ struct State {
     confirmed_offset: i64,
     /// Chats the bot has seen (from pushed updates), by id: sendMessage to others is "chat not found".
     chats: HashMap<i64, Value>,
-    /// The bot's message counter: private chats (and, in this fake, groups) share it, as a real
-    /// bot account's message box does.
+    /// The bot's message counter: private chats and basic groups share it, as a real bot
+    /// account's message box does.
     next_message_id: i64,
-    /// Every message in the bot's box by id: (chat, sent by the bot), for editMessageReplyMarkup.
-    messages: HashMap<i64, (i64, bool)>,
+    /// Supergroups number their messages themselves, per chat (as Telegram's channels do).
+    supergroup_ids: HashMap<i64, i64>,
+    /// Every message by (chat, id): sent by the bot, and the Message JSON (for
+    /// editMessageReplyMarkup and for `reply_to_message`).
+    messages: HashMap<(i64, i64), (bool, Value)>,
     sent: Vec<SentMessage>,
     actions: Vec<ChatAction>,
     faults: HashMap<String, VecDeque<FakeError>>,
@@ -144,6 +142,22 @@ struct State {
 }
 
 impl State {
+    /// The id the next message in `chat` gets: a supergroup's own counter, else the bot's box.
+    fn next_message_id_in(&mut self, chat: &Value) -> i64 {
+        if chat["type"] == "supergroup" {
+            let n = self
+                .supergroup_ids
+                .entry(chat["id"].as_i64().unwrap_or(0))
+                .or_insert(0);
+            *n += 1;
+            *n
+        } else {
+            let id = self.next_message_id;
+            self.next_message_id += 1;
+            id
+        }
+    }
+
     fn remember(&mut self, update: &Value) {
         if self.history.len() < MAX_HISTORY {
             self.history.push(update.clone());
@@ -217,6 +231,7 @@ impl FakeTelegram {
                 confirmed_offset: 0,
                 chats: HashMap::new(),
                 next_message_id: 1,
+                supergroup_ids: HashMap::new(),
                 messages: HashMap::new(),
                 sent: Vec::new(),
                 actions: Vec::new(),
@@ -275,11 +290,10 @@ impl FakeTelegram {
         let mut st = self.inner.lock();
         let id = st.next_update_id;
         st.next_update_id += 1;
-        let message_id = st.next_message_id;
-        st.next_message_id += 1;
-        if let Some(cid) = chat["id"].as_i64() {
+        let message_id = st.next_message_id_in(&chat);
+        let cid = chat["id"].as_i64();
+        if let Some(cid) = cid {
             st.chats.insert(cid, chat.clone());
-            st.messages.insert(message_id, (cid, false));
         }
         let mut msg = json!({
             "message_id": message_id,
@@ -291,6 +305,9 @@ impl FakeTelegram {
             for (k, v) in f {
                 m.insert(k.clone(), v.clone());
             }
+        }
+        if let Some(cid) = cid {
+            st.messages.insert((cid, message_id), (false, msg.clone()));
         }
         let update = json!({"update_id": id, key: msg});
         st.remember(&update);
@@ -534,426 +551,4 @@ impl FakeTelegram {
         })
         .await
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The server side.
-
-fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    r.headers_mut().insert(
-        hyper::header::SERVER,
-        hyper::header::HeaderValue::from_static("nginx/1.18.0"),
-    );
-    r
-}
-
-fn ok(result: Value) -> Response<Full<Bytes>> {
-    reply(StatusCode::OK, json!({"ok": true, "result": result}))
-}
-
-fn error(code: u16, description: &str) -> Response<Full<Bytes>> {
-    reply(
-        StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
-        json!({"ok": false, "error_code": code, "description": description}),
-    )
-}
-
-fn fault_response(err: &FakeError) -> Response<Full<Bytes>> {
-    match err {
-        FakeError::Conflict => error(
-            409,
-            "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running",
-        ),
-        FakeError::TooManyRequests(secs) => reply(
-            StatusCode::TOO_MANY_REQUESTS,
-            json!({"ok": false, "error_code": 429,
-                   "description": format!("Too Many Requests: retry after {secs}"),
-                   "parameters": {"retry_after": secs}}),
-        ),
-        FakeError::Unauthorized => error(401, "Unauthorized"),
-        FakeError::ServerError => error(500, "Internal Server Error"),
-        FakeError::ChatNotFound => error(400, "Bad Request: chat not found"),
-        FakeError::Blocked => error(403, "Forbidden: bot was blocked by the user"),
-        FakeError::WrongShape => ok(json!({"update_id": "not-a-list", "message": 5})),
-        FakeError::NotJson => raw_response(StatusCode::OK, "text/plain", NOT_JSON_BODY),
-        FakeError::ProxyHtml502 => {
-            raw_response(StatusCode::BAD_GATEWAY, "text/html", PROXY_HTML_502)
-        }
-        // Carried out in `handle`, which holds the real answer back.
-        FakeError::CarriedOutAnswerHeld(_) => error(500, "Internal Server Error"),
-        FakeError::Garbage => {
-            let mut r = Response::new(Full::new(Bytes::from_static(GARBAGE_BODY.as_bytes())));
-            r.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("application/json"),
-            );
-            r
-        }
-    }
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-                match u8::from_str_radix(hex, 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn form_params(s: &str) -> Value {
-    let mut m = serde_json::Map::new();
-    for pair in s.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        m.insert(percent_decode(k), Value::String(percent_decode(v)));
-    }
-    Value::Object(m)
-}
-
-/// A parameter as an integer, whether it came as a JSON number or a form string.
-fn int_param(params: &Value, key: &str) -> Option<i64> {
-    match params.get(key)? {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
-fn str_param(params: &Value, key: &str) -> Option<String> {
-    match params.get(key)? {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-/// `allowed_updates`: a JSON array, or (form/query) a JSON-serialized array.
-fn list_param(params: &Value, key: &str) -> Option<Vec<String>> {
-    let v = match params.get(key)? {
-        Value::String(s) => serde_json::from_str(s).ok()?,
-        v => v.clone(),
-    };
-    Some(
-        v.as_array()?
-            .iter()
-            .filter_map(|x| x.as_str().map(str::to_string))
-            .collect(),
-    )
-}
-
-/// [`handle`], with the `Date` header of the server's clock (hyper writes the real time unless
-/// the answer carries its own).
-async fn dated(
-    inner: Arc<Inner>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    let mut resp = handle(inner.clone(), req).await?;
-    let offset = inner.lock().clock_offset_s;
-    if offset != 0 {
-        let now = std::time::SystemTime::now();
-        let d = Duration::from_secs(offset.unsigned_abs());
-        let at = if offset > 0 { now + d } else { now - d };
-        if let Ok(v) = hyper::header::HeaderValue::from_str(&httpdate::fmt_http_date(at)) {
-            resp.headers_mut().insert(hyper::header::DATE, v);
-        }
-    }
-    Ok(resp)
-}
-
-async fn handle(
-    inner: Arc<Inner>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().unwrap_or("").to_string();
-    let content_type = req
-        .headers()
-        .get(hyper::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let body = match Limited::new(req.into_body(), MAX_REQUEST_BODY)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return Ok(error(413, "Request Entity Too Large")),
-    };
-
-    let Some(rest) = path.strip_prefix("/bot") else {
-        return Ok(error(404, "Not Found"));
-    };
-    let Some((token, method)) = rest.split_once('/') else {
-        return Ok(error(404, "Not Found"));
-    };
-    {
-        let st = inner.lock();
-        if token != st.token {
-            // Telegram: a malformed token is 404, a well-formed unknown or revoked one 401.
-            return Ok(if token_is_well_formed(token) {
-                error(401, "Unauthorized")
-            } else {
-                error(404, "Not Found")
-            });
-        }
-    }
-
-    let mut params = form_params(&query);
-    if !body.is_empty() {
-        let from_body = if content_type.starts_with("application/json") {
-            match serde_json::from_slice::<Value>(&body) {
-                Ok(v @ Value::Object(_)) => v,
-                Ok(_) => return Ok(error(400, "Bad Request: parameters must be a JSON object")),
-                Err(_) => return Ok(error(400, "Bad Request: can't parse JSON object")),
-            }
-        } else if content_type.starts_with("application/x-www-form-urlencoded") {
-            form_params(&String::from_utf8_lossy(&body))
-        } else {
-            json!({})
-        };
-        if let (Some(p), Some(b)) = (params.as_object_mut(), from_body.as_object()) {
-            p.extend(b.clone());
-        }
-    }
-
-    let method = method.to_ascii_lowercase();
-    let fault = {
-        let mut st = inner.lock();
-        st.calls.entry(method.clone()).or_default().push(Call {
-            at: Instant::now(),
-            params: params.clone(),
-        });
-        st.faults.get_mut(&method).and_then(VecDeque::pop_front)
-    };
-    inner.bump();
-    let held = match fault {
-        Some(FakeError::CarriedOutAnswerHeld(d)) => Some(d),
-        Some(f) => return Ok(fault_response(&f)),
-        None => None,
-    };
-    let answer = match method.as_str() {
-        "getme" => get_me(&inner),
-        "getupdates" => get_updates(&inner, &params).await,
-        "sendmessage" => send_message(&inner, &params),
-        "sendchataction" => send_chat_action(&inner, &params),
-        "editmessagereplymarkup" => edit_reply_markup(&inner, &params),
-        "deletewebhook" => ok(json!(true)),
-        _ => error(404, "Not Found"),
-    };
-    if let Some(d) = held {
-        tokio::time::sleep(d).await;
-    }
-    Ok(answer)
-}
-
-/// editMessageReplyMarkup without `reply_markup` ("remove the keyboard"), as Telegram answers it
-/// for a message without one: "not modified" when the message is the bot's own in that chat,
-/// "can't be edited" when it is someone else's, "not found" when the id is not in that chat.
-fn edit_reply_markup(inner: &Inner, params: &Value) -> Response<Full<Bytes>> {
-    let st = inner.lock();
-    let (chat_id, _) = match chat_param(&st, params) {
-        Ok(c) => c,
-        Err(why) => return error(400, why),
-    };
-    let Some(id) = int_param(params, "message_id") else {
-        return error(400, "Bad Request: message identifier is not specified");
-    };
-    if params.get("reply_markup").is_some() {
-        // clawbox never sets markup; this fake only models the probe.
-        return error(
-            400,
-            "Bad Request: reply markup is not supported by this fake",
-        );
-    }
-    match st.messages.get(&id) {
-        Some(&(c, true)) if c == chat_id => error(
-            400,
-            "Bad Request: message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message",
-        ),
-        Some(&(c, false)) if c == chat_id => error(400, "Bad Request: message can't be edited"),
-        _ => error(400, "Bad Request: message to edit not found"),
-    }
-}
-
-fn bot_user(st: &State) -> Value {
-    json!({"id": st.bot_id, "is_bot": true, "first_name": "Clawbox Test",
-           "username": "clawbox_test_bot"})
-}
-
-fn get_me(inner: &Inner) -> Response<Full<Bytes>> {
-    let st = inner.lock();
-    let mut me = bot_user(&st);
-    if let Some(m) = me.as_object_mut() {
-        m.insert("can_join_groups".into(), json!(true));
-        m.insert("can_read_all_group_messages".into(), json!(false));
-        m.insert("supports_inline_queries".into(), json!(false));
-        m.insert("can_connect_to_business".into(), json!(false));
-        m.insert("has_main_web_app".into(), json!(false));
-    }
-    ok(me)
-}
-
-fn update_kind(u: &Value) -> Option<String> {
-    u.as_object()?
-        .keys()
-        .find(|k| k.as_str() != "update_id")
-        .cloned()
-}
-
-async fn get_updates(inner: &Inner, params: &Value) -> Response<Full<Bytes>> {
-    let offset = int_param(params, "offset").filter(|o| *o > 0);
-    let limit = int_param(params, "limit")
-        .map(|l| l.clamp(1, MAX_LIMIT as i64) as usize)
-        .unwrap_or(MAX_LIMIT);
-    let timeout = Duration::from_secs(int_param(params, "timeout").unwrap_or(0).max(0) as u64);
-    let allowed = list_param(params, "allowed_updates").filter(|l| !l.is_empty());
-    let deadline = Instant::now() + timeout;
-    let mut rx = inner.version.subscribe();
-
-    let generation = {
-        let mut st = inner.lock();
-        if let Some(o) = offset {
-            while st
-                .updates
-                .front()
-                .and_then(|u| u["update_id"].as_i64())
-                .is_some_and(|id| id < o)
-            {
-                st.updates.pop_front();
-            }
-            st.confirmed_offset = st.confirmed_offset.max(o);
-        }
-        if let Some(allowed) = &allowed {
-            // Telegram never even records update kinds a bot did not ask for.
-            st.updates
-                .retain(|u| update_kind(u).is_none_or(|k| allowed.contains(&k)));
-        }
-        st.poll_generation += 1;
-        st.poll_generation
-    };
-    inner.bump();
-
-    loop {
-        {
-            let mut st = inner.lock();
-            if st.poll_generation != generation {
-                return fault_response(&FakeError::Conflict);
-            }
-            if !st.replays.is_empty() || !st.updates.is_empty() {
-                let mut batch: Vec<Value> = st.replays.drain(..).collect();
-                batch.extend(st.updates.iter().take(limit).cloned());
-                return ok(Value::Array(batch));
-            }
-        }
-        if Instant::now() >= deadline {
-            return ok(json!([]));
-        }
-        if tokio::time::timeout_at(deadline, rx.changed())
-            .await
-            .is_err()
-        {
-            return ok(json!([]));
-        }
-    }
-}
-
-/// The chat named by `chat_id`, or the real server's description of why not.
-fn chat_param(st: &State, params: &Value) -> Result<(i64, Value), &'static str> {
-    let Some(raw) = str_param(params, "chat_id") else {
-        return Err("Bad Request: chat_id is empty");
-    };
-    let chat = raw
-        .parse::<i64>()
-        .ok()
-        .and_then(|id| st.chats.get(&id).map(|c| (id, c.clone())));
-    chat.ok_or("Bad Request: chat not found")
-}
-
-fn send_message(inner: &Inner, params: &Value) -> Response<Full<Bytes>> {
-    let mut st = inner.lock();
-    let (chat_id, chat) = match chat_param(&st, params) {
-        Ok(c) => c,
-        Err(why) => return error(400, why),
-    };
-    let text = str_param(params, "text").unwrap_or_default();
-    if text.trim().is_empty() {
-        return error(400, "Bad Request: message text is empty");
-    }
-    if text.chars().count() > MAX_TEXT_CHARS {
-        return error(400, "Bad Request: message is too long");
-    }
-    let message_id = st.next_message_id;
-    st.next_message_id += 1;
-    st.messages.insert(message_id, (chat_id, true));
-    st.sent.push(SentMessage {
-        chat_id,
-        text: text.clone(),
-        message_id,
-        at: Instant::now(),
-    });
-    let message = json!({
-        "message_id": message_id,
-        "from": bot_user(&st),
-        "chat": chat,
-        "date": now_unix(),
-        "text": text,
-    });
-    drop(st);
-    inner.bump();
-    ok(message)
-}
-
-fn send_chat_action(inner: &Inner, params: &Value) -> Response<Full<Bytes>> {
-    let mut st = inner.lock();
-    let (chat_id, _) = match chat_param(&st, params) {
-        Ok(c) => c,
-        Err(why) => return error(400, why),
-    };
-    let Some(action) = str_param(params, "action") else {
-        return error(400, "Bad Request: action is empty");
-    };
-    const ACTIONS: [&str; 10] = [
-        "typing",
-        "upload_photo",
-        "record_video",
-        "upload_video",
-        "record_voice",
-        "upload_voice",
-        "upload_document",
-        "choose_sticker",
-        "find_location",
-        "upload_video_note",
-    ];
-    if !ACTIONS.contains(&action.as_str()) {
-        return error(400, "Bad Request: wrong type of action");
-    }
-    st.actions.push(ChatAction {
-        chat_id,
-        action,
-        at: Instant::now(),
-    });
-    drop(st);
-    inner.bump();
-    ok(json!(true))
 }

@@ -5,10 +5,15 @@
 //!
 //! Runs first, before anything is stored, any agent is called, any receipt or typing is sent. A
 //! replay after a reconnect goes through the same check, so it cannot slip past.
+//!
+//! Group messages follow the channel's group rule ([`group`]).
+
+pub mod group;
 
 use crate::config::{Config, DmPolicy};
 use crate::metrics::DropReason;
 use crate::vocab::{ChannelKind, Inbound, PerChannel};
+use group::{GroupRule, GroupSettings};
 use std::collections::HashSet;
 
 /// The sender id a channel gives the owner writing in their own "message yourself" chat.
@@ -17,6 +22,9 @@ pub const OWNER_SELF: &str = "self";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Allow,
+    /// A group message that does not address the assistant: no turn and no write, only kept in
+    /// memory as recent context (counted as [`DropReason::GroupUnaddressed`]).
+    Context,
     Drop(DropReason),
 }
 
@@ -28,6 +36,8 @@ pub struct Policy {
     /// The owner's own sender id (WhatsApp's "message yourself" chat): always allowed, whatever
     /// `dm_policy` says about other people.
     owner: Option<String>,
+    /// The channel's group rule; none: every group message is dropped.
+    groups: Option<GroupRule>,
 }
 
 impl Policy {
@@ -36,7 +46,19 @@ impl Policy {
             dm,
             allow: allow_from.into_iter().collect(),
             owner: None,
+            groups: None,
         }
+    }
+
+    /// Also takes part in groups, under `rule`.
+    pub fn with_groups(mut self, rule: GroupRule) -> Policy {
+        self.groups = Some(rule);
+        self
+    }
+
+    /// A group's overrides (agent, system prompt), if the config has any for it.
+    pub fn group_settings(&self, chat: &str) -> Option<&GroupSettings> {
+        self.groups.as_ref().and_then(|g| g.settings(chat))
     }
 
     /// Lets everyone in: the local console, whose only user is the person at the keyboard.
@@ -62,8 +84,16 @@ impl Policy {
 
     pub fn check(&self, msg: &Inbound) -> Verdict {
         if msg.is_group {
-            return Verdict::Drop(DropReason::Group);
+            return match &self.groups {
+                None => Verdict::Drop(DropReason::Group),
+                Some(g) => g.check(msg, || self.check_dm(msg) == Verdict::Allow),
+            };
         }
+        self.check_dm(msg)
+    }
+
+    /// The DM rule, whatever kind of chat the message came from.
+    fn check_dm(&self, msg: &Inbound) -> Verdict {
         if self.owner.as_deref() == Some(msg.sender.as_str()) {
             return Verdict::Allow;
         }
@@ -92,7 +122,8 @@ impl Policies {
                 Policy::new(
                     t.dm_policy,
                     t.allow_from.iter().map(|id| id.get_ref().to_string()),
-                ),
+                )
+                .with_groups(GroupRule::from_config(&t.groups)),
             );
         }
         if let Some(w) = &cfg.channels.whatsapp {
@@ -100,7 +131,8 @@ impl Policies {
                 let p = Policy::new(
                     w.dm_policy,
                     w.allow_from.iter().map(|n| n.get_ref().clone()),
-                );
+                )
+                .with_groups(GroupRule::from_config(&w.groups));
                 // The WhatsApp connector reports the owner's "message yourself" chat as this sender.
                 if w.self_chat {
                     p.with_owner(OWNER_SELF)
@@ -121,6 +153,16 @@ impl Policies {
             Some(p) => p.check(msg),
             None => Verdict::Drop(DropReason::Disabled),
         }
+    }
+
+    /// The overrides of the group `msg` came from, if any.
+    pub fn group_settings(&self, msg: &Inbound) -> Option<&GroupSettings> {
+        if !msg.is_group {
+            return None;
+        }
+        self.by_channel[msg.channel]
+            .as_ref()
+            .and_then(|p| p.group_settings(&msg.chat))
     }
 }
 
