@@ -127,12 +127,15 @@ impl fmt::Display for SendError {
 }
 
 /// The message a reaction goes on, as the inbox stored it: each channel picks what its wire
-/// needs (WhatsApp: the id, and the author in a group; Telegram: the message id, `wire_seq`).
+/// needs (WhatsApp: the id, and the author in a group; Telegram: the message id, `wire_seq` in a
+/// private chat, the reply reference in a group).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReactTarget {
     pub msg_id: String,
     pub author: String,
     pub wire_seq: u64,
+    /// How a reply quotes the message (`InboxRecord::reply_ref`; set for group messages).
+    pub reply_ref: String,
 }
 
 /// What the core asks a channel to do. Sent by [`crate::delivery`] in pacing order.

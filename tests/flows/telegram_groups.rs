@@ -7,8 +7,9 @@
 
 use kit::{fakes, support};
 
-use fakes::openai::{FakeOpenAi, last_user_message};
-use fakes::telegram::{FakeTelegram, GroupChat, GroupPost, SentMessage};
+use fakes::openai::{FakeConfig, FakeOpenAi, last_user_message};
+use fakes::telegram::{FakeTelegram, GroupChat, GroupPost, ReactionCall, SentMessage};
+use std::sync::Arc;
 use std::time::Duration;
 use support::*;
 
@@ -331,6 +332,48 @@ async fn groups_are_off_by_default_and_a_quote_in_a_dm_reaches_the_agent() {
     assert_eq!(
         sent[1].reply_to_message_id, None,
         "a DM reply quotes nothing"
+    );
+    p.sigterm();
+}
+
+/// A slow answer to a message that addressed the bot in a group gets the acknowledgement
+/// reaction on that message (a group message has no number in the bot's box: the reaction finds
+/// it by the reply reference) and loses it when the answer is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_answer_in_a_group_gets_the_ack_reaction_on_the_addressed_message() {
+    let tg = FakeTelegram::start(TOKEN).await;
+    // 100 ms per 4 characters: about 2.5 s for this answer, past the 1 s threshold.
+    let ai = FakeOpenAi::start(FakeConfig {
+        reply: Arc::new(|_| "a considered answer that takes the agent quite a while".into()),
+        chunk_delay: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await;
+    let bx = TestBox::new(
+        &format!(
+            "[router]\nack_reaction_after_ms = 1000\n{}{}",
+            openai(&ai),
+            telegram(
+                &tg,
+                &format!("[channels.telegram.groups]\npolicy = \"allowlist\"\nallow = [{TEAM}]\n")
+            )
+        ),
+        &[("tg.token", TOKEN)],
+    );
+    let p = bx.run().await;
+    let team = GroupChat::supergroup(TEAM, "Team");
+    let alice = tg.push_group_post(&team, GroupPost::new(ALICE, "Alice", &format!("{BOT} hm?")));
+    let sent = replies_in(&tg, TEAM, 1).await;
+    assert_eq!(sent[0].reply_to_message_id, Some(alice));
+    let want = |emoji: Option<&str>| ReactionCall {
+        chat_id: TEAM,
+        message_id: alice,
+        emoji: emoji.map(str::to_string),
+    };
+    assert_eq!(
+        tg.reactions(),
+        vec![want(Some("👀")), want(None)],
+        "👀 on Alice's message, then taken off"
     );
     p.sigterm();
 }

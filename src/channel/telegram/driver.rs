@@ -470,7 +470,17 @@ async fn command_loop(api: &Api, ctx: &ChannelContext, rx: &mut mpsc::Receiver<C
                 chat,
                 target,
                 emoji,
-            } => send_reaction(api, &chat, target.wire_seq, &emoji).await,
+            } => {
+                // The message id: numbered in the bot's box in a private chat, named by the
+                // reply reference in a group (whose messages have no `wire_seq`).
+                let id = match target.wire_seq {
+                    0 => proto::cues::parse_reply_ref(&target.reply_ref)
+                        .and_then(|(id, _)| u64::try_from(id).ok())
+                        .unwrap_or(0),
+                    n => n,
+                };
+                send_reaction(api, &chat, id, &emoji).await
+            }
             ChannelCommand::Send {
                 chat,
                 text,
