@@ -185,8 +185,14 @@ async fn group_messages_both_ways_with_sender_keys() {
         }),
         ..Default::default()
     };
+    // Alice also reads on a linked device (a Desktop): it gets its own copy of the sender key.
+    fake.set_contact_devices(ALICE, 2).await.unwrap();
     signal.send_message(group.clone(), reply).await.unwrap();
     let read = wait_read(&fake, &gid, "I think so", &[ALICE, BOB, CAROL]).await;
+    assert_eq!(
+        read["read_by"][ALICE]["1"], "I think so",
+        "every device: {read}"
+    );
     assert_eq!(
         read["quoted_participant"],
         format!("{}@s.whatsapp.net", BOB.trim_start_matches('+'))
