@@ -181,6 +181,16 @@ pub struct Groups {
     next: u64,
 }
 
+impl Groups {
+    /// A device linked anew has no member's sender key: each member distributes it again with
+    /// their next message (as real clients do for a device they have not sent it to).
+    pub(super) fn new_companion(&mut self) {
+        for g in self.list.values_mut() {
+            g.distributed.clear();
+        }
+    }
+}
+
 impl World {
     /// The JID a group names member `user` (digits) by.
     pub(super) fn member_jid(user: &str, addressing: GroupAddressing) -> String {

@@ -546,6 +546,8 @@ impl World {
                     signed_identity,
                 });
                 self.offline.clear();
+                // A new device: every member's next group message carries its sender key again.
+                self.groups.new_companion();
                 tracing::info!("fake-whatsapp: device linked; restarting the stream (515)");
                 self.send_close(nodes::stream_error(515));
             }
