@@ -1,6 +1,6 @@
 //! The command line: parses arguments into a [`Command`], and quotes the words of a command we tell
 //! the user to run ([`shell_quote`]). lexopt keeps this to a few KB of binary (clap derive costs
-//! ~190 KB on ARM) for eight subcommands.
+//! ~190 KB on ARM) for nine subcommands.
 
 use std::path::PathBuf;
 
@@ -17,6 +17,7 @@ Usage:
                                            through the running service if there is one
   clawbox unpair whatsapp [--yes] [--config PATH]
                                            log out and wipe the WhatsApp state (asks first)
+  clawbox groups list [--config PATH]      the WhatsApp groups the account is in, with their ids
   clawbox providers test [NAME] [--json] [--config PATH]
                                            really connect to each configured agent
   clawbox doctor [--json] [--config PATH]  check the whole box; each problem with its fix
@@ -27,7 +28,7 @@ Usage:
 Without --config, clawbox reads /etc/clawbox/clawbox.toml, else ./clawbox.toml, else runs on its
 embedded defaults (the built-in echo agent). State: the config's state_dir, else $STATE_DIRECTORY,
 else /var/lib/clawbox if it exists (an installed box), else ./state; the same for every command.
-`pair`, `unpair` and `status` reach the running service through <state>/control.sock (root and
+`pair`, `unpair`, `status` and `groups list` reach the running service through <state>/control.sock (root and
 the service's user only).";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +58,10 @@ pub enum Command {
     /// `unpair whatsapp`: log out and wipe the WhatsApp state; `yes`: without asking.
     UnpairWhatsApp {
         yes: bool,
+        config: Option<PathBuf>,
+    },
+    /// `groups list`: the WhatsApp groups the linked account is in (through the service).
+    GroupsList {
         config: Option<PathBuf>,
     },
     /// `doctor`: check the whole box and say what to fix.
@@ -157,6 +162,7 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Comma
             no_json(Command::PairWhatsApp { phone, config })
         }
         ["unpair", "whatsapp"] => no_json(Command::UnpairWhatsApp { yes, config }),
+        ["groups", "list"] => no_json(Command::GroupsList { config }),
         ["doctor"] => Ok(Command::Doctor { json, config }),
         ["import", "openclaw", input] if config.is_none() => no_json(Command::ImportOpenClaw {
             input: PathBuf::from(input),
@@ -274,6 +280,11 @@ mod tests {
         );
         assert!(p("run --yes").is_err());
         assert!(p("unpair telegram").is_err());
+        assert_eq!(
+            p("groups list").unwrap(),
+            Command::GroupsList { config: None }
+        );
+        assert!(p("groups").is_err());
     }
 
     #[test]

@@ -77,6 +77,17 @@ fn main() -> ExitCode {
                 .unwrap_or(70);
             ExitCode::from(code.clamp(0, 255) as u8)
         }
+        Command::GroupsList { config } => {
+            let cfg = match Config::discover(config.as_deref()) {
+                Ok(c) => c,
+                Err(errors) => return config_failed(&errors),
+            };
+            log.off();
+            let code = runtime()
+                .map(|rt| rt.block_on(clawbox::control::client::groups(&cfg)))
+                .unwrap_or(70);
+            ExitCode::from(code.clamp(0, 255) as u8)
+        }
         Command::Doctor { json, config } => {
             // The report is the output.
             log.off();

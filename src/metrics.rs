@@ -27,10 +27,16 @@ pub enum DropReason {
     /// A group message that does not address the assistant: no turn, no write; kept in memory as
     /// recent context for the next message that does (see `recent`).
     GroupUnaddressed,
+    /// WhatsApp status updates (`status@broadcast`).
+    Status,
+    /// WhatsApp broadcast lists' copies.
+    BroadcastList,
+    /// WhatsApp channel posts (newsletters).
+    Newsletter,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::NotAllowed,
         DropReason::Disabled,
         DropReason::Group,
@@ -40,6 +46,9 @@ impl DropReason {
         DropReason::GroupNotAllowed,
         DropReason::GroupSenderNotAllowed,
         DropReason::GroupUnaddressed,
+        DropReason::Status,
+        DropReason::BroadcastList,
+        DropReason::Newsletter,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -52,6 +61,9 @@ impl DropReason {
             DropReason::GroupNotAllowed => "group_not_allowed",
             DropReason::GroupSenderNotAllowed => "group_sender_not_allowed",
             DropReason::GroupUnaddressed => "group_unaddressed",
+            DropReason::Status => "status",
+            DropReason::BroadcastList => "broadcast_list",
+            DropReason::Newsletter => "newsletter",
         }
     }
 }

@@ -6,17 +6,21 @@
 //! Input: a header of text lines, a NUL byte, then the padded plaintext. Header lines: chat JID,
 //! sender JID, sender's alternate JID (empty: none), flags (`m` from me, `g` group envelope, `s`
 //! self chat allowed, `e` the id is one we just sent, `3` padding version 3 instead of 2), message
-//! id, timestamp (Unix seconds), the phone number behind a LID sender (empty: unknown).
+//! id, timestamp (Unix seconds), the phone number behind a LID sender (empty: unknown), the
+//! sender's push name (absent: none).
 //!
 //! Asserts: never panics; a submitted message carries the envelope's id, a sender, and exactly the
 //! content `content()` reads from the message; the owner's messages to others are never submitted;
-//! an echo of an id we sent is never submitted; a decoded message survives a protobuf round trip.
+//! an echo of an id we sent is never submitted; status, broadcast lists and newsletters are never
+//! submitted; the cues stay within their bounds (quote text, sender name) and a mention or a quote
+//! "to me" names one of our own addresses; a decoded message survives a protobuf round trip.
 #![no_main]
 
-use clawbox::vocab::ChannelKind;
 use clawbox::channel::whatsapp::adapter::{
     self, Classified, Own, Rules, SELF_SENDER, SentIds, Skip,
 };
+use clawbox::channel::whatsapp::context_info::{self, QUOTE_TEXT_MAX, SENDER_NAME_MAX};
+use clawbox::vocab::ChannelKind;
 use libfuzzer_sys::fuzz_target;
 use tokio::time::Instant;
 use whatsapp_rust::Jid;
@@ -24,6 +28,7 @@ use whatsapp_rust::buffa::Message as _;
 use whatsapp_rust::wacore::chrono::DateTime;
 use whatsapp_rust::wacore::messages::decode_plaintext;
 use whatsapp_rust::wacore::types::message::{MessageInfo, MessageSource};
+use whatsapp_rust::wacore_binary::JidExt;
 
 /// Our own numbers in every run.
 const OWN_PN: &str = "491700000001";
@@ -39,8 +44,16 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut lines = header.split('\n');
     let mut line = || lines.next().unwrap_or("");
-    let (chat, sender, alt, flags, id, ts, lid_pn) =
-        (line(), line(), line(), line(), line(), line(), line());
+    let (chat, sender, alt, flags, id, ts, lid_pn, push_name) = (
+        line(),
+        line(),
+        line(),
+        line(),
+        line(),
+        line(),
+        line(),
+        line(),
+    );
     // Addresses the library could not parse never reach the adapter.
     let (Ok(chat), Ok(sender)) = (chat.parse::<Jid>(), sender.parse::<Jid>()) else {
         return;
@@ -81,6 +94,7 @@ fuzz_target!(|data: &[u8]| {
             ..Default::default()
         },
         id: id.into(),
+        push_name: push_name.into(),
         timestamp,
         ..Default::default()
     };
@@ -126,11 +140,37 @@ fuzz_target!(|data: &[u8]| {
                 u64::try_from(timestamp.timestamp_millis()).unwrap_or(0)
             );
             let _ = m.content.render();
+            assert!(
+                !(c.is_status_broadcast() || c.is_broadcast_list() || c.is_newsletter()),
+                "a status, broadcast or channel post was submitted"
+            );
+            let ours = |j: &str| {
+                j.parse::<Jid>().is_ok_and(|j| {
+                    (j.is_pn() && j.user == OWN_PN) || (j.is_lid() && j.user == OWN_LID)
+                })
+            };
+            let ctx = context_info::of(&msg);
+            if m.cues.mentions_me {
+                assert!(ctx.is_some_and(|c| c.mentioned_jid.iter().any(|j| ours(j))));
+            }
+            if let Some(q) = &m.cues.quote {
+                assert!(
+                    q.text.chars().count() <= QUOTE_TEXT_MAX,
+                    "an unbounded quote"
+                );
+                assert_eq!(q.to_me, ours(&q.author));
+            }
+            if let Some(n) = &m.cues.sender_name {
+                assert!(!n.is_empty() && n.chars().count() <= SENDER_NAME_MAX);
+            }
         }
         Classified::Skip(Skip::OwnOutgoing) => assert!(from_me),
         Classified::Skip(Skip::SelfChatOff) => assert!(self_chat && !rules.self_chat),
         Classified::Skip(Skip::SelfEcho) => assert!(self_chat),
         Classified::Skip(Skip::Unsupported) => assert!(adapter::content(&msg).is_none()),
+        Classified::Skip(Skip::Status) => assert!(c.is_status_broadcast()),
+        Classified::Skip(Skip::BroadcastList) => assert!(c.is_broadcast_list()),
+        Classified::Skip(Skip::Newsletter) => assert!(c.is_newsletter()),
     }
     let out = adapter::message_id_for(id);
     assert!(out.len() == 20 && out.starts_with("3EB0"));

@@ -216,7 +216,7 @@ fn show_pair_event(ev: &Event, state_dir: &Path) -> Option<i32> {
             eprintln!("clawbox: the service is busy with other requests; try again in a moment");
             Some(1)
         }
-        Event::Status(_) | Event::Unpaired { .. } => {
+        Event::Status(_) | Event::Unpaired { .. } | Event::Groups { .. } => {
             eprintln!("clawbox: the service answered something else; is it another version?");
             Some(1)
         }
@@ -279,6 +279,64 @@ pub async fn unpair(cfg: &Config, yes: bool) -> i32 {
     match ask_one(s, &req).await {
         Ok(Event::Unpaired { detail }) => {
             println!("{detail}");
+            0
+        }
+        Ok(Event::Refused { error }) => refused(&error, &state_dir),
+        Ok(Event::Error { error }) => {
+            eprintln!("clawbox: {error}");
+            1
+        }
+        Ok(Event::Busy) => {
+            eprintln!("clawbox: the service is busy with other requests; try again in a moment");
+            1
+        }
+        Ok(_) => {
+            eprintln!("clawbox: the service answered something else; is it another version?");
+            1
+        }
+        Err(e) => {
+            eprintln!("clawbox: {e}");
+            1
+        }
+    }
+}
+
+/// `clawbox groups list`: the groups the linked WhatsApp account is in, through the running
+/// service (the channel asks WhatsApp). One line a group: its id (what
+/// `[channels.whatsapp.groups] allow` takes), a tab, its subject.
+pub async fn groups(cfg: &Config) -> i32 {
+    let state_dir = cfg.state_dir();
+    let s = match connect(&state_dir).await {
+        Conn::Open(s) => s,
+        Conn::NoService => {
+            eprintln!(
+                "clawbox: the clawbox service is not running; start it (systemctl start clawbox) \
+                 and ask again"
+            );
+            return 1;
+        }
+        Conn::NoAccess => {
+            eprintln!(
+                "clawbox: {}",
+                not_allowed(&state_dir, "cannot reach the clawbox service")
+            );
+            return EXIT_NOPERM;
+        }
+    };
+    let req = Request::Groups {
+        channel: "whatsapp".into(),
+    };
+    match ask_one(s, &req).await {
+        Ok(Event::Groups { groups, more }) => {
+            if groups.is_empty() {
+                println!("The linked WhatsApp account is in no group.");
+            }
+            for (jid, subject) in groups {
+                println!("{jid}\t{subject}");
+            }
+            if more > 0 {
+                println!("… and {more} more");
+            }
             0
         }
         Ok(Event::Refused { error }) => refused(&error, &state_dir),

@@ -32,6 +32,9 @@
 //! - `{"request":"unpair","channel":"whatsapp"}` → `unpaired` (what was done) after logging out
 //!   and wiping the WhatsApp state (only it).
 //!
+//! - `{"request":"groups","channel":"whatsapp"}` → `groups` (`"groups":[{"jid","subject"}]`,
+//!   `"more"`: how many were left out) — the groups the linked account is in, asked of WhatsApp.
+//!
 //! Any request may instead get `error` (bad request, channel not enabled) or `refused` (caller not
 //! allowed), or `busy` when [`MAX_CONNECTIONS`] are open.
 
@@ -75,6 +78,10 @@ pub enum Request {
     Unpair {
         channel: String,
     },
+    /// The groups the channel's account is in.
+    Groups {
+        channel: String,
+    },
 }
 
 /// One line of an answer.
@@ -111,6 +118,11 @@ pub enum Event {
     Cancelled,
     Unpaired {
         detail: String,
+    },
+    /// The groups the account is in: (JID, subject) each; `more` left out.
+    Groups {
+        groups: Vec<(String, String)>,
+        more: u64,
     },
     /// The request could not be carried out (malformed, unknown channel, channel not enabled).
     Error {
@@ -224,6 +236,7 @@ impl Request {
             }
             Request::Cancel { channel } => ("cancel", json!({ "channel": channel })),
             Request::Unpair { channel } => ("unpair", json!({ "channel": channel })),
+            Request::Groups { channel } => ("groups", json!({ "channel": channel })),
         };
         tagged("request", name, fields).to_string()
     }
@@ -244,6 +257,9 @@ impl Request {
                 channel: str_of(&v, "channel")?,
             },
             "unpair" => Request::Unpair {
+                channel: str_of(&v, "channel")?,
+            },
+            "groups" => Request::Groups {
                 channel: str_of(&v, "channel")?,
             },
             other => return Err(format!("unknown request `{other}`")),
@@ -269,6 +285,13 @@ impl Event {
             Event::Failed { detail } => ("failed", json!({ "detail": detail })),
             Event::Cancelled => ("cancelled", json!({})),
             Event::Unpaired { detail } => ("unpaired", json!({ "detail": detail })),
+            Event::Groups { groups, more } => {
+                let list: Vec<Value> = groups
+                    .iter()
+                    .map(|(jid, subject)| json!({ "jid": jid, "subject": subject }))
+                    .collect();
+                ("groups", json!({ "groups": list, "more": more }))
+            }
             Event::Error { error } => ("error", json!({ "error": error })),
             Event::Refused { error } => ("refused", json!({ "error": error })),
             Event::Busy => ("busy", json!({})),
@@ -301,6 +324,16 @@ impl Event {
             "failed" => Event::Failed { detail: detail()? },
             "cancelled" => Event::Cancelled,
             "unpaired" => Event::Unpaired { detail: detail()? },
+            "groups" => Event::Groups {
+                groups: v
+                    .get("groups")
+                    .and_then(Value::as_array)
+                    .ok_or("`groups` is missing or not a list")?
+                    .iter()
+                    .map(|g| Ok((str_of(g, "jid")?, str_of(g, "subject")?)))
+                    .collect::<Result<_, String>>()?,
+                more: u64_of(&v, "more")?,
+            },
             "error" => Event::Error {
                 error: str_of(&v, "error")?,
             },
@@ -408,6 +441,12 @@ mod tests {
             }
         );
         assert!(!line.contains("phone"), "{line}");
+        assert_eq!(
+            Request::parse(r#"{"request":"groups","channel":"whatsapp"}"#).unwrap(),
+            Request::Groups {
+                channel: "whatsapp".into()
+            }
+        );
         assert!(Request::parse(r#"{"request":"reboot"}"#).is_err());
         assert!(Request::parse(r#"{"request":"pair"}"#).is_err());
         assert!(Request::parse("not json").is_err());
@@ -476,6 +515,14 @@ mod tests {
             Event::Failed { detail: d() },
             Event::Cancelled,
             Event::Unpaired { detail: d() },
+            Event::Groups {
+                groups: vec![("120363000000000001@g.us".into(), "Family \"ü\"".into())],
+                more: 2,
+            },
+            Event::Groups {
+                groups: vec![],
+                more: 0,
+            },
             Event::Error { error: d() },
             Event::Refused { error: d() },
             Event::Busy,

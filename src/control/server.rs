@@ -226,6 +226,23 @@ async fn handle(stream: UnixStream, ctl: &Control, shutdown: Shutdown) {
             };
             let _ = send(&mut w, &ev).await;
         }
+        Request::Groups { channel } => {
+            let ev = match whatsapp(&channel) {
+                Ok(l) => match l.groups().await {
+                    Ok(listing) => Event::Groups {
+                        groups: listing
+                            .groups
+                            .into_iter()
+                            .map(|g| (g.jid, g.subject))
+                            .collect(),
+                        more: listing.more as u64,
+                    },
+                    Err(error) => Event::Error { error },
+                },
+                Err(error) => Event::Error { error },
+            };
+            let _ = send(&mut w, &ev).await;
+        }
         Request::Pair { channel, phone } => match whatsapp(&channel) {
             Ok(l) => {
                 if let Some(p) = &phone {
@@ -256,6 +273,7 @@ impl std::fmt::Debug for RequestKind<'_> {
             Request::Pair { .. } => "pair",
             Request::Cancel { .. } => "cancel",
             Request::Unpair { .. } => "unpair",
+            Request::Groups { .. } => "groups",
         })
     }
 }

@@ -4,7 +4,7 @@
 //! WhatsApp's login failures and version check in `whatsapp_login`, its retries, refusals and
 //! key events in `whatsapp_retry`, LID addressing and the allowlist by identity in
 //! `whatsapp_lid`, multi-device contacts and the self chat's forms in
-//! `whatsapp_devices`), the OpenClaw agent in the daemon (`openclaw_flow`), crash safety
+//! `whatsapp_devices`, groups in `whatsapp_groups`), the OpenClaw agent in the daemon (`openclaw_flow`), crash safety
 //! (`restart`), the security matrix (`security`) and malformed frames from every server
 //! (`malformed`). Every test has its own temp state dir and free ports, so they run side by side.
 //! One test binary (one link of the WhatsApp stack); select a module with
@@ -21,6 +21,7 @@ mod telegram_flow;
 mod telegram_groups;
 mod whatsapp_devices;
 mod whatsapp_flow;
+mod whatsapp_groups;
 mod whatsapp_lid;
 mod whatsapp_login;
 mod whatsapp_retry;

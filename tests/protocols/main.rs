@@ -7,6 +7,7 @@
 mod display;
 mod fake_whatsapp;
 mod fake_whatsapp_devices;
+mod fake_whatsapp_groups;
 mod fake_whatsapp_retry;
 mod openai_agent;
 mod openclaw_agent;

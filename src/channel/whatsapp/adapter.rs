@@ -47,7 +47,8 @@ pub struct Own {
 }
 
 impl Own {
-    fn is_own(&self, jid: &Jid) -> bool {
+    /// `jid` names the linked account (by its number or its LID, any device).
+    pub fn is_own(&self, jid: &Jid) -> bool {
         (jid.is_pn() && self.pn.as_deref() == Some(jid.user.as_str()))
             || (jid.is_lid() && self.lid.as_deref() == Some(jid.user.as_str()))
     }
@@ -111,6 +112,27 @@ pub enum Skip {
     SelfChatOff,
     /// Nothing an agent can use (protocol messages, edits, removed reactions, polls, …).
     Unsupported,
+    /// A status update (`status@broadcast`): never a conversation with the assistant.
+    Status,
+    /// A broadcast list's copy (`<id>@broadcast`).
+    BroadcastList,
+    /// A channel post (`@newsletter`).
+    Newsletter,
+}
+
+impl Skip {
+    /// The drop reason counted for this skip on `/metrics`, when it is counted there (the
+    /// owner's own messages and unsupported kinds are not drops of someone's message).
+    pub fn drop_reason(self) -> Option<crate::metrics::DropReason> {
+        use crate::metrics::DropReason;
+        match self {
+            Skip::SelfEcho => Some(DropReason::SelfEcho),
+            Skip::Status => Some(DropReason::Status),
+            Skip::BroadcastList => Some(DropReason::BroadcastList),
+            Skip::Newsletter => Some(DropReason::Newsletter),
+            Skip::OwnOutgoing | Skip::SelfChatOff | Skip::Unsupported => None,
+        }
+    }
 }
 
 /// The result of looking at one message.
@@ -208,6 +230,16 @@ pub fn classify(
     now: Instant,
 ) -> Classified {
     let src = &info.source;
+    // Not conversations with the assistant: looked at before anything else, so they cost nothing.
+    if src.chat.is_status_broadcast() {
+        return Classified::Skip(Skip::Status);
+    }
+    if src.chat.is_broadcast_list() {
+        return Classified::Skip(Skip::BroadcastList);
+    }
+    if src.chat.is_newsletter() {
+        return Classified::Skip(Skip::Newsletter);
+    }
     let self_chat = src.is_from_me && !src.is_group && own.is_own(&src.chat);
     if src.is_from_me && !self_chat {
         return Classified::Skip(Skip::OwnOutgoing);
@@ -247,7 +279,7 @@ pub fn classify(
         is_group: src.is_group || src.chat.is_group(),
         content,
         ts_ms: u64::try_from(info.timestamp.timestamp_millis()).unwrap_or(0),
-        cues: Default::default(),
+        cues: super::context_info::read(msg, &info.push_name, &info.id, &src.sender, own),
     })
 }
 
@@ -453,6 +485,76 @@ mod tests {
             "G",
         );
         assert!(matches!(go(&text("hi all"), &i, &mut sent), Classified::Submit(m) if m.is_group));
+    }
+
+    #[test]
+    fn a_group_message_carries_its_member_and_cues() {
+        let mut sent = SentIds::default();
+        let mut i = info(
+            "120363000000000001@g.us",
+            "100000000000777:2@lid",
+            false,
+            "G2",
+        );
+        i.source.sender_alt = Some(jid("491701111111@s.whatsapp.net"));
+        i.push_name = "Alice".into();
+        let msg = wa::Message {
+            extended_text_message: MessageField::some(wa::message::ExtendedTextMessage {
+                text: Some("@bot and you?".into()),
+                context_info: MessageField::some(wa::ContextInfo {
+                    mentioned_jid: vec!["100000000000001@lid".into()],
+                    stanza_id: Some("3EB0X".into()),
+                    participant: Some("491700000001@s.whatsapp.net".into()),
+                    quoted_message: MessageField::some(text("earlier answer")),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let Classified::Submit(m) = go(&msg, &i, &mut sent) else {
+            panic!("submitted")
+        };
+        assert!(m.is_group);
+        assert_eq!(m.chat, "120363000000000001@g.us");
+        assert_eq!(
+            m.sender, "+491701111111",
+            "as the DM allowlist names people"
+        );
+        assert_eq!(m.sender_alt.as_deref(), Some("100000000000777@lid"));
+        assert_eq!(m.cues.sender_name.as_deref(), Some("Alice"));
+        assert!(m.cues.mentions_me, "our LID in mentionedJid");
+        let q = m.cues.quote.expect("quote");
+        assert_eq!((q.id.as_str(), q.to_me), ("3EB0X", true));
+        assert_eq!(q.text, "earlier answer");
+        assert_eq!(
+            m.cues.reply_ref.as_deref(),
+            Some("G2:100000000000777@lid"),
+            "a reply quotes the id and its author"
+        );
+    }
+
+    #[test]
+    fn status_broadcast_lists_and_newsletters_are_skipped_and_counted() {
+        let mut sent = SentIds::default();
+        for (chat, skip, reason) in [
+            ("status@broadcast", Skip::Status, "status"),
+            (
+                "1700000000@broadcast",
+                Skip::BroadcastList,
+                "broadcast_list",
+            ),
+            (
+                "120363000000000009@newsletter",
+                Skip::Newsletter,
+                "newsletter",
+            ),
+        ] {
+            let i = info(chat, "491701111111@s.whatsapp.net", false, "B");
+            assert_eq!(go(&text("news"), &i, &mut sent), Classified::Skip(skip));
+            assert_eq!(skip.drop_reason().map(|r| r.as_str()), Some(reason));
+        }
+        assert_eq!(Skip::OwnOutgoing.drop_reason(), None);
     }
 
     #[test]

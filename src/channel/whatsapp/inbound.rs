@@ -134,13 +134,10 @@ pub(super) async fn submit_as(
         )
     };
     match verdict {
-        Classified::Skip(adapter::Skip::SelfEcho) => {
-            sh.ctx
-                .metrics
-                .dropped(ChannelKind::WhatsApp, crate::metrics::DropReason::SelfEcho);
-            Ok(false)
-        }
         Classified::Skip(why) => {
+            if let Some(reason) = why.drop_reason() {
+                sh.ctx.metrics.dropped(ChannelKind::WhatsApp, reason);
+            }
             tracing::debug!(reason = ?why, "WhatsApp message not submitted");
             Ok(false)
         }

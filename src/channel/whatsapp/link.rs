@@ -45,6 +45,10 @@ pub enum Ask {
     Unpair {
         reply: oneshot::Sender<Result<String, String>>,
     },
+    /// The groups the linked account is in (`clawbox groups list`), asked of WhatsApp now.
+    Groups {
+        reply: oneshot::Sender<Result<super::groups::Listing, String>>,
+    },
 }
 
 /// The channel's answer to [`Ask::Pair`].
@@ -107,6 +111,16 @@ impl Linker {
         self.submit(Ask::Unpair { reply: tx })?;
         // The logout itself may take its own time on top of the wait for the channel.
         match tokio::time::timeout(ASK_TIMEOUT + UNPAIR_LOGIN_WAIT + LOGOUT_TIMEOUT, rx).await {
+            Ok(Ok(r)) => r,
+            _ => Err(NO_ANSWER.into()),
+        }
+    }
+
+    /// The groups the linked account is in, as WhatsApp lists them now.
+    pub async fn groups(&self) -> Result<super::groups::Listing, String> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(Ask::Groups { reply: tx })?;
+        match tokio::time::timeout(ASK_TIMEOUT + super::groups::LIST_TIMEOUT, rx).await {
             Ok(Ok(r)) => r,
             _ => Err(NO_ANSWER.into()),
         }
@@ -188,6 +202,10 @@ pub(super) async fn during_run(
             });
             tracing::info!("WhatsApp pairing cancelled by the owner");
             Some(Outcome::NeedsOwner(CANCELLED.into()))
+        }
+        Ask::Groups { reply } => {
+            super::groups::answer(client, reply);
+            None
         }
         Ask::Unpair { reply } => {
             let paired = backend.is_paired().await;

@@ -25,7 +25,9 @@
 //! message bodies, keys or the pairing payload.
 
 pub mod adapter;
+pub mod context_info;
 mod driver;
+pub mod groups;
 pub mod http;
 mod identity;
 mod inbound;

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use whatsapp_rust::Jid;
 use whatsapp_rust::prelude::*;
+use whatsapp_rust::wacore_binary::JidExt;
 use whatsapp_rust::waproto::whatsapp as wa;
 
 /// A sent message counts as delivered to the server when its `<ack>` arrives within this; past it
@@ -62,14 +63,17 @@ pub(super) fn handle_command(sh: &Arc<Shared>, client: &Arc<Client>, cmd: Channe
             chat,
             text,
             key,
+            reply_to,
             arm,
             done,
             ..
         } => {
             let sh = sh.clone();
             let c = client.clone();
+            // The first chunk of a reply quotes the message it answers.
+            let quote = reply_to.filter(|r| r.quote).map(|r| r.reference);
             tokio::spawn(async move {
-                let r = send(&sh, &c, &chat, text, &key, arm).await;
+                let r = send(&sh, &c, &chat, text, &key, quote.as_deref(), arm).await;
                 if let Err(e) = &r {
                     tracing::info!(error = %e, "WhatsApp send failed");
                 }
@@ -106,6 +110,7 @@ async fn send(
     chat: &str,
     text: String,
     key: &str,
+    quote: Option<&str>,
     arm: crate::channel::Arm,
 ) -> Result<(), SendError> {
     if !client.is_logged_in() {
@@ -138,6 +143,10 @@ async fn send(
         conversation: Some(text),
         ..Default::default()
     };
+    let msg = match quote {
+        Some(reference) => super::context_info::quoting(msg, reference),
+        None => msg,
+    };
     if let Err(e) = arm.arm(0).await {
         sh.acks().remove(&id);
         return Err(e);
@@ -154,7 +163,11 @@ async fn send(
         return Err(classify_send_error(&e));
     }
     match tokio::time::timeout(SEND_ACK_TIMEOUT, rx).await {
-        Ok(Ok(None)) if !is_self && !reached_a_device(client, &jid, &own).await => {
+        // A group is reached through its members' devices, not a device of the group JID: the
+        // #1298 check is a 1:1 one.
+        Ok(Ok(None))
+            if !is_self && !jid.is_group() && !reached_a_device(client, &jid, &own).await =>
+        {
             refused(sh, client, &jid, &id, nack::UNREACHED).await
         }
         Ok(Ok(None)) => {

@@ -59,6 +59,9 @@ pub async fn serve(
                     break;
                 }
                 Ask::Cancel => {}
+                Ask::Groups { reply } => {
+                    let _ = reply.send(Err(super::groups::NOT_LINKED.into()));
+                }
                 Ask::Unpair { reply } => {
                     let backend = KvBackend::new(ctx.store.kv(KvTable::WhatsApp));
                     let paired = backend.is_paired().await;

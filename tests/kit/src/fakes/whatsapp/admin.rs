@@ -77,6 +77,15 @@ struct Fault {
     contact: Option<String>,
 }
 
+/// `POST /groups`: a group with these members (the first created it) and the linked account.
+#[derive(Deserialize)]
+struct NewGroup {
+    subject: String,
+    members: Vec<String>,
+    /// `"pn"` (the default) or `"lid"`: how the group names its participants.
+    addressing: Option<String>,
+}
+
 /// `POST /version`: `{"min": "2.3000.N" | N, "serve": …}` (`login.rs`).
 #[derive(Deserialize)]
 struct VersionCheck {
@@ -221,6 +230,53 @@ pub async fn handle(
             // Each entry as before, plus `devices` / `own_devices` (`devices.rs`).
             let inbox = world.lock().await.deliveries(who);
             reply(StatusCode::OK, json!(inbox))
+        }
+        (Method::POST, ["groups"]) => match serde_json::from_slice::<NewGroup>(&body) {
+            Ok(g) => match super::groups::GroupAddressing::parse(g.addressing.as_deref()) {
+                Ok(addressing) => {
+                    match world.lock().await.group_create(
+                        &g.subject,
+                        &g.members,
+                        addressing,
+                        now_secs(),
+                    ) {
+                        Ok(jid) => reply(StatusCode::OK, json!({ "jid": jid })),
+                        Err(e) => bad(e),
+                    }
+                }
+                Err(e) => bad(e),
+            },
+            Err(e) => bad(e),
+        },
+        (Method::GET, ["groups"]) => reply(StatusCode::OK, world.lock().await.groups_json()),
+        (Method::POST, ["groups", jid, "messages"]) => {
+            match serde_json::from_slice::<super::groups::MemberSend>(&body) {
+                Ok(m) => match world
+                    .lock()
+                    .await
+                    .group_member_send(jid, &m, now_secs())
+                    .await
+                {
+                    Ok(id) => reply(StatusCode::OK, json!({ "id": id })),
+                    Err(e) => bad(e),
+                },
+                Err(e) => bad(e),
+            }
+        }
+        (Method::GET, ["groups", jid, "messages"]) => {
+            match world.lock().await.group_deliveries(jid) {
+                Ok(d) => reply(StatusCode::OK, json!(d)),
+                Err(e) => bad(e),
+            }
+        }
+        (Method::POST, ["groups", jid, "members"]) => {
+            match serde_json::from_slice::<super::group_iq::MemberChange>(&body) {
+                Ok(c) => match world.lock().await.group_members(jid, &c, now_secs()) {
+                    Ok(()) => reply(StatusCode::OK, json!({})),
+                    Err(e) => bad(e),
+                },
+                Err(e) => bad(e),
+            }
         }
         (Method::GET, ["sw.js"]) => super::login::sw_js_response(world.lock().await.sw_js()),
         (Method::GET, ["version"]) => reply(StatusCode::OK, world.lock().await.version_json()),

@@ -126,6 +126,10 @@ impl World {
         if self.intercept_send(node, now) {
             return;
         }
+        if attr(node, "to").is_some_and(|to| to.ends_with("@g.us")) {
+            self.on_group_message(node, now).await;
+            return;
+        }
         let id = attr(node, "id").unwrap_or_default();
         let to = attr(node, "to").unwrap_or_default();
         let mut copies: Vec<(String, String, Vec<u8>, u8)> = Vec::new();

@@ -15,6 +15,9 @@ pub mod cues;
 pub mod deliveries;
 pub mod devices;
 mod faults;
+mod group_iq;
+mod group_sends;
+pub mod groups;
 mod keys;
 pub mod lid;
 pub mod login;
@@ -44,6 +47,8 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 pub use contacts::InboxEntry;
 pub use cues::{Reaction, ReadReceipt};
 pub use deliveries::{Delivery, Report};
+pub use group_iq::MemberChange;
+pub use groups::{GroupAddressing, GroupDelivery, MemberSend};
 pub use lid::{Addressing, UsyncCounts};
 pub use retry::RetryStats;
 pub use server::Login;
@@ -188,6 +193,47 @@ impl FakeWhatsApp {
     /// The usync lookups the client made so far, by kind (also in `GET /state` as `usync`).
     pub async fn usync_counts(&self) -> UsyncCounts {
         self.world.lock().await.usync_counts.clone()
+    }
+
+    /// A group of `members` (numbers; the first created it) and the linked account, naming
+    /// participants as `addressing` says; returns its JID (`POST /groups`).
+    pub async fn group_create(
+        &self,
+        subject: &str,
+        members: &[&str],
+        addressing: GroupAddressing,
+    ) -> Result<String, String> {
+        let members: Vec<String> = members.iter().map(|m| m.to_string()).collect();
+        self.world
+            .lock()
+            .await
+            .group_create(subject, &members, addressing, now_secs())
+    }
+
+    /// A member writes to group `jid` (`POST /groups/<jid>/messages`); returns the message id.
+    pub async fn group_send(&self, jid: &str, msg: &MemberSend) -> Result<String, String> {
+        self.world
+            .lock()
+            .await
+            .group_member_send(jid, msg, now_secs())
+            .await
+    }
+
+    /// What the linked account sent to group `jid`, as each member device decrypted it.
+    pub async fn group_messages(&self, jid: &str) -> Result<Vec<GroupDelivery>, String> {
+        self.world.lock().await.group_deliveries(jid)
+    }
+
+    /// Members join or leave group `jid`; the client gets the `w:gp2` notification.
+    pub async fn group_change_members(
+        &self,
+        jid: &str,
+        change: &MemberChange,
+    ) -> Result<(), String> {
+        self.world
+            .lock()
+            .await
+            .group_members(jid, change, now_secs())
     }
 
     /// What the linked account sent to contact `e164`, decrypted.

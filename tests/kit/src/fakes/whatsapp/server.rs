@@ -141,6 +141,8 @@ pub struct World {
     pub usync_counts: super::lid::UsyncCounts,
     /// Numbers whose LID usync leaves out (the `lid-unknown` fault, `lid.rs`).
     pub(super) lid_withheld: std::collections::BTreeSet<String>,
+    /// Groups the account is in (`groups.rs`).
+    pub groups: super::groups::Groups,
 }
 
 pub fn now_secs() -> u64 {
@@ -192,6 +194,7 @@ impl World {
             devices: Default::default(),
             usync_counts: Default::default(),
             lid_withheld: Default::default(),
+            groups: Default::default(),
         }
     }
 
@@ -495,6 +498,7 @@ impl World {
             "w:p" | "passive" | "presence" | "w:profile:picture" => iq_result(&id, vec![]),
             "encrypt" => self.on_encrypt_iq(iq, &id),
             "usync" => self.on_usync(iq, &id),
+            "w:g2" => self.on_groups_iq(iq, &id),
             "md" => match self.on_md_iq(iq, &id) {
                 // companion_finish queued its own answer ahead of pair-success.
                 Ok(None) => return,
@@ -542,6 +546,8 @@ impl World {
                     signed_identity,
                 });
                 self.offline.clear();
+                // A new device: every member's next group message carries its sender key again.
+                self.groups.new_companion();
                 tracing::info!("fake-whatsapp: device linked; restarting the stream (515)");
                 self.send_close(nodes::stream_error(515));
             }
