@@ -16,6 +16,7 @@
 
 use super::StoreError;
 use super::apply::{Counters, Effects, Pending, Tables, apply};
+use super::kv::{Held, MAX_DEFERRED_COMMITS};
 use super::ops::{ReadOp, ToReader, ToWriter, WriteOp};
 use super::reader::{read, serve_reads};
 use super::schema::{INBOX, OUTBOX, in_memory_db, io, open_db, recovery_hint};
@@ -77,8 +78,13 @@ pub(super) struct Writer {
     db: Arc<Database>,
     metrics: Arc<Metrics>,
     window: Duration,
-    /// Lazily committed writes not yet fsynced.
+    /// Lazily committed writes not yet fsynced, that the periodic flush must make durable.
     dirty: bool,
+    /// Deferred commits (only [`super::kv::Commit::Deferred`] writes) since the last fsync: durable with the
+    /// next fsync anyone makes; counted to [`MAX_DEFERRED_COMMITS`], then `dirty`.
+    deferred: u32,
+    /// Rows held in memory, written only by an fsync that happens while they are held.
+    held: Held,
     next_inbox: u64,
     next_outbox: u64,
     path: PathBuf,
@@ -109,6 +115,8 @@ impl Writer {
             metrics,
             window,
             dirty: false,
+            deferred: 0,
+            held: Held::default(),
             next_inbox: 0,
             next_outbox: 0,
             path,
@@ -192,7 +200,7 @@ impl Writer {
             }
         }
         // Every handle dropped: make lazy writes durable before the thread ends.
-        if self.dirty {
+        if self.unsynced() {
             let _ = self.commit_empty_durable();
         }
     }
@@ -205,18 +213,27 @@ impl Writer {
         let _ = done.send(());
     }
 
+    /// Something committed (or held) is not durable yet.
+    fn unsynced(&self) -> bool {
+        self.dirty || self.deferred > 0 || self.held.unwritten()
+    }
+
     fn flush_for_close(&mut self) {
-        if self.dirty {
+        if self.unsynced() {
             if let Err(e) = self.commit_empty_durable() {
                 tracing::error!(error = %e, "final store flush failed");
             }
         }
     }
 
+    /// An fsync of everything committed so far (and of the held rows: see [`super::kv`]).
     fn commit_empty_durable(&mut self) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(io)?;
+        let spilled = self.held.spill(&tx)?;
+        self.metrics.store_bytes_written.fetch_add(spilled, Relaxed);
         tx.commit().map_err(io)?;
         self.dirty = false;
+        self.deferred = 0;
         Metrics::inc(&self.metrics.store_commits);
         Metrics::inc(&self.metrics.store_fsyncs);
         Ok(())
@@ -238,8 +255,11 @@ impl Writer {
                 if fx.durable && !fx.early {
                     Metrics::inc(&self.metrics.store_fsyncs);
                     self.dirty = false;
-                } else {
+                    self.deferred = 0;
+                } else if fx.bytes > fx.deferred_bytes || self.deferred >= MAX_DEFERRED_COMMITS {
                     self.dirty = true;
+                } else {
+                    self.deferred += 1;
                 }
             }
             Err(e) => {
@@ -260,6 +280,7 @@ impl Writer {
                 next_inbox: &mut self.next_inbox,
                 next_outbox: &mut self.next_outbox,
                 dirty: self.dirty,
+                held: &mut self.held,
             };
             for op in batch {
                 apply(&tx, &mut tables, &mut counters, op, fx)?;
@@ -271,6 +292,8 @@ impl Writer {
         }
         // Two steps for new inbound messages: this commit without fsync, the fsync in `answer`.
         let durability = if fx.durable && !fx.early {
+            // This fsync must not leave out a row held now (see [`super::kv`]).
+            fx.bytes += self.held.spill(&tx)?;
             Durability::Immediate
         } else {
             Durability::None

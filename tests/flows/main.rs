@@ -20,3 +20,4 @@ mod whatsapp_flow;
 mod whatsapp_lid;
 mod whatsapp_login;
 mod whatsapp_retry;
+mod whatsapp_writes;
