@@ -232,19 +232,26 @@ pub(super) struct Held {
 }
 
 impl Held {
-    /// Writes every held row not yet written into `tx` (the transaction about to be fsynced).
-    pub(super) fn spill(&mut self, tx: &redb::WriteTransaction) -> Result<u64, StoreError> {
+    /// Writes every held row not yet written into `tx` (the transaction about to be fsynced);
+    /// [`Held::written`] once that commit succeeded.
+    pub(super) fn spill(&self, tx: &redb::WriteTransaction) -> Result<u64, StoreError> {
         let mut bytes = 0u64;
-        for ((table, key), row) in self.rows.iter_mut().filter(|(_, r)| !r.written) {
+        for ((table, key), row) in self.rows.iter().filter(|(_, r)| !r.written) {
             let def = TableDefinition::<&str, &[u8]>::new(table);
             tx.open_table(def)
                 .map_err(io)?
                 .insert(key.as_str(), row.value.as_slice())
                 .map_err(io)?;
-            row.written = true;
             bytes += (key.len() + row.value.len()) as u64;
         }
         Ok(bytes)
+    }
+
+    /// The transaction [`Held::spill`] wrote into is committed: every held row is in the file.
+    pub(super) fn written(&mut self) {
+        for row in self.rows.values_mut() {
+            row.written = true;
+        }
     }
 
     /// Some held row is not in the file yet.
@@ -352,6 +359,16 @@ pub(super) fn apply(
             a
         }
         KvWriteOp::DeletePrefix(_, prefix, r) => {
+            // Held rows under the prefix go too: a later fsync must not write them back.
+            let doomed: Vec<String> = held
+                .rows
+                .keys()
+                .filter(|(t, k)| *t == name && k.starts_with(prefix.as_str()))
+                .map(|(_, k)| k.clone())
+                .collect();
+            for k in doomed {
+                held.forget(name, &k);
+            }
             let mut n = 0usize;
             t.retain(|k, _| {
                 let hit = k.starts_with(prefix.as_str());
@@ -674,6 +691,14 @@ mod tests {
         kv.release(vec!["pin/b".into()]).await.unwrap();
         assert_eq!(kv.get("pin/b").await.unwrap(), None, "released: deleted");
         assert_eq!(fsyncs(&metrics), f0 + 1, "the delete is deferred");
+        // A wipe takes held rows with it: no later fsync writes them back.
+        kv.hold(vec![("pin/c".into(), b"wiped".to_vec())])
+            .await
+            .unwrap();
+        kv.delete_prefix("").await.unwrap();
+        assert_eq!(kv.get_held("pin/c").await.unwrap(), None);
+        kv.put("dev", b"creds".to_vec()).await.unwrap();
+        assert_eq!(kv.get("pin/c").await.unwrap(), None);
         store.close().await;
         let file = std::fs::read(dir.path().join(crate::store::FILE_NAME)).unwrap();
         assert!(

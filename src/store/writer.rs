@@ -10,6 +10,11 @@
 //! acknowledges upstream). Nothing can be sent in reply before that fsync: every send is preceded
 //! by a durable in-flight mark, and the writer runs operations in order.
 //!
+//! Two kinds of write wait for someone else's fsync instead of causing one (the WhatsApp client's
+//! receive-side state, [`super::kv`]): deferred writes, committed without fsync and left alone by
+//! the periodic flush (up to [`MAX_DEFERRED_COMMITS`]), and held rows, kept in memory and written
+//! only into a transaction that is about to be fsynced while they are held.
+//!
 //! Reads do not queue behind commits: the reader thread ([`super::reader`]) answers them from
 //! read transactions, which see every commit that returned, fsynced or not. The tables are in
 //! [`super::schema`], what is kept and for how long in [`super::retention`].
@@ -230,8 +235,9 @@ impl Writer {
     fn commit_empty_durable(&mut self) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(io)?;
         let spilled = self.held.spill(&tx)?;
-        self.metrics.store_bytes_written.fetch_add(spilled, Relaxed);
         tx.commit().map_err(io)?;
+        self.held.written();
+        self.metrics.store_bytes_written.fetch_add(spilled, Relaxed);
         self.dirty = false;
         self.deferred = 0;
         Metrics::inc(&self.metrics.store_commits);
@@ -291,15 +297,21 @@ impl Writer {
             return Ok(false);
         }
         // Two steps for new inbound messages: this commit without fsync, the fsync in `answer`.
-        let durability = if fx.durable && !fx.early {
+        let fsync = fx.durable && !fx.early;
+        if fsync {
             // This fsync must not leave out a row held now (see [`super::kv`]).
             fx.bytes += self.held.spill(&tx)?;
+        }
+        let durability = if fsync {
             Durability::Immediate
         } else {
             Durability::None
         };
         tx.set_durability(durability).map_err(io)?;
         tx.commit().map_err(io)?;
+        if fsync {
+            self.held.written();
+        }
         Ok(true)
     }
 
