@@ -95,7 +95,7 @@ pub(super) struct Counters<'w> {
     /// Lazily committed writes are waiting for an fsync.
     pub dirty: bool,
     /// Rows held in memory until released or an fsync ([`super::kv`]).
-    pub held: &'w mut super::kv::Held,
+    pub held: &'w mut super::held::Held,
 }
 
 /// Applies one operation. An `Err` aborts the whole batch (every caller in it hears the error;

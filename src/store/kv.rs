@@ -19,6 +19,7 @@
 //!   never lacks a row that was held when it was taken. Released rows that were never written
 //!   leave nothing in the file.
 
+use super::held::{Held, HeldRow};
 use super::{Reply, Store, StoreError};
 use redb::{ReadableTable, TableDefinition};
 
@@ -215,54 +216,6 @@ fn reply<T: Send + 'static>(r: Reply<T>, value: Result<T, StoreError>) -> Applie
                 None => value,
             });
         }),
-    }
-}
-
-/// One held row: its value, and whether an fsync's transaction has written it.
-struct HeldRow {
-    value: Vec<u8>,
-    written: bool,
-}
-
-/// The writer's held rows (see the module doc), bounded by [`MAX_HELD_BYTES`].
-#[derive(Default)]
-pub(super) struct Held {
-    rows: std::collections::BTreeMap<(&'static str, String), HeldRow>,
-    bytes: usize,
-}
-
-impl Held {
-    /// Writes every held row not yet written into `tx` (the transaction about to be fsynced);
-    /// [`Held::written`] once that commit succeeded.
-    pub(super) fn spill(&self, tx: &redb::WriteTransaction) -> Result<u64, StoreError> {
-        let mut bytes = 0u64;
-        for ((table, key), row) in self.rows.iter().filter(|(_, r)| !r.written) {
-            let def = TableDefinition::<&str, &[u8]>::new(table);
-            tx.open_table(def)
-                .map_err(io)?
-                .insert(key.as_str(), row.value.as_slice())
-                .map_err(io)?;
-            bytes += (key.len() + row.value.len()) as u64;
-        }
-        Ok(bytes)
-    }
-
-    /// The transaction [`Held::spill`] wrote into is committed: every held row is in the file.
-    pub(super) fn written(&mut self) {
-        for row in self.rows.values_mut() {
-            row.written = true;
-        }
-    }
-
-    /// Some held row is not in the file yet.
-    pub(super) fn unwritten(&self) -> bool {
-        self.rows.values().any(|r| !r.written)
-    }
-
-    fn forget(&mut self, table: &'static str, key: &str) -> Option<HeldRow> {
-        let row = self.rows.remove(&(table, key.to_string()))?;
-        self.bytes -= key.len() + row.value.len();
-        Some(row)
     }
 }
 

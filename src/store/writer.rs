@@ -21,7 +21,8 @@
 
 use super::StoreError;
 use super::apply::{Counters, Effects, Pending, Tables, apply};
-use super::kv::{Held, MAX_DEFERRED_COMMITS};
+use super::held::Held;
+use super::kv::MAX_DEFERRED_COMMITS;
 use super::ops::{ReadOp, ToReader, ToWriter, WriteOp};
 use super::reader::{read, serve_reads};
 use super::schema::{INBOX, OUTBOX, in_memory_db, io, open_db, recovery_hint};
