@@ -31,6 +31,9 @@ pub(super) struct Effects {
     pub early: bool,
     /// Bytes written (0 and nothing durable: nothing changed, nothing is committed).
     pub bytes: u64,
+    /// Of those, bytes whose durability may wait for someone else's fsync
+    /// ([`super::kv::Commit::Deferred`]): the periodic flush is not needed for them.
+    pub deferred_bytes: u64,
 }
 
 impl Effects {
@@ -91,6 +94,8 @@ pub(super) struct Counters<'w> {
     pub next_outbox: &'w mut u64,
     /// Lazily committed writes are waiting for an fsync.
     pub dirty: bool,
+    /// Rows held in memory until released or an fsync ([`super::kv`]).
+    pub held: &'w mut super::held::Held,
 }
 
 /// Applies one operation. An `Err` aborts the whole batch (every caller in it hears the error;
@@ -132,8 +137,11 @@ pub(super) fn apply(
         }
         WriteOp::DeleteAuthPrefix(prefix, r) => delete_auth_prefix(t, &prefix, r, fx),
         WriteOp::Kv(op) => {
-            let a = super::kv::apply(tx, op)?;
+            let a = super::kv::apply(tx, c.held, op)?;
             fx.bytes += a.bytes;
+            if a.deferred {
+                fx.deferred_bytes += a.bytes;
+            }
             fx.durable |= a.durable;
             fx.replies.push(Pending {
                 answer: a.reply,

@@ -2,10 +2,24 @@
 //! library owns and clawbox only keeps (today: the WhatsApp client's keys, sessions and device).
 //!
 //! Owns the operations and their semantics: point reads, batched reads, prefix scans (bounded),
-//! batched puts and deletes in ONE write transaction, an atomic take (get + delete), and a prefix
-//! wipe. Every write is fsynced before its call returns. Never interprets the bytes it stores and
-//! never touches the daemon's own tables (inbox, outbox, sessions, cursors, auth).
+//! batched puts and deletes in ONE write transaction, an atomic take (get + delete), a prefix
+//! wipe, and held rows. Never interprets the bytes it stores and never touches the daemon's own
+//! tables (inbox, outbox, sessions, cursors, auth).
+//!
+//! Three kinds of write, chosen by the caller (who knows what depends on the row):
+//! - [`Commit::Fsync`]: durable before the call returns (a take and a prefix wipe are always so).
+//! - [`Commit::Deferred`]: committed at once (every later read sees it) but not fsynced; it becomes
+//!   durable with the next fsync anyone makes (an accepted message, a send's in-flight mark, a
+//!   durable write, the close), and is lost with everything committed after that fsync if the
+//!   box dies first: the file always comes back as it was at some fsync, never a mix. The
+//!   periodic flush leaves deferred writes alone (a box that only drops messages writes nothing
+//!   durable), up to [`MAX_DEFERRED_COMMITS`].
+//! - held rows ([`Kv::hold`]): kept in the writer's memory, never written, unless an fsync happens
+//!   while they are held: then that fsync's transaction writes them too, so a durable snapshot
+//!   never lacks a row that was held when it was taken. Released rows that were never written
+//!   leave nothing in the file.
 
+use super::held::{Held, HeldRow};
 use super::{Reply, Store, StoreError};
 use redb::{ReadableTable, TableDefinition};
 
@@ -16,6 +30,23 @@ pub(super) const WHATSAPP: TableDefinition<&str, &[u8]> = TableDefinition::new("
 /// ask for less; a scan that would exceed its limit fails with a clear error instead of
 /// silently truncating.
 pub const MAX_SCAN_ROWS: usize = 100_000;
+
+/// Deferred commits (each a few pages of the file) allowed before the periodic flush makes them
+/// durable after all: redb cannot reuse the pages a commit freed until an fsync follows it, so
+/// this bounds how far the file grows on a box that only ever drops messages.
+pub const MAX_DEFERRED_COMMITS: u32 = 512;
+/// Bytes of held rows (keys and values) kept in memory at most; beyond it a held row is written
+/// at once like a deferred one. Twice the WhatsApp client's largest inbound batch (4 MiB).
+pub const MAX_HELD_BYTES: usize = 8 * 1024 * 1024;
+
+/// How a write reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// fsynced before the call returns.
+    Fsync,
+    /// Committed now, made durable by the next fsync (see the module doc).
+    Deferred,
+}
 
 /// Which key-value table an operation addresses. A closed set: tables are created at open time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,11 +78,17 @@ pub(crate) enum KvRead {
     Scan(KvTable, String, usize, Reply<Vec<(String, Vec<u8>)>>),
 }
 
-/// Key-value writes, carried to the writer; each is fsynced before its caller hears back.
+/// Key-value writes, carried to the writer.
 pub(crate) enum KvWriteOp {
-    PutBatch(KvTable, Vec<KvWrite>, Reply<()>),
+    PutBatch(KvTable, Vec<KvWrite>, Commit, Reply<()>),
     Take(KvTable, String, Reply<Option<Vec<u8>>>),
     DeletePrefix(KvTable, String, Reply<usize>),
+    /// Held rows (see the module doc): keep these in memory.
+    Hold(KvTable, Vec<(String, Vec<u8>)>, Reply<()>),
+    /// Held rows no longer needed: forgotten, or deleted (deferred) if they were written.
+    Release(KvTable, Vec<String>, Reply<()>),
+    /// A held row, or the stored row of that key.
+    GetHeld(KvTable, String, Reply<Option<Vec<u8>>>),
 }
 
 impl KvRead {
@@ -75,7 +112,10 @@ impl KvWriteOp {
         match self {
             KvWriteOp::PutBatch(t, ..)
             | KvWriteOp::Take(t, ..)
-            | KvWriteOp::DeletePrefix(t, ..) => *t,
+            | KvWriteOp::DeletePrefix(t, ..)
+            | KvWriteOp::Hold(t, ..)
+            | KvWriteOp::Release(t, ..)
+            | KvWriteOp::GetHeld(t, ..) => *t,
         }
     }
 }
@@ -159,6 +199,8 @@ pub(super) struct Applied {
     pub bytes: u64,
     /// The batch must be fsynced before this operation's caller hears back.
     pub durable: bool,
+    /// What it wrote may wait for someone else's fsync ([`Commit::Deferred`]).
+    pub deferred: bool,
     /// Sends the answer once the commit outcome is known.
     pub reply: Answer,
 }
@@ -167,6 +209,7 @@ fn reply<T: Send + 'static>(r: Reply<T>, value: Result<T, StoreError>) -> Applie
     Applied {
         bytes: 0,
         durable: false,
+        deferred: false,
         reply: Box::new(move |commit_err: Option<&StoreError>| {
             let _ = r.send(match commit_err {
                 Some(e) => Err(e.clone()),
@@ -178,10 +221,64 @@ fn reply<T: Send + 'static>(r: Reply<T>, value: Result<T, StoreError>) -> Applie
 
 /// Applies one operation inside the writer's open write transaction. An `Err` aborts the whole
 /// batch (every caller in it hears the error).
-pub(super) fn apply(tx: &redb::WriteTransaction, op: KvWriteOp) -> Result<Applied, StoreError> {
+pub(super) fn apply(
+    tx: &redb::WriteTransaction,
+    held: &mut Held,
+    op: KvWriteOp,
+) -> Result<Applied, StoreError> {
+    let name = op.table().name();
     let mut t = tx.open_table(op.table().def()).map_err(io)?;
     Ok(match op {
-        KvWriteOp::PutBatch(_, writes, r) => {
+        KvWriteOp::Hold(_, rows, r) => {
+            let mut a = reply(r, Ok(()));
+            for (k, v) in rows {
+                // A row held again replaces the old one (the client's stores are replace-into).
+                let was_written = held.forget(name, &k).is_some_and(|old| old.written);
+                if was_written || held.bytes + k.len() + v.len() > MAX_HELD_BYTES {
+                    // Written already (an fsync took it), or no room: write it, deferred.
+                    t.insert(k.as_str(), v.as_slice()).map_err(io)?;
+                    a.bytes += (k.len() + v.len()) as u64;
+                    a.deferred = true;
+                    held.bytes += k.len() + v.len();
+                    held.rows.insert(
+                        (name, k),
+                        HeldRow {
+                            value: v,
+                            written: true,
+                        },
+                    );
+                    continue;
+                }
+                held.bytes += k.len() + v.len();
+                held.rows.insert(
+                    (name, k),
+                    HeldRow {
+                        value: v,
+                        written: false,
+                    },
+                );
+            }
+            a
+        }
+        KvWriteOp::Release(_, keys, r) => {
+            let mut a = reply(r, Ok(()));
+            for k in keys {
+                let written = held.forget(name, &k).is_none_or(|row| row.written);
+                if written && t.remove(k.as_str()).map_err(io)?.is_some() {
+                    a.bytes += k.len() as u64;
+                    a.deferred = true;
+                }
+            }
+            a
+        }
+        KvWriteOp::GetHeld(_, key, r) => {
+            let v = match held.rows.get(&(name, key.clone())) {
+                Some(row) => Some(row.value.clone()),
+                None => t.get(key.as_str()).map_err(io)?.map(|v| v.value().to_vec()),
+            };
+            reply(r, Ok(v))
+        }
+        KvWriteOp::PutBatch(_, writes, commit, r) => {
             let mut bytes = 0u64;
             for (k, v) in &writes {
                 match v {
@@ -197,7 +294,8 @@ pub(super) fn apply(tx: &redb::WriteTransaction, op: KvWriteOp) -> Result<Applie
             }
             let mut a = reply(r, Ok(()));
             a.bytes = bytes.max(1);
-            a.durable = true;
+            a.durable = commit == Commit::Fsync;
+            a.deferred = commit == Commit::Deferred;
             a
         }
         KvWriteOp::Take(_, key, r) => {
@@ -214,6 +312,16 @@ pub(super) fn apply(tx: &redb::WriteTransaction, op: KvWriteOp) -> Result<Applie
             a
         }
         KvWriteOp::DeletePrefix(_, prefix, r) => {
+            // Held rows under the prefix go too: a later fsync must not write them back.
+            let doomed: Vec<String> = held
+                .rows
+                .keys()
+                .filter(|(t, k)| *t == name && k.starts_with(prefix.as_str()))
+                .map(|(_, k)| k.clone())
+                .collect();
+            for k in doomed {
+                held.forget(name, &k);
+            }
             let mut n = 0usize;
             t.retain(|k, _| {
                 let hit = k.starts_with(prefix.as_str());
@@ -290,10 +398,19 @@ impl Kv {
     /// Puts (`Some`) and deletes (`None`) in one write transaction, fsynced before this returns:
     /// all of them or none.
     pub async fn put_batch(&self, writes: Vec<KvWrite>) -> Result<(), StoreError> {
+        self.put_batch_with(writes, Commit::Fsync).await
+    }
+
+    /// [`Kv::put_batch`], committed as `commit` says (all of them or none, either way).
+    pub async fn put_batch_with(
+        &self,
+        writes: Vec<KvWrite>,
+        commit: Commit,
+    ) -> Result<(), StoreError> {
         if writes.is_empty() {
             return Ok(());
         }
-        self.write(|r| KvWriteOp::PutBatch(self.table, writes, r))
+        self.write(|r| KvWriteOp::PutBatch(self.table, writes, commit, r))
             .await
     }
 
@@ -303,6 +420,31 @@ impl Kv {
 
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.put_batch(vec![(key.to_string(), None)]).await
+    }
+
+    /// Holds rows in memory (see the module doc): written only if an fsync happens before
+    /// they are released.
+    pub async fn hold(&self, rows: Vec<(String, Vec<u8>)>) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.write(|r| KvWriteOp::Hold(self.table, rows, r)).await
+    }
+
+    /// Releases held rows: those never written leave no trace; written ones are deleted,
+    /// deferred. Rows of these keys written another way are deleted too.
+    pub async fn release(&self, keys: Vec<String>) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.write(|r| KvWriteOp::Release(self.table, keys, r))
+            .await
+    }
+
+    /// A held row, else the stored row of `key` (a row written before a restart).
+    pub async fn get_held(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_string();
+        self.write(|r| KvWriteOp::GetHeld(self.table, key, r)).await
     }
 
     /// Atomically reads and deletes `key`; durable before this returns.
@@ -428,6 +570,93 @@ mod tests {
                 .store_fsyncs
                 .load(std::sync::atomic::Ordering::Relaxed),
             after
+        );
+    }
+
+    fn fsyncs(m: &Metrics) -> u64 {
+        m.store_fsyncs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A deferred write is visible at once, costs no fsync (not even the periodic flush's), and
+    /// becomes durable with the next fsync someone else needs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deferred_write_rides_on_the_next_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::StoreConfig::default();
+        let metrics = Arc::new(Metrics::default());
+        let store = Store::open(dir.path(), &cfg, metrics.clone()).unwrap();
+        let kv = store.kv(KvTable::WhatsApp);
+        let f0 = fsyncs(&metrics);
+        kv.put_batch_with(
+            vec![("ses/a".into(), Some(b"v1".to_vec()))],
+            Commit::Deferred,
+        )
+        .await
+        .unwrap();
+        assert_eq!(kv.get("ses/a").await.unwrap(), Some(b"v1".to_vec()));
+        store.flush().await.unwrap();
+        assert_eq!(
+            fsyncs(&metrics),
+            f0,
+            "neither the write nor the flush fsyncs"
+        );
+        kv.put("dev", b"creds".to_vec()).await.unwrap();
+        assert_eq!(fsyncs(&metrics), f0 + 1, "one fsync, for the durable write");
+        store.close().await;
+        let store = reopen_for_test(dir.path());
+        let kv = store.kv(KvTable::WhatsApp);
+        assert_eq!(kv.get("ses/a").await.unwrap(), Some(b"v1".to_vec()));
+        store.close().await;
+    }
+
+    /// A held row released before any fsync leaves no byte of itself in the file; one held while
+    /// an fsync happens is written by that fsync (a durable snapshot never lacks it), and its
+    /// release deletes it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_row_reaches_the_file_only_with_an_fsync_while_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::StoreConfig::default();
+        let metrics = Arc::new(Metrics::default());
+        let store = Store::open(dir.path(), &cfg, metrics.clone()).unwrap();
+        let kv = store.kv(KvTable::WhatsApp);
+        let f0 = fsyncs(&metrics);
+        let secret = b"held-plaintext-4f1c9a".to_vec();
+        kv.hold(vec![("pin/a".into(), secret.clone())])
+            .await
+            .unwrap();
+        assert_eq!(kv.get_held("pin/a").await.unwrap(), Some(secret.clone()));
+        assert_eq!(kv.get("pin/a").await.unwrap(), None, "not in the table");
+        kv.release(vec!["pin/a".into()]).await.unwrap();
+        assert_eq!(kv.get_held("pin/a").await.unwrap(), None);
+        store.flush().await.unwrap();
+        assert_eq!(fsyncs(&metrics), f0, "hold and release cost no fsync");
+
+        kv.hold(vec![("pin/b".into(), b"kept".to_vec())])
+            .await
+            .unwrap();
+        kv.put("dev", b"creds".to_vec()).await.unwrap();
+        assert_eq!(fsyncs(&metrics), f0 + 1);
+        assert_eq!(
+            kv.get("pin/b").await.unwrap(),
+            Some(b"kept".to_vec()),
+            "the fsync wrote the held row"
+        );
+        kv.release(vec!["pin/b".into()]).await.unwrap();
+        assert_eq!(kv.get("pin/b").await.unwrap(), None, "released: deleted");
+        assert_eq!(fsyncs(&metrics), f0 + 1, "the delete is deferred");
+        // A wipe takes held rows with it: no later fsync writes them back.
+        kv.hold(vec![("pin/c".into(), b"wiped".to_vec())])
+            .await
+            .unwrap();
+        kv.delete_prefix("").await.unwrap();
+        assert_eq!(kv.get_held("pin/c").await.unwrap(), None);
+        kv.put("dev", b"creds".to_vec()).await.unwrap();
+        assert_eq!(kv.get("pin/c").await.unwrap(), None);
+        store.close().await;
+        let file = std::fs::read(dir.path().join(crate::store::FILE_NAME)).unwrap();
+        assert!(
+            !file.windows(secret.len()).any(|w| w == secret.as_slice()),
+            "the released row's bytes are not in the file"
         );
     }
 

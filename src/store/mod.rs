@@ -27,6 +27,7 @@
 //! - A turn's completion (inbox rows answered, history, outbox row) is one atomic transaction.
 
 mod apply;
+mod held;
 pub mod kv;
 mod maintenance;
 mod ops;

@@ -10,12 +10,19 @@
 //! acknowledges upstream). Nothing can be sent in reply before that fsync: every send is preceded
 //! by a durable in-flight mark, and the writer runs operations in order.
 //!
+//! Two kinds of write wait for someone else's fsync instead of causing one (the WhatsApp client's
+//! receive-side state, [`super::kv`]): deferred writes, committed without fsync and left alone by
+//! the periodic flush (up to [`MAX_DEFERRED_COMMITS`]), and held rows, kept in memory and written
+//! only into a transaction that is about to be fsynced while they are held.
+//!
 //! Reads do not queue behind commits: the reader thread ([`super::reader`]) answers them from
 //! read transactions, which see every commit that returned, fsynced or not. The tables are in
 //! [`super::schema`], what is kept and for how long in [`super::retention`].
 
 use super::StoreError;
 use super::apply::{Counters, Effects, Pending, Tables, apply};
+use super::held::Held;
+use super::kv::MAX_DEFERRED_COMMITS;
 use super::ops::{ReadOp, ToReader, ToWriter, WriteOp};
 use super::reader::{read, serve_reads};
 use super::schema::{INBOX, OUTBOX, in_memory_db, io, open_db, recovery_hint};
@@ -77,8 +84,13 @@ pub(super) struct Writer {
     db: Arc<Database>,
     metrics: Arc<Metrics>,
     window: Duration,
-    /// Lazily committed writes not yet fsynced.
+    /// Lazily committed writes not yet fsynced, that the periodic flush must make durable.
     dirty: bool,
+    /// Deferred commits (only [`super::kv::Commit::Deferred`] writes) since the last fsync: durable with the
+    /// next fsync anyone makes; counted to [`MAX_DEFERRED_COMMITS`], then `dirty`.
+    deferred: u32,
+    /// Rows held in memory, written only by an fsync that happens while they are held.
+    held: Held,
     next_inbox: u64,
     next_outbox: u64,
     path: PathBuf,
@@ -109,6 +121,8 @@ impl Writer {
             metrics,
             window,
             dirty: false,
+            deferred: 0,
+            held: Held::default(),
             next_inbox: 0,
             next_outbox: 0,
             path,
@@ -192,7 +206,7 @@ impl Writer {
             }
         }
         // Every handle dropped: make lazy writes durable before the thread ends.
-        if self.dirty {
+        if self.unsynced() {
             let _ = self.commit_empty_durable();
         }
     }
@@ -205,18 +219,28 @@ impl Writer {
         let _ = done.send(());
     }
 
+    /// Something committed (or held) is not durable yet.
+    fn unsynced(&self) -> bool {
+        self.dirty || self.deferred > 0 || self.held.unwritten()
+    }
+
     fn flush_for_close(&mut self) {
-        if self.dirty {
+        if self.unsynced() {
             if let Err(e) = self.commit_empty_durable() {
                 tracing::error!(error = %e, "final store flush failed");
             }
         }
     }
 
+    /// An fsync of everything committed so far (and of the held rows: see [`super::kv`]).
     fn commit_empty_durable(&mut self) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(io)?;
+        let spilled = self.held.spill(&tx)?;
         tx.commit().map_err(io)?;
+        self.held.written();
+        self.metrics.store_bytes_written.fetch_add(spilled, Relaxed);
         self.dirty = false;
+        self.deferred = 0;
         Metrics::inc(&self.metrics.store_commits);
         Metrics::inc(&self.metrics.store_fsyncs);
         Ok(())
@@ -238,8 +262,11 @@ impl Writer {
                 if fx.durable && !fx.early {
                     Metrics::inc(&self.metrics.store_fsyncs);
                     self.dirty = false;
-                } else {
+                    self.deferred = 0;
+                } else if fx.bytes > fx.deferred_bytes || self.deferred >= MAX_DEFERRED_COMMITS {
                     self.dirty = true;
+                } else {
+                    self.deferred += 1;
                 }
             }
             Err(e) => {
@@ -260,6 +287,7 @@ impl Writer {
                 next_inbox: &mut self.next_inbox,
                 next_outbox: &mut self.next_outbox,
                 dirty: self.dirty,
+                held: &mut self.held,
             };
             for op in batch {
                 apply(&tx, &mut tables, &mut counters, op, fx)?;
@@ -270,13 +298,21 @@ impl Writer {
             return Ok(false);
         }
         // Two steps for new inbound messages: this commit without fsync, the fsync in `answer`.
-        let durability = if fx.durable && !fx.early {
+        let fsync = fx.durable && !fx.early;
+        if fsync {
+            // This fsync must not leave out a row held now (see [`super::kv`]).
+            fx.bytes += self.held.spill(&tx)?;
+        }
+        let durability = if fsync {
             Durability::Immediate
         } else {
             Durability::None
         };
         tx.set_durability(durability).map_err(io)?;
         tx.commit().map_err(io)?;
+        if fsync {
+            self.held.written();
+        }
         Ok(true)
     }
 

@@ -25,3 +25,4 @@ mod whatsapp_groups;
 mod whatsapp_lid;
 mod whatsapp_login;
 mod whatsapp_retry;
+mod whatsapp_writes;

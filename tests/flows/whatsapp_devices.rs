@@ -295,6 +295,18 @@ async fn a_lost_device_notification_is_repaired_by_the_ack_hash() {
         .await
         .unwrap();
     wait_read_by(&fake, "[h1]", &[0, 1]).await;
+    // No device-list query of the client's still on its way (one that reached the fake after the
+    // change below would announce the new device after all): with the receive path writing
+    // nothing durable, [h1]'s round trip can finish while one is still coming.
+    let mut last = fake.usync_counts().await.devices;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = fake.usync_counts().await.devices;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
 
     fake.set_contact_devices_unannounced(FRIEND, 3)
         .await

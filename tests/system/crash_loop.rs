@@ -3,7 +3,9 @@
 //! same state dir. Proves the store opens every time, the box never has to pair again once paired,
 //! and every message is answered exactly once on both channels — counted from the raw deliveries
 //! the fakes recorded, every part of a long reply on its own: zero lost, zero duplicates, whatever
-//! a kill caught mid-send.
+//! a kill caught mid-send, and no contact's message the box cannot decrypt after a restart (no
+//! retry receipt: the Signal state the WhatsApp library writes lazily is never lost in a way
+//! that breaks a session).
 //!
 //! Two variants: fast (pacing off, one-chunk replies, many kills) and as shipped (production
 //! pacing, replies split into chunks, a Telegram outage, a 429 or a request Telegram carried out
@@ -194,6 +196,12 @@ async fn sigkill_loop_never_repairs_loses_or_duplicates() {
     );
     assert_eq!(repairs, 0, "the box had to pair again");
     assert_eq!(qr_shown, 0, "`run` never shows a QR once paired");
+    // The WhatsApp library's receive-side Signal state is written lazily (durable with the next
+    // fsync): a kill never leaves a session that fails to decrypt the contact's next message.
+    assert_eq!(
+        retries.retry_receipts, 0,
+        "the box could not decrypt a contact's message after a restart"
+    );
     if !(tally.lost.is_empty() && tally.dup.is_empty() && tally.unknowable == [0, 0]) {
         println!("QA logs kept: {}", Tally::keep_logs(&rig, "tally"));
     }

@@ -9,6 +9,14 @@
 //! is never left for the next reconnect, which on a stable link may be days away: the hook retries
 //! for [`HOOK_PATIENCE`], then withholds the acknowledgement and forces a reconnect after
 //! [`REDRIVE_AFTER`], so the server redelivers it within seconds.
+//!
+//! What a message costs the disk: the inbox write of an accepted message is its only fsync on the
+//! inbound path, and it also makes durable everything the WhatsApp library committed before it
+//! (its Signal state is deferred and its pending-message row held in memory: see
+//! [`super::storage`]); a message the policy drops causes no fsync and leaves no plaintext in the
+//! file. The library acks (or sends the delivery receipt) after this hook returns, so never
+//! before the inbox fsync; it writes the message's own ratchet advance 25 ms after the ack, as it
+//! does with any backend (a lost receive advance re-derives forward).
 
 use super::adapter::{self, Classified, Known, Own};
 use super::{Shared, identity, own_of};

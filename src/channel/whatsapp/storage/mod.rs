@@ -3,9 +3,34 @@
 //! `whatsapp` ([`crate::store::kv`]). This file owns the shared [`KvBackend`] and the row access
 //! every part uses (get, durable batch put, scan, JSON rows, expiry sweep); it never builds a key.
 //!
-//! Every write is durable (fsynced) before the trait call returns, and each `*_batch` call is one
-//! write transaction, so the client's own write ordering (sessions, then identities, then sender
-//! keys; a consumed prekey deleted only after its session) holds across a crash or power loss.
+//! Each `*_batch` call is one write transaction, and the store always comes back after a crash as
+//! it was at some fsync (never a mix), so the client's own write ordering (sessions, then
+//! identities, then sender keys; a consumed prekey deleted only after its session) holds across a
+//! crash or power loss. Writes are durable before the trait call returns except those the client
+//! itself treats as write-behind, which are deferred ([`Commit::Deferred`]: durable with the next
+//! fsync anyone makes) so that a message the box drops costs no fsync:
+//!
+//! Where a WhatsApp message's writes come from (whatsapp-rust 0.7.0, live path: decrypt into the
+//! client's Signal cache → `store_pending_inbound_batch` → the durability hook (clawbox's inbox
+//! accept, the one fsync of an accepted message; nothing for a dropped one) →
+//! `delete_pending_inbound_batch` → ack/delivery receipt → 25 ms later the coalesced Signal-cache
+//! flush (`put_sessions_batch`, `put_identities_batch`, `remove_prekey`, `put_sender_keys_batch`),
+//! plus message secrets, base keys, LID mappings, device lists and privacy tokens on the way).
+//! Before this change each of those was an fsync: 3–4 per message, strangers' included, and the
+//! pending row left the plaintext in freed pages. Now:
+//! - pending inbound rows are held in memory ([`Kv::hold`]): written only if an fsync happens
+//!   while one is held (so a durable Signal advance never outlives its message's replay copy);
+//! - receive-side Signal state and the bookkeeping above are deferred: the client acks after the
+//!   hook and flushes the receive ratchet after the ack in any case, because a lost receive advance
+//!   re-derives forward and a consumed one-time prekey is deleted only after its session (both
+//!   deferred, so both lost or both kept);
+//! - what must be durable before something leaves the box stays fsynced: a session or sender-key
+//!   record whose counter lease was raised (the client's pre-wire gate: after a crash the chain
+//!   fast-forwards past the durable lease, so no counter, key and IV are reused; detected here by
+//!   comparing the stored and the new `reserved_*` ceiling), pre-keys (uploaded after their
+//!   write), signed pre-keys, the device identity, app-state keys, deletions of sessions and
+//!   identities, takes and wipes.
+//!
 //! Read-modify-write methods the traits require to be atomic (LID mappings, trusted-contact
 //! tokens, message secrets, prekey upload marks) run under one lock, since this adapter is the
 //! table's only writer. Never logs keys or message contents; never touches any other table.
@@ -28,7 +53,7 @@ mod signal;
 #[cfg(test)]
 mod tests;
 
-use crate::store::kv::{Kv, KvWrite};
+use crate::store::kv::{Commit, Kv, KvWrite};
 use std::sync::Arc;
 use whatsapp_rust::wacore::store::error::{Result, StoreError};
 
@@ -59,13 +84,32 @@ impl KvBackend {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.kv.get(key).await.map_err(db)
     }
-    async fn put_all(&self, writes: Vec<KvWrite>) -> Result<()> {
+    fn refuse_if_wiped(&self) -> Result<()> {
         if self.wiped.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(StoreError::Validation(
                 "the WhatsApp state was wiped (logged out); nothing more is saved".into(),
             ));
         }
-        self.kv.put_batch(writes).await.map_err(db)
+        Ok(())
+    }
+    /// One transaction, fsynced before this returns.
+    async fn put_all(&self, writes: Vec<KvWrite>) -> Result<()> {
+        self.put_all_with(writes, Commit::Fsync).await
+    }
+    /// One transaction, durable with the next fsync anyone makes (see the module doc).
+    async fn put_deferred(&self, writes: Vec<KvWrite>) -> Result<()> {
+        self.put_all_with(writes, Commit::Deferred).await
+    }
+    async fn put_all_with(&self, writes: Vec<KvWrite>, commit: Commit) -> Result<()> {
+        self.refuse_if_wiped()?;
+        self.kv.put_batch_with(writes, commit).await.map_err(db)
+    }
+    /// One row, durable with the next fsync anyone makes.
+    async fn put_later(&self, key: String, value: Vec<u8>) -> Result<()> {
+        self.put_deferred(vec![(key, Some(value))]).await
+    }
+    async fn del_later(&self, key: String) -> Result<()> {
+        self.put_deferred(vec![(key, None)]).await
     }
     async fn put(&self, key: String, value: Vec<u8>) -> Result<()> {
         self.put_all(vec![(key, Some(value))]).await
@@ -92,7 +136,8 @@ impl KvBackend {
             .map(|(k, _)| (k, None))
             .collect();
         let n = doomed.len() as u32;
-        self.put_all(doomed).await?;
+        // An expired row swept again after a crash costs nothing.
+        self.put_deferred(doomed).await?;
         Ok(n)
     }
 }

@@ -3,6 +3,11 @@
 //! metadata, trusted-contact tokens, sent messages kept for retries and pending inbound
 //! messages. Owns the time-stamped row layout of the families pruned by age. Never logs a
 //! message body.
+//!
+//! Every write here is deferred (durable with the next fsync anyone makes): each row is either
+//! learned again (mappings, device lists, tokens, base keys, group metadata), resent (sender-key
+//! status: a device marked as lacking our key gets it again), or a convenience (sent messages
+//! kept for retries); pending inbound rows are held, not written (see [`super`]).
 
 use super::keys::{SEP, k_bk, k_dl, k_gm, k_lid, k_pin, k_pn, k_sent, k_skd_prefix, k_tc};
 use super::{KvBackend, MAX_SWEEP_ROWS, db, from_json, to_json};
@@ -55,7 +60,7 @@ impl ProtocolStore for KvBackend {
 
     async fn set_sender_key_status(&self, group_jid: &str, entries: &[(&str, bool)]) -> Result<()> {
         let prefix = k_skd_prefix(group_jid);
-        self.put_all(
+        self.put_deferred(
             entries
                 .iter()
                 .map(|(d, has)| (format!("{prefix}{d}"), Some(vec![u8::from(*has)])))
@@ -86,7 +91,7 @@ impl ProtocolStore for KvBackend {
             })
             .map(|(k, _)| (k, None))
             .collect();
-        self.put_all(doomed).await
+        self.put_deferred(doomed).await
     }
 
     async fn clear_all_sender_key_devices(&self) -> Result<()> {
@@ -128,7 +133,7 @@ impl ProtocolStore for KvBackend {
             writes.push((k_pn(&e.phone_number), Some(e.lid.as_bytes().to_vec())));
             writes.push((k_lid(&e.lid), Some(to_json(e)?)));
         }
-        self.put_all(writes).await
+        self.put_deferred(writes).await
     }
 
     async fn get_all_lid_mappings(&self) -> Result<Vec<LidPnMappingEntry>> {
@@ -140,7 +145,8 @@ impl ProtocolStore for KvBackend {
     }
 
     async fn save_base_key(&self, address: &str, message_id: &str, base_key: &[u8]) -> Result<()> {
-        self.put(k_bk(address, message_id), base_key.to_vec()).await
+        self.put_later(k_bk(address, message_id), base_key.to_vec())
+            .await
     }
 
     async fn has_same_base_key(
@@ -156,11 +162,11 @@ impl ProtocolStore for KvBackend {
     }
 
     async fn delete_base_key(&self, address: &str, message_id: &str) -> Result<()> {
-        self.del(k_bk(address, message_id)).await
+        self.del_later(k_bk(address, message_id)).await
     }
 
     async fn update_device_list(&self, record: DeviceListRecord) -> Result<()> {
-        self.put(k_dl(&record.user), to_json(&record)?).await
+        self.put_later(k_dl(&record.user), to_json(&record)?).await
     }
 
     async fn update_device_lists(&self, records: Vec<DeviceListRecord>) -> Result<()> {
@@ -168,7 +174,7 @@ impl ProtocolStore for KvBackend {
         for r in &records {
             writes.push((k_dl(&r.user), Some(to_json(r)?)));
         }
-        self.put_all(writes).await
+        self.put_deferred(writes).await
     }
 
     async fn get_devices(&self, user: &str) -> Result<Option<DeviceListRecord>> {
@@ -176,7 +182,7 @@ impl ProtocolStore for KvBackend {
     }
 
     async fn delete_devices(&self, user: &str) -> Result<()> {
-        self.del(k_dl(user)).await
+        self.del_later(k_dl(user)).await
     }
 
     async fn get_group_metadata(&self, group_jid: &str) -> Result<Option<Vec<u8>>> {
@@ -184,11 +190,11 @@ impl ProtocolStore for KvBackend {
     }
 
     async fn put_group_metadata(&self, group_jid: &str, blob: &[u8]) -> Result<()> {
-        self.put(k_gm(group_jid), blob.to_vec()).await
+        self.put_later(k_gm(group_jid), blob.to_vec()).await
     }
 
     async fn delete_group_metadata(&self, group_jid: &str) -> Result<()> {
-        self.del(k_gm(group_jid)).await
+        self.del_later(k_gm(group_jid)).await
     }
 
     async fn get_tc_token(&self, jid: &str) -> Result<Option<TcTokenEntry>> {
@@ -197,12 +203,12 @@ impl ProtocolStore for KvBackend {
 
     async fn put_tc_token(&self, jid: &str, entry: &TcTokenEntry) -> Result<()> {
         let _g = self.rmw.lock().await;
-        self.put(k_tc(jid), to_json(entry)?).await
+        self.put_later(k_tc(jid), to_json(entry)?).await
     }
 
     async fn delete_tc_token(&self, jid: &str) -> Result<()> {
         let _g = self.rmw.lock().await;
-        self.del(k_tc(jid)).await
+        self.del_later(k_tc(jid)).await
     }
 
     async fn get_all_tc_token_jids(&self) -> Result<Vec<String>> {
@@ -245,7 +251,7 @@ impl ProtocolStore for KvBackend {
                 sender_timestamp: Some(sender_timestamp),
             },
         };
-        self.put(k_tc(jid), to_json(&entry)?).await
+        self.put_later(k_tc(jid), to_json(&entry)?).await
     }
 
     async fn store_received_tc_token(
@@ -266,7 +272,7 @@ impl ProtocolStore for KvBackend {
             token_timestamp,
             sender_timestamp: existing.and_then(|e| e.sender_timestamp),
         };
-        self.put(k_tc(jid), to_json(&entry)?).await
+        self.put_later(k_tc(jid), to_json(&entry)?).await
     }
 
     async fn store_sent_message(
@@ -275,7 +281,7 @@ impl ProtocolStore for KvBackend {
         message_id: &str,
         payload: &[u8],
     ) -> Result<()> {
-        self.put(k_sent(chat_jid, message_id), stamped(now_secs(), payload))
+        self.put_later(k_sent(chat_jid, message_id), stamped(now_secs(), payload))
             .await
     }
 
@@ -293,6 +299,8 @@ impl ProtocolStore for KvBackend {
             .await
     }
 
+    /// Held, not written (see the module doc of [`super`]): a message the hook drops leaves
+    /// no trace in the file.
     async fn store_pending_inbound(
         &self,
         chat: &str,
@@ -300,8 +308,14 @@ impl ProtocolStore for KvBackend {
         id: &str,
         message: &[u8],
     ) -> Result<()> {
-        self.put(k_pin(chat, sender, id), stamped(now_secs(), message))
+        self.refuse_if_wiped()?;
+        self.kv
+            .hold(vec![(
+                k_pin(chat, sender, id),
+                stamped(now_secs(), message),
+            )])
             .await
+            .map_err(db)
     }
 
     async fn get_pending_inbound(
@@ -310,11 +324,19 @@ impl ProtocolStore for KvBackend {
         sender: &str,
         id: &str,
     ) -> Result<Option<Vec<u8>>> {
-        Ok(self.get(&k_pin(chat, sender, id)).await?.map(unstamped))
+        Ok(self
+            .kv
+            .get_held(&k_pin(chat, sender, id))
+            .await
+            .map_err(db)?
+            .map(unstamped))
     }
 
     async fn delete_pending_inbound(&self, chat: &str, sender: &str, id: &str) -> Result<()> {
-        self.del(k_pin(chat, sender, id)).await
+        self.kv
+            .release(vec![k_pin(chat, sender, id)])
+            .await
+            .map_err(db)
     }
 
     async fn delete_expired_pending_inbound(&self, cutoff_timestamp: i64) -> Result<u32> {
@@ -322,22 +344,23 @@ impl ProtocolStore for KvBackend {
     }
 
     async fn store_pending_inbound_batch(&self, rows: &[PendingInboundRow<'_>]) -> Result<()> {
+        self.refuse_if_wiped()?;
         let now = now_secs();
-        self.put_all(
-            rows.iter()
-                .map(|r| (k_pin(r.chat, r.sender, r.id), Some(stamped(now, r.message))))
-                .collect(),
-        )
-        .await
+        self.kv
+            .hold(
+                rows.iter()
+                    .map(|r| (k_pin(r.chat, r.sender, r.id), stamped(now, r.message)))
+                    .collect(),
+            )
+            .await
+            .map_err(db)
     }
 
     async fn delete_pending_inbound_batch(&self, keys: &[PendingInboundKey<'_>]) -> Result<()> {
-        self.put_all(
-            keys.iter()
-                .map(|k| (k_pin(k.chat, k.sender, k.id), None))
-                .collect(),
-        )
-        .await
+        self.kv
+            .release(keys.iter().map(|k| k_pin(k.chat, k.sender, k.id)).collect())
+            .await
+            .map_err(db)
     }
 }
 

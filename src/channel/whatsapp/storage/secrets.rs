@@ -60,7 +60,7 @@ impl MsgSecretStore for KvBackend {
             };
             merged.insert(k, row);
         }
-        self.put_all(
+        self.put_deferred(
             merged
                 .into_iter()
                 .map(|(k, (s, exp, ts))| (k, Some(secret_row(&s, exp, ts))))

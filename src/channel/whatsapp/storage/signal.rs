@@ -7,6 +7,7 @@ use super::{KvBackend, db};
 use bytes::Bytes;
 use std::sync::Arc;
 use whatsapp_rust::async_trait;
+use whatsapp_rust::wacore::libsignal::protocol::{SenderKeyRecord, SessionRecord};
 use whatsapp_rust::wacore::store::error::{Result, StoreError};
 use whatsapp_rust::wacore::store::traits::SignalStore;
 
@@ -41,14 +42,73 @@ fn address_of_user(addr: &str, user: &str) -> bool {
         .is_some_and(|rest| rest.starts_with('@') || rest.starts_with(':'))
 }
 
+/// A record's counter-lease ceiling (`None`: it does not decode).
+type Ceiling = fn(&[u8]) -> Option<u32>;
+
+fn session_ceiling(v: &[u8]) -> Option<u32> {
+    SessionRecord::deserialize(v)
+        .ok()
+        .map(|r| r.reserved_sender_chain_index())
+}
+
+fn sender_key_ceiling(v: &[u8]) -> Option<u32> {
+    SenderKeyRecord::deserialize(v)
+        .ok()
+        .map(|r| r.reserved_iteration())
+}
+
+/// Whether writing `new` over `old` raises the record's counter lease: the client lets the
+/// ciphertext that raised it leave only after this write, so it must be fsynced. A record that
+/// does not decode counts as raising (the safe side).
+fn raises_lease(old: Option<&[u8]>, new: &[u8], ceiling: Ceiling) -> bool {
+    match (old.map(ceiling), ceiling(new)) {
+        (_, None) => true,
+        (_, Some(0)) => false,
+        (Some(Some(was)), Some(now)) => now > was,
+        _ => true,
+    }
+}
+
+impl KvBackend {
+    /// Puts lease-bearing records (sessions, sender keys): fsynced if any raises its lease (a
+    /// send waits for it), else deferred (a received message's ratchet advance).
+    async fn put_leased(&self, rows: Vec<(String, Vec<u8>)>, ceiling: Ceiling) -> Result<()> {
+        let olds = self
+            .kv
+            .get_many(rows.iter().map(|(k, _)| k.clone()).collect())
+            .await
+            .map_err(db)?;
+        let raised = rows
+            .iter()
+            .zip(&olds)
+            .any(|((_, new), old)| raises_lease(old.as_deref(), new, ceiling));
+        let writes = rows.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        if raised {
+            self.put_all(writes).await
+        } else {
+            self.put_deferred(writes).await
+        }
+    }
+
+    async fn put_sessions(&self, rows: Vec<(String, Vec<u8>)>) -> Result<()> {
+        self.put_leased(rows, session_ceiling).await
+    }
+
+    async fn put_sender_keys(&self, rows: Vec<(String, Vec<u8>)>) -> Result<()> {
+        self.put_leased(rows, sender_key_ceiling).await
+    }
+}
+
 #[async_trait]
 impl SignalStore for KvBackend {
     async fn put_identity(&self, address: &str, key: [u8; 32]) -> Result<()> {
-        self.put(k_id(address), key.to_vec()).await
+        self.put_deferred(vec![(k_id(address), Some(key.to_vec()))])
+            .await
     }
 
+    /// Deferred: learned from a received message; lost with that message's session advance.
     async fn put_identities_batch(&self, identities: &[(Arc<str>, [u8; 32])]) -> Result<()> {
-        self.put_all(
+        self.put_deferred(
             identities
                 .iter()
                 .map(|(a, k)| (k_id(a), Some(k.to_vec())))
@@ -75,14 +135,15 @@ impl SignalStore for KvBackend {
     }
 
     async fn put_session(&self, address: &str, session: &[u8]) -> Result<()> {
-        self.put(k_ses(address), session.to_vec()).await
+        self.put_sessions(vec![(k_ses(address), session.to_vec())])
+            .await
     }
 
     async fn put_sessions_batch(&self, sessions: &[(Arc<str>, Bytes)]) -> Result<()> {
-        self.put_all(
+        self.put_sessions(
             sessions
                 .iter()
-                .map(|(a, s)| (k_ses(a), Some(s.to_vec())))
+                .map(|(a, s)| (k_ses(a), s.to_vec()))
                 .collect(),
         )
         .await
@@ -151,9 +212,12 @@ impl SignalStore for KvBackend {
         self.put_all(writes).await
     }
 
+    /// Deferred: the client deletes a consumed one-time pre-key only after its session was
+    /// written, and a later fsync covers both (or a crash loses both: the pre-key message can
+    /// still be decrypted when it comes again).
     async fn remove_prekey(&self, id: u32) -> Result<()> {
         let _g = self.rmw.lock().await;
-        self.del(k_pk(id)).await
+        self.put_deferred(vec![(k_pk(id), None)]).await
     }
 
     async fn get_max_prekey_id(&self) -> Result<u32> {
@@ -185,14 +249,15 @@ impl SignalStore for KvBackend {
     }
 
     async fn put_sender_key(&self, address: &str, record: &[u8]) -> Result<()> {
-        self.put(k_sk(address), record.to_vec()).await
+        self.put_sender_keys(vec![(k_sk(address), record.to_vec())])
+            .await
     }
 
     async fn put_sender_keys_batch(&self, sender_keys: &[(Arc<str>, Bytes)]) -> Result<()> {
-        self.put_all(
+        self.put_sender_keys(
             sender_keys
                 .iter()
-                .map(|(a, r)| (k_sk(a), Some(r.to_vec())))
+                .map(|(a, r)| (k_sk(a), r.to_vec()))
                 .collect(),
         )
         .await
@@ -211,6 +276,36 @@ impl SignalStore for KvBackend {
 mod tests {
     use super::*;
     use crate::channel::whatsapp::storage::tests::backend;
+
+    /// The first byte stands for the lease ceiling; an empty record does not decode.
+    fn fake_ceiling(v: &[u8]) -> Option<u32> {
+        v.first().map(|b| u32::from(*b))
+    }
+
+    /// Only a raised (or unknowable) counter lease makes a session or sender-key write durable
+    /// before it returns: a received message's ratchet advance keeps the ceiling and is deferred.
+    #[test]
+    fn only_a_raised_lease_is_fsynced() {
+        let r = |old: Option<&[u8]>, new: &[u8]| raises_lease(old, new, fake_ceiling);
+        assert!(!r(Some(&[25]), &[25]), "same lease: a receive advance");
+        assert!(!r(None, &[0]), "no lease: a new session that has not sent");
+        assert!(
+            !r(Some(&[50]), &[25]),
+            "a lease rebased down after a chain reset"
+        );
+        assert!(r(Some(&[25]), &[50]), "raised: a send waits for it");
+        assert!(r(None, &[25]), "a new record that already leased");
+        assert!(r(Some(&[]), &[25]), "the stored record does not decode");
+        assert!(r(Some(&[25]), &[]), "the new record does not decode");
+    }
+
+    /// Real records: a fresh session record has no lease, so writing it is deferred.
+    #[test]
+    fn a_fresh_session_record_has_no_lease() {
+        let bytes = SessionRecord::new_fresh().serialize().unwrap();
+        assert_eq!(session_ceiling(&bytes), Some(0));
+        assert_eq!(session_ceiling(b"not a record \xff\xff"), None);
+    }
 
     #[test]
     fn an_empty_prekey_row_is_no_record_not_a_panic() {
