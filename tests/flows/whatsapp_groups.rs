@@ -203,6 +203,8 @@ async fn twenty_unaddressed_group_messages_cost_no_agent_call_no_reply_no_fsync(
 async fn a_mention_gets_one_quoted_reply_read_by_every_member_and_strangers_get_nothing() {
     let fake = FakeWhatsApp::start().await;
     let ai = FakeOpenAi::start(Default::default()).await;
+    // Bob has a linked device too: the reply reaches it through the LID group's fan-out.
+    assert_eq!(fake.set_contact_devices(BOB, 2).await.unwrap(), vec![0, 1]);
     let family = fake
         .group_create(
             "Family",
@@ -234,6 +236,11 @@ async fn a_mention_gets_one_quoted_reply_read_by_every_member_and_strangers_get_
     let asked = fake.group_send(&family, &ask).await.unwrap();
     let sent = box_messages(&fake, &family, 1, &members).await;
     assert_eq!(sent.len(), 1, "{sent:#?}");
+    assert_eq!(
+        sent[0].read_by.get(BOB).and_then(|r| r.get(&1)),
+        Some(&sent[0].text),
+        "Bob's linked device reads the reply too: {sent:#?}"
+    );
     assert_eq!(
         sent[0].quoted_id.as_deref(),
         Some(asked.as_str()),

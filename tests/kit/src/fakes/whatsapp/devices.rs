@@ -205,7 +205,10 @@ impl World {
         if self.own_user(user) {
             self.account.pn.clone()
         } else {
-            user.to_string()
+            // One account, two address forms: a contact's device list is the same whether the
+            // client asks by number or by LID (a LID group's fan-out asks by LID).
+            self.contact_by_lid(user)
+                .unwrap_or_else(|| user.to_string())
         }
     }
 
