@@ -106,6 +106,30 @@ impl Answer {
     }
 }
 
+/// The exit code, and the line, for an answer other than the one a command waits for: a
+/// refusal, an error, busy, another version's answer, or none at all.
+fn unexpected(answer: Result<Event, String>, state_dir: &Path) -> i32 {
+    match answer {
+        Ok(Event::Refused { error }) => refused(&error, state_dir),
+        Ok(Event::Error { error }) => {
+            eprintln!("clawbox: {error}");
+            1
+        }
+        Ok(Event::Busy) => {
+            eprintln!("clawbox: the service is busy with other requests; try again in a moment");
+            1
+        }
+        Ok(_) => {
+            eprintln!("clawbox: the service answered something else; is it another version?");
+            1
+        }
+        Err(e) => {
+            eprintln!("clawbox: {e}");
+            1
+        }
+    }
+}
+
 fn refused(error: &str, state_dir: &Path) -> i32 {
     eprintln!(
         "clawbox: {}",
@@ -281,23 +305,7 @@ pub async fn unpair(cfg: &Config, yes: bool) -> i32 {
             println!("{detail}");
             0
         }
-        Ok(Event::Refused { error }) => refused(&error, &state_dir),
-        Ok(Event::Error { error }) => {
-            eprintln!("clawbox: {error}");
-            1
-        }
-        Ok(Event::Busy) => {
-            eprintln!("clawbox: the service is busy with other requests; try again in a moment");
-            1
-        }
-        Ok(_) => {
-            eprintln!("clawbox: the service answered something else; is it another version?");
-            1
-        }
-        Err(e) => {
-            eprintln!("clawbox: {e}");
-            1
-        }
+        other => unexpected(other, &state_dir),
     }
 }
 
@@ -339,23 +347,7 @@ pub async fn groups(cfg: &Config) -> i32 {
             }
             0
         }
-        Ok(Event::Refused { error }) => refused(&error, &state_dir),
-        Ok(Event::Error { error }) => {
-            eprintln!("clawbox: {error}");
-            1
-        }
-        Ok(Event::Busy) => {
-            eprintln!("clawbox: the service is busy with other requests; try again in a moment");
-            1
-        }
-        Ok(_) => {
-            eprintln!("clawbox: the service answered something else; is it another version?");
-            1
-        }
-        Err(e) => {
-            eprintln!("clawbox: {e}");
-            1
-        }
+        other => unexpected(other, &state_dir),
     }
 }
 
