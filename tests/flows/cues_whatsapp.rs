@@ -4,7 +4,7 @@
 //! (no turn, no reply, no receipt of its own), and the acknowledgement reaction on a slow turn,
 //! taken off when the reply is ready, and none on a fast one.
 
-use crate::whatsapp_flow::{Bx, FRIEND, pair_by_qr, replies, stop, wait_connected, wait_reply};
+use crate::whatsapp_flow::{Bx, FRIEND, replies, start_linked, stop, wait_reply};
 use kit::{fakes, support};
 
 use fakes::openai::{FakeConfig, FakeOpenAi, last_user_message};
@@ -35,10 +35,7 @@ async fn running_box(fake: &FakeWhatsApp, whatsapp: &str, extra: &str) -> (Bx, P
         cfg: path,
         port,
     };
-    pair_by_qr(fake, &bx).await;
-    let p = bx.run().await;
-    wait_connected(fake, SOON).await;
-    (bx, p)
+    start_linked(fake, bx).await
 }
 
 /// Waits until a read receipt covers message `id`.

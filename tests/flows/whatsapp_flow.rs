@@ -121,7 +121,11 @@ pub(crate) async fn pair_by_qr(fake: &FakeWhatsApp, bx: &Bx) {
 
 /// A box linked by QR, with `clawbox run` started and connected.
 pub(crate) async fn linked_and_running(fake: &FakeWhatsApp) -> (Bx, Proc) {
-    let bx = new_box(fake);
+    start_linked(fake, new_box(fake)).await
+}
+
+/// Pairs `bx` by QR, runs it and waits until the fake sees it logged in.
+pub(crate) async fn start_linked(fake: &FakeWhatsApp, bx: Bx) -> (Bx, Proc) {
     pair_by_qr(fake, &bx).await;
     let p = bx.run().await;
     wait_connected(fake, SOON).await;

@@ -12,7 +12,7 @@ use kit::fakes::openai::{FakeOpenAi, last_user_message};
 use kit::fakes::whatsapp::{FakeWhatsApp, GroupAddressing, GroupDelivery, MemberSend};
 use kit::support::*;
 
-use super::whatsapp_flow::{Bx, FRIEND, linked_and_running, pair_by_qr, stop, wait_connected};
+use super::whatsapp_flow::{Bx, FRIEND, linked_and_running, start_linked, stop};
 
 const BOB: &str = "+15550004444";
 const CAROL: &str = "+15550005555";
@@ -100,10 +100,7 @@ async fn group_box(fake: &FakeWhatsApp, ai: &FakeOpenAi, allowed: &str) -> (Bx, 
         cfg: path,
         port,
     };
-    pair_by_qr(fake, &bx).await;
-    let p = bx.run().await;
-    wait_connected(fake, SOON).await;
-    (bx, p)
+    start_linked(fake, bx).await
 }
 
 fn say(from: &str, name: &str, text: &str) -> MemberSend {

@@ -8,8 +8,7 @@
 //! the retry receipt and the friend's resend.
 
 use super::whatsapp_flow::{
-    Bx, FRIEND, linked_and_running, new_box, pair_by_qr, replies, stop, turns, wait_connected,
-    wait_reply,
+    Bx, FRIEND, linked_and_running, new_box, replies, start_linked, stop, turns, wait_reply,
 };
 use kit::{fakes, support};
 
@@ -44,10 +43,7 @@ async fn box_allowing(fake: &FakeWhatsApp, allow: &[&str]) -> (Bx, Proc) {
     );
     assert!(cfg.contains(&list), "{cfg}");
     std::fs::write(&bx.cfg, cfg).unwrap();
-    pair_by_qr(fake, &bx).await;
-    let p = bx.run().await;
-    wait_connected(fake, SOON).await;
-    (bx, p)
+    start_linked(fake, bx).await
 }
 
 /// Until the box says it resolved `allow_from` after login (the mapping is in its store then).
