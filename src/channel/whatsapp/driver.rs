@@ -18,8 +18,8 @@ use super::probe::deaf_link_probe;
 use super::storage::KvBackend;
 use super::version::{self, WebVersion};
 use super::{
-    Options, Outcome, Shared, http, identity, inbound, link, number_of, request_code,
-    shutdown_client, transport,
+    CONNECTION_END_WAIT, Options, Outcome, Shared, http, identity, inbound, link, number_of,
+    request_code, shutdown_client, transport,
 };
 use crate::channel::{ChannelCommand, ChannelContext, ChannelError};
 use crate::config::WhatsAppConfig;
@@ -29,8 +29,8 @@ use crate::shutdown::Shutdown;
 use crate::status::State;
 use crate::store::kv::KvTable;
 use crate::vocab::ChannelKind;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -140,7 +140,7 @@ pub async fn run_with(
     let web_version = version::starting(&ctx.http, cfg.version_url.get_ref()).await;
     // Wait for a previous driver's client (a restart after a panic) to be gone.
     let slot = ONE_CLIENT.clone().lock_owned().await;
-    let (bot, connect_error) = build(&cfg, &ctx, &backend, &shared, web_version).await?;
+    let (bot, link) = build(&cfg, &ctx, &backend, &shared, web_version).await?;
     let client = bot.client();
     let (current, clients) = tokio::sync::watch::channel(client.clone());
     let _recovered = AbortOnDrop(tokio::spawn(inbound::drain_recovered(
@@ -150,6 +150,7 @@ pub async fn run_with(
     let mut run = Run {
         teardown: Teardown {
             client: client.clone(),
+            link: link.clone(),
             conn: None,
             slot: Some(slot),
         },
@@ -160,7 +161,7 @@ pub async fn run_with(
         web_version,
         backend,
         phone: opts.phone,
-        connect_error,
+        link,
         conn: None,
         probe: None,
         wait: None,
@@ -171,18 +172,18 @@ pub async fn run_with(
 }
 
 /// A client for one connection offering `web_version`, its events and inbound messages going to
-/// `shared`; and where its transport keeps the latest connect failure. Reconnects are ours (the
-/// lifecycle): the client's own are off.
+/// `shared`; and the hold on its transport's link (the latest connect failure, the socket's close).
+/// Reconnects are ours (the lifecycle): the client's own are off.
 async fn build(
     cfg: &WhatsAppConfig,
     ctx: &ChannelContext,
     backend: &KvBackend,
     shared: &Arc<Shared>,
     web_version: WebVersion,
-) -> Result<(whatsapp_rust::bot::Bot, Arc<Mutex<Option<String>>>), ChannelError> {
+) -> Result<(whatsapp_rust::bot::Bot, transport::Link), ChannelError> {
     let url = cfg.server_url.get_ref().clone();
     let factory = transport::WsFactory::new(&url);
-    let connect_error = factory.last_error();
+    let link = factory.link();
     let builder = Bot::builder()
         .with_backend(backend.clone())
         .with_transport_factory(factory)
@@ -200,7 +201,7 @@ async fn build(
     bot.client()
         .enable_auto_reconnect
         .store(false, Ordering::Relaxed);
-    Ok((bot, connect_error))
+    Ok((bot, link))
 }
 
 /// The driver's side of one run: the client, its connection task, and the lifecycle's actions
@@ -217,8 +218,8 @@ struct Run {
     backend: KvBackend,
     /// Link with a pairing code for this number instead of a QR.
     phone: Option<String>,
-    /// Why the latest connect failed (the transport keeps it).
-    connect_error: Arc<Mutex<Option<String>>>,
+    /// The client's link: why its latest connect failed, and its socket's close.
+    link: transport::Link,
     /// The connection running now: the client's run loop returns when it ends.
     conn: Option<JoinHandle<()>>,
     /// The deaf-link probe of the connection running now (aborted when dropped).
@@ -248,8 +249,7 @@ impl Run {
             let input = tokio::select! {
                 () = connection_end(&mut self.conn) => {
                     self.probe = None;
-                    let connect_error = self.connect_error.lock().unwrap_or_else(|p| p.into_inner()).take();
-                    Input::ConnectionEnded { connect_error }
+                    Input::ConnectionEnded { connect_error: self.link.take_error() }
                 }
                 _ = shutdown.wait() => Input::Shutdown,
                 // The client's callbacks fed the lifecycle.
@@ -266,9 +266,9 @@ impl Run {
                     None => Input::Shutdown,
                 },
                 ask = inbox.next() => {
-                    if let Some(out) = link::during_run(ask, &self.sh, &self.client, &self.backend, &mut self.phone).await {
+                    if let Some(out) = link::during_run(ask, &self.sh, &self.client, &self.link, &self.backend, &mut self.phone).await {
                         if let Some(c) = self.conn.take() {
-                            let _ = c.await;
+                            connection_gone(c).await;
                         }
                         return out;
                     }
@@ -312,7 +312,7 @@ impl Run {
                     crate::fault::crash_point("after-pair-success");
                 }
             }
-            Action::Disconnect => shutdown_client(&self.client).await,
+            Action::Disconnect => shutdown_client(&self.client, &self.link).await,
             Action::LogReconnect { delay, why, news } => log_reconnect(delay, &why, news),
             Action::WaitUntil(t) => self.wait = Some(t),
             Action::FetchVersion => {
@@ -343,7 +343,7 @@ impl Run {
             },
             Action::Finish(f) => {
                 if let Some(c) = self.conn.take() {
-                    let _ = c.await;
+                    connection_gone(c).await;
                 }
                 return Some(match f {
                     Finish::Linked => Outcome::Linked(number_of(&self.client)),
@@ -390,7 +390,7 @@ impl Run {
     /// version. False when it could not be built.
     async fn renew_client(&mut self) -> bool {
         self.teardown.conn = None;
-        shutdown_client(&self.client).await;
+        shutdown_client(&self.client, &self.link).await;
         let built = build(
             &self.sh.cfg,
             &self.sh.ctx,
@@ -400,11 +400,12 @@ impl Run {
         )
         .await;
         match built {
-            Ok((bot, connect_error)) => {
+            Ok((bot, link)) => {
                 self.client = bot.client();
                 self.teardown.client = self.client.clone();
+                self.teardown.link = link.clone();
                 self.current.send_replace(self.client.clone());
-                self.connect_error = connect_error;
+                self.link = link;
                 self.bot = Some(bot);
                 true
             }
@@ -440,6 +441,18 @@ async fn connection_end(conn: &mut Option<JoinHandle<()>>) {
     }
 }
 
+/// Until the connection's task `c` has ended, after a disconnect; aborted after
+/// [`CONNECTION_END_WAIT`] so that a run always ends.
+async fn connection_gone(mut c: JoinHandle<()>) {
+    if tokio::time::timeout(CONNECTION_END_WAIT, &mut c)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the WhatsApp connection did not end after its disconnect; aborted");
+        c.abort();
+    }
+}
+
 /// Until `at`; pending forever without one.
 async fn sleep_until(at: Option<Instant>) {
     match at {
@@ -458,6 +471,7 @@ static ONE_CLIENT: std::sync::LazyLock<Arc<tokio::sync::Mutex<()>>> =
 /// would replace one with the other.
 struct Teardown {
     client: Arc<Client>,
+    link: transport::Link,
     conn: Option<tokio::task::AbortHandle>,
     slot: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
@@ -468,10 +482,11 @@ impl Drop for Teardown {
             c.abort();
         }
         let client = self.client.clone();
+        let link = self.link.clone();
         let slot = self.slot.take();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                shutdown_client(&client).await;
+                shutdown_client(&client, &link).await;
                 drop(slot);
             });
         }

@@ -168,6 +168,7 @@ pub(super) async fn during_run(
     ask: Ask,
     sh: &Arc<Shared>,
     client: &Arc<Client>,
+    link: &transport::Link,
     backend: &KvBackend,
     phone: &mut Option<String>,
 ) -> Option<Outcome> {
@@ -193,7 +194,7 @@ pub(super) async fn during_run(
             if backend.is_paired().await {
                 return None;
             }
-            shutdown_client(client).await;
+            shutdown_client(client, link).await;
             sh.ctx
                 .reporter
                 .set(State::NeedsOwner, format!("not linked — {CANCELLED}"));
@@ -229,7 +230,7 @@ pub(super) async fn during_run(
                         .is_ok();
                 }
             }
-            shutdown_client(client).await;
+            shutdown_client(client, link).await;
             let r = wipe(backend).await.map(|()| words(paired, told));
             fail_pending(sh);
             if r.is_ok() {

@@ -85,6 +85,10 @@ pub const MAX_QR_CODES: u32 = 3;
 const LINK_WITHIN: Duration = Duration::from_secs(60);
 /// Graceful disconnect (flushes the client's buffered state) must not hold shutdown.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// After a disconnect, the connection's task ends once the client's read loop has cleaned up
+/// (its socket is closed by then, [`shutdown_client`]); beyond this it is aborted, so a run
+/// always ends: systemd's stop and the pairing command wait on it.
+const CONNECTION_END_WAIT: Duration = Duration::from_secs(5);
 /// Waiting for the socket before asking for a phone pairing code.
 const PAIR_CODE_SOCKET_WAIT: Duration = Duration::from_secs(30);
 
@@ -217,13 +221,19 @@ fn request_code(client: &Arc<Client>, phone: &str) {
     });
 }
 
-/// Ends the client for good (flushes its buffered state), bounded in time.
-async fn shutdown_client(client: &Arc<Client>) {
+/// Ends the client for good (flushes its buffered state), bounded in time. The library closes
+/// the socket last, after flushes bounded at 5 s each: a disconnect cut short at
+/// [`DISCONNECT_TIMEOUT`] would leave the socket open and the client's connection running, still
+/// answering the server, so the run (and `clawbox pair whatsapp`, and a stop) would wait on it for
+/// ever. `link` closes it then. What the cut-short flushes leave unacked, the server redelivers and
+/// the inbox recognises.
+async fn shutdown_client(client: &Arc<Client>, link: &transport::Link) {
     if tokio::time::timeout(DISCONNECT_TIMEOUT, client.disconnect())
         .await
         .is_err()
     {
-        tracing::warn!("WhatsApp client did not disconnect in time");
+        tracing::warn!("WhatsApp client did not disconnect in time; closing its socket");
+        link.close();
     }
 }
 

@@ -19,6 +19,7 @@ async fn run_on(sh: &Arc<Shared>) -> Run {
     Run {
         teardown: Teardown {
             client: client.clone(),
+            link: transport::Link::default(),
             conn: None,
             slot: None,
         },
@@ -29,7 +30,7 @@ async fn run_on(sh: &Arc<Shared>) -> Run {
         web_version: version::FALLBACK_VERSION,
         backend: KvBackend::new(sh.ctx.store.kv(KvTable::WhatsApp)),
         phone: None,
-        connect_error: Arc::default(),
+        link: transport::Link::default(),
         conn: None,
         probe: None,
         wait: None,
@@ -189,4 +190,30 @@ async fn the_servers_verdicts_reach_the_lifecycle_and_the_first_wins() {
     );
     let actions: Vec<Action> = std::iter::from_fn(|| sh.life().poll_action()).collect();
     assert_eq!(actions[..2], [Action::Disconnect, Action::Wipe]);
+}
+
+/// A connection that does not end after its disconnect is waited for [`CONNECTION_END_WAIT`]
+/// and no longer, then aborted: a run (pairing, a stop) always ends.
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_never_ends_is_given_up_after_the_wait() {
+    let (dropped_tx, mut dropped) = tokio::sync::oneshot::channel::<()>();
+    let c = tokio::spawn(async move {
+        let _tell_when_dropped = dropped_tx;
+        std::future::pending::<()>().await
+    });
+    let t0 = Instant::now();
+    connection_gone(c).await;
+    assert_eq!(t0.elapsed(), CONNECTION_END_WAIT);
+    tokio::task::yield_now().await;
+    assert!(
+        matches!(
+            dropped.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed)
+        ),
+        "the task was aborted"
+    );
+    // One that ends is not waited for beyond its end.
+    let t1 = Instant::now();
+    connection_gone(tokio::spawn(async {})).await;
+    assert!(t1.elapsed() < CONNECTION_END_WAIT);
 }
