@@ -304,10 +304,8 @@ impl Run {
                     tracing::info!("WhatsApp paired; reconnecting with the new identity");
                 }
                 // The credentials from pair-success are durable before the 515 reconnect uses
-                // them (every store write is fsynced; this flushes the device row).
-                if let Err(e) = self.client.persistence_manager().flush().await {
-                    tracing::error!(error = %e, "could not save the new WhatsApp identity");
-                }
+                // them (the library updated its device before it said so).
+                self.settle_device().await;
                 if restarting {
                     crate::fault::crash_point("after-pair-success");
                 }
@@ -385,12 +383,24 @@ impl Run {
         ))));
     }
 
+    /// Stores the client's device as it holds it in memory ([`KvBackend::settle_device`]).
+    async fn settle_device(&self) {
+        let device = self.client.persistence_manager().get_device_snapshot();
+        match self.backend.settle_device(&device.to_serializable()).await {
+            Ok(wrote) => tracing::debug!(wrote, "WhatsApp device settled"),
+            Err(e) => tracing::error!(error = %e, "could not save the WhatsApp identity"),
+        }
+    }
+
     /// Ends the client whose connection is over (its disconnect flushes its state to the store,
     /// bounded in time) and builds the next one from the store, offering the current web
     /// version. False when it could not be built.
     async fn renew_client(&mut self) -> bool {
         self.teardown.conn = None;
         shutdown_client(&self.client, &self.link).await;
+        // The next client starts from what this one knew, whatever its own saver still has in
+        // flight.
+        self.settle_device().await;
         let built = build(
             &self.sh.cfg,
             &self.sh.ctx,

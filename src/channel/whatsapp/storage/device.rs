@@ -59,9 +59,28 @@ impl KvBackend {
     }
 }
 
-#[async_trait]
-impl DeviceStore for KvBackend {
-    async fn save(&self, device: &Device) -> Result<()> {
+impl KvBackend {
+    /// Makes the stored device what a client holds in memory (`current`), unless it already is;
+    /// true when it wrote. Called when a client's state must outlive it — at pair success and
+    /// before the next client is built from the store. The library's own flush cannot promise
+    /// that: its background saver clears the dirty flag before its save lands, so a flush in that
+    /// window returns at once with the save still in flight (on a slow card, a client built then
+    /// read the unpaired device and showed a second QR after a successful scan).
+    pub async fn settle_device(&self, current: &Device) -> Result<bool> {
+        let _g = self.device_row.lock().await;
+        if self.wiped.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(false);
+        }
+        let stored = self.get(K_DEVICE).await?;
+        if stored.as_deref() == Some(to_json(current)?.as_slice()) {
+            return Ok(false);
+        }
+        self.save_device(current).await?;
+        Ok(true)
+    }
+
+    /// The device row (and, at the link, its time), fsynced; the caller holds `device_row`.
+    async fn save_device(&self, device: &Device) -> Result<()> {
         let mut writes = vec![(K_DEVICE.to_string(), Some(to_json(device)?))];
         // The first save that carries the account's number is the moment of linking, kept in the
         // same transaction (and wiped with the rest at logout).
@@ -71,8 +90,17 @@ impl DeviceStore for KvBackend {
         }
         self.put_all(writes).await
     }
+}
+
+#[async_trait]
+impl DeviceStore for KvBackend {
+    async fn save(&self, device: &Device) -> Result<()> {
+        let _g = self.device_row.lock().await;
+        self.save_device(device).await
+    }
 
     async fn load(&self) -> Result<Option<Device>> {
+        let _g = self.device_row.lock().await;
         self.get_json(K_DEVICE).await
     }
 
@@ -142,5 +170,48 @@ mod tests {
             store.auth("openclaw/device").await.unwrap(),
             Some(b"k".to_vec())
         );
+    }
+
+    /// The pairing race, at the store: a load that begins while a save is under way reads what
+    /// the save wrote (the library's saver and the next client's load overlapped on a slow card).
+    /// On a real store, polled together, the save starts first; without the row's lock the load's
+    /// one read beats the save's read and write (it failed so).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_load_during_a_save_reads_the_saved_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+        let store = crate::store::Store::open(dir.path(), &Default::default(), metrics).unwrap();
+        let b = KvBackend::new(store.kv(crate::store::kv::KvTable::WhatsApp));
+        b.create().await.unwrap();
+        let mut paired = b.load().await.unwrap().unwrap();
+        paired.pn = Some("491701234567@s.whatsapp.net".parse().unwrap());
+        let (saved, loaded) = tokio::join!(b.save(&paired), b.load());
+        saved.unwrap();
+        assert_eq!(
+            loaded.unwrap().unwrap().pn,
+            paired.pn,
+            "read the saved device"
+        );
+    }
+
+    /// `settle_device` stores the in-memory device when the stored one differs (the unpaired
+    /// row a late save left), writes nothing when they match, and nothing after a wipe.
+    #[tokio::test]
+    async fn settle_device_writes_only_what_differs() {
+        let (_store, b) = backend();
+        b.create().await.unwrap();
+        let unpaired = b.load().await.unwrap().unwrap();
+        assert!(!b.settle_device(&unpaired).await.unwrap(), "already stored");
+        let mut paired = unpaired.clone();
+        paired.pn = Some("491701234567@s.whatsapp.net".parse().unwrap());
+        assert!(b.settle_device(&paired).await.unwrap());
+        assert!(b.is_paired().await);
+        assert!(!b.settle_device(&paired).await.unwrap(), "nothing new");
+        b.wipe().await.unwrap();
+        assert!(
+            !b.settle_device(&paired).await.unwrap(),
+            "wiped: not brought back"
+        );
+        assert!(!b.exists().await.unwrap());
     }
 }

@@ -67,6 +67,9 @@ pub struct KvBackend {
     kv: Kv,
     /// Serialises read-modify-write sequences so they are atomic against each other.
     rmw: Arc<tokio::sync::Mutex<()>>,
+    /// The device row's saves and loads, one at a time and in order: a load after a save that
+    /// has begun reads what it wrote ([`KvBackend::settle_device`]).
+    device_row: Arc<tokio::sync::Mutex<()>>,
     /// Set by [`KvBackend::wipe`]: the logged-out client's last flushes must not bring its
     /// identity back, so every later write is refused.
     wiped: Arc<std::sync::atomic::AtomicBool>,
@@ -77,6 +80,7 @@ impl KvBackend {
         KvBackend {
             kv,
             rmw: Arc::new(tokio::sync::Mutex::new(())),
+            device_row: Arc::new(tokio::sync::Mutex::new(())),
             wiped: Arc::default(),
         }
     }
