@@ -250,6 +250,11 @@ async fn a_mention_gets_one_quoted_reply_read_by_every_member_and_strangers_get_
             .is_some_and(|p| p.ends_with("@lid")),
         "quotes Alice as the group names her: {sent:#?}"
     );
+    assert_eq!(
+        sent[0].quoted_text.as_deref(),
+        Some("@bot what do you think?"),
+        "the quote carries the text the members' phones show: {sent:#?}"
+    );
     let requests = ai.requests();
     assert_eq!(requests.len(), 1);
     let heard = last_user_message(&requests[0]);

@@ -529,8 +529,8 @@ mod tests {
         assert_eq!(q.text, "earlier answer");
         assert_eq!(
             m.cues.reply_ref.as_deref(),
-            Some("G2:100000000000777@lid"),
-            "a reply quotes the id and its author"
+            Some("G2:100000000000777@lid\n@bot and you?"),
+            "a reply quotes the id, its author and its text"
         );
     }
 

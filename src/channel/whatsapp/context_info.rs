@@ -2,8 +2,8 @@
 //! it mentions (`mentionedJid`: the linked account by its number or its LID), what it quotes
 //! (`stanzaId`, `participant`, `quotedMessage`) — and writing the quote of the message a reply
 //! answers (WA Web `msgContextInfo`; whatsapp-rust `build_quote_context`). Also the reference a
-//! reply keeps of the message it answers (`Cues::reply_ref`): the message id and its author,
-//! since a WhatsApp quote names both. Sans-io: no client, no clock.
+//! reply keeps of the message it answers (`Cues::reply_ref`): the message id, its author and its
+//! text (bounded), since a WhatsApp quote carries all three. Sans-io: no client, no clock.
 
 use super::adapter::Own;
 use crate::vocab::{Cues, Quote};
@@ -112,20 +112,28 @@ pub fn read(msg: &wa::Message, push_name: &str, id: &str, sender: &Jid, own: &Ow
         sender_name: (!name.is_empty()).then(|| bounded(name, SENDER_NAME_MAX)),
         mentions_me,
         quote,
-        reply_ref: Some(reply_ref(id, sender)),
+        reply_ref: Some(reply_ref(id, sender, &quoted_text(msg))),
     }
 }
 
-/// How a reply quotes message `id` by `sender`: `<id>:<sender without device>` (a WhatsApp
-/// quote names the author as well as the id; message ids hold no `:`).
-pub fn reply_ref(id: &str, sender: &Jid) -> String {
-    format!("{id}:{}", sender.to_non_ad())
+/// How a reply quotes message `id` by `sender` whose text is `text` (bounded by the caller, as
+/// [`quoted_text`] does): `<id>:<sender without device>`, then a line with the text when there is
+/// one. A WhatsApp quote names the author as well as the id, and carries the quoted text itself:
+/// phones show the quote from that copy (message ids hold no `:`, JIDs no line break).
+pub fn reply_ref(id: &str, sender: &Jid, text: &str) -> String {
+    let head = format!("{id}:{}", sender.to_non_ad());
+    if text.is_empty() {
+        head
+    } else {
+        format!("{head}\n{text}")
+    }
 }
 
 /// The `contextInfo` that quotes the message `reference` names (see [`reply_ref`]; a bare id
 /// quotes without an author, as in a DM). None for an empty reference.
 pub fn quote_context(reference: &str) -> Option<wa::ContextInfo> {
-    let (id, author) = match reference.split_once(':') {
+    let (head, text) = reference.split_once('\n').unwrap_or((reference, ""));
+    let (id, author) = match head.split_once(':') {
         Some((id, author)) => (id, Some(author)),
         None => (reference, None),
     };
@@ -135,10 +143,10 @@ pub fn quote_context(reference: &str) -> Option<wa::ContextInfo> {
     Some(wa::ContextInfo {
         stanza_id: Some(id.to_string()),
         participant: author.filter(|a| !a.is_empty()).map(str::to_string),
-        // The recipients show the quote from their own copy of `stanzaId`; an empty quoted
-        // message keeps the shape WA Web sends without repeating the text.
+        // What the recipients' phones show in the quote (WA Web and Baileys repeat the quoted
+        // message here; clients render this copy, not their own).
         quoted_message: MessageField::some(wa::Message {
-            conversation: Some(String::new()),
+            conversation: Some(text.to_string()),
             ..Default::default()
         }),
         ..Default::default()
@@ -250,7 +258,8 @@ mod tests {
         assert_eq!(cues.sender_name.as_deref(), Some("Bob"));
         assert_eq!(
             cues.reply_ref.as_deref(),
-            Some("ID2:491701111111@s.whatsapp.net")
+            Some("ID2:491701111111@s.whatsapp.net\nagreed"),
+            "the id, the author and the text a reply quotes"
         );
 
         let theirs = with_ctx(
@@ -275,8 +284,8 @@ mod tests {
     }
 
     #[test]
-    fn a_reply_quotes_the_id_and_author_of_its_reference() {
-        let r = reply_ref("ID9", &sender());
+    fn a_reply_quotes_the_id_author_and_text_of_its_reference() {
+        let r = reply_ref("ID9", &sender(), "what: do you think?\nsecond line");
         let msg = quoting(
             wa::Message {
                 conversation: Some("answer".into()),
@@ -292,6 +301,15 @@ mod tests {
         assert_eq!(
             ctx.participant.as_deref(),
             Some("491701111111@s.whatsapp.net")
+        );
+        assert_eq!(
+            ctx.quoted_message
+                .as_option()
+                .unwrap()
+                .conversation
+                .as_deref(),
+            Some("what: do you think?\nsecond line"),
+            "the quoted text travels with the quote"
         );
         // A bare id quotes without an author; nothing quotes nothing.
         let ctx = quote_context("ID8").unwrap();

@@ -217,6 +217,10 @@ fn fill_context(delivery: &mut GroupDelivery, msg: &wa::Message) {
     if let Some(ctx) = ctx {
         delivery.quoted_id = ctx.stanza_id.clone();
         delivery.quoted_participant = ctx.participant.clone();
+        delivery.quoted_text = ctx
+            .quoted_message
+            .as_option()
+            .and_then(|q| q.conversation.clone());
         delivery.mentions = ctx.mentioned_jid.clone();
     }
 }

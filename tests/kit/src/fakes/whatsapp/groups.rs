@@ -110,6 +110,8 @@ pub struct GroupDelivery {
     /// `contextInfo.stanzaId` / `participant` of the message it quotes, if any.
     pub quoted_id: Option<String>,
     pub quoted_participant: Option<String>,
+    /// `contextInfo.quotedMessage.conversation`: the quoted text the members' phones show.
+    pub quoted_text: Option<String>,
     /// `contextInfo.mentionedJid`.
     pub mentions: Vec<String>,
     /// Member (`+E.164`) → device id → the text that device decrypted.
