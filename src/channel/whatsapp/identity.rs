@@ -12,6 +12,7 @@ use super::Shared;
 use super::adapter::Known;
 use super::lid::{Entry, LOOKUP_TIMEOUT, RESOLVE_BATCH};
 use super::storage::KvBackend;
+use crate::store::kv::KvTable;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +60,19 @@ pub(super) async fn known_of(sh: &Shared, client: &Client, m: &InboundMessage) -
     if !sender.is_lid() {
         return Known::default();
     }
+    if let Some((pn, _)) = mapped(client, &sender).await {
+        return Known {
+            pn: Some(pn),
+            lid: None,
+        };
+    }
+    // Before a lookup of its own: `allow_from` resolved on this link, in one batched query (on
+    // the resolver's schedule, so at most once per `RETRY_UNRESOLVED_AFTER`). The link reports
+    // itself connected, and resolves at that moment, some seconds after messages start to flow:
+    // allowed people writing from the LID alone in those seconds outnumbered the per-LID budget
+    // and were dropped as strangers.
+    let backend = KvBackend::new(sh.ctx.store.kv(KvTable::WhatsApp));
+    let _ = tokio::time::timeout(LOOKUP_TIMEOUT, resolve_allow_from(sh, client, &backend)).await;
     if let Some((pn, _)) = mapped(client, &sender).await {
         return Known {
             pn: Some(pn),
