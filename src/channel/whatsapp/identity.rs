@@ -71,13 +71,17 @@ pub(super) async fn known_of(sh: &Shared, client: &Client, m: &InboundMessage) -
     // itself connected, and resolves at that moment, some seconds after messages start to flow:
     // allowed people writing from the LID alone in those seconds outnumbered the per-LID budget
     // and were dropped as strangers.
-    let backend = KvBackend::new(sh.ctx.store.kv(KvTable::WhatsApp));
-    let _ = tokio::time::timeout(LOOKUP_TIMEOUT, resolve_allow_from(sh, client, &backend)).await;
-    if let Some((pn, _)) = mapped(client, &sender).await {
-        return Known {
-            pn: Some(pn),
-            lid: None,
-        };
+    // A stranger's flood costs one check here, not the allowlist's mappings and a store read.
+    if !sh.resolver().recent(Instant::now()) {
+        let backend = KvBackend::new(sh.ctx.store.kv(KvTable::WhatsApp));
+        let resolving = resolve_allow_from(sh, client, &backend);
+        let _ = tokio::time::timeout(LOOKUP_TIMEOUT, resolving).await;
+        if let Some((pn, _)) = mapped(client, &sender).await {
+            return Known {
+                pn: Some(pn),
+                lid: None,
+            };
+        }
     }
     if !sh.lookups().admit(&sender.user, Instant::now()) {
         tracing::debug!("WhatsApp: a LID with no known number; no lookup left for it now");

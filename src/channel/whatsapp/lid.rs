@@ -83,6 +83,13 @@ pub struct Resolver {
 }
 
 impl Resolver {
+    /// Whether a lookup went out less than [`RETRY_UNRESOLVED_AFTER`] ago: [`Resolver::plan`]
+    /// then asks nothing, so a caller on the message path can skip the work before it.
+    pub fn recent(&self, now: Instant) -> bool {
+        self.last_attempt
+            .is_some_and(|t| now.saturating_duration_since(t) < RETRY_UNRESOLVED_AFTER)
+    }
+
     /// After a login: all `entries` when the last full refresh (`since_full`: how long ago, None
     /// if never) is [`REFRESH_EVERY`] old, else those `resolved` says have no mapping — unless a
     /// lookup went out less than [`RETRY_UNRESOLVED_AFTER`] ago. Records the attempt.
@@ -96,9 +103,7 @@ impl Resolver {
         if entries.is_empty() {
             return Plan::default();
         }
-        let recent = self
-            .last_attempt
-            .is_some_and(|t| now.saturating_duration_since(t) < RETRY_UNRESOLVED_AFTER);
+        let recent = self.recent(now);
         let stale = since_full.is_none_or(|d| d >= REFRESH_EVERY);
         let plan = if stale && !recent {
             Plan {
